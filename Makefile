@@ -1,0 +1,29 @@
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# torch is pinned in pyproject to the CPU build that lies on disk here; pip takes it offline.
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[test,mnist1d]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/manymodels simulate --nodes 8 --rounds 20 --dataset digits --partition dirichlet:0.5 --report run.json
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/bench_demo.py
+	$(PY) bench/bench_scale.py
+	$(PY) bench/bench_aggregation.py
+
+clean:
+	rm -rf $(VENV) run.json build *.egg-info
