@@ -1,0 +1,75 @@
+"""Ed25519 identity. One 32-byte seed is both our signing key and the libp2p host key,
+so a node's id is its libp2p peer id."""
+from __future__ import annotations
+
+import os
+
+import base58
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+SEED_SIZE = 32
+PUBLIC_KEY_SIZE = 32
+SIGNATURE_SIZE = 64
+
+# libp2p's PublicKey protobuf for Ed25519 is field 1 (KeyType=Ed25519=1) then field 2 (32 bytes):
+# 08 01 12 20 <key>. It is under 42 bytes, so the peer id is its *identity* multihash (00 24 ...),
+# base58btc-encoded. Written out here so protocol/ needs no libp2p import.
+_LIBP2P_ED25519_PREFIX = bytes([0x08, 0x01, 0x12, 0x20])
+_IDENTITY_MULTIHASH_PREFIX = bytes([0x00, len(_LIBP2P_ED25519_PREFIX) + PUBLIC_KEY_SIZE])
+
+
+def peer_id(public_key: bytes) -> str:
+    if len(public_key) != PUBLIC_KEY_SIZE:
+        raise ValueError(f"an Ed25519 public key is {PUBLIC_KEY_SIZE} bytes, got {len(public_key)}")
+    return base58.b58encode(_IDENTITY_MULTIHASH_PREFIX + _LIBP2P_ED25519_PREFIX + public_key).decode()
+
+
+def verify(public_key: bytes, signature: bytes, data: bytes) -> bool:
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, data)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+class Identity:
+    """A node's key pair. Build from a seed, a PEM file's bytes, or fresh randomness."""
+
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) != SEED_SIZE:
+            raise ValueError(f"an Ed25519 seed is {SEED_SIZE} bytes, got {len(seed)}")
+        self._key = Ed25519PrivateKey.from_private_bytes(seed)
+        self.seed = bytes(seed)
+        self.public_key = self._key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        self.peer_id = peer_id(self.public_key)
+
+    @classmethod
+    def generate(cls) -> Identity:
+        return cls(os.urandom(SEED_SIZE))
+
+    def sign(self, data: bytes) -> bytes:
+        return self._key.sign(data)
+
+    def to_pem(self) -> bytes:
+        """PKCS#8 PEM, readable by `openssl pkey`."""
+        return self._key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    @classmethod
+    def from_pem(cls, data: bytes) -> Identity:
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"not a PEM private key: {exc}") from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError("the key file holds a key that is not Ed25519")
+        return cls(key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                     serialization.NoEncryption()))
+
+    def __repr__(self) -> str:
+        return f"Identity({self.peer_id})"
