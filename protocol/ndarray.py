@@ -20,7 +20,7 @@ def encode_array(array: np.ndarray) -> dict[str, Any]:
         raise ValueError(f"dtype {array.dtype} is not allowed on the wire; allowed: {', '.join(ALLOWED_DTYPES)}")
     if array.ndim > MAX_NDIM:
         raise ValueError(f"at most {MAX_NDIM} dimensions travel, got {array.ndim}")
-    data = np.ascontiguousarray(array, dtype=dtype)
+    data = np.asarray(array, dtype=dtype, order="C")  # not ascontiguousarray: it turns 0-d into shape (1,)
     return {"dtype": dtype.str, "shape": list(data.shape), "data": data.tobytes()}
 
 
@@ -36,7 +36,12 @@ def decode_array(obj: Any) -> np.ndarray:
         raise RejectedMessage(Reason.SCHEMA, "shape must be a list of at most 8 non-negative ints")
     if not isinstance(data, bytes):
         raise RejectedMessage(Reason.SCHEMA, "ndarray data must be bytes")
-    expected = math.prod(shape) * np.dtype(dtype).itemsize
+    itemsize = np.dtype(dtype).itemsize
+    expected = math.prod(shape) * itemsize
     if expected != len(data):
         raise RejectedMessage(Reason.SHAPE_MISMATCH, f"shape {shape} of {dtype} needs {expected} bytes, got {len(data)}")
+    # An empty array may still name huge dims ([0, 2**39, 2**39]); numpy refuses (ValueError) when
+    # the product of the non-zero dims times the item size overflows its index type.
+    if math.prod(d for d in shape if d) * itemsize > np.iinfo(np.intp).max:
+        raise RejectedMessage(Reason.SHAPE_MISMATCH, f"shape {shape} is too big for any array")
     return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape)

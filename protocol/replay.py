@@ -37,10 +37,13 @@ class ReplayGuard:
         if state is None:
             self._senders[sender] = _Window(seq, 1)
         elif seq > state.highest:
+            # A jump of a window or more leaves no earlier number inside it; shifting by the jump
+            # itself would build an integer of up to 2**64 bits (MemoryError) for a signed seq jump.
+            shift = seq - state.highest
             mask = (1 << self.window) - 1
-            state.seen = ((state.seen << (seq - state.highest)) | 1) & mask
+            state.seen = ((state.seen << shift) | 1) & mask if shift < self.window else 1
             state.highest = seq
-        else:
+        elif state.highest - seq < self.window:  # below the window: nothing to record
             state.seen |= 1 << (state.highest - seq)
 
     def highest(self, sender: bytes) -> int | None:

@@ -1,0 +1,180 @@
+"""`manymodels`: a thin typer shell over node/ and protocol/. Heavy imports (torch, flwr)
+happen inside the commands that need them, so `manymodels --help` stays fast."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Peer-to-peer many-model learning over signed messages.")
+console = Console()
+
+
+class UserError(Exception):
+    """A mistake the user can fix: printed as one line, exit code 2."""
+
+
+def _print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+
+
+@app.command()
+def simulate(
+    nodes: Annotated[int, typer.Option(help="How many nodes.")] = 8,
+    rounds: Annotated[int, typer.Option(help="Gossip rounds.")] = 20,
+    dataset: Annotated[str, typer.Option(help="digits, fashion-mnist or mnist1d.")] = "digits",
+    partition: Annotated[str, typer.Option(help="iid, dirichlet:ALPHA or shards:K.")] = "dirichlet:0.5",
+    model: Annotated[str, typer.Option(help="logreg, mlp or cnn.")] = "mlp",
+    exchange: Annotated[str, typer.Option(help="What nodes send: weights.")] = "weights",
+    rule: Annotated[str, typer.Option(help="Aggregation rule; see `manymodels rules`.")] = "fedavg",
+    topology: Annotated[str, typer.Option(help="full, ring or random:K.")] = "full",
+    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 1,
+    seed: Annotated[int, typer.Option(help="Same seed, same numbers.")] = 0,
+    loss: Annotated[float, typer.Option(help="Probability that a message is lost.")] = 0.0,
+    report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Run a local network of nodes that learn from each other over signed messages."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from manymodels.node.simulator import ConfigError, SimulationConfig, run_simulation
+    from manymodels.node.store import atomic_write
+
+    config = SimulationConfig(nodes=nodes, rounds=rounds, dataset=dataset, partition=partition, model=model,
+                              exchange=exchange, rule=rule, topology=topology, local_epochs=local_epochs,
+                              seed=seed, loss=loss)
+    with Progress(TextColumn("[bold]simulating"), BarColumn(), MofNCompleteColumn(), TextColumn("rounds"),
+                  TextColumn("{task.fields[acc]}"), TimeElapsedColumn(), console=Console(stderr=True),
+                  transient=True, disable=json_out) as progress:
+        task = progress.add_task("rounds", total=rounds, acc="")
+        try:
+            result = run_simulation(config, on_round=lambda r, acc: progress.update(
+                task, completed=r, acc=f"mean accuracy {acc:.3f}"))
+        except ConfigError as exc:
+            raise UserError(str(exc)) from None
+    if report is not None:
+        atomic_write(report, (json.dumps(result, indent=2) + "\n").encode())
+    if json_out:
+        _print_json(result)
+    else:
+        _show_report(result)
+        if report is not None:
+            console.print(f"report written to {report}")
+
+
+def _show_report(result: dict) -> None:
+    table = Table(title="nodes")
+    for column in ("node", "model", "examples", "accuracy", "local-only", "sent", "received", "rejected"):
+        table.add_column(column, justify="left" if column in ("node", "model") else "right")
+    for n in result["nodes"]:
+        table.add_row(n["id"][-8:], n["model"], str(n["num_examples"]), f"{n['final_accuracy']:.3f}",
+                      f"{n['local_only_accuracy']:.3f}", _size(n["bytes_sent"]), _size(n["bytes_received"]),
+                      str(n["rejected_messages"]))
+    console.print(table)
+    s = result["summary"]
+    console.print(
+        f"many models [bold]{s['mean_accuracy']:.3f}[/] (min {s['min_accuracy']:.3f})  vs  "
+        f"alone {s['mean_local_only_accuracy']:.3f}  vs  one pooled model {s['pooled_accuracy']:.3f}   "
+        f"— held-out accuracy, {s['wall_seconds']:.1f} s"
+    )
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
+
+
+@app.command()
+def report(file: Annotated[Path, typer.Argument(help="A report written by `simulate --report`.")]) -> None:
+    """Show a simulation report."""
+    try:
+        result = json.loads(file.read_text())
+        _show_report(result)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"cannot read report {file}: {exc}") from None
+
+
+@app.command()
+def keygen(
+    out: Annotated[Path, typer.Option(help="Where to write the private key (PEM, mode 0600).")],
+    force: Annotated[bool, typer.Option(help="Overwrite an existing key file.")] = False,
+) -> None:
+    """Create a node identity and print its node id (= libp2p peer id)."""
+    from manymodels.node.store import save_identity
+    from manymodels.protocol import Identity
+
+    identity = Identity.generate()
+    try:
+        save_identity(out, identity, overwrite=force)
+    except (FileExistsError, OSError) as exc:
+        raise UserError(str(exc)) from None
+    sys.stdout.write(identity.peer_id + "\n")
+
+
+@app.command()
+def verify(
+    file: Annotated[Path, typer.Argument(help="One encoded envelope.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Verify one encoded envelope: exit 0 only when it is valid."""
+    from manymodels.protocol import RejectedMessage, open_envelope
+
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read {file}: {exc.strerror}") from None
+    # No replay guard: a file has no "now" that its timestamp should be near.
+    try:
+        message = open_envelope(data, now_ms=int(time.time() * 1000))
+        result = {"valid": True, "kind": message.kind, "sender": message.sender_id, "seq": message.seq,
+                  "ts": message.ts, "digest": message.digest.hex(), "bytes": message.size}
+    except RejectedMessage as exc:
+        result = {"valid": False, "reason": exc.reason.value, "detail": exc.detail, "bytes": len(data)}
+    if json_out:
+        _print_json(result)
+    elif result["valid"]:
+        console.print(f"[green]valid[/] {result['kind']} from {result['sender']} "
+                      f"(seq {result['seq']}, {result['bytes']} bytes, digest {result['digest'][:16]}…)")
+    else:
+        console.print(f"[red]invalid[/]: {result['reason']}" + (f" ({result['detail']})" if result["detail"] else ""))
+    raise typer.Exit(0 if result["valid"] else 1)
+
+
+@app.command()
+def rules(json_out: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
+    """List the aggregation rules, built in and from plugins."""
+    from manymodels.aggregation import list_rules
+
+    listed = list_rules()
+    if json_out:
+        _print_json(listed)
+        return
+    table = Table(title="aggregation rules")
+    for column in ("name", "kind", "parameters", "description", "source"):
+        table.add_column(column)
+    for r in listed:
+        params = " ".join(f"{p['name']}={p.get('default', '')}" for p in r.get("params", []))
+        table.add_row(r["name"], r.get("kind", ""), params, r.get("description", r.get("error", "")), r.get("source", ""))
+    console.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""A node: identity, learner, rule and exchange, talking only through a transport.
+
+Every inbound message is opened by the protocol layer (size, schema, signature, digest,
+replay, skew) before the exchange sees it; every rejection is counted by reason."""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from manymodels.protocol import Identity, RejectedMessage, ReplayGuard, open_envelope, seal
+
+from .exchange import Exchange
+from .learning.learner import Learner
+from .transport.base import Transport
+
+
+@dataclass
+class NodeStats:
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    messages_accepted: int = 0
+    sent_by_kind: Counter = field(default_factory=Counter)
+    rejected: Counter = field(default_factory=Counter)  # protocol rejections by reason
+    ignored: Counter = field(default_factory=Counter)  # valid messages this node could not use
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+
+class Node:
+    def __init__(self, identity: Identity, learner: Learner, transport: Transport, rule, exchange: Exchange,
+                 *, clock: Callable[[], int], guard: ReplayGuard | None = None) -> None:
+        self.identity = identity
+        self.learner = learner
+        self.transport = transport
+        self.rule = rule
+        self.exchange = exchange
+        self.clock = clock  # Unix time in ms; virtual in the simulator
+        self.guard = guard or ReplayGuard()
+        self.banned: set[bytes] = set()
+        self.neighbours: list[str] = []
+        self.version = 0
+        self.seq = 0
+        self.stats = NodeStats()
+        self.shapes = [tuple(w.shape) for w in learner.get_weights()]
+        transport.set_receiver(self.on_bytes)
+
+    @property
+    def id(self) -> str:
+        return self.identity.peer_id
+
+    def publish(self) -> None:
+        """Sign what the exchange offers once, and send the same bytes to every neighbour."""
+        self.version += 1
+        for payload in self.exchange.publish(self):
+            self.seq += 1
+            data = seal(self.identity, payload, self.seq, self.clock())
+            for peer in self.neighbours:
+                self.transport.send(peer, data)
+                self.stats.bytes_sent += len(data)
+                self.stats.sent_by_kind[payload.KIND] += len(data)
+
+    def on_bytes(self, sender_address: str, data: bytes) -> None:
+        self.stats.bytes_received += len(data)
+        try:
+            message = open_envelope(data, now_ms=self.clock(), guard=self.guard, banned=self.banned)
+        except RejectedMessage as exc:
+            self.stats.rejected[exc.reason.value] += 1
+            return
+        self.stats.messages_accepted += 1
+        self.exchange.receive(self, message)
+
+    def fold(self) -> bool:
+        return self.exchange.fold(self)

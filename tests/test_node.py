@@ -1,0 +1,120 @@
+"""Node, memory transport and store: real signing, real verification, real files."""
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from manymodels.aggregation import get_rule
+from manymodels.node.exchange import WeightGossip
+from manymodels.node.learning.models import build_model
+from manymodels.node.learning.torch_learner import TorchLearner
+from manymodels.node.node import Node
+from manymodels.node.store import atomic_write, load_identity, save_identity
+from manymodels.node.transport.memory import LinkModel, MemoryNetwork
+from manymodels.protocol import Identity, Weights, seal
+
+
+def test_peer_id_is_libp2p_peer_id():
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.peer.id import ID
+
+    for seed in (bytes(32), bytes(range(32)), os.urandom(32)):
+        expected = ID.from_pubkey(create_new_key_pair(seed).public_key).to_base58()
+        assert Identity(seed).peer_id == expected
+
+
+def test_identity_file_is_private_and_round_trips(tmp_path):
+    path = tmp_path / "keys" / "node.pem"
+    identity = Identity.generate()
+    save_identity(path, identity)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_identity(path).peer_id == identity.peer_id
+    with pytest.raises(FileExistsError):
+        save_identity(path, Identity.generate())
+    assert load_identity(path).peer_id == identity.peer_id
+    assert [p.name for p in path.parent.iterdir()] == ["node.pem"]  # no temp files left behind
+
+
+def test_atomic_write_keeps_old_file_when_the_write_fails(tmp_path):
+    path = tmp_path / "state.json"
+    atomic_write(path, b"old")
+
+
+    with pytest.raises(TypeError):
+        atomic_write(path, object())  # cannot be written: the old content must survive
+    assert path.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+
+
+def _node(network, index, x, y, rule="fedavg"):
+    identity = Identity(bytes([index]) * 32)
+    learner = TorchLearner(build_model("logreg", (4,), 2, seed=0), x, y, architecture="logreg", seed=index)
+    return Node(identity, learner, network.attach(identity.peer_id), get_rule(rule), WeightGossip(),
+                clock=lambda: 1_000_000 + int(network.now_ms))
+
+
+def _pair():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    network = MemoryNetwork(seed=1)
+    a, b = _node(network, 1, x[:20], y[:20]), _node(network, 2, x[20:], y[20:])
+    a.neighbours, b.neighbours = [b.id], [a.id]
+    return network, a, b
+
+
+def test_two_nodes_average_their_weights_over_signed_messages():
+    network, a, b = _pair()
+    a.learner.fit(3)
+    b.learner.fit(3)
+    wa, wb = a.learner.get_weights(), b.learner.get_weights()
+    a.publish()
+    b.publish()
+    assert network.run_until(1000) == 2
+    assert a.fold() and b.fold()
+    for got_a, got_b, x, y in zip(a.learner.get_weights(), b.learner.get_weights(), wa, wb):
+        np.testing.assert_allclose(got_a, (x + y) / 2, rtol=1e-6)
+        np.testing.assert_allclose(got_b, (x + y) / 2, rtol=1e-6)
+    assert a.stats.messages_accepted == b.stats.messages_accepted == 1
+    assert a.stats.bytes_sent == b.stats.bytes_received > 0
+
+
+def test_hostile_bytes_are_counted_by_reason_and_the_node_keeps_working():
+    network, a, b = _pair()
+    hostile = network.attach("hostile")
+    mallory = Identity(b"\x66" * 32)
+    weights = Weights("logreg", 1, 20, b.learner.get_weights())
+    valid = seal(mallory, weights, seq=1, ts_ms=1_000_000)
+    forged = bytearray(seal(mallory, weights, seq=2, ts_ms=1_000_000))
+    forged[forged.index(b"sig") + 6] ^= 1  # inside the signature bytes
+    for data in (b"\x00garbage", valid[:-9], bytes(forged), valid, valid,
+                 seal(mallory, weights, seq=3, ts_ms=1)):
+        hostile.send(a.id, data)
+    b.publish()
+    network.run_until(1000)
+    assert dict(a.stats.rejected) == {"malformed": 2, "bad_signature": 1, "replayed": 1, "stale": 1}
+    assert a.stats.messages_accepted == 2  # mallory's first copy and b's weights
+    assert a.fold()  # still folds what it got
+
+
+def test_memory_network_is_deterministic_and_models_loss_and_churn():
+    def run(seed):
+        network = MemoryNetwork(seed=seed, link=LinkModel(loss=0.3))
+        got = []
+        for name in "abc":
+            network.attach(name).set_receiver(lambda src, data, name=name: got.append((network.now_ms, name, data)))
+        sender = network.attach("s")
+        network.set_online("c", False)
+        for i in range(50):
+            for dst in "abc":
+                sender.send(dst, bytes([i]))
+        network.run_until(1000)
+        return got, network.dropped
+
+    first, dropped = run(7)
+    assert run(7) == (first, dropped)
+    assert run(8)[0] != first
+    assert all(name != "c" for _, name, _ in first)  # offline node receives nothing
+    assert 20 < len(first) < 80 and dropped == 150 - len(first)
+    assert [t for t, _, _ in first] == sorted(t for t, _, _ in first)
