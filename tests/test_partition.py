@@ -64,7 +64,7 @@ def test_dirichlet_skew_follows_alpha(labels):
 def test_dirichlet_minimum_size(labels):
     for seed in range(5):
         parts = partition(labels, 20, "dirichlet:0.05", seed=seed)
-        assert min(len(p) for p in parts) >= 10  # min(10, 2000 // 40)
+        assert min(len(p) for p in parts) >= 10  # min(10, 2000 // (10 * 20))
     parts = partition(labels, 10, "dirichlet:0.3", seed=0, min_size=120)
     assert min(len(p) for p in parts) >= 120
 

@@ -53,7 +53,7 @@ def partition(
     - `dirichlet:ALPHA`: for each class, proportions over partitions drawn from Dirichlet(ALPHA)
       (Hsu et al. 2019; Flower Datasets' DirichletPartitioner). Small ALPHA gives few classes per
       partition, large ALPHA approaches iid. Redrawn (up to DIRICHLET_TRIES times) until every partition
-      has at least `min_size` samples, by default min(10, n // (2 * num_partitions)) but at least 1.
+      has at least `min_size` samples, by default min(10, n // (10 * num_partitions)) but at least 1.
     - `shards:K`: sort by label, cut into num_partitions * K equal shards, deal K random shards to each
       partition (McMahan et al. 2017), so a partition sees about K classes (at most 2K while every shard
       is no larger than the smallest class).
@@ -92,7 +92,7 @@ def partition(
 def _dirichlet(labels, by_label, num_partitions, alpha, rng, min_size, spec) -> list[np.ndarray]:
     n = len(labels)
     if min_size is None:
-        min_size = max(1, min(10, n // (2 * num_partitions)))
+        min_size = max(1, min(10, n // (10 * num_partitions)))  # small enough for 200 nodes on digits
     _, starts = np.unique(labels[by_label], return_index=True)
     per_class = np.split(by_label, starts[1:])
     for _ in range(DIRICHLET_TRIES):
