@@ -71,10 +71,10 @@ def simulate(
 
 def _show_report(result: dict) -> None:
     table = Table(title="nodes")
-    for column in ("node", "model", "examples", "accuracy", "local-only", "sent", "received", "rejected"):
+    for column in ("node", "model", "data", "accuracy", "alone", "sent", "recv", "rejected"):
         table.add_column(column, justify="left" if column in ("node", "model") else "right")
     for n in result["nodes"]:
-        table.add_row(n["id"][-8:], n["model"], str(n["num_examples"]), f"{n['final_accuracy']:.3f}",
+        table.add_row(n["id"][-6:], n["model"], str(n["num_examples"]), f"{n['final_accuracy']:.3f}",
                       f"{n['local_only_accuracy']:.3f}", _size(n["bytes_sent"]), _size(n["bytes_received"]),
                       str(n["rejected_messages"]))
     console.print(table)
