@@ -27,8 +27,8 @@ def _out_dtype(array: np.ndarray) -> np.dtype:
 def _blocks(updates: list[NDArrays]) -> Iterator[tuple[int, slice, np.ndarray]]:
     """Yield (tensor index, slice of the flattened tensor, (n, block) float64 stack of that slice).
 
-    Reductions over updates then become BLAS calls on one small block at a time: float64 accuracy
-    without a float64 copy of everything (10 updates of 10 M parameters would need 800 MB).
+    Reductions over the updates then run on one cache-sized block at a time: float64 accuracy without
+    a float64 copy of everything (10 updates of 10 M parameters would need 800 MB).
     """
     for index, tensors in enumerate(zip(*updates)):
         flat = [a.reshape(-1) for a in tensors]
@@ -41,13 +41,15 @@ def _combine(updates: list[NDArrays], coefs: list[float]) -> NDArrays:
     """sum_i coefs[i] * updates[i], accumulated in float64.
 
     Flower's `aggregate` builds a scaled float32 copy of every update and then a chain of sums; a
-    blockwise matrix-vector product reads each input once and writes the output once, about 3x faster
+    blockwise weighted sum reads each input once and writes the output once, 2-3x faster
     on 10 x 10 M parameters (bench/bench_aggregation.py), and float64 accumulation is the more accurate.
+    einsum, not `weights @ block`: OpenBLAS's threaded matrix-vector product on many small blocks ran
+    10-20x slower whenever other processes kept the cores busy; einsum's own loop needs no threads.
     """
     weights = np.asarray(coefs, dtype=np.float64)
     out = [np.empty(a.size, _out_dtype(a)) for a in updates[0]]
     for index, part, block in _blocks(updates):
-        out[index][part] = weights @ block
+        out[index][part] = np.einsum("i,ij->j", weights, block)
     return [o.reshape(a.shape) for o, a in zip(out, updates[0])]
 
 
@@ -77,8 +79,9 @@ def _sq_distances(updates: list[NDArrays]) -> np.ndarray:
 def _sorted_mean(results: Results, lo: int, hi: int) -> NDArrays:
     """Per coordinate, the mean of the order statistics lo..hi-1 (median and trimmed mean).
 
-    Sorting the stacked tensor in place along axis 0 is ~3x faster than np.median / np.partition
-    along axis 0 (Flower's kernels) for a handful of updates, and gives the same values.
+    Sorting the stacked tensor in place along axis 0 is 3-5x faster than np.median / np.partition
+    along axis 0 (Flower's kernels) for a handful of updates (bench/bench_aggregation.py), and gives
+    the same values.
     """
     out = []
     for tensors in zip(*(update for update, _ in results)):

@@ -28,13 +28,13 @@ def value(out) -> float:
     return float(out[0][0])
 
 
-def random_results(n: int, seed: int, weights: bool = True) -> list:
+def random_results(n: int, seed: int) -> list:
     """n updates of a (4, 3) matrix and a (3,) bias, float32, with integer weights."""
     rng = np.random.default_rng(seed)
     return [
         (
             [rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal(3).astype(np.float32)],
-            int(rng.integers(1, 50)) if weights else 1,
+            int(rng.integers(1, 50)),
         )
         for _ in range(n)
     ]
