@@ -167,6 +167,15 @@ BUILTINS: dict[str, RuleSpec] = {
         ),
         RuleSpec("logit-mean", "logits", _logits.logit_mean, description="elementwise mean of the logits"),
         RuleSpec("logit-median", "logits", _logits.logit_median, description="elementwise median of the logits"),
+        RuleSpec(
+            "logit-trimmed", "logits", _logits.logit_trimmed,
+            (Param("beta", float, "in [0, 0.5)", lambda v: 0 <= v < 0.5),),
+            "elementwise mean of the logits after cutting a fraction beta at each end", example="logit-trimmed:0.2",
+        ),
+        RuleSpec("logit-probmean", "logits", _logits.logit_probmean,
+                 description="log of the mean of the probabilities (arithmetic ensemble of soft labels)"),
+        RuleSpec("logit-confidence", "logits", _logits.logit_confidence,
+                 description="per sample, the mean of the logits weighted by each model's top probability"),
     )
 }
 

@@ -1,12 +1,24 @@
 """What a node sends and what it does with what it receives. One class per kind of knowledge;
-the node calls publish -> (messages arrive: receive) -> fold."""
+the node calls publish -> (messages arrive: receive) -> fold, and trains with `extra()` samples.
+
+Messages reach an exchange only after the protocol layer verified them. An exchange may still
+refuse one it cannot or will not use (other architecture, wrong shapes, a licence it does not
+accept); each refusal is counted by reason in `node.stats.refused`."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from manymodels.aggregation import RuleError
-from manymodels.protocol import Message, Payload, Weights
+import numpy as np
+
+from manymodels.aggregation import Rule, RuleError
+from manymodels.protocol import Logits, Message, Payload, SyntheticBatch, Weights
+
+from .learning.generator import NAME as GENERATOR_NAME
+from .learning.generator import GaussianClassGenerator
+from .learning.learner import Samples, log_soft_labels
+from .learning.probe import ProbeSet
 
 if TYPE_CHECKING:
     from .node import Node
@@ -21,37 +33,43 @@ class Exchange(ABC):
 
     @abstractmethod
     def receive(self, node: Node, message: Message) -> None:
-        """Keep a verified message for the next fold."""
+        """Keep a verified message for the next fold, or count why it is refused."""
 
     @abstractmethod
     def fold(self, node: Node) -> bool:
         """Combine what was received into the node's learner; True if the model changed."""
 
+    def extra(self) -> Samples | None:
+        """Samples from peers to train on beside the private data."""
+        return None
+
 
 class WeightGossip(Exchange):
-    """Asynchronous weight gossip: fold the newest weights from each peer, received since the
-    last fold, together with one's own through the node's rule."""
+    """Asynchronous weight gossip: fold the newest weights from each peer of the same
+    architecture, received since the last fold, together with one's own through the node's rule."""
 
     name = "weights"
 
-    def __init__(self) -> None:
+    def __init__(self, rule: Rule) -> None:
+        self.rule = rule
         self._inbox: dict[bytes, Weights] = {}
 
     def publish(self, node: Node) -> list[Payload]:
         learner = node.learner
+        if not learner.supports_weights:
+            return []
         return [Weights(learner.architecture, node.version, learner.num_examples, learner.get_weights())]
 
     def receive(self, node: Node, message: Message) -> None:
         payload = message.payload
         if not isinstance(payload, Weights):
             return
-        if payload.model != node.learner.architecture:
-            node.stats.ignored["other_architecture"] += 1
-            return
-        own = node.shapes
-        if [tuple(t.shape) for t in payload.tensors] != own:
-            node.stats.ignored["shape_mismatch"] += 1
-            return
+        if payload.model != node.learner.architecture or not node.learner.supports_weights:
+            return node.refuse("other_architecture")
+        if [(t.shape, t.dtype) for t in payload.tensors] != node.tensor_specs:
+            return node.refuse("tensor_mismatch")
+        if not all(np.isfinite(t).all() for t in payload.tensors):
+            return node.refuse("non_finite")
         previous = self._inbox.get(message.sender)
         if previous is None or payload.version >= previous.version:
             self._inbox[message.sender] = payload
@@ -64,18 +82,181 @@ class WeightGossip(Exchange):
         results += [(w.tensors, float(w.num_examples)) for w in self._inbox.values()]
         self._inbox.clear()
         try:
-            merged = node.rule(results, reference=own)
-        except RuleError as exc:  # too few inputs this round (loss, churn): keep the local model
-            node.stats.ignored[f"rule: {exc}"[:80]] += 1
+            merged = self.rule(results, reference=own)
+        except RuleError:  # too few inputs this round (loss, churn): keep the local model
+            node.refuse("rule_cannot_fold")
             return False
         node.learner.set_weights(merged)
         return True
 
 
-EXCHANGES = {"weights": WeightGossip}
+@dataclass
+class DistillSettings:
+    probe: ProbeSet
+    rule: Rule  # a logits rule
+    class_counts: list[int]  # private examples per class, published with the logits
+    temperature: float = 2.0
+    epochs: int = 2
+    wire_dtype: str = "float16"  # soft labels need no more precision; halves the bytes
 
 
-def make_exchange(name: str) -> Exchange:
-    if name not in EXCHANGES:
-        raise ValueError(f"unknown exchange {name!r}; available: {', '.join(EXCHANGES)}")
-    return EXCHANGES[name]()
+class Distillation(Exchange):
+    """Publish logits on the shared probe set; fold the peers' consensus into one's own model by
+    distillation (the FedMD / FedDF pattern); private fine-tuning happens in the next local fit.
+
+    Before the rule runs, each model's probability for class c is weighed by its share of all the
+    class-c examples behind the signals: on a non-IID network a model that never saw c has no
+    opinion on c worth hearing, and one that saw most of c is the expert."""
+
+    name = "distill"
+
+    def __init__(self, settings: DistillSettings) -> None:
+        self.settings = settings
+        self._digest = settings.probe.digest
+        self._inbox: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}  # log soft labels, class counts
+
+    def publish(self, node: Node) -> list[Payload]:
+        s = self.settings
+        logits = node.learner.predict(s.probe.x).astype(s.wire_dtype)
+        return [Logits(self._digest, node.learner.architecture, node.version, s.temperature, logits,
+                       list(s.class_counts))]
+
+    def receive(self, node: Node, message: Message) -> None:
+        payload = message.payload
+        if not isinstance(payload, Logits):
+            return
+        if payload.probe != self._digest:
+            return node.refuse("other_probe_set")
+        if payload.logits.shape != (len(self.settings.probe.x), node.num_classes):
+            return node.refuse("logits_shape")
+        logits = payload.logits.astype(np.float32)
+        if not np.isfinite(logits).all():
+            return node.refuse("non_finite")
+        # Normalised on arrival: architectures differ wildly in logit scale (a forest's log
+        # probabilities vs an overconfident net's), and the rule must compare like with like.
+        self._inbox[message.sender] = (log_soft_labels(logits, payload.temperature),
+                                       np.asarray(payload.class_counts, dtype=np.float64))
+
+    def fold(self, node: Node) -> bool:
+        if not self._inbox:
+            return False
+        s = self.settings
+        own = (log_soft_labels(node.learner.predict(s.probe.x), s.temperature),
+               np.asarray(s.class_counts, dtype=np.float64))
+        signals, counts = zip(own, *self._inbox.values())
+        self._inbox.clear()
+        share = np.stack(counts) / np.maximum(np.sum(counts, axis=0), 1.0)  # (models, classes)
+        weight = np.log(np.maximum(share * len(signals), 1e-4))  # 0 for uniform shares: IID is unchanged
+        try:
+            consensus = s.rule([signal + w for signal, w in zip(signals, weight)])
+        except RuleError:
+            node.refuse("rule_cannot_fold")
+            return False
+        node.learner.distill(s.probe.x, log_soft_labels(consensus, 1.0), s.temperature, s.epochs)
+        return True
+
+
+@dataclass
+class SyntheticSettings:
+    generator: GaussianClassGenerator
+    rng: np.random.Generator
+    input_shape: tuple[int, ...]
+    value_range: tuple[float, float]
+    per_class: int = 20
+    weight: float = 0.5  # loss weight of a received sample relative to a private one
+    licence: str = "CC-BY-4.0"
+    accept_licences: tuple[str, ...] = ("CC0-1.0", "CC-BY-4.0")
+    retention: str = "delete after 30 days"
+    consent: str = "synthetic samples only; no private record leaves the node"
+    max_samples: int = 10_000  # per batch
+    cards: list[dict] = field(default_factory=list)  # provenance of what was accepted
+
+
+class SyntheticSamples(Exchange):
+    """Publish samples from a generative model of one's own data, with a signed data card;
+    train on peers' samples that pass the checks, at a configurable weight."""
+
+    name = "synthetic"
+
+    def __init__(self, settings: SyntheticSettings) -> None:
+        self.settings = settings
+        self._pool: dict[bytes, SyntheticBatch] = {}  # newest batch per peer
+        self._fresh = False
+
+    def publish(self, node: Node) -> list[Payload]:
+        s = self.settings
+        x, y = s.generator.sample(s.per_class, s.rng)
+        card = {"licence": s.licence, "consent": s.consent, "retention": s.retention,
+                "generator": GENERATOR_NAME, "source": node.id, "digest": b""}
+        batch = SyntheticBatch(x, y, card)
+        card["digest"] = batch.content_digest()
+        return [batch]
+
+    def refusal(self, node: Node, message: Message, batch: SyntheticBatch) -> str | None:
+        """Why this batch must not be trained on, or None."""
+        s = self.settings
+        low, high = s.value_range
+        if batch.card["licence"] not in s.accept_licences:
+            return "licence_refused"
+        if batch.card["source"] != message.sender_id:
+            return "card_source_mismatch"
+        if batch.card["digest"] != batch.content_digest():
+            return "card_digest_mismatch"
+        if tuple(batch.x.shape[1:]) != tuple(s.input_shape):
+            return "sample_shape"
+        if len(batch.y) > s.max_samples:
+            return "too_many_samples"
+        if not (np.isfinite(batch.x).all() and batch.x.min(initial=low) >= low and batch.x.max(initial=high) <= high):
+            return "value_range"
+        if len(batch.y) and (batch.y.min() < 0 or batch.y.max() >= node.num_classes):
+            return "label_set"
+        return None
+
+    def receive(self, node: Node, message: Message) -> None:
+        batch = message.payload
+        if not isinstance(batch, SyntheticBatch):
+            return
+        reason = self.refusal(node, message, batch)
+        if reason:
+            return node.refuse(reason)
+        self._pool[message.sender] = batch
+        self.settings.cards.append({**batch.card, "digest": batch.card["digest"].hex(), "samples": len(batch.y)})
+        del self.settings.cards[:-100]  # keep the latest provenance only
+        self._fresh = True
+
+    def extra(self) -> Samples | None:
+        if not self._pool:
+            return None
+        batches = list(self._pool.values())
+        return Samples(np.concatenate([b.x for b in batches]), np.concatenate([b.y for b in batches]),
+                       self.settings.weight)
+
+    def fold(self, node: Node) -> bool:
+        if not self._fresh:
+            return False
+        self._fresh = False
+        node.learner.fit(1, extra=self.extra())
+        return True
+
+
+class Mixed(Exchange):
+    """Weight averaging among peers of the same architecture plus distillation across all."""
+
+    name = "mixed"
+
+    def __init__(self, weights: WeightGossip, distill: Distillation) -> None:
+        self.parts = (weights, distill)
+
+    def publish(self, node: Node) -> list[Payload]:
+        return [p for part in self.parts for p in part.publish(node)]
+
+    def receive(self, node: Node, message: Message) -> None:
+        for part in self.parts:
+            part.receive(node, message)
+
+    def fold(self, node: Node) -> bool:
+        changed = [part.fold(node) for part in self.parts]  # weights first, then distillation
+        return any(changed)
+
+
+EXCHANGES = ("weights", "distill", "synthetic", "mixed")

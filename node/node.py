@@ -1,4 +1,4 @@
-"""A node: identity, learner, rule and exchange, talking only through a transport.
+"""A node: identity, learner and exchange, talking only through a transport.
 
 Every inbound message is opened by the protocol layer (size, schema, signature, digest,
 replay, skew) before the exchange sees it; every rejection is counted by reason."""
@@ -21,8 +21,8 @@ class NodeStats:
     bytes_received: int = 0
     messages_accepted: int = 0
     sent_by_kind: Counter = field(default_factory=Counter)
-    rejected: Counter = field(default_factory=Counter)  # protocol rejections by reason
-    ignored: Counter = field(default_factory=Counter)  # valid messages this node could not use
+    rejected: Counter = field(default_factory=Counter)  # protocol rejections, by reason
+    refused: Counter = field(default_factory=Counter)  # valid messages the exchange would not use, by reason
 
     @property
     def rejected_total(self) -> int:
@@ -30,13 +30,13 @@ class NodeStats:
 
 
 class Node:
-    def __init__(self, identity: Identity, learner: Learner, transport: Transport, rule, exchange: Exchange,
-                 *, clock: Callable[[], int], guard: ReplayGuard | None = None) -> None:
+    def __init__(self, identity: Identity, learner: Learner, transport: Transport, exchange: Exchange,
+                 *, num_classes: int, clock: Callable[[], int], guard: ReplayGuard | None = None) -> None:
         self.identity = identity
         self.learner = learner
         self.transport = transport
-        self.rule = rule
         self.exchange = exchange
+        self.num_classes = num_classes
         self.clock = clock  # Unix time in ms; virtual in the simulator
         self.guard = guard or ReplayGuard()
         self.banned: set[bytes] = set()
@@ -44,15 +44,18 @@ class Node:
         self.version = 0
         self.seq = 0
         self.stats = NodeStats()
-        self.shapes = [tuple(w.shape) for w in learner.get_weights()]
+        self.tensor_specs = [(w.shape, w.dtype) for w in learner.get_weights()]
         transport.set_receiver(self.on_bytes)
 
     @property
     def id(self) -> str:
         return self.identity.peer_id
 
+    def train(self, epochs: int) -> dict[str, float]:
+        return self.learner.fit(epochs, extra=self.exchange.extra())
+
     def publish(self) -> None:
-        """Sign what the exchange offers once, and send the same bytes to every neighbour."""
+        """Sign what the exchange offers once each, and send the same bytes to every neighbour."""
         self.version += 1
         for payload in self.exchange.publish(self):
             self.seq += 1
@@ -71,6 +74,9 @@ class Node:
             return
         self.stats.messages_accepted += 1
         self.exchange.receive(self, message)
+
+    def refuse(self, reason: str) -> None:
+        self.stats.refused[reason] += 1
 
     def fold(self) -> bool:
         return self.exchange.fold(self)

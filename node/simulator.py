@@ -1,7 +1,8 @@
 """Many nodes in one process over the memory transport; deterministic for a seed.
 
-Every simulation also trains each node alone (local-only) and one model on all the data
-(pooled), so its report answers "many models vs one model vs alone" on held-out data."""
+Every simulation also trains each node alone (local-only) and one model per architecture on all
+the private data (pooled), so its report answers "many models vs one model vs alone" on held-out
+data."""
 from __future__ import annotations
 
 import hashlib
@@ -16,10 +17,15 @@ import torch
 from manymodels.aggregation import RuleError, check_inputs, get_rule
 from manymodels.protocol import Identity
 
-from .exchange import make_exchange
+from .exchange import (EXCHANGES, Distillation, DistillSettings, Exchange, Mixed, SyntheticSamples,
+                       SyntheticSettings, WeightGossip)
 from .learning.datasets import Dataset, DatasetError, load_dataset
-from .learning.models import MODELS, build_model
+from .learning.forest import ForestLearner
+from .learning.generator import GaussianClassGenerator
+from .learning.learner import Learner
+from .learning.models import ARCHITECTURES, MIXED, build_model
 from .learning.partition import PartitionError, parse_partition, partition
+from .learning.probe import DEFAULT_SIZE, ProbeError, ProbeSet, load_probe, split_probe
 from .learning.torch_learner import TorchLearner
 from .node import Node
 from .topology import TopologyError, neighbours
@@ -40,45 +46,103 @@ class SimulationConfig:
     rounds: int = 20
     dataset: str = "digits"
     partition: str = "dirichlet:0.5"
-    model: str = "mlp"
+    model: str = "mlp"  # an architecture, "mixed", or a comma-separated list assigned in turn
     exchange: str = "weights"
-    rule: str = "fedavg"
+    rule: str = "fedavg"  # weights rule (weights and mixed exchanges)
+    logit_rule: str = "logit-probmean"  # logits rule (distill and mixed exchanges)
     topology: str = "full"
     local_epochs: int = 1
     seed: int = 0
     lr: float = 1e-2
     batch_size: int = 32
     loss: float = 0.0  # probability that a message is lost
+    probe_size: int = DEFAULT_SIZE  # inputs set aside from the training data as the public probe set
+    probe_file: str | None = None  # a user's own probe set (.npy) instead
+    temperature: float = 2.0
+    distill_epochs: int = 2
+    synthetic_per_class: int = 20
+    synthetic_weight: float = 0.5
+    licence: str = "CC-BY-4.0"  # on this network's synthetic data cards
+    accept_licences: tuple[str, ...] = ("CC0-1.0", "CC-BY-4.0")
+    max_train: int | None = None  # subsample the training set (e.g. Fashion-MNIST) for speed
 
 
 def node_identity(seed: int, index: int) -> Identity:
     return Identity(hashlib.sha256(f"manymodels/simulation/{seed}/{index}".encode()).digest())
 
 
+def architectures(config: SimulationConfig) -> list[str]:
+    """The architecture of each node."""
+    names = MIXED if config.model == "mixed" else tuple(m.strip() for m in config.model.split(","))
+    for name in names:
+        if name not in ARCHITECTURES:
+            raise ConfigError(f"unknown model {name!r}; available: {', '.join(ARCHITECTURES)}, mixed")
+    return [names[i % len(names)] for i in range(config.nodes)]
+
+
 def _check(config: SimulationConfig) -> None:
     if config.nodes < 1 or config.rounds < 1 or config.local_epochs < 1:
         raise ConfigError("--nodes, --rounds and --local-epochs must be at least 1")
-    if config.model not in MODELS:
-        raise ConfigError(f"unknown model {config.model!r}; available: {', '.join(MODELS)}")
+    if config.exchange not in EXCHANGES:
+        raise ConfigError(f"unknown exchange {config.exchange!r}; available: {', '.join(EXCHANGES)}")
+    architectures(config)
     try:
         parse_partition(config.partition)
-        get_rule(config.rule)
-        make_exchange(config.exchange)
+        for spec, kind in ((config.rule, "weights"), (config.logit_rule, "logits")):
+            if get_rule(spec).kind != kind:
+                raise ConfigError(f"{spec} is a {get_rule(spec).kind} rule; this option takes a {kind} rule")
         neighbours(config.topology, config.nodes, config.seed)
-    except (PartitionError, RuleError, TopologyError, ValueError) as exc:
+    except (PartitionError, RuleError, TopologyError) as exc:
         raise ConfigError(str(exc)) from None
 
 
-def _learner(config: SimulationConfig, data: Dataset, index: np.ndarray, seed: int) -> TorchLearner:
+def _learner(arch: str, config: SimulationConfig, data: Dataset, index: np.ndarray, seed: int) -> Learner:
+    x, y = data.x_train[index], data.y_train[index]
+    if arch == "forest":
+        return ForestLearner(x, y, data.num_classes, seed=seed)
     # Nodes of one architecture start from one shared initialisation (seeded by the run's seed),
     # as decentralised SGD assumes; averaging independently initialised networks fails.
-    module = build_model(config.model, data.input_shape, data.num_classes, seed=config.seed)
-    return TorchLearner(module, data.x_train[index], data.y_train[index], architecture=config.model,
-                        lr=config.lr, batch_size=config.batch_size, seed=seed)
+    try:
+        module = build_model(arch, data.input_shape, data.num_classes, seed=config.seed)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return TorchLearner(module, x, y, architecture=arch, lr=config.lr, batch_size=config.batch_size, seed=seed)
 
 
-def _accuracy(learner: TorchLearner, data: Dataset) -> float:
+def _accuracy(learner: Learner, data: Dataset) -> float:
     return round(learner.evaluate(data.x_test, data.y_test)["accuracy"], 6)
+
+
+def _exchange(config: SimulationConfig, data: Dataset, probe: ProbeSet, index: np.ndarray, seed: int) -> Exchange:
+    rule = get_rule(config.rule)
+    counts = np.bincount(data.y_train[index], minlength=data.num_classes).tolist()
+    distill = lambda: Distillation(DistillSettings(  # noqa: E731
+        probe, get_rule(config.logit_rule), counts, config.temperature, config.distill_epochs))
+    if config.exchange == "weights":
+        return WeightGossip(rule)
+    if config.exchange == "distill":
+        return distill()
+    if config.exchange == "mixed":
+        return Mixed(WeightGossip(rule), distill())
+    value_range = (float(data.x_train.min()), float(data.x_train.max()))
+    generator = GaussianClassGenerator(data.x_train[index], data.y_train[index], value_range)
+    return SyntheticSamples(SyntheticSettings(
+        generator, np.random.default_rng(seed), data.input_shape, value_range, config.synthetic_per_class,
+        config.synthetic_weight, config.licence, tuple(config.accept_licences)))
+
+
+def _check_rules(config: SimulationConfig, archs: list[str], adjacency: list[list[int]]) -> None:
+    """Say at start when a rule cannot work with a node's neighbour count."""
+    for i, nb in enumerate(adjacency):
+        checks = []
+        if config.exchange in ("weights", "mixed") and archs[i] != "forest":
+            checks.append((config.rule, 1 + sum(archs[j] == archs[i] for j in nb), "same-architecture "))
+        if config.exchange in ("distill", "mixed"):
+            checks.append((config.logit_rule, 1 + len(nb), ""))
+        for spec, n, what in checks:
+            problem = check_inputs(spec, n)
+            if problem:
+                raise ConfigError(f"node {i} ({archs[i]}) has {n - 1} {what}neighbours: {problem}")
 
 
 Adversary = Callable[[int, MemoryNetwork, list[Node]], None]
@@ -91,27 +155,27 @@ def run_simulation(config: SimulationConfig, on_round: Callable[[int, float], No
     _check(config)
     started = time.perf_counter()
     torch.set_num_threads(1)  # tiny models: one thread is faster here and keeps runs repeatable
+    archs = architectures(config)
     try:
-        data = load_dataset(config.dataset, seed=config.seed)
+        data = load_dataset(config.dataset, seed=config.seed, max_train=config.max_train)
+        probe, data = split_probe(data, config.probe_size)
+        if config.probe_file:
+            probe = load_probe(config.probe_file, data.input_shape)
         parts = partition(data.y_train, config.nodes, config.partition, seed=config.seed)
-    except (DatasetError, PartitionError) as exc:
+    except (DatasetError, PartitionError, ProbeError) as exc:
         raise ConfigError(str(exc)) from None
-
-    rule = get_rule(config.rule)
     adjacency = neighbours(config.topology, config.nodes, config.seed)
-    for i, nb in enumerate(adjacency):
-        problem = check_inputs(rule, len(nb) + 1)
-        if problem:
-            raise ConfigError(f"rule {config.rule} cannot work for node {i} with {len(nb)} neighbours: {problem}")
+    _check_rules(config, archs, adjacency)
 
     network = MemoryNetwork(seed=config.seed, link=LinkModel(loss=config.loss))
     clock = lambda: EPOCH_MS + int(network.now_ms)  # noqa: E731
     nodes: list[Node] = []
     for i, index in enumerate(parts):
         identity = node_identity(config.seed, i)
-        learner = _learner(config, data, index, seed=config.seed * 1_000_003 + i)
-        nodes.append(Node(identity, learner, network.attach(identity.peer_id), rule,
-                          make_exchange(config.exchange), clock=clock))
+        seed = config.seed * 1_000_003 + i
+        learner = _learner(archs[i], config, data, index, seed)
+        nodes.append(Node(identity, learner, network.attach(identity.peer_id),
+                          _exchange(config, data, probe, index, seed), num_classes=data.num_classes, clock=clock))
     for node, nb in zip(nodes, adjacency):
         node.neighbours = [nodes[j].id for j in nb]
 
@@ -120,7 +184,7 @@ def run_simulation(config: SimulationConfig, on_round: Callable[[int, float], No
     for r in range(config.rounds):
         before = [Counter(node.stats.sent_by_kind) for node in nodes]
         for node in nodes:
-            node.learner.fit(config.local_epochs)
+            node.train(config.local_epochs)
             node.publish()
         if adversary:
             adversary(r, network, nodes)
@@ -135,39 +199,41 @@ def run_simulation(config: SimulationConfig, on_round: Callable[[int, float], No
     epochs = config.rounds * config.local_epochs
     local_only = []
     for i, index in enumerate(parts):
-        alone = _learner(config, data, index, seed=config.seed * 1_000_003 + i)
+        alone = _learner(archs[i], config, data, index, seed=config.seed * 1_000_003 + i)
         alone.fit(epochs)
         local_only.append(_accuracy(alone, data))
-    pooled = _learner(config, data, np.arange(len(data.y_train)), seed=config.seed)
-    pooled.fit(epochs)
+    pooled = {}
+    for arch in sorted(set(archs)):
+        one = _learner(arch, config, data, np.arange(len(data.y_train)), seed=config.seed)
+        one.fit(epochs)
+        pooled[arch] = _accuracy(one, data)
 
-    per_node = []
-    for i, node in enumerate(nodes):
-        per_node.append({
-            "id": node.id,
-            "model": node.learner.architecture,
-            "num_examples": node.learner.num_examples,
-            "neighbours": len(node.neighbours),
-            "final_accuracy": history[i][-1],
-            "local_only_accuracy": local_only[i],
-            "bytes_sent": node.stats.bytes_sent,
-            "bytes_received": node.stats.bytes_received,
-            "bytes_sent_by_kind": dict(node.stats.sent_by_kind),
-            "bytes_sent_per_round": sent_per_round[i],
-            "messages_accepted": node.stats.messages_accepted,
-            "rejected_messages": node.stats.rejected_total,
-            "rejected_by_reason": dict(sorted(node.stats.rejected.items())),
-            "ignored_messages": dict(sorted(node.stats.ignored.items())),
-            "history": history[i],
-        })
-    finals = [n["final_accuracy"] for n in per_node]
+    per_node = [{
+        "id": node.id,
+        "model": archs[i],
+        "num_examples": node.learner.num_examples,
+        "neighbours": len(node.neighbours),
+        "final_accuracy": history[i][-1],
+        "local_only_accuracy": local_only[i],
+        "pooled_accuracy": pooled[archs[i]],
+        "bytes_sent": node.stats.bytes_sent,
+        "bytes_received": node.stats.bytes_received,
+        "bytes_sent_by_kind": dict(node.stats.sent_by_kind),
+        "bytes_sent_per_round": sent_per_round[i],
+        "messages_accepted": node.stats.messages_accepted,
+        "rejected_messages": node.stats.rejected_total,
+        "rejected_by_reason": dict(sorted(node.stats.rejected.items())),
+        "refused_by_reason": dict(sorted(node.stats.refused.items())),
+        "history": history[i],
+    } for i, node in enumerate(nodes)]
     return {
         "config": asdict(config),
+        "probe": {"name": probe.name, "digest": probe.digest.hex(), "size": len(probe.x)},
         "summary": {
-            "mean_accuracy": round(float(np.mean(finals)), 6),
-            "min_accuracy": round(float(np.min(finals)), 6),
-            "mean_local_only_accuracy": round(float(np.mean(local_only)), 6),
-            "pooled_accuracy": _accuracy(pooled, data),
+            **_accuracies(per_node),
+            "architectures": {arch: {"nodes": sum(a == arch for a in archs),
+                                     **_accuracies([n for n in per_node if n["model"] == arch])}
+                              for arch in sorted(set(archs))},
             "rejected_messages": sum(n["rejected_messages"] for n in per_node),
             "bytes_sent": sum(n["bytes_sent"] for n in per_node),
             "messages_dropped": network.dropped,
@@ -176,3 +242,12 @@ def run_simulation(config: SimulationConfig, on_round: Callable[[int, float], No
         },
         "nodes": per_node,
     }
+
+
+def _accuracies(nodes: list[dict]) -> dict[str, float]:
+    def mean(key):
+        return round(float(np.mean([n[key] for n in nodes])), 6)
+    return {"mean_accuracy": mean("final_accuracy"),
+            "min_accuracy": round(float(np.min([n["final_accuracy"] for n in nodes])), 6),
+            "mean_local_only_accuracy": mean("local_only_accuracy"),
+            "pooled_accuracy": mean("pooled_accuracy")}

@@ -4,12 +4,12 @@ from .errors import Reason, RejectedMessage
 from .identity import Identity, peer_id, verify
 from .messages import (KINDS, Announce, BlobRequest, BlobResponse, Error, Hello, Logits, Payload,
                        SyntheticBatch, Weights)
-from .ndarray import ALLOWED_DTYPES, decode_array, encode_array
+from .ndarray import ALLOWED_DTYPES, array_digest, decode_array, encode_array
 from .replay import ReplayGuard
 
 __all__ = [
     "ALLOWED_DTYPES", "KINDS", "MAX_ENVELOPE_BYTES", "PROTOCOL_VERSION", "Announce", "BlobRequest",
     "BlobResponse", "Error", "Hello", "Identity", "Logits", "Message", "Payload", "Reason",
     "RejectedMessage", "ReplayGuard", "SyntheticBatch", "Weights", "decode_array", "digest",
-    "encode_array", "open_envelope", "peer_id", "seal", "verify",
+    "array_digest", "encode_array", "open_envelope", "peer_id", "seal", "verify",
 ]

@@ -2,13 +2,14 @@
 checks every field before anything else may look at it."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import numpy as np
 
 from .errors import Reason, RejectedMessage
-from .ndarray import decode_array, encode_array
+from .ndarray import array_digest, decode_array, encode_array
 
 DIGEST_SIZE = 32
 MAX_TENSORS = 4096
@@ -147,16 +148,27 @@ class Weights(Payload):
 
 @dataclass(frozen=True)
 class Logits(Payload):
-    """Predictions on the probe set whose canonical bytes hash to `probe`."""
+    """Predictions on the probe set whose canonical bytes hash to `probe`, and how many private
+    examples of each class the model was trained on (so receivers can weigh each model's opinion
+    on a class by how much it has seen of it)."""
     KIND = "logits"
     MAX_BYTES = 64 * MiB
     SCHEMA = {"probe": _DIGEST, "model": _NAME, "version": _int(), "temperature": _float(1e-3, 1e3),
-              "logits": _array(ndim=2, kinds="f")}
+              "logits": _array(ndim=2, kinds="f"), "class_counts": _list(_int(), 65536)}
     probe: bytes
     model: str
     version: int
     temperature: float
     logits: np.ndarray
+    class_counts: list[int]
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> Logits:
+        msg = super().from_wire(obj)
+        if len(msg.class_counts) != msg.logits.shape[1]:
+            raise RejectedMessage(Reason.SHAPE_MISMATCH,
+                                  f"{len(msg.class_counts)} class counts for {msg.logits.shape[1]} classes")
+        return msg
 
 
 _CARD = {"licence": _NAME, "consent": _str(256), "retention": _str(256), "generator": _str(256),
@@ -172,6 +184,10 @@ class SyntheticBatch(Payload):
     x: np.ndarray
     y: np.ndarray
     card: dict[str, Any]
+
+    def content_digest(self) -> bytes:
+        """What the card's `digest` must be: SHA-256 over the canonical-bytes digests of x and y."""
+        return hashlib.sha256(array_digest(self.x) + array_digest(self.y)).digest()
 
     @classmethod
     def from_wire(cls, obj: Any) -> SyntheticBatch:

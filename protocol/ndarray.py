@@ -1,9 +1,11 @@
 """ndarrays on the wire as {dtype, shape, data}: an allow-list of little-endian dtypes, never pickle."""
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any
 
+import msgpack
 import numpy as np
 
 from .errors import Reason, RejectedMessage
@@ -45,3 +47,9 @@ def decode_array(obj: Any) -> np.ndarray:
     if math.prod(d for d in shape if d) * itemsize > np.iinfo(np.intp).max:
         raise RejectedMessage(Reason.SHAPE_MISMATCH, f"shape {shape} is too big for any array")
     return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape)
+
+
+def array_digest(array: np.ndarray) -> bytes:
+    """SHA-256 of an array's canonical bytes: msgpack of its wire form (little-endian, C order).
+    Probe sets are named by this digest; nodes only combine signals computed on the same one."""
+    return hashlib.sha256(msgpack.packb(encode_array(array), use_bin_type=True)).digest()

@@ -34,7 +34,7 @@ def sample_payloads() -> list[protocol.Payload]:
                 tensors=[f32, np.ones(4, np.float16), np.zeros((), np.float64), np.zeros((0, 3), np.float32)]),
         Weights(model="empty", version=0, num_examples=0, tensors=[]),
         Logits(probe=b"\x02" * 32, model="mlp", version=2, temperature=2.5,
-               logits=np.linspace(-1, 1, 10, dtype=np.float32).reshape(5, 2)),
+               logits=np.linspace(-1, 1, 10, dtype=np.float32).reshape(5, 2), class_counts=[3, 0]),
         SyntheticBatch(x=np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32),
                        y=np.array([0, 1, 2, 1], np.int64), card=dict(CARD)),
         SyntheticBatch(x=np.zeros((3,), np.float64), y=np.array([1, 2, 3], np.uint8), card=dict(CARD)),
@@ -628,3 +628,11 @@ def test_seed_and_public_key_sizes():
 def test_peer_id_shape():
     for _ in range(5):
         assert Identity.generate().peer_id.startswith("12D3KooW")
+
+
+def test_logits_class_counts_must_match_the_classes():
+    good = wire(next(p for p in sample_payloads() if p.KIND == "logits"))
+    obj = {**good, "class_counts": [1, 2, 3]}  # 2 classes of logits, 3 counts
+    assert reason_of(signed_payload("logits", obj)) is Reason.SHAPE_MISMATCH
+    obj = {**good, "class_counts": [1, -2]}
+    assert reason_of(signed_payload("logits", obj)) is Reason.SCHEMA

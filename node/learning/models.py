@@ -31,8 +31,13 @@ def _cnn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
 MODELS: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {
     "logreg": _logreg,
     "mlp": _mlp,
+    "mlp-wide": lambda shape, classes: _mlp(shape, classes, hidden=512),
     "cnn": _cnn,
 }
+# Every architecture a node can run: the torch models plus a scikit-learn forest (node.learning.forest).
+ARCHITECTURES = (*MODELS, "forest")
+# `--model mixed`: one of each, assigned to nodes in turn.
+MIXED = ("logreg", "mlp", "mlp-wide", "cnn", "forest")
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:

@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from .learner import Learner, NDArrays
+from .learner import Learner, NDArrays, Samples
 
 
 class TorchLearner(Learner):
@@ -31,23 +32,44 @@ class TorchLearner(Learner):
         for (name, current), array in zip(state.items(), weights):
             if tuple(array.shape) != tuple(current.shape):
                 raise ValueError(f"{self.architecture}.{name} is {tuple(current.shape)}, got {tuple(array.shape)}")
-            new[name] = torch.tensor(np.array(array, dtype=np.float32, copy=True), dtype=current.dtype)
+            new[name] = torch.tensor(np.array(array, copy=True), dtype=current.dtype)
         self.module.load_state_dict(new)
 
-    def fit(self, epochs: int) -> dict[str, float]:
+    def _epochs(self, x: torch.Tensor, epochs: int, loss_of) -> float:
+        """Mini-batch Adam over x for `epochs`; loss_of(batch indices, logits) -> scalar loss."""
         self.module.train()
-        loss_fn = nn.CrossEntropyLoss()
         total, batches = 0.0, 0
         for _ in range(epochs):
-            order = torch.randperm(self.num_examples, generator=self._generator)
-            for start in range(0, self.num_examples, self.batch_size):
+            order = torch.randperm(len(x), generator=self._generator)
+            for start in range(0, len(x), self.batch_size):
                 idx = order[start:start + self.batch_size]
                 self.optimizer.zero_grad()
-                loss = loss_fn(self.module(self.x[idx]), self.y[idx])
+                loss = loss_of(idx, self.module(x[idx]))
                 loss.backward()
                 self.optimizer.step()
                 total, batches = total + loss.item(), batches + 1
-        return {"loss": total / max(batches, 1)}
+        return total / max(batches, 1)
+
+    def fit(self, epochs: int, extra: Samples | None = None) -> dict[str, float]:
+        x, y, w = self.x, self.y, torch.ones(self.num_examples)
+        if extra is not None and len(extra.y):
+            x = torch.cat([x, torch.as_tensor(np.asarray(extra.x, dtype=np.float32))])
+            y = torch.cat([y, torch.as_tensor(np.asarray(extra.y, dtype=np.int64))])
+            w = torch.cat([w, torch.full((len(extra.y),), float(extra.weight))])
+
+        def loss_of(idx, logits):
+            return (F.cross_entropy(logits, y[idx], reduction="none") * w[idx]).sum() / w[idx].sum()
+        return {"loss": self._epochs(x, epochs, loss_of)}
+
+    def distill(self, x: np.ndarray, target: np.ndarray, temperature: float, epochs: int) -> None:
+        x_t = torch.as_tensor(np.asarray(x, dtype=np.float32))
+        target = torch.as_tensor(np.asarray(target, dtype=np.float32)).exp()
+
+        def loss_of(idx, logits):
+            # Hinton et al.'s KD loss, scaled by T^2 so gradients keep their size across temperatures.
+            log_p = F.log_softmax(logits / temperature, dim=1)
+            return F.kl_div(log_p, target[idx], reduction="batchmean") * temperature ** 2
+        self._epochs(x_t, epochs, loss_of)
 
     @torch.no_grad()
     def predict(self, x: np.ndarray) -> np.ndarray:
