@@ -31,9 +31,19 @@ def simulate(
     rounds: Annotated[int, typer.Option(help="Gossip rounds.")] = 20,
     dataset: Annotated[str, typer.Option(help="digits, fashion-mnist or mnist1d.")] = "digits",
     partition: Annotated[str, typer.Option(help="iid, dirichlet:ALPHA or shards:K.")] = "dirichlet:0.5",
-    model: Annotated[str, typer.Option(help="logreg, mlp or cnn.")] = "mlp",
-    exchange: Annotated[str, typer.Option(help="What nodes send: weights.")] = "weights",
-    rule: Annotated[str, typer.Option(help="Aggregation rule; see `manymodels rules`.")] = "fedavg",
+    model: Annotated[str, typer.Option(
+        help="logreg, mlp, mlp-wide, cnn, forest; 'mixed' (one of each in turn) or a comma list.")] = "mlp",
+    exchange: Annotated[str, typer.Option(
+        help="What nodes send: weights, distill (logits on a probe set), synthetic (samples), mixed.")] = "weights",
+    rule: Annotated[str, typer.Option(help="Weights rule; see `manymodels rules`.")] = "fedavg",
+    logit_rule: Annotated[str, typer.Option(help="Logits rule for distill and mixed.")] = "logit-probmean",
+    probe_size: Annotated[int, typer.Option(help="Training inputs set aside as the public probe set.")] = 200,
+    probe: Annotated[Optional[Path], typer.Option(help="Your own probe set (.npy) instead.")] = None,
+    temperature: Annotated[float, typer.Option(help="Distillation temperature.")] = 2.0,
+    synthetic_weight: Annotated[float, typer.Option(help="Loss weight of a peer's synthetic sample.")] = 0.5,
+    licence: Annotated[str, typer.Option(help="Licence on this network's synthetic data cards.")] = "CC-BY-4.0",
+    accept_licence: Annotated[Optional[list[str]], typer.Option(
+        help="A licence to accept on received synthetic data (repeatable).")] = None,
     topology: Annotated[str, typer.Option(help="full, ring or random:K.")] = "full",
     local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 1,
     seed: Annotated[int, typer.Option(help="Same seed, same numbers.")] = 0,
@@ -47,9 +57,12 @@ def simulate(
     from manymodels.node.simulator import ConfigError, SimulationConfig, run_simulation
     from manymodels.node.store import atomic_write
 
-    config = SimulationConfig(nodes=nodes, rounds=rounds, dataset=dataset, partition=partition, model=model,
-                              exchange=exchange, rule=rule, topology=topology, local_epochs=local_epochs,
-                              seed=seed, loss=loss)
+    config = SimulationConfig(
+        nodes=nodes, rounds=rounds, dataset=dataset, partition=partition, model=model, exchange=exchange,
+        rule=rule, logit_rule=logit_rule, topology=topology, local_epochs=local_epochs, seed=seed, loss=loss,
+        probe_size=probe_size, probe_file=str(probe) if probe else None, temperature=temperature,
+        synthetic_weight=synthetic_weight, licence=licence,
+        **({"accept_licences": tuple(accept_licence)} if accept_licence else {}))
     with Progress(TextColumn("[bold]simulating"), BarColumn(), MofNCompleteColumn(), TextColumn("rounds"),
                   TextColumn("{task.fields[acc]}"), TimeElapsedColumn(), console=Console(stderr=True),
                   transient=True, disable=json_out) as progress:
@@ -79,10 +92,18 @@ def _show_report(result: dict) -> None:
                       str(n["rejected_messages"]))
     console.print(table)
     s = result["summary"]
+    if len(s.get("architectures", {})) > 1:
+        by_arch = Table(title="architectures")
+        for column in ("model", "nodes", "accuracy", "alone", "pooled"):
+            by_arch.add_column(column, justify="left" if column == "model" else "right")
+        for arch, a in s["architectures"].items():
+            by_arch.add_row(arch, str(a["nodes"]), f"{a['mean_accuracy']:.3f}", f"{a['mean_local_only_accuracy']:.3f}",
+                            f"{a['pooled_accuracy']:.3f}")
+        console.print(by_arch)
     console.print(
-        f"many models [bold]{s['mean_accuracy']:.3f}[/] (min {s['min_accuracy']:.3f})  vs  "
-        f"alone {s['mean_local_only_accuracy']:.3f}  vs  one pooled model {s['pooled_accuracy']:.3f}   "
-        f"— held-out accuracy, {s['wall_seconds']:.1f} s"
+        f"held-out accuracy: many models [bold]{s['mean_accuracy']:.3f}[/] (min {s['min_accuracy']:.3f}) | "
+        f"alone {s['mean_local_only_accuracy']:.3f} | one pooled model {s['pooled_accuracy']:.3f} | "
+        f"{s['wall_seconds']:.1f} s"
     )
 
 

@@ -57,7 +57,7 @@ def test_simulate_writes_a_report_and_shows_the_table(cli, tmp_path):
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "run.json").read_text())
     assert len(report["nodes"]) == 3 and report["config"]["rounds"] == 2
-    assert "many models" in out.stdout and "pooled" in out.stdout
+    assert "many models" in out.stdout and "pooled model" in out.stdout
     shown = cli("report", tmp_path / "run.json")
     assert shown.returncode == 0 and report["nodes"][0]["id"][-6:] in shown.stdout
 

@@ -50,8 +50,8 @@ def test_atomic_write_keeps_old_file_when_the_write_fails(tmp_path):
 def _node(network, index, x, y, rule="fedavg"):
     identity = Identity(bytes([index]) * 32)
     learner = TorchLearner(build_model("logreg", (4,), 2, seed=0), x, y, architecture="logreg", seed=index)
-    return Node(identity, learner, network.attach(identity.peer_id), get_rule(rule), WeightGossip(),
-                clock=lambda: 1_000_000 + int(network.now_ms))
+    return Node(identity, learner, network.attach(identity.peer_id), WeightGossip(get_rule(rule)),
+                num_classes=2, clock=lambda: 1_000_000 + int(network.now_ms))
 
 
 def _pair():
