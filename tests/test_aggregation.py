@@ -117,6 +117,14 @@ def test_logit_rules():
     logits = [np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([[3.0, 0.0], [3.0, 4.0]]), np.array([[8.0, 1.0], [0.0, 4.0]])]
     np.testing.assert_allclose(get_rule("logit-mean")(logits), [[4.0, 1.0], [2.0, 4.0]])
     np.testing.assert_allclose(get_rule("logit-median")(logits), [[3.0, 1.0], [3.0, 4.0]])
+    np.testing.assert_allclose(get_rule("logit-trimmed:0.34")(logits), [[3.0, 1.0], [3.0, 4.0]])
+    np.testing.assert_allclose(get_rule("logit-trimmed:0")(logits), get_rule("logit-mean")(logits))
+    # log of the mean probability: log((e^1 + e^3 + e^8) / 3) in the first cell
+    np.testing.assert_allclose(get_rule("logit-probmean")(logits)[0, 0], np.log((np.e + np.e**3 + np.e**8) / 3))
+    # an unsure model (equal logits) counts less than a sure one: weights 1/2 and sigmoid(4)
+    sure, unsure = np.array([[4.0, 0.0]]), np.array([[0.0, 0.0]])
+    w = 1 / (1 + np.exp(-4.0))
+    np.testing.assert_allclose(get_rule("logit-confidence")([sure, unsure]), [[4 * w / (w + 0.5), 0.0]])
 
 
 def test_multi_tensor_fedavg_by_hand():
@@ -186,7 +194,8 @@ def test_inputs_are_not_mutated_or_aliased(spec):
     assert not any(np.shares_memory(o, a) for o in out for a in inputs)
 
 
-@pytest.mark.parametrize("spec", ["logit-mean", "logit-median"])
+@pytest.mark.parametrize("spec", ["logit-mean", "logit-median", "logit-trimmed:0.2", "logit-probmean",
+                                  "logit-confidence"])
 def test_logit_inputs_are_not_mutated(spec):
     logits = [np.random.default_rng(i).standard_normal((5, 3)) for i in range(3)]
     before = copy.deepcopy(logits)
