@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from .node import Node
 
 
+def _flat(tensors: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.ravel(t) for t in tensors]) if tensors else np.zeros(0)
+
+
 class Exchange(ABC):
     name: str
 
@@ -78,6 +82,7 @@ class WeightGossip(Exchange):
         if not self._inbox:
             return False
         own = node.learner.get_weights()
+        node.judge(_flat(own), {peer: _flat(w.tensors) for peer, w in self._inbox.items()})
         results = [(own, float(node.learner.num_examples))]
         results += [(w.tensors, float(w.num_examples)) for w in self._inbox.values()]
         self._inbox.clear()
@@ -143,6 +148,7 @@ class Distillation(Exchange):
         s = self.settings
         own = (log_soft_labels(node.learner.predict(s.probe.x), s.temperature),
                np.asarray(s.class_counts, dtype=np.float64))
+        node.judge(own[0], {peer: signal for peer, (signal, _) in self._inbox.items()})
         signals, counts = zip(own, *self._inbox.values())
         self._inbox.clear()
         share = np.stack(counts) / np.maximum(np.sum(counts, axis=0), 1.0)  # (models, classes)

@@ -8,10 +8,13 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from manymodels.protocol import Identity, RejectedMessage, ReplayGuard, open_envelope, seal
+import numpy as np
+
+from manymodels.protocol import Identity, Payload, RejectedMessage, ReplayGuard, open_envelope, seal
 
 from .exchange import Exchange
 from .learning.learner import Learner
+from .reputation import Reputation, outlier_ratios
 from .transport.base import Transport
 
 
@@ -31,7 +34,8 @@ class NodeStats:
 
 class Node:
     def __init__(self, identity: Identity, learner: Learner, transport: Transport, exchange: Exchange,
-                 *, num_classes: int, clock: Callable[[], int], guard: ReplayGuard | None = None) -> None:
+                 *, num_classes: int, clock: Callable[[], int], guard: ReplayGuard | None = None,
+                 reputation: Reputation | None = None) -> None:
         self.identity = identity
         self.learner = learner
         self.transport = transport
@@ -40,6 +44,7 @@ class Node:
         self.clock = clock  # Unix time in ms; virtual in the simulator
         self.guard = guard or ReplayGuard()
         self.banned: set[bytes] = set()
+        self.reputation = reputation or Reputation()
         self.neighbours: list[str] = []
         self.version = 0
         self.seq = 0
@@ -58,12 +63,18 @@ class Node:
         """Sign what the exchange offers once each, and send the same bytes to every neighbour."""
         self.version += 1
         for payload in self.exchange.publish(self):
-            self.seq += 1
-            data = seal(self.identity, payload, self.seq, self.clock())
+            data = self.seal(payload)
             for peer in self.neighbours:
                 self.transport.send(peer, data)
                 self.stats.bytes_sent += len(data)
                 self.stats.sent_by_kind[payload.KIND] += len(data)
+
+    def seal(self, payload: Payload, *, ts_ms: int | None = None) -> bytes:
+        """Sign a payload with the next sequence number. The node's own guard records it, so a copy
+        of its own message replayed back to it is rejected like any other replay."""
+        self.seq += 1
+        self.guard.record(self.identity.public_key, self.seq)
+        return seal(self.identity, payload, self.seq, self.clock() if ts_ms is None else ts_ms)
 
     def on_bytes(self, sender_address: str, data: bytes) -> None:
         self.stats.bytes_received += len(data)
@@ -77,6 +88,16 @@ class Node:
 
     def refuse(self, reason: str) -> None:
         self.stats.refused[reason] += 1
+
+    def judge(self, own: np.ndarray, contributions: dict[bytes, np.ndarray]) -> None:
+        """Score each peer's contribution against the robust consensus of all; ban a peer whose
+        reputation falls below the threshold."""
+        if not contributions:
+            return
+        ratios = outlier_ratios([own, *contributions.values()])
+        for peer, ratio in zip(contributions, ratios[1:]):
+            if self.reputation.observe(peer, float(ratio)):
+                self.banned.add(peer)
 
     def fold(self) -> bool:
         return self.exchange.fold(self)

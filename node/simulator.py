@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from manymodels.aggregation import RuleError, check_inputs, get_rule
-from manymodels.protocol import Identity
+from manymodels.protocol import Identity, peer_id
 
+from .attacks import ATTACKS, AttackContext, AttackerNode, AttackSpecError, parse_attack
 from .exchange import (EXCHANGES, Distillation, DistillSettings, Exchange, Mixed, SyntheticSamples,
                        SyntheticSettings, WeightGossip)
 from .learning.datasets import Dataset, DatasetError, load_dataset
@@ -28,6 +29,7 @@ from .learning.partition import PartitionError, parse_partition, partition
 from .learning.probe import DEFAULT_SIZE, ProbeError, ProbeSet, load_probe, split_probe
 from .learning.torch_learner import TorchLearner
 from .node import Node
+from .reputation import Reputation
 from .topology import TopologyError, neighbours
 from .transport.memory import LinkModel, MemoryNetwork
 
@@ -65,6 +67,8 @@ class SimulationConfig:
     licence: str = "CC-BY-4.0"  # on this network's synthetic data cards
     accept_licences: tuple[str, ...] = ("CC0-1.0", "CC-BY-4.0")
     max_train: int | None = None  # subsample the training set (e.g. Fashion-MNIST) for speed
+    attacks: tuple[str, ...] = ()  # NAME:FRACTION each; attackers are chosen by seed
+    reputation: float = 0.0  # ban a peer whose reputation falls below this (0: never)
 
 
 def node_identity(seed: int, index: int) -> Identity:
@@ -92,12 +96,28 @@ def _check(config: SimulationConfig) -> None:
             if get_rule(spec).kind != kind:
                 raise ConfigError(f"{spec} is a {get_rule(spec).kind} rule; this option takes a {kind} rule")
         neighbours(config.topology, config.nodes, config.seed)
-    except (PartitionError, RuleError, TopologyError) as exc:
+        _attackers(config)
+    except (PartitionError, RuleError, TopologyError, AttackSpecError) as exc:
         raise ConfigError(str(exc)) from None
 
 
-def _learner(arch: str, config: SimulationConfig, data: Dataset, index: np.ndarray, seed: int) -> Learner:
-    x, y = data.x_train[index], data.y_train[index]
+def _attackers(config: SimulationConfig) -> dict[int, str]:
+    """Node index -> attack name, chosen by seed; round(fraction * nodes) nodes per attack."""
+    order = np.random.default_rng([config.seed, 0xA77AC]).permutation(config.nodes)
+    chosen, start = {}, 0
+    for spec in config.attacks:
+        name, fraction = parse_attack(spec)
+        count = max(1, round(fraction * config.nodes))
+        chosen.update({int(i): name for i in order[start:start + count]})
+        start += count
+    if start >= config.nodes:
+        raise AttackSpecError(f"attacks {', '.join(config.attacks)} leave no honest node among {config.nodes}")
+    return chosen
+
+
+def _learner(arch: str, config: SimulationConfig, data: Dataset, index: np.ndarray, seed: int,
+             labels: Callable[[np.ndarray], np.ndarray] = lambda y: y) -> Learner:
+    x, y = data.x_train[index], labels(data.y_train[index])
     if arch == "forest":
         return ForestLearner(x, y, data.num_classes, seed=seed)
     # Nodes of one architecture start from one shared initialisation (seeded by the run's seed),
@@ -169,19 +189,26 @@ def run_simulation(config: SimulationConfig, on_round: Callable[[int, float], No
 
     network = MemoryNetwork(seed=config.seed, link=LinkModel(loss=config.loss))
     clock = lambda: EPOCH_MS + int(network.now_ms)  # noqa: E731
+    attackers = _attackers(config)
+    context = AttackContext([], config.nodes, len(attackers), np.random.default_rng([config.seed, 0xBAD]))
     nodes: list[Node] = []
     for i, index in enumerate(parts):
         identity = node_identity(config.seed, i)
         seed = config.seed * 1_000_003 + i
-        learner = _learner(archs[i], config, data, index, seed)
-        nodes.append(Node(identity, learner, network.attach(identity.peer_id),
-                          _exchange(config, data, probe, index, seed), num_classes=data.num_classes, clock=clock))
+        attack = ATTACKS[attackers[i]]() if i in attackers else None
+        labels = (lambda y, a=attack: a.poison_labels(y, data.num_classes)) if attack else (lambda y: y)
+        args = (identity, _learner(archs[i], config, data, index, seed, labels), network.attach(identity.peer_id),
+                _exchange(config, data, probe, index, seed))
+        kwargs = {"num_classes": data.num_classes, "clock": clock, "reputation": Reputation(config.reputation)}
+        nodes.append(AttackerNode(*args, attack=attack, context=context, **kwargs) if attack else Node(*args, **kwargs))
+    context.honest = [n for i, n in enumerate(nodes) if i not in attackers]
     for node, nb in zip(nodes, adjacency):
         node.neighbours = [nodes[j].id for j in nb]
 
     history: list[list[float]] = [[] for _ in nodes]
     sent_per_round: list[list[dict[str, int]]] = [[] for _ in nodes]
     for r in range(config.rounds):
+        context.round = r
         before = [Counter(node.stats.sent_by_kind) for node in nodes]
         for node in nodes:
             node.train(config.local_epochs)
@@ -194,7 +221,7 @@ def run_simulation(config: SimulationConfig, on_round: Callable[[int, float], No
             history[i].append(_accuracy(node.learner, data))
             sent_per_round[i].append(dict(node.stats.sent_by_kind - before[i]))
         if on_round:
-            on_round(r + 1, float(np.mean([h[-1] for h in history])))
+            on_round(r + 1, float(np.mean([history[i][-1] for i in range(len(nodes)) if i not in attackers])))
 
     epochs = config.rounds * config.local_epochs
     local_only = []
@@ -211,6 +238,7 @@ def run_simulation(config: SimulationConfig, on_round: Callable[[int, float], No
     per_node = [{
         "id": node.id,
         "model": archs[i],
+        "attack": attackers.get(i),
         "num_examples": node.learner.num_examples,
         "neighbours": len(node.neighbours),
         "final_accuracy": history[i][-1],
@@ -224,16 +252,20 @@ def run_simulation(config: SimulationConfig, on_round: Callable[[int, float], No
         "rejected_messages": node.stats.rejected_total,
         "rejected_by_reason": dict(sorted(node.stats.rejected.items())),
         "refused_by_reason": dict(sorted(node.stats.refused.items())),
+        "reputation": {peer_id(p): round(v, 4) for p, v in sorted(node.reputation.scores.items())},
+        "banned": sorted(peer_id(p) for p in node.banned),
         "history": history[i],
     } for i, node in enumerate(nodes)]
+    honest = [n for n in per_node if n["attack"] is None]
     return {
         "config": asdict(config),
         "probe": {"name": probe.name, "digest": probe.digest.hex(), "size": len(probe.x)},
-        "summary": {
-            **_accuracies(per_node),
-            "architectures": {arch: {"nodes": sum(a == arch for a in archs),
-                                     **_accuracies([n for n in per_node if n["model"] == arch])}
-                              for arch in sorted(set(archs))},
+        "attackers": [{"id": n["id"], "attack": n["attack"]} for n in per_node if n["attack"]],
+        "summary": {  # accuracies over honest nodes only
+            **_accuracies(honest),
+            "architectures": {arch: {"nodes": sum(n["model"] == arch for n in honest),
+                                     **_accuracies([n for n in honest if n["model"] == arch])}
+                              for arch in sorted({n["model"] for n in honest})},
             "rejected_messages": sum(n["rejected_messages"] for n in per_node),
             "bytes_sent": sum(n["bytes_sent"] for n in per_node),
             "messages_dropped": network.dropped,

@@ -1,0 +1,220 @@
+"""Adversaries for the simulator. Each attack is a small class; an attacker is an ordinary node
+(own identity, neighbours, learner) whose outgoing messages the attack writes.
+
+Model-poisoning attacks rewrite the payloads the node would honestly send (`poison`); data
+poisoning changes its training labels (`poison_labels`); protocol attacks send bytes that the
+protocol layer must stop (`messages`). Omniscient attacks (ALIE, IPM) read the honest nodes'
+current models, the strongest assumption the literature makes.
+
+Extend by subclassing `Attack` and adding the class to ATTACKS."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from statistics import NormalDist
+
+import numpy as np
+
+from manymodels.protocol import Logits, Payload, SyntheticBatch, Weights
+
+from .node import Node
+
+
+@dataclass
+class AttackContext:
+    honest: list[Node]  # the honest nodes, for omniscient attacks
+    num_nodes: int
+    num_attackers: int
+    rng: np.random.Generator
+    round: int = 0
+    shared: dict = field(default_factory=dict)  # state colluding attackers share within a round
+
+
+def _honest_weights(ctx: AttackContext, model: str) -> list[list[np.ndarray]]:
+    return [n.learner.get_weights() for n in ctx.honest if n.learner.architecture == model]
+
+
+class Attack:
+    name: str = ""
+    description: str = ""
+
+    def poison_labels(self, y: np.ndarray, num_classes: int) -> np.ndarray:
+        return y
+
+    def poison(self, payload: Payload, node: Node, ctx: AttackContext) -> Payload:
+        return payload
+
+    def messages(self, node: Node, payloads: list[Payload], ctx: AttackContext) -> list[bytes]:
+        """The signed bytes this attacker sends this round (by default: its poisoned payloads)."""
+        return [node.seal(self.poison(payload, node, ctx)) for payload in payloads]
+
+
+class GaussianNoise(Attack):
+    name, description = "gaussian", "send Gaussian noise (std 1) instead of weights, logits or samples' pixels"
+
+    def poison(self, payload, node, ctx):
+        noise = lambda a: ctx.rng.normal(0.0, 1.0, a.shape).astype(a.dtype)  # noqa: E731
+        if isinstance(payload, Weights):
+            return replace(payload, tensors=[noise(t) for t in payload.tensors])
+        if isinstance(payload, Logits):
+            return replace(payload, logits=noise(payload.logits) * 10)
+        return payload
+
+
+class SignFlip(Attack):
+    name, description = "signflip", "send the model negated and scaled by 10 (or negated logits)"
+
+    def poison(self, payload, node, ctx):
+        if isinstance(payload, Weights):
+            return replace(payload, tensors=[-10.0 * t for t in payload.tensors])
+        if isinstance(payload, Logits):
+            return replace(payload, logits=-payload.logits)
+        return payload
+
+
+class LabelFlip(Attack):
+    name, description = "labelflip", "train honestly on poisoned data: every label y becomes C-1-y"
+
+    def poison_labels(self, y, num_classes):
+        return num_classes - 1 - y
+
+
+class ALIE(Attack):
+    """A little is enough (Baruch et al. 2019): all attackers send mean - z * std of the honest
+    models, coordinate-wise, with z as large as the honest spread hides."""
+    name, description = "alie", "colluding updates at mean - z*std of the honest models (a little is enough)"
+
+    def poison(self, payload, node, ctx):
+        if not isinstance(payload, Weights):
+            return payload
+        honest = _honest_weights(ctx, payload.model)
+        n, f = ctx.num_nodes, ctx.num_attackers
+        s = n // 2 + 1 - f  # honest nodes the attackers need on their side
+        z = NormalDist().inv_cdf(min(max((n - s) / n, 0.5), 0.999))
+        tensors = [np.mean(layer, axis=0) - z * np.std(layer, axis=0) for layer in zip(*honest)]
+        return replace(payload, tensors=[t.astype(np.float32) for t in tensors])
+
+
+class IPM(Attack):
+    """Inner-product manipulation (Xie et al. 2020): send -eps times the honest mean."""
+    name, description = "ipm", "send -0.5 x the mean honest model (inner-product manipulation)"
+
+    def poison(self, payload, node, ctx):
+        if not isinstance(payload, Weights):
+            return payload
+        honest = _honest_weights(ctx, payload.model)
+        return replace(payload, tensors=[(-0.5 * np.mean(layer, axis=0)).astype(np.float32) for layer in zip(*honest)])
+
+
+class LogitPoison(Attack):
+    name, description = "logit", "confidently predict the wrong class (shift by one) and claim to know every class"
+
+    def poison(self, payload, node, ctx):
+        if not isinstance(payload, Logits):
+            return payload
+        wrong = np.roll(payload.logits.astype(np.float32), 1, axis=1) * 5
+        return replace(payload, logits=wrong.astype(payload.logits.dtype),
+                       class_counts=[10_000] * len(payload.class_counts))
+
+
+class SyntheticPoison(Attack):
+    name, description = "synthetic", "publish synthetic samples with wrong labels (and a valid card)"
+
+    def poison(self, payload, node, ctx):
+        if not isinstance(payload, SyntheticBatch):
+            return payload
+        batch = SyntheticBatch(payload.x, (payload.y + 1) % node.num_classes, dict(payload.card))
+        batch.card["digest"] = batch.content_digest()
+        return batch
+
+
+class Sybil(Attack):
+    """One adversary, many identities: every identity sends the same update, far from the honest
+    ones. Identical points look like a tight cluster, which fools distance-based rules like Krum."""
+    name, description = "sybil", "one adversary, many identities sending one identical poisoned update"
+
+    def poison(self, payload, node, ctx):
+        if not isinstance(payload, Weights):
+            return payload
+        key = ("sybil", ctx.round, payload.model)
+        if key not in ctx.shared:
+            honest = _honest_weights(ctx, payload.model)
+            ctx.shared[key] = [(-2.0 * np.mean(layer, axis=0)).astype(np.float32) for layer in zip(*honest)]
+        return replace(payload, tensors=ctx.shared[key])
+
+
+class Forged(Attack):
+    name, description = "forged", "send poisoned messages in an honest neighbour's name, signed with its own key"
+
+    def messages(self, node, payloads, ctx):
+        victim = ctx.honest[ctx.round % len(ctx.honest)].identity
+        out = []
+        for data in super().messages(node, [GaussianNoise().poison(p, node, ctx) for p in payloads], ctx):
+            forged = bytearray(data)
+            start = forged.index(node.identity.public_key)
+            forged[start:start + 32] = victim.public_key  # claims the victim; the signature is the attacker's
+            out.append(bytes(forged))
+        return out
+
+
+class Replay(Attack):
+    name, description = "replay", "re-send honest messages it received earlier, byte for byte"
+
+    def messages(self, node, payloads, ctx):
+        return list(node.captured.values())
+
+
+class Stale(Attack):
+    name, description = "stale", "send validly signed poison stamped an hour in the past"
+
+    def messages(self, node, payloads, ctx):
+        noise = GaussianNoise()
+        return [node.seal(noise.poison(p, node, ctx), ts_ms=node.clock() - 3_600_000) for p in payloads]
+
+
+ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (
+    GaussianNoise, SignFlip, LabelFlip, ALIE, IPM, LogitPoison, SyntheticPoison, Sybil, Forged, Replay, Stale)}
+
+
+class AttackSpecError(ValueError):
+    pass
+
+
+def parse_attack(spec: str) -> tuple[str, float]:
+    name, _, fraction = spec.partition(":")
+    if name not in ATTACKS:
+        raise AttackSpecError(f"unknown attack {name!r}; available: {', '.join(ATTACKS)}")
+    try:
+        value = float(fraction)
+    except ValueError:
+        raise AttackSpecError(f"bad attack {spec!r}: expected NAME:FRACTION, e.g. {name}:0.2") from None
+    if not 0 < value < 1:
+        raise AttackSpecError(f"bad attack {spec!r}: the fraction of attackers must be in (0, 1)")
+    return name, value
+
+
+class AttackerNode(Node):
+    """A node whose outgoing messages its attack writes. It keeps the raw bytes of the latest
+    message from each sender, for replay."""
+
+    def __init__(self, *args, attack: Attack, context: AttackContext, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.attack = attack
+        self.context = context
+        self.captured: dict[str, bytes] = {}
+
+    def on_bytes(self, sender_address: str, data: bytes) -> None:
+        self.captured[sender_address] = data
+        super().on_bytes(sender_address, data)
+
+    def publish(self) -> None:
+        self.version += 1
+        for data in self.attack.messages(self, self.exchange.publish(self), self.context):
+            for peer in self.neighbours:
+                self.transport.send(peer, data)
+                self.stats.bytes_sent += len(data)
+                self.stats.sent_by_kind["attack"] += len(data)
+
+    def fold(self) -> bool:
+        return False  # an attacker's own model does not matter
+
+

@@ -1,0 +1,31 @@
+"""Peer reputation: how far each peer's contributions sit from a robust consensus, remembered
+over time. A peer whose score falls below the threshold is banned: its messages are then
+rejected by the protocol layer (reason `banned`) before any rule sees them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def outlier_ratios(vectors: list[np.ndarray]) -> np.ndarray:
+    """Each vector's distance to the coordinate-wise median of all, over the median such distance.
+    The median is a consensus that a minority of liars cannot move far, whatever rule aggregates."""
+    stacked = np.stack([np.asarray(v, dtype=np.float64).ravel() for v in vectors])
+    distances = np.linalg.norm(stacked - np.median(stacked, axis=0), axis=1)
+    return distances / max(float(np.median(distances)), 1e-12)
+
+
+@dataclass
+class Reputation:
+    threshold: float = 0.0  # ban a peer whose score drops below this; 0 never bans
+    outlier_ratio: float = 3.0  # a contribution this many times the typical distance away is an outlier
+    decay: float = 0.8  # weight of the past in the score
+    scores: dict[bytes, float] = field(default_factory=dict)
+
+    def observe(self, peer: bytes, ratio: float) -> bool:
+        """Record one contribution; True if the peer is now to be banned."""
+        good = float(ratio <= self.outlier_ratio)
+        score = self.decay * self.scores.get(peer, 1.0) + (1 - self.decay) * good
+        self.scores[peer] = score
+        return score < self.threshold
