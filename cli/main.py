@@ -48,6 +48,10 @@ def simulate(
     local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 1,
     seed: Annotated[int, typer.Option(help="Same seed, same numbers.")] = 0,
     loss: Annotated[float, typer.Option(help="Probability that a message is lost.")] = 0.0,
+    attack: Annotated[Optional[list[str]], typer.Option(
+        help="NAME:FRACTION of attacking nodes, repeatable; see `manymodels attacks`.")] = None,
+    reputation: Annotated[float, typer.Option(
+        help="Ban a peer whose reputation score (0..1) falls below this; 0 never bans.")] = 0.0,
     report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -61,7 +65,7 @@ def simulate(
         nodes=nodes, rounds=rounds, dataset=dataset, partition=partition, model=model, exchange=exchange,
         rule=rule, logit_rule=logit_rule, topology=topology, local_epochs=local_epochs, seed=seed, loss=loss,
         probe_size=probe_size, probe_file=str(probe) if probe else None, temperature=temperature,
-        synthetic_weight=synthetic_weight, licence=licence,
+        synthetic_weight=synthetic_weight, licence=licence, attacks=tuple(attack or ()), reputation=reputation,
         **({"accept_licences": tuple(accept_licence)} if accept_licence else {}))
     with Progress(TextColumn("[bold]simulating"), BarColumn(), MofNCompleteColumn(), TextColumn("rounds"),
                   TextColumn("{task.fields[acc]}"), TimeElapsedColumn(), console=Console(stderr=True),
@@ -87,9 +91,10 @@ def _show_report(result: dict) -> None:
     for column in ("node", "model", "data", "accuracy", "alone", "sent", "recv", "rejected"):
         table.add_column(column, justify="left" if column in ("node", "model") else "right")
     for n in result["nodes"]:
-        table.add_row(n["id"][-6:], n["model"], str(n["num_examples"]), f"{n['final_accuracy']:.3f}",
+        model = f"{n['model']} [red]{n['attack']}[/]" if n.get("attack") else n["model"]
+        table.add_row(n["id"][-6:], model, str(n["num_examples"]), f"{n['final_accuracy']:.3f}",
                       f"{n['local_only_accuracy']:.3f}", _size(n["bytes_sent"]), _size(n["bytes_received"]),
-                      str(n["rejected_messages"]))
+                      str(n["rejected_messages"]) + (f" ({len(n['banned'])} banned)" if n.get("banned") else ""))
     console.print(table)
     s = result["summary"]
     if len(s.get("architectures", {})) > 1:
@@ -100,6 +105,8 @@ def _show_report(result: dict) -> None:
             by_arch.add_row(arch, str(a["nodes"]), f"{a['mean_accuracy']:.3f}", f"{a['mean_local_only_accuracy']:.3f}",
                             f"{a['pooled_accuracy']:.3f}")
         console.print(by_arch)
+    if result.get("attackers"):
+        console.print(f"{len(result['attackers'])} attackers; the accuracies below count honest nodes only")
     console.print(
         f"held-out accuracy: many models [bold]{s['mean_accuracy']:.3f}[/] (min {s['min_accuracy']:.3f}) | "
         f"alone {s['mean_local_only_accuracy']:.3f} | one pooled model {s['pooled_accuracy']:.3f} | "
@@ -169,6 +176,23 @@ def verify(
     else:
         console.print(f"[red]invalid[/]: {result['reason']}" + (f" ({result['detail']})" if result["detail"] else ""))
     raise typer.Exit(0 if result["valid"] else 1)
+
+
+@app.command()
+def attacks(json_out: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
+    """List the attacks the simulator can run (`simulate --attack NAME:FRACTION`)."""
+    from manymodels.node.attacks import ATTACKS
+
+    listed = [{"name": name, "description": cls.description} for name, cls in ATTACKS.items()]
+    if json_out:
+        _print_json(listed)
+        return
+    table = Table(title="attacks")
+    table.add_column("name")
+    table.add_column("description")
+    for a in listed:
+        table.add_row(a["name"], a["description"])
+    console.print(table)
 
 
 @app.command()

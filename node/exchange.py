@@ -111,7 +111,9 @@ class Distillation(Exchange):
 
     Before the rule runs, each model's probability for class c is weighed by its share of all the
     class-c examples behind the signals: on a non-IID network a model that never saw c has no
-    opinion on c worth hearing, and one that saw most of c is the expert."""
+    opinion on c worth hearing, and one that saw most of c is the expert. This suits the
+    mean-like rules (logit-probmean); a median of such signals follows the majority, which on a
+    non-IID network does not know the class."""
 
     name = "distill"
 
@@ -151,7 +153,12 @@ class Distillation(Exchange):
         node.judge(own[0], {peer: signal for peer, (signal, _) in self._inbox.items()})
         signals, counts = zip(own, *self._inbox.values())
         self._inbox.clear()
-        share = np.stack(counts) / np.maximum(np.sum(counts, axis=0), 1.0)  # (models, classes)
+        # Class counts are self-reported: scale down any model claiming more examples in all than
+        # the median model, so a liar claiming 10 000 of every class cannot drown out the experts.
+        counts = np.stack(counts)  # (models, classes)
+        totals = np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
+        counts = counts * np.minimum(1.0, np.median(totals) / totals)
+        share = counts / np.maximum(counts.sum(axis=0), 1e-12)
         weight = np.log(np.maximum(share * len(signals), 1e-4))  # 0 for uniform shares: IID is unchanged
         try:
             consensus = s.rule([signal + w for signal, w in zip(signals, weight)])

@@ -1,0 +1,70 @@
+"""Byzantine peers in the simulator: robust rules hold where averaging collapses, protocol attacks
+never reach a rule, and reputation cuts off a persistently poisonous peer. Fixed seeds."""
+import pytest
+
+from manymodels.node.simulator import ConfigError, SimulationConfig, run_simulation
+
+BASE = SimulationConfig(nodes=10, rounds=8, partition="dirichlet:0.5", model="mlp", seed=0)
+
+
+def run(**changes):
+    return run_simulation(SimulationConfig(**{**BASE.__dict__, **changes}))
+
+
+@pytest.fixture(scope="module")
+def clean():
+    return run(rule="trimmed:0.2")["summary"]["mean_accuracy"]
+
+
+def test_averaging_collapses_and_a_robust_rule_holds_under_gaussian_noise(clean):
+    attacked_mean = run(rule="fedavg", attacks=("gaussian:0.2",))
+    attacked_trimmed = run(rule="trimmed:0.2", attacks=("gaussian:0.2",))
+    assert attacked_mean["summary"]["mean_accuracy"] < 0.5
+    assert attacked_trimmed["summary"]["mean_accuracy"] > clean - 0.05
+    assert attacked_trimmed["summary"]["mean_accuracy"] > attacked_mean["summary"]["mean_accuracy"] + 0.3
+    # two attackers, named in the report, left out of the honest summary
+    assert len(attacked_mean["attackers"]) == 2
+    assert {a["id"] for a in attacked_mean["attackers"]} == {a["id"] for a in attacked_trimmed["attackers"]}
+    assert {n["attack"] for n in attacked_mean["nodes"]} == {None, "gaussian"}
+
+
+def test_attackers_are_chosen_by_seed():
+    ids = lambda seed: {a["id"] for a in run(seed=seed, rounds=1, attacks=("signflip:0.3",))["attackers"]}  # noqa: E731
+    assert ids(1) == ids(1) and len(ids(1)) == 3
+    positions = lambda seed: [n["attack"] is not None for n in run(seed=seed, rounds=1, attacks=("signflip:0.3",))["nodes"]]  # noqa: E731
+    assert positions(1) != positions(2)
+
+
+def test_forged_replayed_and_stale_messages_never_reach_a_rule():
+    report = run(rule="fedavg", attacks=("forged:0.1", "replay:0.1", "stale:0.1"))
+    honest = [n for n in report["nodes"] if n["attack"] is None]
+    assert len(honest) == 7
+    for node in honest:
+        # everything the exchange (and thus the rule) saw came from the other honest nodes
+        assert node["messages_accepted"] == (len(honest) - 1) * BASE.rounds
+        assert set(node["rejected_by_reason"]) == {"bad_signature", "replayed", "stale"}
+        # the forger's and the stale attacker's messages, and the replayer's copies of them
+        assert node["rejected_by_reason"]["stale"] >= BASE.rounds
+        assert node["rejected_by_reason"]["bad_signature"] >= BASE.rounds
+    assert report["summary"]["mean_accuracy"] > 0.85  # the network learns on, undisturbed
+
+
+def test_reputation_cuts_off_a_persistently_poisonous_peer(clean):
+    report = run(rule="fedavg", attacks=("signflip:0.1",), reputation=0.7)
+    attacker = report["attackers"][0]["id"]
+    for node in report["nodes"]:
+        if node["attack"] is None:
+            assert node["banned"] == [attacker]
+            assert node["reputation"][attacker] < 0.7
+            assert min(score for peer, score in node["reputation"].items() if peer != attacker) > 0.7
+            assert node["rejected_by_reason"]["banned"] > 0  # its later messages stop at the protocol layer
+    assert report["summary"]["mean_accuracy"] > clean - 0.05
+    without = run(rule="fedavg", attacks=("signflip:0.1",))
+    assert report["summary"]["mean_accuracy"] > without["summary"]["mean_accuracy"] + 0.05
+
+
+def test_rules_that_cannot_work_with_the_neighbour_count_say_so_at_start():
+    with pytest.raises(ConfigError, match=r"bulyan:2 needs n >= 4f\+3 = 11 inputs, got n=10"):
+        run(rule="bulyan:2", rounds=1)
+    with pytest.raises(ConfigError, match="no honest node"):
+        run(attacks=("gaussian:0.5", "signflip:0.5"), rounds=1)
