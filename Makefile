@@ -21,6 +21,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,mnist1d,bench]'
 	$(PY) bench/bench_demo.py
 	$(PY) bench/bench_scale.py
 	$(PY) bench/bench_aggregation.py
