@@ -1,0 +1,162 @@
+"""The learner in a worker process, so the daemon's network loop never stalls: torch holds the
+interpreter for hundreds of milliseconds per step, which a thread would not hide.
+
+Requests and replies cross the pipe as msgpack with ndarrays in the wire format of
+manymodels.protocol (no pickle), through `Connection.send_bytes` / `recv_bytes`."""
+from __future__ import annotations
+
+import multiprocessing
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from manymodels.protocol import decode_array, encode_array
+
+from .learning.learner import Learner, NDArrays, Samples
+from .learning.recipe import LearnerRecipe
+
+_ND = "__ndarray__"
+
+
+class WorkerError(RuntimeError):
+    pass
+
+
+def _pack(obj: Any) -> bytes:
+    def default(value):
+        if isinstance(value, np.ndarray):
+            return {_ND: encode_array(value)}
+        if isinstance(value, np.generic):
+            return value.item()
+        raise TypeError(f"cannot send {type(value).__name__} to the worker")
+    return msgpack.packb(obj, default=default, use_bin_type=True)
+
+
+def _unpack(data: bytes) -> Any:
+    hook = lambda m: np.array(decode_array(m[_ND])) if _ND in m else m  # noqa: E731  (a writable copy)
+    return msgpack.unpackb(data, object_hook=hook, raw=False)
+
+
+class _Server:
+    """Runs in the worker: builds the learner from its recipe and answers requests."""
+
+    def __init__(self, recipe: LearnerRecipe) -> None:
+        self.learner, self.data, self.probe, self.index = recipe.build()
+
+    def info(self) -> dict:
+        counts = np.bincount(self.data.y_train[self.index], minlength=self.data.num_classes)
+        return {"architecture": self.learner.architecture, "num_examples": self.learner.num_examples,
+                "supports_weights": self.learner.supports_weights, "num_classes": self.data.num_classes,
+                "input_shape": list(self.data.input_shape), "class_counts": counts.tolist()}
+
+    def probe_x(self) -> np.ndarray:
+        return self.probe.x
+
+    def get_weights(self) -> NDArrays:
+        return self.learner.get_weights()
+
+    def set_weights(self, weights: NDArrays) -> None:
+        self.learner.set_weights(weights)
+
+    def fit(self, epochs: int, extra: dict | None = None) -> dict:
+        return self.learner.fit(epochs, Samples(**extra) if extra else None)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.learner.predict(x)
+
+    def distill(self, x: np.ndarray, target: np.ndarray, temperature: float, epochs: int) -> None:
+        self.learner.distill(x, target, temperature, epochs)
+
+    def evaluate_test(self) -> dict:
+        return self.learner.evaluate(self.data.x_test, self.data.y_test)
+
+
+def _serve(conn, recipe: dict) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        server = _Server(LearnerRecipe(**recipe))
+        conn.send_bytes(_pack({"ok": True, "result": server.info()}))
+    except Exception as exc:  # the parent shows this one line to the user
+        conn.send_bytes(_pack({"ok": False, "error": f"{type(exc).__name__}: {exc}"}))
+        return
+    while True:
+        try:
+            request = _unpack(conn.recv_bytes())
+        except EOFError:
+            return
+        if request["op"] == "close":
+            return
+        try:
+            result = getattr(server, request["op"])(**request["args"])
+            conn.send_bytes(_pack({"ok": True, "result": result}))
+        except Exception as exc:  # report, keep serving
+            conn.send_bytes(_pack({"ok": False, "error": f"{type(exc).__name__}: {exc}"}))
+
+
+class WorkerLearner(Learner):
+    """A Learner whose model and data live in a child process. Calls block the calling thread
+    (run them with trio.to_thread in an event loop), never the child's peers."""
+
+    def __init__(self, recipe: LearnerRecipe) -> None:
+        context = multiprocessing.get_context("spawn")  # no fork of a process with threads
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_serve, args=(child, recipe.to_json()), daemon=True,
+                                         name="manymodels-worker")
+        self._process.start()
+        child.close()
+        info = self._reply()
+        self.architecture = info["architecture"]
+        self.num_examples = info["num_examples"]
+        self.supports_weights = info["supports_weights"]
+        self.num_classes = info["num_classes"]
+        self.input_shape = tuple(info["input_shape"])
+        self.class_counts = info["class_counts"]
+
+    def _reply(self) -> Any:
+        try:
+            reply = _unpack(self._conn.recv_bytes())
+        except EOFError:
+            raise WorkerError(f"the worker process exited (code {self._process.exitcode})") from None
+        if not reply["ok"]:
+            raise WorkerError(reply["error"])
+        return reply["result"]
+
+    def _call(self, op: str, **args) -> Any:
+        self._conn.send_bytes(_pack({"op": op, "args": args}))
+        return self._reply()
+
+    def get_weights(self) -> NDArrays:
+        return self._call("get_weights")
+
+    def set_weights(self, weights: NDArrays) -> None:
+        self._call("set_weights", weights=list(weights))
+
+    def fit(self, epochs: int, extra: Samples | None = None) -> dict[str, float]:
+        payload = {"x": extra.x, "y": extra.y, "weight": extra.weight} if extra else None
+        return self._call("fit", epochs=epochs, extra=payload)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self._call("predict", x=x)
+
+    def distill(self, x: np.ndarray, target: np.ndarray, temperature: float, epochs: int) -> None:
+        self._call("distill", x=x, target=target, temperature=temperature, epochs=epochs)
+
+    def probe_x(self) -> np.ndarray:
+        return self._call("probe_x")
+
+    def evaluate_test(self) -> dict[str, float]:
+        return self._call("evaluate_test")
+
+    def close(self) -> None:
+        if self._process.is_alive():
+            try:
+                self._conn.send_bytes(_pack({"op": "close", "args": {}}))
+            except OSError:
+                pass
+            self._process.join(timeout=5)
+            if self._process.is_alive():
+                self._process.kill()
+        self._conn.close()
