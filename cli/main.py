@@ -213,6 +213,11 @@ def rules(json_out: Annotated[bool, typer.Option("--json", help="Print as JSON."
     console.print(table)
 
 
+from .network import register  # noqa: E402  (the network commands, registered on the same app)
+
+register(app)
+
+
 def main() -> None:
     try:
         app()

@@ -81,11 +81,11 @@ class WeightGossip(Exchange):
     def fold(self, node: Node) -> bool:
         if not self._inbox:
             return False
+        inbox, self._inbox = self._inbox, {}  # one swap: a daemon's network thread may be adding
         own = node.learner.get_weights()
-        node.judge(_flat(own), {peer: _flat(w.tensors) for peer, w in self._inbox.items()})
+        node.judge(_flat(own), {peer: _flat(w.tensors) for peer, w in inbox.items()})
         results = [(own, float(node.learner.num_examples))]
-        results += [(w.tensors, float(w.num_examples)) for w in self._inbox.values()]
-        self._inbox.clear()
+        results += [(w.tensors, float(w.num_examples)) for w in inbox.values()]
         try:
             merged = self.rule(results, reference=own)
         except RuleError:  # too few inputs this round (loss, churn): keep the local model
@@ -150,9 +150,9 @@ class Distillation(Exchange):
         s = self.settings
         own = (log_soft_labels(node.learner.predict(s.probe.x), s.temperature),
                np.asarray(s.class_counts, dtype=np.float64))
-        node.judge(own[0], {peer: signal for peer, (signal, _) in self._inbox.items()})
-        signals, counts = zip(own, *self._inbox.values())
-        self._inbox.clear()
+        inbox, self._inbox = self._inbox, {}  # one swap: a daemon's network thread may be adding
+        node.judge(own[0], {peer: signal for peer, (signal, _) in inbox.items()})
+        signals, counts = zip(own, *inbox.values())
         # Class counts are self-reported: scale down any model claiming more examples in all than
         # the median model, so a liar claiming 10 000 of every class cannot drown out the experts.
         counts = np.stack(counts)  # (models, classes)

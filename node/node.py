@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from manymodels.protocol import Identity, Payload, RejectedMessage, ReplayGuard, open_envelope, seal
+from manymodels.protocol import Identity, Message, Payload, RejectedMessage, ReplayGuard, open_envelope, seal
 
 from .exchange import Exchange
 from .learning.learner import Learner
@@ -26,6 +26,7 @@ class NodeStats:
     sent_by_kind: Counter = field(default_factory=Counter)
     rejected: Counter = field(default_factory=Counter)  # protocol rejections, by reason
     refused: Counter = field(default_factory=Counter)  # valid messages the exchange would not use, by reason
+    rejected_from: Counter = field(default_factory=Counter)  # protocol rejections, by transport address
 
     @property
     def rejected_total(self) -> int:
@@ -82,8 +83,13 @@ class Node:
             message = open_envelope(data, now_ms=self.clock(), guard=self.guard, banned=self.banned)
         except RejectedMessage as exc:
             self.stats.rejected[exc.reason.value] += 1
+            self.stats.rejected_from[sender_address] += 1
             return
         self.stats.messages_accepted += 1
+        self.handle(sender_address, message)
+
+    def handle(self, sender_address: str, message: Message) -> None:
+        """A verified message: the exchange's to keep (a daemon also answers blob requests here)."""
         self.exchange.receive(self, message)
 
     def refuse(self, reason: str) -> None:

@@ -1,11 +1,19 @@
-"""Files on disk, written atomically: a crash leaves the old file or the new one, never half of one."""
+"""Files on disk, written atomically: a crash leaves the old file or the new one, never half of one.
+
+A daemon's home directory holds its identity, its configuration, its state (sequence number,
+replay window, peers, provenance) and its model checkpoint."""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from manymodels.protocol import Identity
+import msgpack
+
+from manymodels.protocol import Identity, Weights
+from manymodels.protocol.envelope import encode_payload
 
 
 def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
@@ -37,3 +45,45 @@ def save_identity(path: str | os.PathLike, identity: Identity, *, overwrite: boo
 
 def load_identity(path: str | os.PathLike) -> Identity:
     return Identity.from_pem(Path(path).read_bytes())
+
+
+class Home:
+    """A daemon's home directory."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path).expanduser().absolute()
+        self.identity_file = self.path / "identity.pem"
+        self.config_file = self.path / "config.json"
+        self.state_file = self.path / "state.json"
+        self.checkpoint_file = self.path / "model.msgpack"
+        self.socket = self.path / "control.sock"
+        self.log_file = self.path / "daemon.log"
+
+    def identity(self) -> Identity:
+        """The node's identity: created on first use, the same one ever after."""
+        if self.identity_file.exists():
+            return load_identity(self.identity_file)
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        identity = Identity.generate()
+        save_identity(self.identity_file, identity)
+        return identity
+
+    def read_json(self, path: Path, default: Any) -> Any:
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return default
+
+    def write_json(self, path: Path, value: Any) -> None:
+        atomic_write(path, (json.dumps(value, indent=1, sort_keys=True) + "\n").encode())
+
+    def save_checkpoint(self, weights: Weights) -> None:
+        atomic_write(self.checkpoint_file, encode_payload(weights))
+
+    def load_checkpoint(self) -> Weights | None:
+        """The last saved model, checked like a peer's message (a home can be copied around)."""
+        try:
+            data = self.checkpoint_file.read_bytes()
+        except FileNotFoundError:
+            return None
+        return Weights.from_wire(msgpack.unpackb(data, raw=False))

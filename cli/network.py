@@ -1,0 +1,224 @@
+"""CLI network commands: run a node daemon and talk to it through its control socket."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+node_app = typer.Typer(no_args_is_help=True, help="Run a node daemon: start, status, stop.")
+console = Console()
+HomeOption = Annotated[Path, typer.Option("--home", help="The node's home directory.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print as JSON.")]
+
+
+def _request(home: Path, cmd: str, **args):
+    from manymodels.node.control import ControlError, NotRunning, request
+    from manymodels.node.store import Home
+
+    from .main import UserError
+
+    try:
+        return request(Home(home).socket, cmd, **args)
+    except (NotRunning, ControlError) as exc:
+        raise UserError(str(exc)) from None
+
+
+def _out(value, as_json: bool, show) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(value, indent=2) + "\n")
+    else:
+        show(value)
+
+
+def _ago(ms: int) -> str:
+    return "never" if not ms else f"{max(0, time.time() - ms / 1000):.0f} s ago"
+
+
+@node_app.command()
+def start(
+    home: HomeOption,
+    listen: Annotated[Optional[list[str]], typer.Option(help="Multiaddr to listen on (repeatable).")] = None,
+    bootstrap: Annotated[Optional[list[str]], typer.Option(help="A peer's multiaddr to join through (repeatable).")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="digits, fashion-mnist or mnist1d.")] = None,
+    partition: Annotated[Optional[str], typer.Option(help="iid, dirichlet:ALPHA or shards:K.")] = None,
+    partition_id: Annotated[Optional[int], typer.Option(help="Which partition this node holds.")] = None,
+    num_partitions: Annotated[Optional[int], typer.Option(help="How many partitions the data is split into.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="logreg, mlp, mlp-wide, cnn or forest.")] = None,
+    exchange: Annotated[Optional[str], typer.Option(help="weights, distill or mixed.")] = None,
+    rule: Annotated[Optional[str], typer.Option(help="Weights rule; see `manymodels rules`.")] = None,
+    period: Annotated[Optional[float], typer.Option(help="Seconds between learning cycles.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="The network's seed (data split, initial model).")] = None,
+    detach: Annotated[bool, typer.Option(help="Run in the background; print the id and addresses.")] = False,
+) -> None:
+    """Start a node. The first start creates the identity and config in HOME; later starts reuse them
+    (options given again override the saved config)."""
+    from manymodels.node.store import Home
+
+    from .main import UserError
+
+    h = Home(home)
+    config = _config(h, listen=listen, bootstrap=bootstrap, dataset=dataset, partition=partition,
+                     partition_id=partition_id, num_partitions=num_partitions, model=model, exchange=exchange,
+                     rule=rule, period=period, seed=seed)
+    if _running(h):
+        raise UserError(f"a node is already running in {h.path}")
+    if detach:
+        return _detach(h)
+    import trio
+
+    from manymodels.node.daemon import Daemon
+    from manymodels.node.transport.libp2p import Libp2pTransport
+
+    daemon = Daemon(h, config)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            node = await nursery.start(daemon.run, Libp2pTransport)
+            status = await daemon._control(node, node.transport, {"cmd": "status"})
+            console.print(f"node {status['id']} listening on {' '.join(status['addrs'])}", highlight=False)
+    try:
+        trio.run(main)
+    except KeyboardInterrupt:
+        pass
+
+
+def _running(h) -> bool:
+    from manymodels.node.control import ControlError, NotRunning, request
+
+    try:
+        request(h.socket, "status", timeout=5)
+        return True
+    except (NotRunning, ControlError, OSError):
+        return False
+
+
+def _config(h, **options):
+    from manymodels.aggregation import RuleError, get_rule
+    from manymodels.node.daemon import DaemonConfig
+    from manymodels.node.learning.recipe import LearnerRecipe
+
+    from .main import UserError
+
+    saved = h.read_json(h.config_file, None)
+    config = DaemonConfig.from_json(saved) if saved else DaemonConfig()
+    recipe_fields = {"dataset", "partition", "partition_id", "num_partitions", "model", "seed"}
+    recipe = {k: v for k, v in options.items() if k in recipe_fields and v is not None}
+    daemon = {k: v for k, v in options.items() if k not in recipe_fields and v}
+    config = DaemonConfig(**{**config.to_json(), **daemon, "recipe": LearnerRecipe(**{**config.recipe.to_json(), **recipe})})
+    try:
+        get_rule(config.rule)
+    except RuleError as exc:
+        raise UserError(str(exc)) from None
+    if not 0 <= config.recipe.partition_id < config.recipe.num_partitions:
+        raise UserError(f"--partition-id must be in 0..{config.recipe.num_partitions - 1}")
+    h.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    h.write_json(h.config_file, config.to_json())
+    return config
+
+
+def _detach(h) -> None:
+    from .main import UserError
+
+    log = open(h.log_file, "ab")
+    process = subprocess.Popen([sys.executable, "-m", "manymodels.cli.main", "node", "start", "--home", str(h.path)],
+                               stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise UserError(f"the node exited at start (code {process.returncode}); see {h.log_file}")
+        try:
+            status = _request(h.path, "status")
+            console.print(f"node {status['id']} listening on {' '.join(status['addrs'])} (pid {process.pid})",
+                          highlight=False)
+            return
+        except UserError:
+            time.sleep(0.3)
+    raise UserError(f"the node did not answer within 120 s; see {h.log_file}")
+
+
+@node_app.command()
+def status(home: HomeOption, json_out: JsonOption = False) -> None:
+    """Show a running node's id, addresses, model and counters."""
+    def show(s):
+        console.print(f"node {s['id']}  ({s['model']}, {s['exchange']}, rule {s['rule']})", highlight=False)
+        console.print(f"listening on {' '.join(s['addrs'])}", highlight=False)
+        accuracy = "-" if s["accuracy"] is None else f"{s['accuracy']:.3f}"
+        console.print(f"{s['peers']} peers connected; model version {s['version']}, held-out accuracy {accuracy}; "
+                      f"{s['messages_accepted']} messages accepted, {sum(s['rejected'].values())} rejected; "
+                      f"up {s['uptime_s']:.0f} s", highlight=False)
+    _out(_request(home, "status"), json_out, show)
+
+
+@node_app.command()
+def stop(home: HomeOption) -> None:
+    """Stop a running node (it saves its state first)."""
+    result = _request(home, "stop")
+    socket = Path(home) / "control.sock"
+    deadline = time.monotonic() + 30
+    while socket.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    console.print(f"stopped {result['stopping']}", highlight=False)
+
+
+def peers(home: HomeOption, json_out: JsonOption = False) -> None:
+    """Peers this node knows: id, addresses, last seen, what they offered, messages rejected."""
+    def show(rows):
+        table = Table(title="peers")
+        for column in ("peer", "connected", "last seen", "offered", "accepted", "rejected", "reputation"):
+            table.add_column(column)
+        for p in rows:
+            offered = ", ".join(f"{k} {v}".strip() for k, v in p["offered"].items())
+            reputation = "banned" if p["banned"] else ("-" if p["reputation"] is None else f"{p['reputation']:.2f}")
+            table.add_row(p["id"], "yes" if p["connected"] else "no", _ago(p["last_seen"]), offered,
+                          str(p["accepted"]), str(p["rejected"]), reputation)
+        console.print(table)
+    _out(_request(home, "peers"), json_out, show)
+
+
+def connect(multiaddr: Annotated[str, typer.Argument(help="/ip4/.../tcp/.../p2p/<peer id>")], home: HomeOption) -> None:
+    """Connect the running node to a peer."""
+    console.print(f"connected to {_request(home, 'connect', addr=multiaddr)['connected']}", highlight=False)
+
+
+def models(home: HomeOption, json_out: JsonOption = False) -> None:
+    """The local model and the models peers have offered, with their digests."""
+    def show(rows):
+        table = Table(title="models")
+        for column in ("peer", "model", "version", "digest", "size"):
+            table.add_column(column)
+        for m in rows:
+            size = f"{m['bytes']}" if "bytes" in m else "-"
+            table.add_row(("(this node) " if m.get("local") else "") + m["peer"], m["model"], str(m["version"]),
+                          m["digest"] or "-", size)
+        console.print(table)
+    _out(_request(home, "models"), json_out, show)
+
+
+def pull(peer: Annotated[str, typer.Argument(help="The peer id to pull from.")],
+         digest: Annotated[str, typer.Argument(help="The payload digest (hex), as `models` shows it.")],
+         home: HomeOption) -> None:
+    """Pull a model (a signed message) from a peer by digest; it is verified before it is kept."""
+    from .main import UserError
+
+    try:
+        bytes.fromhex(digest)
+    except ValueError:
+        raise UserError(f"{digest!r} is not a hex digest") from None
+    result = _request(home, "pull", peer=peer, digest=digest)
+    console.print(f"pulled {result['kind']} by {result['author']} ({result['bytes']} bytes) -> {result['path']}",
+                  highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(node_app, name="node")
+    for command in (peers, connect, models, pull):
+        app.command()(command)

@@ -1,0 +1,281 @@
+"""The node daemon: one node on the real network, run from a home directory.
+
+The trio loop owns the network (libp2p transport, control socket) and never waits on learning:
+the model lives in a worker process (`WorkerLearner`), and each learning cycle runs in a thread
+that only waits on that process. Inbound messages are verified on the loop as they arrive.
+State (sequence number, replay window, peers, provenance, checkpoint) is written atomically
+after every cycle and at shutdown, so a restarted daemon resumes with the same id and model."""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import trio
+
+from manymodels.aggregation import get_rule
+from manymodels.protocol import (BlobRequest, BlobResponse, Message, ReplayGuard, Weights, digest, open_envelope,
+                                 peer_id)
+
+from .control import serve as serve_control
+from .exchange import Distillation, DistillSettings, Exchange, Mixed, WeightGossip
+from .learning.probe import ProbeSet
+from .learning.recipe import LearnerRecipe
+from .node import Node
+from .reputation import Reputation
+from .store import Home
+from .worker import WorkerLearner
+
+BLOB_CHUNK = 4 << 20
+MAX_BLOBS = 8  # sealed messages kept for peers to pull (the newest)
+
+
+@dataclass
+class DaemonConfig:
+    recipe: LearnerRecipe = field(default_factory=LearnerRecipe)
+    exchange: str = "weights"
+    rule: str = "fedavg"
+    logit_rule: str = "logit-probmean"
+    listen: list[str] = field(default_factory=lambda: ["/ip4/127.0.0.1/tcp/0"])
+    bootstrap: list[str] = field(default_factory=list)
+    period: float = 5.0  # seconds between learning cycles
+    local_epochs: int = 1
+    reputation: float = 0.0
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "recipe": self.recipe.to_json()}
+
+    @classmethod
+    def from_json(cls, value: dict) -> DaemonConfig:
+        return cls(**{**value, "recipe": LearnerRecipe(**value["recipe"])})
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class DaemonNode(Node):
+    """A node that also keeps a table of peers and serves its sealed messages by digest."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.peers: dict[str, dict] = {}
+        self.blobs: dict[bytes, bytes] = {}  # payload digest -> the sealed message, for pulls
+        self.remote_models: dict[str, dict] = {}  # peer id -> what its latest weights were
+        self.pulls: dict[bytes, trio.MemorySendChannel] = {}
+
+    def peer(self, address: str) -> dict:
+        return self.peers.setdefault(address, {"id": address, "addrs": [], "first_seen": now_ms(), "last_seen": 0,
+                                               "accepted": 0, "offered": {}})
+
+    def on_bytes(self, sender_address: str, data: bytes) -> None:
+        self.peer(sender_address)["last_seen"] = now_ms()
+        super().on_bytes(sender_address, data)
+
+    def publish_sealed(self, data: bytes, kind: str) -> None:
+        for peer in self.neighbours:
+            self.transport.send(peer, data)
+            self.stats.bytes_sent += len(data)
+            self.stats.sent_by_kind[kind] += len(data)
+
+    def handle(self, sender_address: str, message: Message) -> None:
+        entry = self.peer(sender_address)
+        entry["accepted"] += 1
+        payload = message.payload
+        if isinstance(payload, BlobRequest):
+            return self._serve_blob(sender_address, payload)
+        if isinstance(payload, BlobResponse):
+            channel = self.pulls.get(payload.digest)
+            if channel is not None:
+                channel.send_nowait(payload)
+            return
+        if isinstance(payload, Weights):
+            entry["offered"][payload.KIND] = payload.model
+            self.remote_models[message.sender_id] = {
+                "peer": message.sender_id, "model": payload.model, "version": payload.version,
+                "num_examples": payload.num_examples, "digest": message.digest.hex(), "bytes": message.size,
+                "received": now_ms()}
+        else:
+            entry["offered"][payload.KIND] = getattr(payload, "model", "")
+        super().handle(sender_address, message)
+
+    def _serve_blob(self, sender_address: str, request: BlobRequest) -> None:
+        blob = self.blobs.get(request.digest)
+        if blob is None:
+            return
+        end = min(len(blob), request.offset + min(request.length, BLOB_CHUNK))
+        chunk = BlobResponse(request.digest, request.offset, len(blob), blob[request.offset:end])
+        self.transport.send(sender_address, self.seal(chunk))
+
+    def keep_blob(self, data: bytes) -> bytes:
+        sealed = open_envelope(data, now_ms=now_ms())  # our own message: for its digest
+        self.blobs[sealed.digest] = data
+        while len(self.blobs) > MAX_BLOBS:
+            self.blobs.pop(next(iter(self.blobs)))
+        return sealed.digest
+
+
+class Daemon:
+    def __init__(self, home: Home, config: DaemonConfig) -> None:
+        self.home = home
+        self.config = config
+        self.identity = home.identity()
+        self.started = now_ms()
+        self.history: list[dict] = []
+        self.provenance: list[dict] = []
+        self.stopping = trio.Event()
+
+    # --- construction -----------------------------------------------------------------------
+    def _exchange(self, learner: WorkerLearner) -> Exchange:
+        c = self.config
+        weights = WeightGossip(get_rule(c.rule))
+        if c.exchange == "weights":
+            return weights
+        if c.exchange not in ("distill", "mixed"):
+            raise ValueError(f"the daemon runs the weights, distill and mixed exchanges, not {c.exchange!r}")
+        probe = ProbeSet(f"{c.recipe.dataset}:{c.recipe.probe_size}", learner.probe_x())
+        distill = Distillation(DistillSettings(probe, get_rule(c.logit_rule), learner.class_counts))
+        return distill if c.exchange == "distill" else Mixed(weights, distill)
+
+    def _restore(self, node: DaemonNode) -> None:
+        state = self.home.read_json(self.home.state_file, {})
+        # Resume above the last saved sequence number, with a margin for messages sent after
+        # the last save: peers' replay windows remember what they saw.
+        node.seq = state.get("seq", 0) + 10_000
+        node.version = state.get("version", 0)
+        node.guard = ReplayGuard.from_state(
+            {bytes.fromhex(k): (h, int(seen, 16)) for k, (h, seen) in state.get("replay", {}).items()})
+        node.peers = {p["id"]: p for p in state.get("peers", [])}
+        self.provenance = state.get("provenance", [])
+        self.history = state.get("history", [])
+        checkpoint = self.home.load_checkpoint()
+        if checkpoint is not None and checkpoint.model == node.learner.architecture:
+            node.learner.set_weights(checkpoint.tensors)
+
+    def save(self, node: DaemonNode) -> None:
+        self.home.write_json(self.home.state_file, {
+            "seq": node.seq,
+            "version": node.version,
+            "replay": {k.hex(): [h, format(seen, "x")] for k, (h, seen) in node.guard.to_state().items()},
+            "peers": list(node.peers.values()),
+            "provenance": self.provenance[-100:],
+            "history": self.history[-1000:],
+        })
+        if node.learner.supports_weights:
+            self.home.save_checkpoint(Weights(node.learner.architecture, node.version, node.learner.num_examples,
+                                              node.learner.get_weights()))
+
+    # --- the learning cycle, in a thread ------------------------------------------------------
+    def _learn(self, node: DaemonNode) -> list[tuple[bytes, str]]:
+        """Fold what arrived, train, evaluate, and seal what to publish (sending stays on the loop)."""
+        inputs = sorted(peer_id(p) for p in getattr(node.exchange, "_inbox", {}))
+        folded = node.fold()
+        node.train(self.config.local_epochs)
+        accuracy = node.learner.evaluate_test()["accuracy"]
+        node.version += 1
+        sealed = [(node.seal(payload), payload.KIND) for payload in node.exchange.publish(node)]
+        self.history.append({"version": node.version, "time": now_ms(), "accuracy": round(accuracy, 4)})
+        if folded:
+            self.provenance.append({"version": node.version, "time": now_ms(), "folded": inputs})
+        return sealed
+
+    async def _cycles(self, node: DaemonNode, transport) -> None:
+        while True:
+            node.neighbours = transport.peers()
+            for data, kind in await trio.to_thread.run_sync(self._learn, node):
+                node.keep_blob(data)
+                node.publish_sealed(data, kind)
+            await trio.to_thread.run_sync(self.save, node)
+            await trio.sleep(self.config.period)
+
+    # --- control commands ----------------------------------------------------------------------
+    async def _control(self, node: DaemonNode, transport, request: dict):
+        cmd = request["cmd"]
+        if cmd == "status":
+            return {"id": node.id, "addrs": transport.listen_addrs(), "peers": len(transport.peers()),
+                    "model": node.learner.architecture, "exchange": self.config.exchange, "rule": self.config.rule,
+                    "version": node.version, "accuracy": self.history[-1]["accuracy"] if self.history else None,
+                    "uptime_s": round((now_ms() - self.started) / 1000, 1), "home": str(self.home.path),
+                    "messages_accepted": node.stats.messages_accepted,
+                    "rejected": dict(node.stats.rejected), "refused": dict(node.stats.refused),
+                    "bytes_sent": node.stats.bytes_sent, "bytes_received": node.stats.bytes_received}
+        if cmd == "stop":
+            self.stopping.set()
+            return {"stopping": node.id}
+        if cmd == "peers":
+            connected = set(transport.peers())
+            return [{**p, "connected": p["id"] in connected, "rejected": node.stats.rejected_from[p["id"]],
+                     "reputation": node.reputation.scores.get(_key_of(p["id"], node)),
+                     "banned": _key_of(p["id"], node) in node.banned}
+                    for p in sorted(node.peers.values(), key=lambda p: p["id"])]
+        if cmd == "connect":
+            peer = await transport.connect(request["addr"])
+            node.peer(peer)["addrs"] = sorted(set(node.peer(peer)["addrs"]) | {request["addr"]})
+            return {"connected": peer}
+        if cmd == "models":
+            local = {"peer": node.id, "model": node.learner.architecture, "version": node.version,
+                     "digest": next(reversed(node.blobs)).hex() if node.blobs else None, "local": True}
+            return [local, *sorted(node.remote_models.values(), key=lambda m: m["peer"])]
+        if cmd == "pull":
+            return await self._pull(node, request["peer"], bytes.fromhex(request["digest"]))
+        raise ValueError(f"unknown command {cmd!r}")
+
+    async def _pull(self, node: DaemonNode, peer: str, wanted: bytes) -> dict:
+        """Fetch a sealed message by its payload digest, in chunks; verify before keeping it."""
+        send, receive = trio.open_memory_channel(16)
+        node.pulls[wanted] = send
+        parts, total = bytearray(), None
+        try:
+            with trio.fail_after(60):
+                while total is None or len(parts) < total:
+                    node.transport.send(peer, node.seal(BlobRequest(wanted, len(parts), BLOB_CHUNK)))
+                    chunk = await receive.receive()
+                    if chunk.offset != len(parts) or (total is not None and chunk.total != total) or not chunk.data:
+                        raise ValueError("the peer sent a chunk out of order")
+                    total = chunk.total
+                    parts += chunk.data
+        except trio.TooSlowError:
+            raise ValueError(f"{peer} did not serve {wanted.hex()[:16]} within 60 s") from None
+        finally:
+            del node.pulls[wanted]
+        message = open_envelope(bytes(parts), now_ms=now_ms())  # signature and payload digest
+        if message.digest != wanted:
+            raise ValueError("the pulled message does not have the digest asked for")
+        path = self.home.path / "blobs" / f"{wanted.hex()}.msg"
+        from .store import atomic_write
+        atomic_write(path, bytes(parts))
+        return {"digest": wanted.hex(), "kind": message.kind, "author": message.sender_id, "bytes": len(parts),
+                "path": str(path)}
+
+    # --- run --------------------------------------------------------------------------------
+    async def run(self, transport_factory, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        learner = await trio.to_thread.run_sync(WorkerLearner, self.config.recipe)
+        try:
+            transport = transport_factory(self.identity)
+            node = DaemonNode(self.identity, learner, transport, self._exchange(learner),
+                              num_classes=learner.num_classes, clock=now_ms,
+                              reputation=Reputation(self.config.reputation))
+            await trio.to_thread.run_sync(self._restore, node)
+            async with transport.serving(self.config.listen):
+                for addr in self.config.bootstrap:
+                    try:
+                        await transport.connect(addr)
+                    except Exception as exc:  # a bootstrap peer may be down; keep going
+                        print(f"bootstrap {addr}: {exc}", flush=True)
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(serve_control, self.home.socket,
+                                        lambda request: self._control(node, transport, request))
+                    nursery.start_soon(self._cycles, node, transport)
+                    task_status.started(node)
+                    await self.stopping.wait()
+                    nursery.cancel_scope.cancel()
+            await trio.to_thread.run_sync(self.save, node)
+        finally:
+            learner.close()
+
+
+def _key_of(address: str, node: DaemonNode) -> bytes | None:
+    for key in list(node.reputation.scores) + list(node.banned):
+        if peer_id(key) == address:
+            return key
+    return None

@@ -1,0 +1,500 @@
+"""The libp2p transport for the daemon: real hosts, Noise only, yamux, and our own bulk stream protocol.
+
+    async with Libp2pTransport(identity, listen=["/ip4/0.0.0.0/tcp/4001"]).running() as transport:
+        node = Node(identity, learner, transport, rule, exchange, clock=...)   # sets the receiver
+        await transport.connect("/ip4/10.0.0.2/tcp/4001/p2p/12D3KooW...")
+        node.neighbours = transport.connected_peers()
+        node.publish()                      # transport.send(): queued, never blocks or raises
+
+* **Identity.** The host key is the node's Ed25519 seed, so ``transport.address`` (the node id)
+  is the libp2p peer id; inbound messages are attributed to the peer id that Noise authenticated.
+* **Security: Noise only.** py-libp2p's default host also offers ``/plaintext/2.0.0`` (where a
+  peer just *claims* a public key), TLS and SECIO; this host offers and accepts ``/noise`` alone.
+  Muxer: yamux alone.
+* **Messages** travel on ``/manymodels/msg/1.0.0``: a stream carries a sequence of frames, each an
+  8-byte big-endian length then that many bytes. A reader refuses a length above ``max_frame``
+  before reading any of it (the stream is reset and ``stats.rejected_oversize`` counted; the
+  connection and everything else keep working). Payloads go out and come in ``chunk_size`` at a
+  time with backpressure; reads use our own loop, not py-libp2p's ``read_exactly`` (which gives up
+  after 100 short reads). The transport does not verify signatures -- the node does
+  (``protocol.open_envelope``) -- but it does enforce sizes.
+* **Outbound**: ``send`` puts bytes on a bounded per-peer queue (count and bytes) served by one
+  trio task per peer, which dials if needed and opens or reuses one stream. A full queue, an
+  unknown or unreachable peer, or a closed transport drops the message and counts it.
+* **Throughput**: see ``libp2p_fast`` (bigger yamux frames, event-driven window credit, a
+  buffered Noise session): bench/bench_transfer.py measures it.
+
+The whole transport lives in one trio run. ``send`` and ``set_receiver`` may be called from
+another thread too; the receiver callback is always called in the trio thread.
+"""
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+from collections import Counter, deque
+from collections.abc import Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+
+from manymodels.protocol import MAX_ENVELOPE_BYTES, Identity
+
+from .base import Receiver
+from .libp2p_fast import BULK_MAX_FRAME, BULK_RECV_WINDOW, BufferedNoiseTransport, adopt_stream
+
+logger = logging.getLogger(__name__)
+
+MSG_PROTOCOL = "/manymodels/msg/1.0.0"
+FRAME_HEADER = struct.Struct(">Q")
+MiB = 1 << 20
+
+DEFAULT_MAX_FRAME = MAX_ENVELOPE_BYTES  # the largest envelope the protocol allows
+DEFAULT_CHUNK = 1 * MiB
+
+
+class FrameTooLarge(Exception):
+    pass
+
+
+class Truncated(Exception):
+    pass
+
+
+@dataclass
+class Libp2pStats:
+    messages_sent: int = 0
+    bytes_sent: int = 0
+    messages_received: int = 0
+    bytes_received: int = 0
+    dropped_queue_full: int = 0  # send() found the peer's queue full
+    dropped_oversize: int = 0  # send() was given more than max_frame bytes
+    dropped_unreachable: int = 0  # bad peer id, no address, dial or write failed
+    dropped_not_running: int = 0  # send() before run() or after close()
+    rejected_oversize: int = 0  # a peer announced a frame above max_frame
+    truncated: int = 0  # a peer's stream ended or stalled in the middle of a frame
+    stream_errors: int = 0  # other inbound stream failures
+    receiver_errors: int = 0  # the receiver callback raised
+    rejected_by_peer: Counter = field(default_factory=Counter)  # peer id -> frames refused
+
+    @property
+    def dropped_total(self) -> int:
+        return (self.dropped_queue_full + self.dropped_oversize + self.dropped_unreachable
+                + self.dropped_not_running)
+
+
+@dataclass
+class _Outbox:
+    queue: deque = field(default_factory=deque)
+    queued_bytes: int = 0
+    wake: trio.Event = field(default_factory=trio.Event)
+    stream: object | None = None
+
+
+def key_pair_from_seed(seed: bytes):
+    """The libp2p Ed25519 key pair for a 32-byte identity seed (same key, same peer id)."""
+    return create_new_key_pair(bytes(seed))
+
+
+def noise_only_host(seed: bytes, listen: Sequence[str] = (), *, buffered_noise: bool = True):
+    """A py-libp2p host with our key that speaks Noise and yamux only (no plaintext, TLS, SECIO,
+    mplex), with no mDNS and no bootstrap of its own."""
+    key_pair = key_pair_from_seed(seed)
+    noise_cls = BufferedNoiseTransport if buffered_noise else _stock_noise()
+    security = {NOISE_PROTOCOL_ID: noise_cls(key_pair, noise_privkey=create_x25519_key_pair().private_key)}
+    return new_host(key_pair=key_pair, sec_opt=security, muxer_opt={YAMUX_PROTOCOL_ID: Yamux},
+                    listen_addrs=[multiaddr.Multiaddr(a) for a in listen] or None,
+                    enable_mDNS=False, bootstrap=None)
+
+
+def _stock_noise():
+    from libp2p.security.noise.transport import Transport
+    return Transport
+
+
+# --------------------------------------------------------------------------- framing
+
+
+async def _read_some(stream, n: int) -> bytes:
+    try:
+        return await stream.read(n)
+    except EOFError:  # StreamEOF / MuxedStreamEOF
+        return b""
+
+
+async def read_frame(stream, max_frame: int, *, chunk_size: int = DEFAULT_CHUNK,
+                     read_timeout: float = 60.0) -> bytes | None:
+    """One length-prefixed frame from a stream; None on a clean end of stream between frames.
+
+    Raises FrameTooLarge before reading the body when the announced length is above
+    ``max_frame``, and Truncated when the stream ends or stalls for ``read_timeout`` seconds
+    inside a frame. Reads in chunks of at most ``chunk_size`` with no retry limit."""
+    header = bytearray()
+    while len(header) < FRAME_HEADER.size:
+        part = await _read_some(stream, FRAME_HEADER.size - len(header))
+        if not part:
+            if header:
+                raise Truncated(f"stream ended inside a frame header ({len(header)} bytes)")
+            return None
+        header += part
+    (length,) = FRAME_HEADER.unpack(header)
+    if length > max_frame:
+        raise FrameTooLarge(f"frame of {length} bytes > limit {max_frame}")
+    parts = []
+    remaining = length
+    while remaining:
+        with trio.move_on_after(read_timeout) as scope:
+            part = await _read_some(stream, min(remaining, chunk_size))
+        if scope.cancelled_caught:
+            raise Truncated(f"no data for {read_timeout:.0f} s with {remaining} of {length} bytes to go")
+        if not part:
+            raise Truncated(f"stream ended with {remaining} of {length} bytes to go")
+        parts.append(part)
+        remaining -= len(part)
+    if len(parts) == 1 and type(parts[0]) is bytes:
+        return parts[0]
+    return b"".join(parts)
+
+
+async def write_frame(stream, data: bytes, *, chunk_size: int = DEFAULT_CHUNK) -> None:
+    """Write one frame, awaiting each chunk (the muxer's flow control is the backpressure)."""
+    with memoryview(data) as mv:
+        if mv.ndim != 1 or mv.itemsize != 1:
+            mv = mv.cast("B")
+        total = len(mv)
+        first = min(total, chunk_size - FRAME_HEADER.size)
+        await stream.write(FRAME_HEADER.pack(total) + mv[:first])
+        for i in range(first, total, chunk_size):
+            await stream.write(mv[i:i + chunk_size])
+
+
+# --------------------------------------------------------------------------- transport
+
+
+class Libp2pTransport:
+    """The Transport interface (``address``, ``send``, ``set_receiver``) over a real libp2p host."""
+
+    def __init__(self, identity: Identity, *, listen: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
+                 max_frame: int = DEFAULT_MAX_FRAME, chunk_size: int = DEFAULT_CHUNK,
+                 queue_messages: int = 64, queue_bytes: int = 1024 * MiB,
+                 dial_timeout: float = 10.0, read_timeout: float = 60.0, idle_timeout: float = 60.0,
+                 recv_window: int = BULK_RECV_WINDOW, yamux_frame: int = BULK_MAX_FRAME,
+                 buffered_noise: bool = True) -> None:
+        self.identity = identity
+        self.address: str = identity.peer_id
+        self.max_frame = max_frame
+        self.chunk_size = chunk_size
+        self.queue_messages = queue_messages
+        self.queue_bytes = queue_bytes
+        self.dial_timeout = dial_timeout
+        self.read_timeout = read_timeout
+        self.idle_timeout = idle_timeout
+        self.recv_window = recv_window
+        self.yamux_frame = yamux_frame
+        self.stats = Libp2pStats()
+        self._listen = list(listen)
+        self._buffered_noise = buffered_noise
+        self._receiver: Receiver | None = None
+        self.host = None
+        self._nursery: trio.Nursery | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._thread: int | None = None
+        self._running = False
+        self._closing = False
+        self._stop = trio.Event()
+        self._stopped = trio.Event()
+        self._outboxes: dict[str, _Outbox] = {}
+        self._peer_ids: dict[str, ID] = {}
+
+    # ---- the Transport interface
+
+    def set_receiver(self, receiver: Receiver) -> None:
+        self._receiver = receiver
+
+    def send(self, peer: str, data: bytes) -> None:
+        """Queue ``data`` for ``peer`` (a peer id); never blocks, never raises for a bad peer."""
+        if self._thread is not None and threading.get_ident() != self._thread:
+            token = self._token
+            try:
+                token.run_sync_soon(self._enqueue, peer, bytes(data))
+            except Exception:  # the run has ended
+                self.stats.dropped_not_running += 1
+            return
+        self._enqueue(peer, data)
+
+    # ---- lifecycle
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Listen and serve until close() (or until cancelled). Use ``await nursery.start(t.run)``:
+        it returns once the host listens."""
+        if self.host is not None:
+            raise RuntimeError("a Libp2pTransport runs once")
+        self.host = noise_only_host(self.identity.seed, self._listen, buffered_noise=self._buffered_noise)
+        if self.host.get_id().to_base58() != self.address:
+            raise RuntimeError("libp2p derived a different peer id from our key")  # never, if keys agree
+        try:
+            async with self.host.run([multiaddr.Multiaddr(a) for a in self._listen]):
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    self._token = trio.lowlevel.current_trio_token()
+                    self._thread = threading.get_ident()
+                    self.host.set_stream_handler(MSG_PROTOCOL, self._on_msg_stream)
+                    self._running = True
+                    task_status.started()
+                    try:
+                        await self._stop.wait()
+                    finally:
+                        self._running = False
+                        nursery.cancel_scope.cancel()
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await self.host.close()
+        finally:
+            self._running = False
+            self._dropped_on_close()
+            self._stopped.set()
+
+    async def close(self) -> None:
+        """Stop serving and close every connection; queued messages are dropped (counted)."""
+        self._closing = True
+        self._stop.set()
+        if self.host is not None:
+            await self._stopped.wait()
+
+    @asynccontextmanager
+    async def running(self):
+        """``async with transport.running():`` -- run in a nursery of its own, close on exit."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.run)
+            try:
+                yield self
+            finally:
+                await self.close()
+
+    # ---- what a daemon needs besides the interface
+
+    @property
+    def is_running(self) -> bool:
+        return self._running
+
+    def listen_addrs(self) -> list[str]:
+        """Our full multiaddrs, each ending in /p2p/<our peer id>."""
+        if self.host is None:
+            return []
+        suffix = f"/p2p/{self.address}"
+        return [a if a.endswith(suffix) else a + suffix for a in map(str, self.host.get_addrs())]
+
+    async def connect(self, address: str) -> str:
+        """Dial a peer at a multiaddr ending in /p2p/<peer id>; returns that peer id.
+
+        Raises ValueError for a malformed address and ConnectionError when the dial fails
+        (unreachable, refused, not Noise, or the key behind the address is another peer's)."""
+        self._require_running()
+        try:
+            info = info_from_p2p_addr(multiaddr.Multiaddr(address))
+        except Exception as exc:
+            raise ValueError(f"not a /p2p multiaddr: {address!r} ({exc})") from None
+        if info.peer_id.to_base58() == self.address:
+            raise ValueError("that address is this node's own")
+        try:
+            with trio.fail_after(self.dial_timeout):
+                await self.host.connect(info)
+        except trio.TooSlowError:
+            raise ConnectionError(f"dialing {address} timed out after {self.dial_timeout:.0f} s") from None
+        except Exception as exc:
+            raise ConnectionError(f"dialing {address} failed: {type(exc).__name__}: {exc}") from None
+        return info.peer_id.to_base58()
+
+    def add_peer_addrs(self, peer: str, addrs: Sequence[str], ttl: int = 3600) -> None:
+        """Remember where a peer listens so send() can dial it (e.g. from a bootstrap list)."""
+        self._require_running()
+        self.host.get_peerstore().add_addrs(ID.from_base58(peer), [multiaddr.Multiaddr(a) for a in addrs], ttl)
+
+    def connected_peers(self) -> list[str]:
+        if self.host is None:
+            return []
+        return sorted(p.to_base58() for p in self.host.get_connected_peers())
+
+    def peer_addrs(self, peer: str) -> list[str]:
+        if self.host is None:
+            return []
+        try:
+            return [str(a) for a in self.host.get_peerstore().addrs(ID.from_base58(peer))]
+        except Exception:
+            return []
+
+    async def disconnect(self, peer: str) -> None:
+        self._require_running()
+        await self.host.disconnect(ID.from_base58(peer))
+
+    def queued(self, peer: str) -> int:
+        ob = self._outboxes.get(peer)
+        return len(ob.queue) if ob else 0
+
+    # ---- internals: outbound
+
+    def _require_running(self) -> None:
+        if not self._running:
+            raise RuntimeError("the transport is not running (use `async with transport.running()`)")
+
+    def _peer_id(self, peer: str) -> ID | None:
+        pid = self._peer_ids.get(peer)
+        if pid is None:
+            try:
+                pid = ID.from_base58(peer)
+            except Exception:
+                return None
+            if len(self._peer_ids) > 65536:
+                self._peer_ids.clear()
+            self._peer_ids[peer] = pid
+        return pid
+
+    def _enqueue(self, peer: str, data: bytes) -> None:
+        stats = self.stats
+        if not self._running:
+            stats.dropped_not_running += 1
+            return
+        if len(data) > self.max_frame:
+            stats.dropped_oversize += 1
+            return
+        if peer == self.address or self._peer_id(peer) is None:
+            stats.dropped_unreachable += 1
+            return
+        ob = self._outboxes.get(peer)
+        if ob is None:
+            ob = self._outboxes[peer] = _Outbox()
+            self._nursery.start_soon(self._serve_peer, peer, ob)
+        if len(ob.queue) >= self.queue_messages or ob.queued_bytes + len(data) > self.queue_bytes:
+            stats.dropped_queue_full += 1
+            return
+        ob.queue.append(data)
+        ob.queued_bytes += len(data)
+        ob.wake.set()
+
+    async def _serve_peer(self, peer: str, ob: _Outbox) -> None:
+        pid = self._peer_id(peer)
+        try:
+            while True:
+                if not ob.queue:
+                    ob.wake = trio.Event()
+                    with trio.move_on_after(self.idle_timeout):
+                        await ob.wake.wait()
+                    if not ob.queue:
+                        return
+                data = ob.queue[0]
+                ok = await self._deliver(pid, ob, data)
+                ob.queue.popleft()
+                ob.queued_bytes -= len(data)
+                if ok:
+                    self.stats.messages_sent += 1
+                    self.stats.bytes_sent += len(data)
+                else:  # the peer is unreachable: what is queued behind would fail the same way
+                    self.stats.dropped_unreachable += 1 + len(ob.queue)
+                    ob.queue.clear()
+                    ob.queued_bytes = 0
+                    return
+        finally:
+            if self._outboxes.get(peer) is ob:
+                del self._outboxes[peer]
+            self.stats.dropped_not_running += len(ob.queue)  # only non-empty when cancelled
+            ob.queue.clear()
+            stream, ob.stream = ob.stream, None
+            if stream is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    await _quietly(stream.close())
+
+    async def _deliver(self, pid: ID, ob: _Outbox, data: bytes) -> bool:
+        for _ in range(2):
+            reused = ob.stream is not None
+            if not reused:
+                try:
+                    with trio.fail_after(self.dial_timeout):
+                        stream = await self.host.new_stream(pid, [MSG_PROTOCOL])
+                except Exception as exc:  # includes TooSlowError
+                    logger.debug("cannot open a stream to %s: %s: %s", pid, type(exc).__name__, exc)
+                    return False
+                adopt_stream(stream, max_frame=self.yamux_frame)
+                ob.stream = stream
+            try:
+                await write_frame(ob.stream, data, chunk_size=self.chunk_size)
+                return True
+            except Exception as exc:
+                logger.debug("writing to %s failed: %s: %s", pid, type(exc).__name__, exc)
+                stream, ob.stream = ob.stream, None
+                await _quietly(stream.reset())
+                if not reused:
+                    return False
+        return False
+
+    def _dropped_on_close(self) -> None:
+        for ob in self._outboxes.values():
+            self.stats.dropped_not_running += len(ob.queue)
+            ob.queue.clear()
+        self._outboxes.clear()
+
+    # ---- internals: inbound
+
+    async def _on_msg_stream(self, stream) -> None:
+        try:
+            peer = stream.muxed_conn.peer_id.to_base58()  # authenticated by Noise
+        except Exception:
+            await _quietly(stream.reset())
+            return
+        stats = self.stats
+        try:
+            bulk = adopt_stream(stream, max_frame=self.yamux_frame)
+            if bulk is not None:
+                await bulk.grow_recv_window(self.recv_window)
+            while True:
+                data = await read_frame(stream, self.max_frame, chunk_size=self.chunk_size,
+                                        read_timeout=self.read_timeout)
+                if data is None:
+                    break
+                stats.messages_received += 1
+                stats.bytes_received += len(data)
+                receiver = self._receiver
+                if receiver is None:
+                    continue
+                try:
+                    receiver(peer, data)
+                except Exception:
+                    stats.receiver_errors += 1
+                    logger.exception("the receiver raised on a message from %s", peer)
+        except FrameTooLarge as exc:
+            stats.rejected_oversize += 1
+            stats.rejected_by_peer[peer] += 1
+            logger.info("refused a frame from %s: %s", peer, exc)
+            await _quietly(stream.reset())
+            return
+        except Truncated as exc:
+            stats.truncated += 1
+            logger.info("truncated frame from %s: %s", peer, exc)
+            await _quietly(stream.reset())
+            return
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            stats.stream_errors += 1
+            logger.debug("stream from %s failed: %s: %s", peer, type(exc).__name__, exc)
+            await _quietly(stream.reset())
+            return
+        await _quietly(stream.close())
+
+
+async def _quietly(awaitable) -> None:
+    try:
+        await awaitable
+    except trio.Cancelled:
+        raise
+    except Exception:
+        pass
+

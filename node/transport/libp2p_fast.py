@@ -1,0 +1,294 @@
+"""Throughput fixes for py-libp2p 0.8.1, as subclasses (nothing in site-packages is patched).
+
+Measured on loopback (bench/bench_transfer.py), a bare py-libp2p stream moves ~130 MB/s, a few
+percent of a raw socket. The time is not the cipher (ChaCha20-Poly1305 runs at ~3 GB/s here);
+it is per-frame Python overhead and copies:
+
+* **yamux frames are capped at 64 KiB** (module constant ``MAX_MESSAGE_SIZE``), and every frame
+  costs ~20 trio reschedules and ~28 lock operations on the two sides together, plus a
+  WINDOW_UPDATE frame back. A 64 KiB frame plus its 12-byte header is also 13 bytes over the
+  Noise plaintext limit (65519), so each one becomes *two* Noise messages. ->
+  :class:`BulkYamuxStream` writes frames of up to 1 MiB (legal yamux: a frame may be as large as
+  the receive window; py-libp2p's reader accepts up to 16 MiB), straight from a memoryview.
+* **a sender that runs out of window polls every 10 ms** (``trio.sleep(0.01)``); ->
+  BulkYamuxStream is woken by the WINDOW_UPDATE itself (``send_window`` is a property whose
+  setter fires an event), and the receiver grants a large window up front
+  (:meth:`BulkYamuxStream.grow_recv_window`).
+* **the Noise session reads 2-byte length prefixes and bodies with separate ``recv`` calls**,
+  copies each message three times through ``read_exactly``/``BytesIO``, and writes every Noise
+  message with its own ``send``. -> :class:`BufferedNoiseTransport` (a drop-in for the Noise
+  transport in ``sec_opt``) returns a session that reads up to 1 MiB per ``recv``, decrypts
+  straight out of that buffer through memoryviews, and writes one frame's Noise messages with a
+  single ``send``. Wire format and handshake are unchanged (it is still ``/noise``, XX).
+
+Upstream-friendly changes that would make this file unnecessary: a per-connection max frame size
+for yamux; ``MuxerMultistream.new_conn`` honouring the class given in ``muxer_opt`` for yamux (it
+hard-codes ``Yamux``); ``Yamux.stream_class`` so subclasses need not copy ``handle_incoming``; an
+event instead of ``sleep(0.01)`` polling for window updates; and a buffered Noise reader.
+
+Because ``Yamux`` constructs its streams inline, a bulk stream is *adopted*
+(:func:`adopt_stream`): the ``YamuxStream`` object of one of our own protocol streams gets the
+subclass. Streams of other protocols (identify, ping, pubsub, DHT) are left as they are.
+"""
+from __future__ import annotations
+
+import logging
+import struct
+from collections import deque
+
+import trio
+from libp2p.io.exceptions import ConnectionClosedError
+from libp2p.security.noise.io import NoiseTransportReadWriter
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.security.secure_session import SecureSession
+from libp2p.stream_muxer.exceptions import MuxedStreamError
+from libp2p.stream_muxer.yamux.yamux import (
+    DEFAULT_WINDOW_SIZE,
+    MAX_WINDOW_SIZE,
+    TYPE_DATA,
+    YAMUX_HEADER_FORMAT,
+    YamuxStream,
+)
+
+logger = logging.getLogger(__name__)
+
+NOISE_MAX_PLAINTEXT = 65535 - 16  # Noise message limit minus the Poly1305 tag
+NOISE_READ_SIZE = 1 << 20  # bytes asked of the socket per recv
+BULK_MAX_FRAME = 1 << 20  # largest yamux DATA frame a bulk stream writes
+BULK_RECV_WINDOW = MAX_WINDOW_SIZE  # 16 MiB: what a bulk reader grants its sender
+WINDOW_WAIT_TIMEOUT = 60.0  # a sender gives up after this long without any window credit
+_CLOSE_POLL = 0.25  # how often a window-starved sender checks that the stream still lives
+
+_HEADER = struct.Struct(YAMUX_HEADER_FORMAT)
+
+
+# --------------------------------------------------------------------------- Noise
+
+
+class BufferedNoiseSession(SecureSession):
+    """A Noise transport session with buffered, low-copy reads and one ``send`` per write.
+
+    Built from the session the stock handshake returns, so the handshake, peer ids and keys are
+    exactly py-libp2p's; only the post-handshake read/write path differs."""
+
+    def __init__(self, base: SecureSession) -> None:
+        super().__init__(
+            local_peer=base.local_peer,
+            local_private_key=base.local_private_key,
+            remote_peer=base.remote_peer,
+            remote_permanent_pubkey=base.remote_permanent_pubkey,
+            is_initiator=base.is_initiator,
+            conn=base.conn,
+        )
+        rw = base.conn
+        protocol = rw.noise_state.noise_protocol
+        # NoiseConnection.encrypt/decrypt insist on `bytes`; the cipher states take memoryviews.
+        self._encrypt = protocol.cipher_state_encrypt.encrypt_with_ad
+        self._decrypt = protocol.cipher_state_decrypt.decrypt_with_ad
+        self._raw = rw.read_writer.read_write_closer
+        self._pending = bytearray()  # an incomplete Noise message (with its length prefix)
+        self._plain: deque[bytes] = deque()  # decrypted, not yet read
+        self._plain_len = 0
+        self._offset = 0  # bytes of _plain[0] already read
+        self._write_lock = trio.Lock()
+        self._broken: Exception | None = None
+
+    def _push(self, plaintext: bytes) -> None:
+        if plaintext:
+            self._plain.append(plaintext)
+            self._plain_len += len(plaintext)
+
+    def _open(self, ciphertext) -> bytes:
+        try:
+            return self._decrypt(None, ciphertext)
+        except Exception as exc:  # InvalidTag: the connection is corrupt or forged
+            self._broken = ConnectionClosedError(f"Noise decryption failed: {type(exc).__name__}")
+            raise self._broken from exc
+
+    async def _fill(self) -> bool:
+        """Read once from the socket and decrypt every complete Noise message; False at EOF."""
+        if self._broken is not None:
+            raise self._broken
+        data = await self._raw.read(NOISE_READ_SIZE)
+        if not data:
+            return False
+        n = len(data)
+        pos = 0
+        with memoryview(data) as mv:
+            pending = self._pending
+            if pending:  # finish the message that straddled the previous read
+                if len(pending) < 2:
+                    take = min(2 - len(pending), n)
+                    pending += mv[:take]
+                    pos = take
+                if len(pending) >= 2:
+                    need = 2 + ((pending[0] << 8) | pending[1]) - len(pending)
+                    take = min(need, n - pos)
+                    pending += mv[pos:pos + take]
+                    pos += take
+                    if take == need:
+                        with memoryview(pending) as pmv:
+                            plaintext = self._open(pmv[2:])
+                        pending.clear()
+                        self._push(plaintext)
+            while n - pos >= 2:
+                length = (data[pos] << 8) | data[pos + 1]
+                if n - pos - 2 < length:
+                    break
+                self._push(self._open(mv[pos + 2:pos + 2 + length]))
+                pos += 2 + length
+            if pos < n:
+                pending += mv[pos:]
+        return True
+
+    def _take(self, k: int) -> bytes:
+        parts = []
+        need = k
+        while need:
+            piece = self._plain[0]
+            avail = len(piece) - self._offset
+            if avail <= need:
+                parts.append(piece if self._offset == 0 else memoryview(piece)[self._offset:])
+                self._plain.popleft()
+                self._offset = 0
+                need -= avail
+            else:
+                parts.append(memoryview(piece)[self._offset:self._offset + need])
+                self._offset += need
+                need = 0
+        self._plain_len -= k
+        if len(parts) == 1 and type(parts[0]) is bytes:
+            return parts[0]
+        return b"".join(parts)
+
+    async def read(self, n: int | None = None) -> bytes:
+        """Up to ``n`` bytes (all buffered bytes for None); like SecureSession, waits for ``n``
+        bytes unless the connection ends first, and raises if it ended with nothing buffered."""
+        if n == 0:
+            return b""
+        while self._plain_len == 0:
+            if not await self._fill():
+                raise ConnectionClosedError("Connection closed")
+        if n is None or n < 0:
+            return self._take(self._plain_len)
+        while self._plain_len < n:
+            if not await self._fill():
+                break
+        return self._take(min(n, self._plain_len))
+
+    async def write(self, data: bytes) -> None:
+        with memoryview(data) as mv:
+            if mv.ndim != 1 or mv.itemsize != 1:
+                mv = mv.cast("B")
+            async with self._write_lock:  # nonces must go out in the order they were used
+                parts = []
+                for i in range(0, len(mv), NOISE_MAX_PLAINTEXT):
+                    ciphertext = self._encrypt(None, mv[i:i + NOISE_MAX_PLAINTEXT])
+                    parts.append(len(ciphertext).to_bytes(2, "big"))
+                    parts.append(ciphertext)
+                if parts:
+                    await self._raw.write(b"".join(parts))
+
+
+class BufferedNoiseTransport(NoiseTransport):
+    """``/noise`` (XX) exactly as py-libp2p does it, with :class:`BufferedNoiseSession` after the
+    handshake. Use it in ``new_host(sec_opt={NOISE_PROTOCOL_ID: BufferedNoiseTransport(...)})``."""
+
+    @staticmethod
+    def _wrap(session):
+        if isinstance(session, SecureSession) and isinstance(session.conn, NoiseTransportReadWriter):
+            return BufferedNoiseSession(session)
+        return session  # an upstream change we do not know: keep its own session
+
+    async def secure_inbound(self, conn):
+        return self._wrap(await super().secure_inbound(conn))
+
+    async def secure_outbound(self, conn, peer_id):
+        return self._wrap(await super().secure_outbound(conn, peer_id))
+
+
+# --------------------------------------------------------------------------- yamux
+
+
+class BulkYamuxStream(YamuxStream):
+    """A yamux stream that writes large frames and waits for window credit on an event."""
+
+    max_frame = BULK_MAX_FRAME
+    window_wait_timeout = WINDOW_WAIT_TIMEOUT
+
+    # The muxer's reader does `stream.send_window += increment` under window_lock; as a property
+    # that assignment also wakes a writer waiting for credit.
+    @property
+    def send_window(self) -> int:
+        return self._bulk_send_window
+
+    @send_window.setter
+    def send_window(self, value: int) -> None:
+        self._bulk_send_window = value
+        if value > 0:
+            self._bulk_window_event.set()
+
+    async def write(self, data: bytes) -> None:
+        with memoryview(data) as mv:
+            if mv.ndim != 1 or mv.itemsize != 1:
+                mv = mv.cast("B")
+            total = len(mv)
+            sent = 0
+            while sent < total:
+                frame = None
+                async with self.rw_lock.write_lock():
+                    if self.send_closed:
+                        raise MuxedStreamError("Stream is closed for sending")
+                    async with self.window_lock:
+                        if self.closed:
+                            raise MuxedStreamError("Stream is closed")
+                        window = self._bulk_send_window
+                        if window > 0:
+                            size = min(window, self.max_frame, total - sent)
+                            self._bulk_send_window = window - size
+                            frame = _HEADER.pack(0, TYPE_DATA, 0, self.stream_id, size) + mv[sent:sent + size]
+                        else:
+                            self._bulk_window_event = trio.Event()
+                if frame is None:
+                    await self._wait_for_window()
+                    continue
+                await self.conn._write_frame(frame)
+                sent += size
+
+    async def _wait_for_window(self) -> None:
+        self._zero_window_waits += 1
+        deadline = trio.current_time() + self.window_wait_timeout
+        while self._bulk_send_window <= 0:
+            if self.closed or self.send_closed or self.conn.event_shutting_down.is_set():
+                raise MuxedStreamError("Stream closed while waiting for window update")
+            if trio.current_time() >= deadline:
+                raise MuxedStreamError(f"No window update for {self.window_wait_timeout:.0f} s")
+            with trio.move_on_after(_CLOSE_POLL):
+                await self._bulk_window_event.wait()
+
+    async def grow_recv_window(self, target: int = BULK_RECV_WINDOW) -> None:
+        """Let the sender have up to ``target`` bytes in flight (yamux WINDOW_UPDATE)."""
+        target = min(target, MAX_WINDOW_SIZE)
+        async with self.window_lock:
+            delta = target - self.recv_window
+            if delta <= 0:
+                return
+            self.recv_window += delta
+            self.target_recv_window = max(self.target_recv_window, target)
+        await self.send_window_update(delta)
+
+
+def adopt_stream(net_stream, *, max_frame: int | None = None) -> BulkYamuxStream | None:
+    """Give a libp2p stream's yamux stream the bulk behaviour; None if it is not yamux."""
+    muxed = getattr(net_stream, "muxed_stream", None)
+    if type(muxed) is YamuxStream:
+        state = muxed.__dict__
+        # No await between these lines, so no other task sees a half-adopted stream.
+        muxed._bulk_send_window = state.pop("send_window", DEFAULT_WINDOW_SIZE)
+        muxed._bulk_window_event = trio.Event()
+        muxed.__class__ = BulkYamuxStream
+    if not isinstance(muxed, BulkYamuxStream):
+        return None
+    if max_frame is not None:
+        muxed.max_frame = max(1, min(max_frame, MAX_WINDOW_SIZE))
+    return muxed
