@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 node_app = typer.Typer(no_args_is_help=True, help="Run a node daemon: start, status, stop.")
-console = Console()
+console = Console(soft_wrap=True)
 HomeOption = Annotated[Path, typer.Option("--home", help="The node's home directory.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print as JSON.")]
 
@@ -82,8 +82,7 @@ def start(
     async def main():
         async with trio.open_nursery() as nursery:
             node = await nursery.start(daemon.run, Libp2pTransport)
-            status = await daemon._control(node, node.transport, {"cmd": "status"})
-            console.print(f"node {status['id']} listening on {' '.join(status['addrs'])}", highlight=False)
+            console.print(f"node {node.id} listening on {' '.join(node.transport.listen_addrs())}", highlight=False)
     try:
         trio.run(main)
     except KeyboardInterrupt:

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 import trio
 
 from manymodels.aggregation import get_rule
-from manymodels.protocol import (BlobRequest, BlobResponse, Message, ReplayGuard, Weights, digest, open_envelope,
-                                 peer_id)
+from manymodels.protocol import (BlobRequest, BlobResponse, Hello, Message, PeerExchange, ReplayGuard, Weights,
+                                 open_envelope, peer_id)
 
 from .control import serve as serve_control
 from .exchange import Distillation, DistillSettings, Exchange, Mixed, WeightGossip
@@ -28,6 +28,7 @@ from .worker import WorkerLearner
 
 BLOB_CHUNK = 4 << 20
 MAX_BLOBS = 8  # sealed messages kept for peers to pull (the newest)
+MAX_PEERS = 32  # peer exchange stops dialing beyond this many connections
 
 
 @dataclass
@@ -63,6 +64,7 @@ class DaemonNode(Node):
         self.blobs: dict[bytes, bytes] = {}  # payload digest -> the sealed message, for pulls
         self.remote_models: dict[str, dict] = {}  # peer id -> what its latest weights were
         self.pulls: dict[bytes, trio.MemorySendChannel] = {}
+        self.discovered = lambda addrs: None  # the daemon dials peers it learns of
 
     def peer(self, address: str) -> dict:
         return self.peers.setdefault(address, {"id": address, "addrs": [], "first_seen": now_ms(), "last_seen": 0,
@@ -89,6 +91,13 @@ class DaemonNode(Node):
             if channel is not None:
                 channel.send_nowait(payload)
             return
+        if isinstance(payload, Hello):
+            # only addresses that name the sender: a peer speaks for itself
+            entry["addrs"] = sorted(a for a in payload.addrs if a.endswith(f"/p2p/{sender_address}"))[:8]
+            entry["agent"] = payload.agent
+            return
+        if isinstance(payload, PeerExchange):
+            return self.discovered(payload.addrs)
         if isinstance(payload, Weights):
             entry["offered"][payload.KIND] = payload.model
             self.remote_models[message.sender_id] = {
@@ -166,6 +175,13 @@ class Daemon:
                                               node.learner.get_weights()))
 
     # --- the learning cycle, in a thread ------------------------------------------------------
+    def _introductions(self, node: DaemonNode, transport) -> list[tuple[bytes, str]]:
+        """Hello (who I am, where I listen) and the addresses of the peers I know."""
+        hello = Hello("manymodels/" + _version(), transport.listen_addrs(), [self.config.exchange],
+                      [node.learner.architecture])
+        known = [a for p in node.peers.values() for a in p["addrs"][:2]][:64]
+        return [(node.seal(hello), "hello"), (node.seal(PeerExchange(known)), "peers")]
+
     def _learn(self, node: DaemonNode) -> list[tuple[bytes, str]]:
         """Fold what arrived, train, evaluate, and seal what to publish (sending stays on the loop)."""
         inputs = sorted(peer_id(p) for p in getattr(node.exchange, "_inbox", {}))
@@ -181,18 +197,32 @@ class Daemon:
 
     async def _cycles(self, node: DaemonNode, transport) -> None:
         while True:
-            node.neighbours = transport.peers()
+            node.neighbours = transport.connected_peers()
+            for data, kind in self._introductions(node, transport):
+                node.publish_sealed(data, kind)
             for data, kind in await trio.to_thread.run_sync(self._learn, node):
                 node.keep_blob(data)
                 node.publish_sealed(data, kind)
             await trio.to_thread.run_sync(self.save, node)
             await trio.sleep(self.config.period)
 
+    async def _dial(self, node: DaemonNode, transport, addrs: list[str]) -> None:
+        connected = set(transport.connected_peers()) | {node.id}
+        for addr in addrs[:16]:
+            peer = addr.rsplit("/p2p/", 1)[-1]
+            if peer in connected or len(connected) > MAX_PEERS:
+                continue
+            try:
+                await transport.connect(addr)
+                connected.add(peer)
+            except (ValueError, ConnectionError):
+                pass  # stale or unreachable: another peer may know better
+
     # --- control commands ----------------------------------------------------------------------
     async def _control(self, node: DaemonNode, transport, request: dict):
         cmd = request["cmd"]
         if cmd == "status":
-            return {"id": node.id, "addrs": transport.listen_addrs(), "peers": len(transport.peers()),
+            return {"id": node.id, "addrs": transport.listen_addrs(), "peers": len(transport.connected_peers()),
                     "model": node.learner.architecture, "exchange": self.config.exchange, "rule": self.config.rule,
                     "version": node.version, "accuracy": self.history[-1]["accuracy"] if self.history else None,
                     "uptime_s": round((now_ms() - self.started) / 1000, 1), "home": str(self.home.path),
@@ -203,7 +233,7 @@ class Daemon:
             self.stopping.set()
             return {"stopping": node.id}
         if cmd == "peers":
-            connected = set(transport.peers())
+            connected = set(transport.connected_peers())
             return [{**p, "connected": p["id"] in connected, "rejected": node.stats.rejected_from[p["id"]],
                      "reputation": node.reputation.scores.get(_key_of(p["id"], node)),
                      "banned": _key_of(p["id"], node) in node.banned}
@@ -249,29 +279,36 @@ class Daemon:
 
     # --- run --------------------------------------------------------------------------------
     async def run(self, transport_factory, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Run until `stop`. `transport_factory(identity, listen=[...])` gives the transport."""
         learner = await trio.to_thread.run_sync(WorkerLearner, self.config.recipe)
         try:
-            transport = transport_factory(self.identity)
+            transport = transport_factory(self.identity, listen=self.config.listen)
             node = DaemonNode(self.identity, learner, transport, self._exchange(learner),
                               num_classes=learner.num_classes, clock=now_ms,
                               reputation=Reputation(self.config.reputation))
             await trio.to_thread.run_sync(self._restore, node)
-            async with transport.serving(self.config.listen):
+            async with transport.running(), trio.open_nursery() as nursery:
+                node.discovered = lambda addrs: nursery.start_soon(self._dial, node, transport, list(addrs))
                 for addr in self.config.bootstrap:
                     try:
                         await transport.connect(addr)
-                    except Exception as exc:  # a bootstrap peer may be down; keep going
+                    except (ValueError, ConnectionError) as exc:  # a bootstrap peer may be down
                         print(f"bootstrap {addr}: {exc}", flush=True)
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(serve_control, self.home.socket,
-                                        lambda request: self._control(node, transport, request))
-                    nursery.start_soon(self._cycles, node, transport)
-                    task_status.started(node)
-                    await self.stopping.wait()
-                    nursery.cancel_scope.cancel()
+                await nursery.start(serve_control, self.home.socket,
+                                    lambda request: self._control(node, transport, request))
+                nursery.start_soon(self._cycles, node, transport)
+                task_status.started(node)
+                await self.stopping.wait()
+                nursery.cancel_scope.cancel()
             await trio.to_thread.run_sync(self.save, node)
         finally:
             learner.close()
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("manymodels")
 
 
 def _key_of(address: str, node: DaemonNode) -> bytes | None:

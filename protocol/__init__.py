@@ -2,14 +2,14 @@
 from .envelope import MAX_ENVELOPE_BYTES, PROTOCOL_VERSION, Message, digest, open_envelope, seal
 from .errors import Reason, RejectedMessage
 from .identity import Identity, peer_id, verify
-from .messages import (KINDS, Announce, BlobRequest, BlobResponse, Error, Hello, Logits, Payload,
+from .messages import (KINDS, Announce, BlobRequest, BlobResponse, Error, Hello, Logits, Payload, PeerExchange,
                        SyntheticBatch, Weights)
 from .ndarray import ALLOWED_DTYPES, array_digest, decode_array, encode_array
 from .replay import ReplayGuard
 
 __all__ = [
     "ALLOWED_DTYPES", "KINDS", "MAX_ENVELOPE_BYTES", "PROTOCOL_VERSION", "Announce", "BlobRequest",
-    "BlobResponse", "Error", "Hello", "Identity", "Logits", "Message", "Payload", "Reason",
+    "BlobResponse", "Error", "Hello", "Identity", "Logits", "Message", "Payload", "PeerExchange", "Reason",
     "RejectedMessage", "ReplayGuard", "SyntheticBatch", "Weights", "decode_array", "digest",
     "array_digest", "encode_array", "open_envelope", "peer_id", "seal", "verify",
 ]

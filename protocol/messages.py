@@ -120,6 +120,16 @@ class Hello(Payload):
 
 
 @dataclass(frozen=True)
+class PeerExchange(Payload):
+    """Peers I know, as full multiaddrs ending in /p2p/<peer id>: a node that joined through one
+    bootstrap peer learns the others from it."""
+    KIND = "peers"
+    MAX_BYTES = 32 * KiB
+    SCHEMA = {"addrs": _list(_str(256), 64)}
+    addrs: list[str]
+
+
+@dataclass(frozen=True)
 class Announce(Payload):
     """I hold a blob (model weights, logits, probe set) with this digest; pull it by digest."""
     KIND = "announce"
@@ -229,5 +239,5 @@ class Error(Payload):
 
 
 KINDS: dict[str, type[Payload]] = {
-    cls.KIND: cls for cls in (Hello, Announce, Weights, Logits, SyntheticBatch, BlobRequest, BlobResponse, Error)
+    cls.KIND: cls for cls in (Hello, PeerExchange, Announce, Weights, Logits, SyntheticBatch, BlobRequest, BlobResponse, Error)
 }

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, rsa
 
 from manymodels import protocol
-from manymodels.protocol import (ALLOWED_DTYPES, KINDS, MAX_ENVELOPE_BYTES, PROTOCOL_VERSION, Announce, BlobRequest,
+from manymodels.protocol import (ALLOWED_DTYPES, KINDS, MAX_ENVELOPE_BYTES, PROTOCOL_VERSION, Announce, BlobRequest, PeerExchange,
                                  BlobResponse, Error, Hello, Identity, Logits, Message, Reason, RejectedMessage,
                                  ReplayGuard, SyntheticBatch, Weights, decode_array, digest, encode_array,
                                  open_envelope, seal)
@@ -29,6 +29,7 @@ def sample_payloads() -> list[protocol.Payload]:
     return [
         Hello(agent="manymodels/test", addrs=["/ip4/127.0.0.1/tcp/1"], capabilities=["weights"], models=["mlp"]),
         Hello(agent=""),
+        PeerExchange(addrs=["/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWA4Xop1JaT3MHxwYMkCepYsv4iPVopMXwCz5iHYdBfeSB"]),
         Announce(digest=b"\x01" * 32, content="weights", model="mlp", version=7, num_examples=100, size=2**40),
         Weights(model="mlp", version=1, num_examples=64,
                 tensors=[f32, np.ones(4, np.float16), np.zeros((), np.float64), np.zeros((0, 3), np.float32)]),
@@ -115,7 +116,7 @@ def test_all_kinds_are_covered_by_the_round_trip():
 
 
 def test_received_arrays_are_read_only():
-    msg = accept(seal(ALICE, sample_payloads()[3], 1, NOW))
+    msg = accept(seal(ALICE, sample_payloads()[4], 1, NOW))
     with pytest.raises(ValueError):
         msg.payload.tensors[0][0, 0] = 1.0
 
@@ -332,7 +333,7 @@ def test_oversized_hello_properly_signed():
 def test_per_kind_limits_are_the_documented_ones():
     KiB, MiB = 1024, 1024 * 1024
     assert {kind: cls.MAX_BYTES for kind, cls in KINDS.items()} == {
-        "hello": 64 * KiB, "announce": 4 * KiB, "weights": 512 * MiB, "logits": 64 * MiB, "synthetic": 64 * MiB,
+        "hello": 64 * KiB, "peers": 32 * KiB, "announce": 4 * KiB, "weights": 512 * MiB, "logits": 64 * MiB, "synthetic": 64 * MiB,
         "blob_request": 1 * KiB, "blob_response": 16 * MiB + KiB, "error": 4 * KiB}
 
 
@@ -519,7 +520,7 @@ def test_ndarray_map_with_wrong_keys_or_data_type():
 
 
 def test_synthetic_batch_length_mismatch():
-    good = wire(sample_payloads()[6])
+    good = wire(sample_payloads()[7])
     obj = {**good, "y": encode_array(np.array([0, 1, 2], np.int64))}  # 4 samples, 3 labels
     assert reason_of(signed_payload("synthetic", obj)) is Reason.SHAPE_MISMATCH
     obj = {**good, "x": encode_array(np.array(1.0, np.float32))}  # 0-d x has no samples
