@@ -26,9 +26,11 @@ def _request(home: Path, cmd: str, **args):
     from .main import UserError
 
     try:
-        return request(Home(home).socket, cmd, **args)
+        return request(Home(home).socket, cmd, timeout=120, **args)
     except (NotRunning, ControlError) as exc:
         raise UserError(str(exc)) from None
+    except OSError as exc:  # a timeout, or the daemon died mid-request
+        raise UserError(f"the node in {home} did not answer: {exc}") from None
 
 
 def _out(value, as_json: bool, show) -> None:

@@ -7,14 +7,14 @@ State (sequence number, replay window, peers, provenance, checkpoint) is written
 after every cycle and at shutdown, so a restarted daemon resumes with the same id and model."""
 from __future__ import annotations
 
+import os
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import trio
 
 from manymodels.aggregation import get_rule
-from manymodels.protocol import (BlobRequest, BlobResponse, Hello, Message, PeerExchange, ReplayGuard, Weights,
+from manymodels.protocol import (BlobRequest, BlobResponse, Error, Hello, Message, PeerExchange, ReplayGuard, Weights,
                                  open_envelope, peer_id)
 
 from .control import serve as serve_control
@@ -23,11 +23,12 @@ from .learning.probe import ProbeSet
 from .learning.recipe import LearnerRecipe
 from .node import Node
 from .reputation import Reputation
-from .store import Home
+from .store import Home, atomic_write
 from .worker import WorkerLearner
 
 BLOB_CHUNK = 4 << 20
 MAX_BLOBS = 8  # sealed messages kept for peers to pull (the newest)
+PULL_TIMEOUT = 60
 MAX_PEERS = 32  # peer exchange stops dialing beyond this many connections
 
 
@@ -86,8 +87,9 @@ class DaemonNode(Node):
         payload = message.payload
         if isinstance(payload, BlobRequest):
             return self._serve_blob(sender_address, payload)
-        if isinstance(payload, BlobResponse):
-            channel = self.pulls.get(payload.digest)
+        if isinstance(payload, (BlobResponse, Error)):
+            wanted = payload.digest if isinstance(payload, BlobResponse) else _hex(payload.message)
+            channel = self.pulls.get(wanted)
             if channel is not None:
                 channel.send_nowait(payload)
             return
@@ -111,6 +113,7 @@ class DaemonNode(Node):
     def _serve_blob(self, sender_address: str, request: BlobRequest) -> None:
         blob = self.blobs.get(request.digest)
         if blob is None:
+            self.transport.send(sender_address, self.seal(Error("not_found", request.digest.hex())))
             return
         end = min(len(blob), request.offset + min(request.length, BLOB_CHUNK))
         chunk = BlobResponse(request.digest, request.offset, len(blob), blob[request.offset:end])
@@ -182,29 +185,32 @@ class Daemon:
         known = [a for p in node.peers.values() for a in p["addrs"][:2]][:64]
         return [(node.seal(hello), "hello"), (node.seal(PeerExchange(known)), "peers")]
 
-    def _learn(self, node: DaemonNode) -> list[tuple[bytes, str]]:
-        """Fold what arrived, train, evaluate, and seal what to publish (sending stays on the loop)."""
-        inputs = sorted(peer_id(p) for p in getattr(node.exchange, "_inbox", {}))
-        folded = node.fold()
+    def _train(self, node: DaemonNode) -> list[tuple[bytes, str]]:
+        """Train, and seal what to publish (sending stays on the loop)."""
         node.train(self.config.local_epochs)
-        accuracy = node.learner.evaluate_test()["accuracy"]
         node.version += 1
-        sealed = [(node.seal(payload), payload.KIND) for payload in node.exchange.publish(node)]
-        self.history.append({"version": node.version, "time": now_ms(), "accuracy": round(accuracy, 4)})
-        if folded:
+        return [(node.seal(payload), payload.KIND) for payload in node.exchange.publish(node)]
+
+    def _fold(self, node: DaemonNode) -> None:
+        """Fold what arrived during the period, evaluate the result, and save it."""
+        inputs = sorted(peer_id(p) for p in getattr(node.exchange, "_inbox", {}))
+        if node.fold():
             self.provenance.append({"version": node.version, "time": now_ms(), "folded": inputs})
-        return sealed
+        accuracy = node.learner.evaluate_test()["accuracy"]
+        self.history.append({"version": node.version, "time": now_ms(), "accuracy": round(accuracy, 4)})
+        self.save(node)
 
     async def _cycles(self, node: DaemonNode, transport) -> None:
+        """train -> publish -> let the period pass while messages arrive -> fold, evaluate, save."""
         while True:
             node.neighbours = transport.connected_peers()
             for data, kind in self._introductions(node, transport):
                 node.publish_sealed(data, kind)
-            for data, kind in await trio.to_thread.run_sync(self._learn, node):
+            for data, kind in await trio.to_thread.run_sync(self._train, node):
                 node.keep_blob(data)
                 node.publish_sealed(data, kind)
-            await trio.to_thread.run_sync(self.save, node)
             await trio.sleep(self.config.period)
+            await trio.to_thread.run_sync(self._fold, node)
 
     async def _dial(self, node: DaemonNode, transport, addrs: list[str]) -> None:
         connected = set(transport.connected_peers()) | {node.id}
@@ -256,23 +262,24 @@ class Daemon:
         node.pulls[wanted] = send
         parts, total = bytearray(), None
         try:
-            with trio.fail_after(60):
+            with trio.fail_after(PULL_TIMEOUT):
                 while total is None or len(parts) < total:
                     node.transport.send(peer, node.seal(BlobRequest(wanted, len(parts), BLOB_CHUNK)))
                     chunk = await receive.receive()
+                    if isinstance(chunk, Error):
+                        raise ValueError(f"{peer} does not hold {wanted.hex()[:16]}… any more ({chunk.code})")
                     if chunk.offset != len(parts) or (total is not None and chunk.total != total) or not chunk.data:
                         raise ValueError("the peer sent a chunk out of order")
                     total = chunk.total
                     parts += chunk.data
         except trio.TooSlowError:
-            raise ValueError(f"{peer} did not serve {wanted.hex()[:16]} within 60 s") from None
+            raise ValueError(f"{peer} did not serve {wanted.hex()[:16]}… within {PULL_TIMEOUT} s") from None
         finally:
             del node.pulls[wanted]
         message = open_envelope(bytes(parts), now_ms=now_ms())  # signature and payload digest
         if message.digest != wanted:
             raise ValueError("the pulled message does not have the digest asked for")
         path = self.home.path / "blobs" / f"{wanted.hex()}.msg"
-        from .store import atomic_write
         atomic_write(path, bytes(parts))
         return {"digest": wanted.hex(), "kind": message.kind, "author": message.sender_id, "bytes": len(parts),
                 "path": str(path)}
@@ -280,6 +287,7 @@ class Daemon:
     # --- run --------------------------------------------------------------------------------
     async def run(self, transport_factory, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Run until `stop`. `transport_factory(identity, listen=[...])` gives the transport."""
+        atomic_write(self.home.pid_file, f"{os.getpid()}\n".encode())
         learner = await trio.to_thread.run_sync(WorkerLearner, self.config.recipe)
         try:
             transport = transport_factory(self.identity, listen=self.config.listen)
@@ -303,6 +311,14 @@ class Daemon:
             await trio.to_thread.run_sync(self.save, node)
         finally:
             learner.close()
+            self.home.pid_file.unlink(missing_ok=True)
+
+
+def _hex(text: str) -> bytes:
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        return b""
 
 
 def _version() -> str:

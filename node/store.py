@@ -58,6 +58,7 @@ class Home:
         self.checkpoint_file = self.path / "model.msgpack"
         self.socket = self.path / "control.sock"
         self.log_file = self.path / "daemon.log"
+        self.pid_file = self.path / "daemon.pid"
 
     def identity(self) -> Identity:
         """The node's identity: created on first use, the same one ever after."""
