@@ -85,6 +85,7 @@ def start(
         async with trio.open_nursery() as nursery:
             node = await nursery.start(daemon.run, Libp2pTransport)
             console.print(f"node {node.id} listening on {' '.join(node.transport.listen_addrs())}", highlight=False)
+            sys.stdout.flush()  # a log file or pipe must see the address now, not at exit
     try:
         trio.run(main)
     except KeyboardInterrupt:
