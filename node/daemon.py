@@ -286,22 +286,24 @@ class Daemon:
 
     # --- run --------------------------------------------------------------------------------
     async def run(self, transport_factory, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Run until `stop`. `transport_factory(identity, listen=[...])` gives the transport."""
+        """Run until `stop`. `transport_factory(identity, listen=[...])` gives the transport.
+        The network comes up (and joins its bootstrap peers) while the worker process starts."""
         atomic_write(self.home.pid_file, f"{os.getpid()}\n".encode())
-        learner = await trio.to_thread.run_sync(WorkerLearner, self.config.recipe)
+        transport = transport_factory(self.identity, listen=self.config.listen)
+        learner = None
         try:
-            transport = transport_factory(self.identity, listen=self.config.listen)
-            node = DaemonNode(self.identity, learner, transport, self._exchange(learner),
-                              num_classes=learner.num_classes, clock=now_ms,
-                              reputation=Reputation(self.config.reputation))
-            await trio.to_thread.run_sync(self._restore, node)
             async with transport.running(), trio.open_nursery() as nursery:
-                node.discovered = lambda addrs: nursery.start_soon(self._dial, node, transport, list(addrs))
                 for addr in self.config.bootstrap:
                     try:
                         await transport.connect(addr)
                     except (ValueError, ConnectionError) as exc:  # a bootstrap peer may be down
                         print(f"bootstrap {addr}: {exc}", flush=True)
+                learner = await trio.to_thread.run_sync(WorkerLearner, self.config.recipe)
+                node = DaemonNode(self.identity, learner, transport, self._exchange(learner),
+                                  num_classes=learner.num_classes, clock=now_ms,
+                                  reputation=Reputation(self.config.reputation))
+                await trio.to_thread.run_sync(self._restore, node)
+                node.discovered = lambda addrs: nursery.start_soon(self._dial, node, transport, list(addrs))
                 await nursery.start(serve_control, self.home.socket,
                                     lambda request: self._control(node, transport, request))
                 nursery.start_soon(self._cycles, node, transport)
@@ -310,7 +312,8 @@ class Daemon:
                 nursery.cancel_scope.cancel()
             await trio.to_thread.run_sync(self.save, node)
         finally:
-            learner.close()
+            if learner is not None:
+                learner.close()
             self.home.pid_file.unlink(missing_ok=True)
 
 

@@ -6,15 +6,17 @@ data."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
 
 from manymodels.aggregation import RuleError, check_inputs, get_rule
+from manymodels.aggregation.flower import client_fit_config
 from manymodels.protocol import Identity, peer_id
 
 from .attacks import ATTACKS, AttackContext, AttackerNode, AttackSpecError, parse_attack
@@ -69,6 +71,11 @@ class SimulationConfig:
     max_train: int | None = None  # subsample the training set (e.g. Fashion-MNIST) for speed
     attacks: tuple[str, ...] = ()  # NAME:FRACTION each; attackers are chosen by seed
     reputation: float = 0.0  # ban a peer whose reputation falls below this (0: never)
+    # A Flower client as every node's learner (MODULE:ATTR or FILE.py:ATTR[:MODEL], docs/FLOWER.md): node i
+    # gets partition-id i of num-partitions = nodes and loads its own data; dataset, partition, model,
+    # lr and batch_size are then unused.
+    client_app: str | None = None
+    run_config: str = ""  # the client's context.run_config overrides, "k=v k2=v2" as `flwr run --run-config`
 
 
 def node_identity(seed: int, index: int) -> Identity:
@@ -89,12 +96,25 @@ def _check(config: SimulationConfig) -> None:
         raise ConfigError("--nodes, --rounds and --local-epochs must be at least 1")
     if config.exchange not in EXCHANGES:
         raise ConfigError(f"unknown exchange {config.exchange!r}; available: {', '.join(EXCHANGES)}")
-    architectures(config)
+    if config.client_app:
+        if config.exchange == "synthetic":
+            raise ConfigError("a Flower client keeps its data to itself: --exchange synthetic needs the built-in "
+                              "datasets; use weights, distill or mixed with --client-app")
+        if any(spec.split(":")[0].strip() == "labelflip" for spec in config.attacks):
+            raise ConfigError("labelflip poisons the simulator's dataset; a Flower client loads its own data")
+    else:
+        if config.run_config:
+            raise ConfigError("--run-config is the run config of a Flower client; give --client-app too")
+        architectures(config)
     try:
-        parse_partition(config.partition)
+        if not config.client_app:
+            parse_partition(config.partition)
         for spec, kind in ((config.rule, "weights"), (config.logit_rule, "logits")):
             if get_rule(spec).kind != kind:
                 raise ConfigError(f"{spec} is a {get_rule(spec).kind} rule; this option takes a {kind} rule")
+        if client_fit_config(get_rule(config.rule)) and not config.client_app:
+            raise ConfigError(f"{config.rule}: the proximal term runs in a Flower client's fit (it gets proximal_mu "
+                              "in its fit config); it needs --client-app")
         neighbours(config.topology, config.nodes, config.seed)
         _attackers(config)
     except (PartitionError, RuleError, TopologyError, AttackSpecError) as exc:
@@ -173,19 +193,36 @@ def run_simulation(config: SimulationConfig, on_round: Callable[[int, float], No
     """`adversary(round, network, nodes)` runs after the honest nodes publish and before delivery:
     it may attach its own endpoints to the network and send whatever bytes it likes."""
     _check(config)
+    if not config.client_app:
+        return _simulate(config, on_round, adversary)
+    from .learning.flower import FlowerError
+
+    try:
+        return _simulate(config, on_round, adversary)
+    except FlowerError as exc:  # the client app cannot load or run: one line for the user
+        raise ConfigError(str(exc)) from exc
+
+
+def _simulate(config: SimulationConfig, on_round: Callable[[int, float], None] | None,
+              adversary: Adversary | None) -> dict:
     started = time.perf_counter()
     torch.set_num_threads(1)  # tiny models: one thread is faster here and keeps runs repeatable
-    archs = architectures(config)
-    try:
-        data = load_dataset(config.dataset, seed=config.seed, max_train=config.max_train)
-        probe, data = split_probe(data, config.probe_size)
-        if config.probe_file:
-            probe = load_probe(config.probe_file, data.input_shape)
-        parts = partition(data.y_train, config.nodes, config.partition, seed=config.seed)
-    except (DatasetError, PartitionError, ProbeError) as exc:
-        raise ConfigError(str(exc)) from None
+    flower = _FlowerWorld(config) if config.client_app else None
+    if flower:
+        archs, data, probe, parts = flower.archs, None, flower.probe, list(range(config.nodes))
+    else:
+        archs = architectures(config)
+        try:
+            data = load_dataset(config.dataset, seed=config.seed, max_train=config.max_train)
+            probe, data = split_probe(data, config.probe_size)
+            if config.probe_file:
+                probe = load_probe(config.probe_file, data.input_shape)
+            parts = partition(data.y_train, config.nodes, config.partition, seed=config.seed)
+        except (DatasetError, PartitionError, ProbeError) as exc:
+            raise ConfigError(str(exc)) from None
     adjacency = neighbours(config.topology, config.nodes, config.seed)
-    _check_rules(config, archs, adjacency)
+    _check_rules(replace(config, exchange=flower.exchange) if flower else config, archs, adjacency)
+    accuracy = flower.accuracy if flower else (lambda learner: _accuracy(learner, data))
 
     network = MemoryNetwork(seed=config.seed, link=LinkModel(loss=config.loss))
     clock = lambda: EPOCH_MS + int(network.now_ms)  # noqa: E731
@@ -196,10 +233,15 @@ def run_simulation(config: SimulationConfig, on_round: Callable[[int, float], No
         identity = node_identity(config.seed, i)
         seed = config.seed * 1_000_003 + i
         attack = ATTACKS[attackers[i]]() if i in attackers else None
-        labels = (lambda y, a=attack: a.poison_labels(y, data.num_classes)) if attack else (lambda y: y)
-        args = (identity, _learner(archs[i], config, data, index, seed, labels), network.attach(identity.peer_id),
-                _exchange(config, data, probe, index, seed))
-        kwargs = {"num_classes": data.num_classes, "clock": clock, "reputation": Reputation(config.reputation)}
+        if flower:
+            learner, exchange = flower.learners[i], flower.exchange_for(i)
+        else:
+            labels = (lambda y, a=attack: a.poison_labels(y, data.num_classes)) if attack else (lambda y: y)
+            learner = _learner(archs[i], config, data, index, seed, labels)
+            exchange = _exchange(config, data, probe, index, seed)
+        args = (identity, learner, network.attach(identity.peer_id), exchange)
+        num_classes = flower.num_classes if flower else data.num_classes
+        kwargs = {"num_classes": num_classes, "clock": clock, "reputation": Reputation(config.reputation)}
         nodes.append(AttackerNode(*args, attack=attack, context=context, **kwargs) if attack else Node(*args, **kwargs))
     context.honest = [n for i, n in enumerate(nodes) if i not in attackers]
     for node, nb in zip(nodes, adjacency):
@@ -218,7 +260,7 @@ def run_simulation(config: SimulationConfig, on_round: Callable[[int, float], No
         network.run_until((r + 1) * ROUND_MS)
         for i, node in enumerate(nodes):
             node.fold()
-            history[i].append(_accuracy(node.learner, data))
+            history[i].append(accuracy(node.learner))
             sent_per_round[i].append(dict(node.stats.sent_by_kind - before[i]))
         if on_round:
             on_round(r + 1, float(np.mean([history[i][-1] for i in range(len(nodes)) if i not in attackers])))
@@ -226,14 +268,15 @@ def run_simulation(config: SimulationConfig, on_round: Callable[[int, float], No
     epochs = config.rounds * config.local_epochs
     local_only = []
     for i, index in enumerate(parts):
-        alone = _learner(archs[i], config, data, index, seed=config.seed * 1_000_003 + i)
+        alone = flower.alone(i) if flower else _learner(archs[i], config, data, index, seed=config.seed * 1_000_003 + i)
         alone.fit(epochs)
-        local_only.append(_accuracy(alone, data))
+        local_only.append(accuracy(alone))
     pooled = {}
     for arch in sorted(set(archs)):
-        one = _learner(arch, config, data, np.arange(len(data.y_train)), seed=config.seed)
+        one = flower.pooled() if flower else _learner(arch, config, data, np.arange(len(data.y_train)),
+                                                      seed=config.seed)
         one.fit(epochs)
-        pooled[arch] = _accuracy(one, data)
+        pooled[arch] = accuracy(one)
 
     per_node = [{
         "id": node.id,
@@ -257,9 +300,9 @@ def run_simulation(config: SimulationConfig, on_round: Callable[[int, float], No
         "history": history[i],
     } for i, node in enumerate(nodes)]
     honest = [n for n in per_node if n["attack"] is None]
-    return {
+    report = {
         "config": asdict(config),
-        "probe": {"name": probe.name, "digest": probe.digest.hex(), "size": len(probe.x)},
+        "probe": {"name": probe.name, "digest": probe.digest.hex(), "size": len(probe.x)} if probe else None,
         "attackers": [{"id": n["id"], "attack": n["attack"]} for n in per_node if n["attack"]],
         "summary": {  # accuracies over honest nodes only
             **_accuracies(honest),
@@ -269,11 +312,14 @@ def run_simulation(config: SimulationConfig, on_round: Callable[[int, float], No
             "rejected_messages": sum(n["rejected_messages"] for n in per_node),
             "bytes_sent": sum(n["bytes_sent"] for n in per_node),
             "messages_dropped": network.dropped,
-            "test_examples": int(len(data.y_test)),
+            "test_examples": flower.test_examples if flower else int(len(data.y_test)),
             "wall_seconds": round(time.perf_counter() - started, 3),
         },
         "nodes": per_node,
     }
+    if flower and flower.warnings:
+        report["warnings"] = flower.warnings
+    return report
 
 
 def _accuracies(nodes: list[dict]) -> dict[str, float]:
@@ -283,3 +329,77 @@ def _accuracies(nodes: list[dict]) -> dict[str, float]:
             "min_accuracy": round(float(np.min([n["final_accuracy"] for n in nodes])), 6),
             "mean_local_only_accuracy": mean("local_only_accuracy"),
             "pooled_accuracy": mean("pooled_accuracy")}
+
+
+class _FlowerWorld:
+    """--client-app: every node's learner is the Flower client with partition-id = its index and
+    num-partitions = nodes; accuracy is the metric the client's evaluate returns (on its own test
+    data). Local-only trains the same client alone; pooled runs it with num-partitions=1,
+    partition-id=0 (all the data). Every learner starts from node 0's first arrays, as a Flower
+    server hands every client the same initial model."""
+
+    def __init__(self, config: SimulationConfig) -> None:
+        from .learning.flower import FlowerLearner, load_client_app
+
+        self.config = config
+        self.source = load_client_app(config.client_app)
+        self.run_config = self.source.run_config(config.run_config)
+        self.fit_config = client_fit_config(get_rule(config.rule))
+
+        def learner(i: int, n: int, seed: int) -> FlowerLearner:
+            return FlowerLearner(self.source, partition_id=i, num_partitions=n, run_config=self.run_config,
+                                 fit_config=self.fit_config, seed=seed, init_seed=config.seed, run_id=config.seed + 1)
+        self._learner = learner
+        self.learners = [learner(i, config.nodes, config.seed * 1_000_003 + i) for i in range(config.nodes)]
+        self.initial = self.learners[0].get_weights()
+        for one in self.learners[1:]:
+            one.set_weights(self.initial)
+        self.archs = [one.architecture for one in self.learners]
+        self.warnings: list[str] = []
+        self.test_examples = 0
+        self.exchange, self.probe, self.num_classes = config.exchange, None, 0
+        first = self.learners[0]
+        if config.exchange in ("distill", "mixed"):
+            if not (first.supports_predict and first.supports_distill):
+                self._warn(f"{config.client_app} has no predict/distill hooks (see docs/FLOWER.md): "
+                           f"--exchange {config.exchange} falls back to weight exchange")
+                self.exchange = "weights"
+            elif not config.probe_file:
+                raise ConfigError("distillation with a Flower client needs --probe FILE.npy: public inputs shaped as "
+                                  "the client's predict hook takes them")
+            else:
+                try:
+                    shape = np.load(config.probe_file, mmap_mode="r", allow_pickle=False).shape[1:]
+                    self.probe = load_probe(config.probe_file, tuple(shape))
+                except (OSError, ValueError, ProbeError) as exc:
+                    raise ConfigError(f"cannot read probe set {config.probe_file}: {exc}") from None
+                self.num_classes = int(first.predict(self.probe.x[:1]).shape[1])
+
+    def _warn(self, text: str) -> None:
+        logging.getLogger("manymodels").warning("warning: %s", text)
+        self.warnings.append(text)
+
+    def exchange_for(self, i: int) -> Exchange:
+        rule = get_rule(self.config.rule)  # one Rule per node: Flower's server optimizers keep state in it
+        if self.exchange == "weights":
+            return WeightGossip(rule)
+        c = self.config
+        # A Flower client does not say how many examples of each class it holds: weigh every model alike.
+        distill = Distillation(DistillSettings(self.probe, get_rule(c.logit_rule), [1] * self.num_classes,
+                                               c.temperature, c.distill_epochs))
+        return distill if self.exchange == "distill" else Mixed(WeightGossip(rule), distill)
+
+    def accuracy(self, learner: Learner) -> float:
+        metrics = learner.evaluate()
+        self.test_examples = int(metrics.get("num-examples", self.test_examples))
+        return round(metrics["accuracy"], 6)
+
+    def alone(self, i: int) -> Learner:
+        one = self._learner(i, self.config.nodes, self.config.seed * 1_000_003 + i)
+        one.set_weights(self.initial)
+        return one
+
+    def pooled(self) -> Learner:
+        one = self._learner(0, 1, self.config.seed)
+        one.set_weights(self.initial)
+        return one

@@ -8,18 +8,21 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .datasets import Dataset, load_dataset
-from .forest import ForestLearner
 from .learner import Learner
-from .models import ARCHITECTURES, build_model
 from .partition import partition
 from .probe import DEFAULT_SIZE, ProbeSet, split_probe
-from .torch_learner import TorchLearner
 
 
 def make_learner(arch: str, x: np.ndarray, y: np.ndarray, data: Dataset, *, init_seed: int, seed: int,
                  lr: float = 1e-2, batch_size: int = 32) -> Learner:
     """A learner of architecture `arch` on (x, y). Learners of one architecture built with one
     `init_seed` start from the same parameters, as decentralised SGD assumes."""
+    # Imported here: a daemon imports this module but builds learners only in its worker process,
+    # and torch alone is ~300 MB of memory.
+    from .forest import ForestLearner
+    from .models import ARCHITECTURES, build_model
+    from .torch_learner import TorchLearner
+
     if arch == "forest":
         return ForestLearner(x, y, data.num_classes, seed=seed)
     if arch not in ARCHITECTURES:

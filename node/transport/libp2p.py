@@ -19,8 +19,12 @@
   after 100 short reads). The transport does not verify signatures -- the node does
   (``protocol.open_envelope``) -- but it does enforce sizes.
 * **Outbound**: ``send`` puts bytes on a bounded per-peer queue (count and bytes) served by one
-  trio task per peer, which dials if needed and opens or reuses one stream. A full queue, an
-  unknown or unreachable peer, or a closed transport drops the message and counts it.
+  trio task, which dials if needed and opens or reuses one stream. Each peer has two such lanes,
+  for messages up to ``small_frame`` bytes and for larger ones, so a hello or an announcement
+  does not wait behind a 100 MB model (order is kept within a lane; the node's replay window
+  tolerates the rest). A full queue, an unknown or unreachable peer, or a closed transport drops
+  the message and counts it. Inbound, the bytes being read at once (``inbound_bytes``) and the
+  open message streams per peer (``inbound_streams_per_peer``) are bounded too.
 * **Throughput**: see ``libp2p_fast`` (bigger yamux frames, event-driven window credit, a
   buffered Noise session): bench/bench_transfer.py measures it.
 
@@ -43,8 +47,9 @@ from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.peer.id import ID
-from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
@@ -61,6 +66,7 @@ MiB = 1 << 20
 
 DEFAULT_MAX_FRAME = MAX_ENVELOPE_BYTES  # the largest envelope the protocol allows
 DEFAULT_CHUNK = 1 * MiB
+DEFAULT_SMALL_FRAME = 256 * 1024  # up to this size a message takes the small lane to its peer
 
 
 class FrameTooLarge(Exception):
@@ -69,6 +75,10 @@ class FrameTooLarge(Exception):
 
 class Truncated(Exception):
     pass
+
+
+class Busy(Exception):
+    """Too many bytes or streams in flight from peers: the frame is refused, not read."""
 
 
 @dataclass
@@ -82,6 +92,7 @@ class Libp2pStats:
     dropped_unreachable: int = 0  # bad peer id, no address, dial or write failed
     dropped_not_running: int = 0  # send() before run() or after close()
     rejected_oversize: int = 0  # a peer announced a frame above max_frame
+    rejected_busy: int = 0  # inbound_bytes or inbound_streams_per_peer would have been exceeded
     truncated: int = 0  # a peer's stream ended or stalled in the middle of a frame
     stream_errors: int = 0  # other inbound stream failures
     receiver_errors: int = 0  # the receiver callback raised
@@ -91,6 +102,9 @@ class Libp2pStats:
     def dropped_total(self) -> int:
         return (self.dropped_queue_full + self.dropped_oversize + self.dropped_unreachable
                 + self.dropped_not_running)
+
+
+_SENT, _WRITE_FAILED, _NO_STREAM = "sent", "write failed", "no stream"
 
 
 @dataclass
@@ -106,20 +120,19 @@ def key_pair_from_seed(seed: bytes):
     return create_new_key_pair(bytes(seed))
 
 
-def noise_only_host(seed: bytes, listen: Sequence[str] = (), *, buffered_noise: bool = True):
+def noise_only_host(seed: bytes, listen: Sequence[str] = (), *, buffered_noise: bool = True, **options):
     """A py-libp2p host with our key that speaks Noise and yamux only (no plaintext, TLS, SECIO,
-    mplex), with no mDNS and no bootstrap of its own."""
+    mplex). ``options`` go to ``libp2p.new_host`` (e.g. ``enable_mDNS=True``,
+    ``bootstrap=[multiaddr, ...]``, ``connection_config``); mDNS and bootstrap are off unless given."""
     key_pair = key_pair_from_seed(seed)
-    noise_cls = BufferedNoiseTransport if buffered_noise else _stock_noise()
+    noise_cls = BufferedNoiseTransport if buffered_noise else NoiseTransport
     security = {NOISE_PROTOCOL_ID: noise_cls(key_pair, noise_privkey=create_x25519_key_pair().private_key)}
+    for forbidden in ("key_pair", "sec_opt", "muxer_opt", "muxer_preference", "psk"):
+        if forbidden in options:
+            raise ValueError(f"{forbidden} is fixed by noise_only_host")
+    options = {"enable_mDNS": False, "bootstrap": None, **options}
     return new_host(key_pair=key_pair, sec_opt=security, muxer_opt={YAMUX_PROTOCOL_ID: Yamux},
-                    listen_addrs=[multiaddr.Multiaddr(a) for a in listen] or None,
-                    enable_mDNS=False, bootstrap=None)
-
-
-def _stock_noise():
-    from libp2p.security.noise.transport import Transport
-    return Transport
+                    listen_addrs=[multiaddr.Multiaddr(a) for a in listen] or None, **options)
 
 
 # --------------------------------------------------------------------------- framing
@@ -133,12 +146,14 @@ async def _read_some(stream, n: int) -> bytes:
 
 
 async def read_frame(stream, max_frame: int, *, chunk_size: int = DEFAULT_CHUNK,
-                     read_timeout: float = 60.0) -> bytes | None:
+                     read_timeout: float = 60.0, on_length=None) -> bytes | None:
     """One length-prefixed frame from a stream; None on a clean end of stream between frames.
 
     Raises FrameTooLarge before reading the body when the announced length is above
     ``max_frame``, and Truncated when the stream ends or stalls for ``read_timeout`` seconds
-    inside a frame. Reads in chunks of at most ``chunk_size`` with no retry limit."""
+    inside a frame. ``on_length(n)``, if given, is called with the announced length before the
+    body is read (it may raise to refuse it). Reads in chunks of at most ``chunk_size`` with no
+    retry limit."""
     header = bytearray()
     while len(header) < FRAME_HEADER.size:
         part = await _read_some(stream, FRAME_HEADER.size - len(header))
@@ -150,6 +165,8 @@ async def read_frame(stream, max_frame: int, *, chunk_size: int = DEFAULT_CHUNK,
     (length,) = FRAME_HEADER.unpack(header)
     if length > max_frame:
         raise FrameTooLarge(f"frame of {length} bytes > limit {max_frame}")
+    if on_length is not None:
+        on_length(length)
     parts = []
     remaining = length
     while remaining:
@@ -188,33 +205,40 @@ class Libp2pTransport:
                  max_frame: int = DEFAULT_MAX_FRAME, chunk_size: int = DEFAULT_CHUNK,
                  queue_messages: int = 64, queue_bytes: int = 1024 * MiB,
                  dial_timeout: float = 10.0, read_timeout: float = 60.0, idle_timeout: float = 60.0,
+                 inbound_bytes: int = 2048 * MiB, inbound_streams_per_peer: int = 8,
+                 small_frame: int = DEFAULT_SMALL_FRAME,
                  recv_window: int = BULK_RECV_WINDOW, yamux_frame: int = BULK_MAX_FRAME,
-                 buffered_noise: bool = True) -> None:
+                 buffered_noise: bool = True, host_options: dict | None = None) -> None:
         self.identity = identity
         self.address: str = identity.peer_id
         self.max_frame = max_frame
         self.chunk_size = chunk_size
         self.queue_messages = queue_messages
         self.queue_bytes = queue_bytes
+        self.small_frame = small_frame
         self.dial_timeout = dial_timeout
         self.read_timeout = read_timeout
         self.idle_timeout = idle_timeout
+        self.inbound_bytes = inbound_bytes
+        self.inbound_streams_per_peer = inbound_streams_per_peer
         self.recv_window = recv_window
         self.yamux_frame = yamux_frame
         self.stats = Libp2pStats()
+        self.host = None  # the py-libp2p host, once run() has started (for pubsub, DHT, ...)
         self._listen = list(listen)
         self._buffered_noise = buffered_noise
+        self._host_options = dict(host_options or {})
         self._receiver: Receiver | None = None
-        self.host = None
         self._nursery: trio.Nursery | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._thread: int | None = None
         self._running = False
-        self._closing = False
         self._stop = trio.Event()
         self._stopped = trio.Event()
-        self._outboxes: dict[str, _Outbox] = {}
+        self._outboxes: dict[tuple[str, bool], _Outbox] = {}  # (peer id, small lane?) -> queue
         self._peer_ids: dict[str, ID] = {}
+        self._inbound_reserved = 0  # bytes of frames being read right now, all peers together
+        self._inbound_streams: Counter = Counter()  # peer id -> open inbound message streams
 
     # ---- the Transport interface
 
@@ -239,7 +263,8 @@ class Libp2pTransport:
         it returns once the host listens."""
         if self.host is not None:
             raise RuntimeError("a Libp2pTransport runs once")
-        self.host = noise_only_host(self.identity.seed, self._listen, buffered_noise=self._buffered_noise)
+        self.host = noise_only_host(self.identity.seed, self._listen, buffered_noise=self._buffered_noise,
+                                    **self._host_options)
         if self.host.get_id().to_base58() != self.address:
             raise RuntimeError("libp2p derived a different peer id from our key")  # never, if keys agree
         try:
@@ -265,7 +290,6 @@ class Libp2pTransport:
 
     async def close(self) -> None:
         """Stop serving and close every connection; queued messages are dropped (counted)."""
-        self._closing = True
         self._stop.set()
         if self.host is not None:
             await self._stopped.wait()
@@ -337,8 +361,8 @@ class Libp2pTransport:
         await self.host.disconnect(ID.from_base58(peer))
 
     def queued(self, peer: str) -> int:
-        ob = self._outboxes.get(peer)
-        return len(ob.queue) if ob else 0
+        """Messages waiting for ``peer`` (both lanes)."""
+        return sum(len(ob.queue) for (p, _), ob in self._outboxes.items() if p == peer)
 
     # ---- internals: outbound
 
@@ -369,10 +393,11 @@ class Libp2pTransport:
         if peer == self.address or self._peer_id(peer) is None:
             stats.dropped_unreachable += 1
             return
-        ob = self._outboxes.get(peer)
+        key = (peer, len(data) <= self.small_frame)
+        ob = self._outboxes.get(key)
         if ob is None:
-            ob = self._outboxes[peer] = _Outbox()
-            self._nursery.start_soon(self._serve_peer, peer, ob)
+            ob = self._outboxes[key] = _Outbox()
+            self._nursery.start_soon(self._serve_peer, key, ob)
         if len(ob.queue) >= self.queue_messages or ob.queued_bytes + len(data) > self.queue_bytes:
             stats.dropped_queue_full += 1
             return
@@ -380,8 +405,9 @@ class Libp2pTransport:
         ob.queued_bytes += len(data)
         ob.wake.set()
 
-    async def _serve_peer(self, peer: str, ob: _Outbox) -> None:
-        pid = self._peer_id(peer)
+    async def _serve_peer(self, key: tuple[str, bool], ob: _Outbox) -> None:
+        pid = self._peer_id(key[0])
+        stats = self.stats
         try:
             while True:
                 if not ob.queue:
@@ -391,29 +417,33 @@ class Libp2pTransport:
                     if not ob.queue:
                         return
                 data = ob.queue[0]
-                ok = await self._deliver(pid, ob, data)
+                outcome = await self._deliver(pid, ob, data)
                 ob.queue.popleft()
                 ob.queued_bytes -= len(data)
-                if ok:
-                    self.stats.messages_sent += 1
-                    self.stats.bytes_sent += len(data)
-                else:  # the peer is unreachable: what is queued behind would fail the same way
-                    self.stats.dropped_unreachable += 1 + len(ob.queue)
+                if outcome is _SENT:
+                    stats.messages_sent += 1
+                    stats.bytes_sent += len(data)
+                elif outcome is _WRITE_FAILED:  # this message only (e.g. the peer refused its size)
+                    stats.dropped_unreachable += 1
+                else:  # no stream at all: what is queued behind would fail the same way
+                    stats.dropped_unreachable += 1 + len(ob.queue)
                     ob.queue.clear()
                     ob.queued_bytes = 0
                     return
         finally:
-            if self._outboxes.get(peer) is ob:
-                del self._outboxes[peer]
-            self.stats.dropped_not_running += len(ob.queue)  # only non-empty when cancelled
+            if self._outboxes.get(key) is ob:
+                del self._outboxes[key]
+            stats.dropped_not_running += len(ob.queue)  # only non-empty when cancelled
             ob.queue.clear()
             stream, ob.stream = ob.stream, None
             if stream is not None:
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     await _quietly(stream.close())
 
-    async def _deliver(self, pid: ID, ob: _Outbox, data: bytes) -> bool:
-        for _ in range(2):
+    async def _deliver(self, pid: ID, ob: _Outbox, data: bytes):
+        """Write one frame, on the peer's open stream if there is one. A reused stream may have
+        been closed by the peer meanwhile: then one retry on a fresh stream."""
+        while True:
             reused = ob.stream is not None
             if not reused:
                 try:
@@ -421,19 +451,18 @@ class Libp2pTransport:
                         stream = await self.host.new_stream(pid, [MSG_PROTOCOL])
                 except Exception as exc:  # includes TooSlowError
                     logger.debug("cannot open a stream to %s: %s: %s", pid, type(exc).__name__, exc)
-                    return False
+                    return _NO_STREAM
                 adopt_stream(stream, max_frame=self.yamux_frame)
                 ob.stream = stream
             try:
                 await write_frame(ob.stream, data, chunk_size=self.chunk_size)
-                return True
+                return _SENT
             except Exception as exc:
                 logger.debug("writing to %s failed: %s: %s", pid, type(exc).__name__, exc)
                 stream, ob.stream = ob.stream, None
                 await _quietly(stream.reset())
                 if not reused:
-                    return False
-        return False
+                    return _WRITE_FAILED
 
     def _dropped_on_close(self) -> None:
         for ob in self._outboxes.values():
@@ -450,13 +479,32 @@ class Libp2pTransport:
             await _quietly(stream.reset())
             return
         stats = self.stats
+        if self._inbound_streams[peer] >= self.inbound_streams_per_peer:
+            stats.rejected_busy += 1
+            stats.rejected_by_peer[peer] += 1
+            await _quietly(stream.reset())
+            return
+        self._inbound_streams[peer] += 1
+        reserved = 0
+
+        def reserve(length: int) -> None:
+            nonlocal reserved
+            if self._inbound_reserved + length > self.inbound_bytes:
+                raise Busy(f"{length} bytes announced, {self._inbound_reserved} already in flight")
+            self._inbound_reserved += length
+            reserved = length
+
         try:
             bulk = adopt_stream(stream, max_frame=self.yamux_frame)
             if bulk is not None:
                 await bulk.grow_recv_window(self.recv_window)
             while True:
-                data = await read_frame(stream, self.max_frame, chunk_size=self.chunk_size,
-                                        read_timeout=self.read_timeout)
+                try:
+                    data = await read_frame(stream, self.max_frame, chunk_size=self.chunk_size,
+                                            read_timeout=self.read_timeout, on_length=reserve)
+                finally:
+                    self._inbound_reserved -= reserved
+                    reserved = 0
                 if data is None:
                     break
                 stats.messages_received += 1
@@ -469,8 +517,12 @@ class Libp2pTransport:
                 except Exception:
                     stats.receiver_errors += 1
                     logger.exception("the receiver raised on a message from %s", peer)
-        except FrameTooLarge as exc:
-            stats.rejected_oversize += 1
+                del data
+        except (FrameTooLarge, Busy) as exc:
+            if isinstance(exc, Busy):
+                stats.rejected_busy += 1
+            else:
+                stats.rejected_oversize += 1
             stats.rejected_by_peer[peer] += 1
             logger.info("refused a frame from %s: %s", peer, exc)
             await _quietly(stream.reset())
@@ -487,6 +539,10 @@ class Libp2pTransport:
             logger.debug("stream from %s failed: %s: %s", peer, type(exc).__name__, exc)
             await _quietly(stream.reset())
             return
+        finally:
+            self._inbound_streams[peer] -= 1
+            if self._inbound_streams[peer] <= 0:
+                del self._inbound_streams[peer]
         await _quietly(stream.close())
 
 

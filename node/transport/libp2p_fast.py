@@ -1,56 +1,63 @@
 """Throughput fixes for py-libp2p 0.8.1, as subclasses (nothing in site-packages is patched).
 
-Measured on loopback (bench/bench_transfer.py), a bare py-libp2p stream moves ~130 MB/s, a few
-percent of a raw socket. The time is not the cipher (ChaCha20-Poly1305 runs at ~3 GB/s here);
-it is per-frame Python overhead and copies:
+On loopback (bench/bench_transfer.py), a bare py-libp2p stream moves 100-150 MB/s, 5-15 % of a
+raw trio socket. The cipher is not the reason (ChaCha20-Poly1305 runs at 1.7-3 GB/s here);
+profiling shows per-frame Python overhead and copies:
 
 * **yamux frames are capped at 64 KiB** (module constant ``MAX_MESSAGE_SIZE``), and every frame
   costs ~20 trio reschedules and ~28 lock operations on the two sides together, plus a
-  WINDOW_UPDATE frame back. A 64 KiB frame plus its 12-byte header is also 13 bytes over the
-  Noise plaintext limit (65519), so each one becomes *two* Noise messages. ->
-  :class:`BulkYamuxStream` writes frames of up to 1 MiB (legal yamux: a frame may be as large as
-  the receive window; py-libp2p's reader accepts up to 16 MiB), straight from a memoryview.
-* **a sender that runs out of window polls every 10 ms** (``trio.sleep(0.01)``); ->
+  WINDOW_UPDATE frame back per read. A 64 KiB frame plus its 12-byte header is also 13 bytes over
+  the Noise plaintext limit (65519), so each one becomes *two* Noise messages. ->
+  :class:`BulkYamuxStream` writes DATA frames of up to 1 MiB (legal yamux: a frame may be as
+  large as the receive window; py-libp2p's reader accepts up to 16 MiB), straight from a
+  memoryview, and its ``read`` hands the muxer's receive buffer over instead of copying it twice.
+  :class:`BulkYamux` reads each DATA frame's body with one call to the buffered Noise session
+  instead of ``read_exactly`` (two copies fewer per frame, and no 100-short-reads limit).
+* **a sender that runs out of window polls every 10 ms** (``trio.sleep(0.01)``). ->
   BulkYamuxStream is woken by the WINDOW_UPDATE itself (``send_window`` is a property whose
-  setter fires an event), and the receiver grants a large window up front
+  setter fires an event), and the reader grants a 16 MiB window up front
   (:meth:`BulkYamuxStream.grow_recv_window`).
-* **the Noise session reads 2-byte length prefixes and bodies with separate ``recv`` calls**,
-  copies each message three times through ``read_exactly``/``BytesIO``, and writes every Noise
-  message with its own ``send``. -> :class:`BufferedNoiseTransport` (a drop-in for the Noise
-  transport in ``sec_opt``) returns a session that reads up to 1 MiB per ``recv``, decrypts
-  straight out of that buffer through memoryviews, and writes one frame's Noise messages with a
-  single ``send``. Wire format and handshake are unchanged (it is still ``/noise``, XX).
+* **the Noise session reads each 2-byte length prefix and each body with separate ``recv``
+  calls**, copies every message three times on the way (``read_exactly``, ``BytesIO``), and
+  sends every Noise message with its own ``send``. -> :class:`BufferedNoiseTransport` (a drop-in
+  for the Noise transport in ``sec_opt``) returns a session that asks the socket for up to 1 MiB
+  at a time, decrypts straight out of that buffer through memoryviews, and sends one yamux
+  frame's Noise messages with a single ``send``. Handshake and wire format are py-libp2p's own
+  (``/noise``, XX).
 
-Upstream-friendly changes that would make this file unnecessary: a per-connection max frame size
-for yamux; ``MuxerMultistream.new_conn`` honouring the class given in ``muxer_opt`` for yamux (it
-hard-codes ``Yamux``); ``Yamux.stream_class`` so subclasses need not copy ``handle_incoming``; an
-event instead of ``sleep(0.01)`` polling for window updates; and a buffered Noise reader.
+What is left (see bench_transfer.py --profile) is mostly C: the two cipher passes, the socket
+calls, joining Noise messages and the final message, and the copy into the yamux stream buffer.
 
-Because ``Yamux`` constructs its streams inline, a bulk stream is *adopted*
-(:func:`adopt_stream`): the ``YamuxStream`` object of one of our own protocol streams gets the
-subclass. Streams of other protocols (identify, ping, pubsub, DHT) are left as they are.
+Upstream changes that would make this file unnecessary: a configurable yamux max frame size;
+``MuxerMultistream.new_conn`` honouring the class given in ``muxer_opt`` for yamux (it hard-codes
+``Yamux``); a ``Yamux.stream_class`` attribute (streams are built inline in ``open_stream`` and
+``handle_incoming``); an event instead of ``sleep(0.01)`` polling for window credit; a buffered
+Noise reader. Until then a bulk stream is *adopted* (:func:`adopt_stream`): the ``YamuxStream``
+object of one of our own protocol streams is given the subclass, and its connection (when it runs
+over our Noise session) the BulkYamux reader, which behaves the same for every protocol. Streams of
+other protocols (identify, ping, pubsub, DHT) keep upstream's stream class.
 """
 from __future__ import annotations
 
-import logging
 import struct
 from collections import deque
 
 import trio
-from libp2p.io.exceptions import ConnectionClosedError
+from libp2p.io.exceptions import ConnectionClosedError, IncompleteReadError
 from libp2p.security.noise.io import NoiseTransportReadWriter
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.security.secure_session import SecureSession
-from libp2p.stream_muxer.exceptions import MuxedStreamError
+from libp2p.stream_muxer.exceptions import MuxedStreamEOF, MuxedStreamError, MuxedStreamReset
 from libp2p.stream_muxer.yamux.yamux import (
     DEFAULT_WINDOW_SIZE,
     MAX_WINDOW_SIZE,
     TYPE_DATA,
     YAMUX_HEADER_FORMAT,
+    Yamux,
     YamuxStream,
+    _yamux_data_read_timeout,
 )
 
-logger = logging.getLogger(__name__)
 
 NOISE_MAX_PLAINTEXT = 65535 - 16  # Noise message limit minus the Poly1305 tag
 NOISE_READ_SIZE = 1 << 20  # bytes asked of the socket per recv
@@ -83,9 +90,16 @@ class BufferedNoiseSession(SecureSession):
         rw = base.conn
         protocol = rw.noise_state.noise_protocol
         # NoiseConnection.encrypt/decrypt insist on `bytes`; the cipher states take memoryviews.
-        self._encrypt = protocol.cipher_state_encrypt.encrypt_with_ad
-        self._decrypt = protocol.cipher_state_decrypt.decrypt_with_ad
-        self._raw = rw.read_writer.read_write_closer
+        self._init_io(protocol.cipher_state_encrypt.encrypt_with_ad,
+                      protocol.cipher_state_decrypt.decrypt_with_ad,
+                      rw.read_writer.read_write_closer)
+
+    def _init_io(self, encrypt, decrypt, raw) -> None:
+        """``encrypt(ad, plaintext)`` / ``decrypt(ad, ciphertext)`` advance the session's nonces;
+        ``raw`` is the connection under Noise (``read(n)``, ``write(data)``)."""
+        self._encrypt = encrypt
+        self._decrypt = decrypt
+        self._raw = raw
         self._pending = bytearray()  # an incomplete Noise message (with its length prefix)
         self._plain: deque[bytes] = deque()  # decrypted, not yet read
         self._plain_len = 0
@@ -255,6 +269,48 @@ class BulkYamuxStream(YamuxStream):
                 await self.conn._write_frame(frame)
                 sent += size
 
+    async def read(self, n: int | None = -1) -> bytes:
+        """Up to ``n`` bytes, as upstream's ``read(n)``, but when the caller takes everything
+        buffered the buffer itself is handed over instead of copied twice (``bytes(buf[:n])``).
+        Returns a bytes-like object (a bytearray when handed over)."""
+        if n is None or n < 0:
+            return await super().read(n)
+        if n == 0:
+            return b""
+        conn, sid = self.conn, self.stream_id
+        while True:
+            async with conn.streams_lock:
+                if sid not in conn.streams or conn.event_shutting_down.is_set():
+                    raise MuxedStreamEOF("Stream closed")
+                buffer = conn.stream_buffers.get(sid)
+                if buffer is None:
+                    if self.reset_received:
+                        raise MuxedStreamReset("Stream was reset")
+                    raise MuxedStreamEOF("Stream buffer closed")
+                if buffer and (self.recv_closed or not self.reset_received):
+                    if n >= len(buffer):
+                        data = buffer
+                        conn.stream_buffers[sid] = bytearray()
+                    else:
+                        data = buffer[:n]
+                        del buffer[:n]
+                    if self.closed and not conn.stream_buffers[sid]:
+                        conn._finalize_stream_locked(self, fully_closed=True)
+                    break
+                if self.reset_received:
+                    raise MuxedStreamReset("Stream was reset")
+                if self.recv_closed:
+                    raise MuxedStreamEOF("Stream is closed for receiving")
+                if self.closed:
+                    raise MuxedStreamReset("Stream is reset or closed")
+            try:
+                await conn.stream_events[sid].wait()
+                conn.stream_events[sid] = trio.Event()
+            except KeyError:
+                raise MuxedStreamEOF("Stream was removed") from None
+        await self._auto_tune_and_send_window_update(bytes_read=len(data))
+        return data
+
     async def _wait_for_window(self) -> None:
         self._zero_window_waits += 1
         deadline = trio.current_time() + self.window_wait_timeout
@@ -278,9 +334,36 @@ class BulkYamuxStream(YamuxStream):
         await self.send_window_update(delta)
 
 
+class BulkYamux(Yamux):
+    """A yamux connection over a :class:`BufferedNoiseSession` that reads each DATA frame's body
+    with one call to the session (which waits for all of it), instead of ``read_exactly``: two
+    copies fewer per frame, and no 100-short-reads limit."""
+
+    async def _read_data_body(self, length: int) -> bytes:
+        with trio.fail_after(_yamux_data_read_timeout()):
+            data = await self.secured_conn.read(length)
+        if len(data) != length:
+            raise IncompleteReadError(f"Connection closed during a DATA frame: expected {length} bytes "
+                                      f"but received {len(data)}", expected_bytes=length,
+                                      received_bytes=len(data))
+        return data
+
+
+def adopt_connection(muxed_conn) -> bool:
+    """Give a yamux connection over our buffered Noise session the :class:`BulkYamux` reader.
+    The reader task picks the new method up at its next frame; the behaviour is the same."""
+    if isinstance(muxed_conn, BulkYamux):
+        return True
+    if type(muxed_conn) is Yamux and isinstance(muxed_conn.secured_conn, BufferedNoiseSession):
+        muxed_conn.__class__ = BulkYamux
+        return True
+    return False
+
+
 def adopt_stream(net_stream, *, max_frame: int | None = None) -> BulkYamuxStream | None:
     """Give a libp2p stream's yamux stream the bulk behaviour; None if it is not yamux."""
     muxed = getattr(net_stream, "muxed_stream", None)
+    adopt_connection(getattr(muxed, "conn", None))
     if type(muxed) is YamuxStream:
         state = muxed.__dict__
         # No await between these lines, so no other task sees a half-adopted stream.
