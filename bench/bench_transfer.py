@@ -2,20 +2,27 @@
 
 Every method moves the same random payload from a sender to a receiver that must end up holding the
 whole message as one bytes object (what a node needs before it can check a digest), then answers
-with a one-byte ack; the sender's clock runs from the first byte written to the ack. Connections
-(and streams, where a method keeps one) are set up before the clock starts.
+with a one-byte ack; the sender's clock runs from the first byte written to the ack. Connections and
+streams are set up before any clock starts, and the methods take turns (one transfer each, round
+after round), so a noisy neighbour on a shared machine slows all of them alike. Best and median of
+the rounds are reported; ratios are best against best. With --inproc every end runs in this one
+process, so its CPU time per transfer is the whole cost, and is printed too (a figure that a busy
+machine disturbs much less than wall time).
 
-  raw          trio TCP socket: send_all(payload); receiver joins receive_some(1 MiB) chunks
-  raw-discard  the same, but the receiver only counts bytes (an upper bound nobody can use)
-  bare-libp2p  py-libp2p host as shipped (Noise, yamux), one stream: stream.write(payload),
-               receiver joins stream.read(1 MiB) chunks
+  raw          trio TCP socket: send_all(payload); the receiver joins receive_some(1 MiB) chunks
+  raw-discard  the same, but the receiver only counts bytes (an upper bound no node can use)
+  bare-libp2p  a py-libp2p host as shipped (Noise, yamux), one stream: stream.write(payload),
+               the receiver joins stream.read(1 MiB) chunks
   ours         manymodels Libp2pTransport: send() -> /manymodels/msg/1.0.0 -> receiver callback
 
-By default sender and receiver are separate processes (two daemons on one machine); --inproc runs
-both in one trio loop (one core does both ends). --ablate adds rows for `ours` with one fix
-turned off at a time. --profile prints a cProfile of `ours` moving the largest payload in-process.
+By default the receivers are separate processes (two daemons on one machine); --inproc puts every
+end in one trio loop (one core does both ends). --ablate adds `ours` with one fix off at a time:
+  ours:stock-noise     py-libp2p's Noise session instead of the buffered one
+  ours:64k-frames      yamux DATA frames of 64 KiB (py-libp2p's size) instead of 1 MiB
+  ours:default-window  no up-front 16 MiB window grant (py-libp2p's 256 KiB, auto-tuned)
+--profile prints a cProfile of `ours` moving the largest payload in one process, then exits.
 
-    python bench/bench_transfer.py                 # 10 MB and 100 MB, 3 repetitions, two processes
+    python bench/bench_transfer.py                        # 10 MB and 100 MB, 5 rounds, two processes
     python bench/bench_transfer.py --inproc --ablate --json transfer.json
 """
 from __future__ import annotations
@@ -29,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import AsyncExitStack
 
 import trio
 
@@ -37,18 +45,27 @@ ACK = b"k"
 CHUNK = 1 << 20
 METHODS = ("raw", "raw-discard", "bare-libp2p", "ours")
 ABLATIONS = ("ours:stock-noise", "ours:64k-frames", "ours:default-window")
+BARE_PROTOCOL = "/bench/bare/1.0.0"
+
+
+def _ours_options(method: str) -> dict:
+    from libp2p.stream_muxer.yamux.yamux import DEFAULT_WINDOW_SIZE, HEADER_SIZE, MAX_MESSAGE_SIZE
+    return {"ours": {},
+            "ours:stock-noise": {"buffered_noise": False},
+            "ours:64k-frames": {"yamux_frame": MAX_MESSAGE_SIZE - HEADER_SIZE},
+            "ours:default-window": {"recv_window": DEFAULT_WINDOW_SIZE}}[method]
 
 
 # --------------------------------------------------------------------------- receivers
 
 
-async def serve(method: str, size: int, reps: int, ready) -> None:
-    """Receive `reps` payloads of `size` bytes, ack each; call ready(address) once listening."""
+async def serve(method: str, size: int, ready) -> None:
+    """Receive payloads of `size` bytes and ack each, until cancelled; ready(address) once listening."""
     if method in ("raw", "raw-discard"):
         keep = method == "raw"
 
         async def handler(stream):
-            for _ in range(reps):
+            while True:
                 parts, n = [], 0
                 while n < size:
                     chunk = await stream.receive_some(CHUNK)
@@ -60,7 +77,7 @@ async def serve(method: str, size: int, reps: int, ready) -> None:
                 if keep:
                     message = b"".join(parts)
                     assert len(message) == size
-                    del message
+                    del message, parts
                 await stream.send_all(ACK)
 
         async with trio.open_nursery() as nursery:
@@ -76,7 +93,7 @@ async def serve(method: str, size: int, reps: int, ready) -> None:
         host = noise_only_host(os.urandom(32), ["/ip4/127.0.0.1/tcp/0"], buffered_noise=False)
 
         async def handler(stream):
-            for _ in range(reps):
+            while True:
                 parts, n = [], 0
                 while n < size:
                     chunk = await stream.read(CHUNK)
@@ -86,11 +103,11 @@ async def serve(method: str, size: int, reps: int, ready) -> None:
                     n += len(chunk)
                 message = b"".join(parts)
                 assert len(message) == size
-                del message
+                del message, parts
                 await stream.write(ACK)
 
         async with host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
-            host.set_stream_handler("/bench/bare/1.0.0", handler)
+            host.set_stream_handler(BARE_PROTOCOL, handler)
             ready(str(host.get_addrs()[0]))
             await trio.sleep_forever()
 
@@ -98,10 +115,10 @@ async def serve(method: str, size: int, reps: int, ready) -> None:
         from manymodels.node.transport.libp2p import Libp2pTransport
         from manymodels.protocol import Identity
 
-        transport = Libp2pTransport(Identity.generate(), **_variant_options(method))
+        transport = Libp2pTransport(Identity.generate(), **_ours_options(method))
 
         def receive(sender, data):
-            if len(data) >= size:
+            if len(data) == size:
                 transport.send(sender, ACK)
 
         transport.set_receiver(receive)
@@ -110,130 +127,120 @@ async def serve(method: str, size: int, reps: int, ready) -> None:
             await trio.sleep_forever()
 
 
-def _variant_options(method: str) -> dict:
-    if method == "ours:stock-noise":
-        return {"buffered_noise": False}
-    if method == "ours:default-window":
-        from libp2p.stream_muxer.yamux.yamux import DEFAULT_WINDOW_SIZE
-        return {"recv_window": DEFAULT_WINDOW_SIZE}
-    if method == "ours:64k-frames":
-        from libp2p.stream_muxer.yamux.yamux import HEADER_SIZE, MAX_MESSAGE_SIZE
-
-        from manymodels.node.transport.libp2p_fast import BulkYamuxStream
-        BulkYamuxStream.max_frame = MAX_MESSAGE_SIZE - HEADER_SIZE  # upstream's frame size
-    return {}
-
-
 # --------------------------------------------------------------------------- senders
 
 
-async def send(method: str, address: str, payload: bytes, reps: int) -> list[float]:
-    """Send `payload` `reps` times to a receiver at `address`; seconds per transfer."""
-    times = []
+async def open_sender(method: str, address: str, stack: AsyncExitStack):
+    """Connect to a receiver; returns `async transfer(payload) -> seconds`."""
     if method in ("raw", "raw-discard"):
         stream = await trio.open_tcp_stream("127.0.0.1", int(address))
-        for _ in range(reps):
+        stack.push_async_callback(stream.aclose)
+
+        async def transfer(payload):
             started = time.perf_counter()
             await stream.send_all(payload)
             assert await stream.receive_some(1) == ACK
-            times.append(time.perf_counter() - started)
-        await stream.aclose()
+            return time.perf_counter() - started
+        return transfer
 
-    elif method == "bare-libp2p":
+    if method == "bare-libp2p":
         import multiaddr
         from libp2p.peer.peerinfo import info_from_p2p_addr
 
         from manymodels.node.transport.libp2p import noise_only_host
 
         host = noise_only_host(os.urandom(32), ["/ip4/127.0.0.1/tcp/0"], buffered_noise=False)
-        async with host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
-            info = info_from_p2p_addr(multiaddr.Multiaddr(address))
-            await host.connect(info)
-            stream = await host.new_stream(info.peer_id, ["/bench/bare/1.0.0"])
-            for _ in range(reps):
-                started = time.perf_counter()
-                await stream.write(payload)
-                assert await stream.read(1) == ACK
-                times.append(time.perf_counter() - started)
-            await stream.close()
-            await host.close()
+        await stack.enter_async_context(host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]))
+        stack.push_async_callback(host.close)
+        info = info_from_p2p_addr(multiaddr.Multiaddr(address))
+        await host.connect(info)
+        stream = await host.new_stream(info.peer_id, [BARE_PROTOCOL])
 
-    else:
-        from manymodels.node.transport.libp2p import Libp2pTransport
-        from manymodels.protocol import Identity
+        async def transfer(payload):
+            started = time.perf_counter()
+            await stream.write(payload)
+            assert await stream.read(1) == ACK
+            return time.perf_counter() - started
+        return transfer
 
-        transport = Libp2pTransport(Identity.generate(), **_variant_options(method))
-        acked = trio.Semaphore(0)
-        transport.set_receiver(lambda sender, data: acked.release())
-        async with transport.running():
-            peer = await transport.connect(address)
-            transport.send(peer, b"warm-up")  # opens our stream before the clock starts
-            await trio.sleep(0.2)
-            for _ in range(reps):
-                started = time.perf_counter()
-                transport.send(peer, payload)
-                with trio.fail_after(300):
-                    await acked.acquire()
-                times.append(time.perf_counter() - started)
-    return times
+    from manymodels.node.transport.libp2p import Libp2pTransport
+    from manymodels.protocol import Identity
 
+    transport = Libp2pTransport(Identity.generate(), **_ours_options(method))
+    acked = trio.Semaphore(0)
+    transport.set_receiver(lambda sender, data: acked.release())
+    await stack.enter_async_context(transport.running())
+    peer = await transport.connect(address)
 
-# --------------------------------------------------------------------------- drivers
+    async def transfer(payload):
+        started = time.perf_counter()
+        transport.send(peer, payload)
+        with trio.fail_after(300):
+            await acked.acquire()
+        return time.perf_counter() - started
+
+    return transfer
 
 
-def measure_two_process(method: str, size: int, reps: int, payload: bytes) -> list[float]:
-    child = subprocess.Popen([sys.executable, __file__, "--serve", method, "--size", str(size), "--reps", str(reps)],
-                             stdout=subprocess.PIPE, text=True)
-    try:
-        address = child.stdout.readline().strip()
-        if not address:
-            raise RuntimeError(f"the {method} receiver did not start")
-        return trio.run(send, method, address, payload, reps)
-    finally:
-        child.kill()
-        child.wait()
+# --------------------------------------------------------------------------- driver
 
 
-def measure_in_process(method: str, size: int, reps: int, payload: bytes) -> list[float]:
-    async def main():
-        async with trio.open_nursery() as nursery:
-            address = trio.Event()
-            box = {}
+async def run_size(methods, size: int, rounds: int, inproc: bool) -> dict[str, list[float]]:
+    payload = os.urandom(size)
+    times: dict[str, list[tuple[float, float]]] = {m: [] for m in methods}  # (wall, this process's cpu)
+    children = []
+    async with trio.open_nursery() as nursery:  # receivers (in-process) live in here
+        try:
+            async with AsyncExitStack() as stack:  # senders, closed before the receivers go
+                addresses = {}
+                for method in methods:
+                    if inproc:
+                        ready = trio.Event()
 
-            def ready(a):
-                box["a"] = a
-                address.set()
-
-            nursery.start_soon(serve, method, size, reps + 1, ready)
-            await address.wait()
-            times = await send(method, box["a"], payload, reps)
+                        def on_ready(address, method=method, ready=ready):
+                            addresses[method] = address
+                            ready.set()
+                        nursery.start_soon(serve, method, size, on_ready)
+                        await ready.wait()
+                    else:
+                        child = subprocess.Popen([sys.executable, __file__, "--serve", method, "--size", str(size)],
+                                                 stdout=subprocess.PIPE, text=True)
+                        children.append(child)
+                        addresses[method] = (await trio.to_thread.run_sync(child.stdout.readline)).strip()
+                        if not addresses[method]:
+                            raise RuntimeError(f"the {method} receiver did not start")
+                senders = {m: await open_sender(m, addresses[m], stack) for m in methods}
+                for send in senders.values():  # one untimed transfer each: buffers and code paths warm
+                    await send(payload)
+                for _ in range(rounds):
+                    for method, send in senders.items():
+                        cpu = time.process_time()
+                        wall = await send(payload)
+                        times[method].append((wall, time.process_time() - cpu))
+        finally:
+            for child in children:
+                child.kill()
+                child.wait()
             nursery.cancel_scope.cancel()
-        return times
-    return trio.run(main)
-
-
-def child_main(method: str, size: int, reps: int) -> None:
-    def ready(address):
-        print(address, flush=True)
-    trio.run(serve, method, size, reps + 1, ready)
+    return times
 
 
 def profile(size: int) -> None:
     import cProfile
     import pstats
 
+    from manymodels.node.transport.libp2p import Libp2pTransport
+    from manymodels.protocol import Identity
+
     payload = os.urandom(size)
 
     async def main():
-        from manymodels.node.transport.libp2p import Libp2pTransport
-        from manymodels.protocol import Identity
-
         a, b = Libp2pTransport(Identity.generate()), Libp2pTransport(Identity.generate())
         got = trio.Semaphore(0)
         b.set_receiver(lambda sender, data: got.release())
         async with a.running(), b.running():
             await a.connect(b.listen_addrs()[0])
-            a.send(b.address, b"warm-up")
+            a.send(b.address, payload)
             await got.acquire()
             profiler = cProfile.Profile()
             started = time.perf_counter()
@@ -241,7 +248,7 @@ def profile(size: int) -> None:
             a.send(b.address, payload)
             await got.acquire()
             profiler.disable()
-            print(f"ours, in-process, {size / MB:.0f} MB under cProfile: "
+            print(f"ours, one process, {size / MB:.0f} MB under cProfile: "
                   f"{size / MB / (time.perf_counter() - started):.0f} MB/s")
             pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
     trio.run(main)
@@ -250,9 +257,9 @@ def profile(size: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10,100", help="payload sizes in MB (10^6 bytes)")
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--inproc", action="store_true", help="sender and receiver in one trio loop")
+    parser.add_argument("--inproc", action="store_true", help="every end in one trio loop")
     parser.add_argument("--ablate", action="store_true", help="also run ours with one fix off at a time")
     parser.add_argument("--profile", action="store_true", help="cProfile ours on the largest size, then exit")
     parser.add_argument("--json", help="write the rows here")
@@ -260,33 +267,36 @@ def main() -> None:
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        return child_main(args.serve, args.size, args.reps)
+        return trio.run(serve, args.serve, args.size, lambda address: print(address, flush=True))
     sizes = [int(float(s) * MB) for s in args.sizes.split(",")]
     if args.profile:
         return profile(max(sizes))
     methods = args.methods.split(",") + (list(ABLATIONS) if args.ablate else [])
-    measure = measure_in_process if args.inproc else measure_two_process
-    where = "one process" if args.inproc else "two processes"
-    print(f"# bulk transfer on loopback, {where}, best and median of {args.reps}; "
-          f"python {platform.python_version()}, {os.cpu_count()} cpus")
+    where = "one process" if args.inproc else "receivers in their own processes"
+    load = os.getloadavg()[0]
+    print(f"# bulk transfer on loopback, {where}; best and median of {args.rounds} interleaved rounds; "
+          f"python {platform.python_version()}, {os.cpu_count()} cpus, load {load:.1f} at start")
     rows = []
     for size in sizes:
-        payload = os.urandom(size)
-        results = {}
-        for method in methods:
-            results[method] = measure(method, size, args.reps, payload)
-            if method == "ours:64k-frames":  # _variant_options changed a class attribute here
-                from manymodels.node.transport.libp2p_fast import BULK_MAX_FRAME, BulkYamuxStream
-                BulkYamuxStream.max_frame = BULK_MAX_FRAME
-        raw_best = size / min(results["raw"]) if "raw" in results else None
-        print(f"\n{size / MB:.0f} MB{'':8}{'best MB/s':>10}{'median':>10}{'vs raw':>9}")
-        for method, times in results.items():
-            best, median = size / MB / min(times), size / MB / statistics.median(times)
-            ratio = (size / min(times)) / raw_best if raw_best else float("nan")
-            print(f"  {method:20}{best:10.0f}{median:10.0f}{ratio:9.1%}")
-            rows.append({"size_mb": size / MB, "method": method, "mode": where, "best_mb_s": round(best, 1),
-                         "median_mb_s": round(median, 1), "ratio_vs_raw": round(ratio, 4),
-                         "seconds": [round(t, 4) for t in times]})
+        results = trio.run(run_size, methods, size, args.rounds, args.inproc)
+        best = {m: min(w for w, _ in r) for m, r in results.items()}
+        cpu = {m: min(c for _, c in r) for m, r in results.items()}
+        cpu_note = f"{'cpu MB/s':>10}{'vs raw':>9}" if args.inproc else ""
+        print(f"\n{size / MB:g} MB{'':16}{'best MB/s':>10}{'median':>10}{'vs raw':>9}{cpu_note}")
+        for method, r in results.items():
+            wall_best = size / MB / best[method]
+            median = size / MB / statistics.median(w for w, _ in r)
+            ratio = best["raw"] / best[method] if "raw" in best else float("nan")
+            line = f"  {method:22}{wall_best:10.0f}{median:10.0f}{ratio:9.1%}"
+            row = {"size_mb": size / MB, "method": method, "mode": where, "best_mb_s": round(wall_best, 1),
+                   "median_mb_s": round(median, 1), "ratio_vs_raw": round(ratio, 4),
+                   "seconds": [round(w, 4) for w, _ in r]}
+            if args.inproc:  # every end is in this process: its cpu time is the whole cost
+                cpu_ratio = cpu["raw"] / cpu[method] if "raw" in cpu else float("nan")
+                line += f"{size / MB / cpu[method]:10.0f}{cpu_ratio:9.1%}"
+                row.update(cpu_mb_s=round(size / MB / cpu[method], 1), cpu_ratio_vs_raw=round(cpu_ratio, 4))
+            print(line)
+            rows.append(row)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
