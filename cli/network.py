@@ -54,7 +54,7 @@ def start(
     partition_id: Annotated[Optional[int], typer.Option(help="Which partition this node holds.")] = None,
     num_partitions: Annotated[Optional[int], typer.Option(help="How many partitions the data is split into.")] = None,
     model: Annotated[Optional[str], typer.Option(help="logreg, mlp, mlp-wide, cnn or forest.")] = None,
-    exchange: Annotated[Optional[str], typer.Option(help="weights, distill or mixed.")] = None,
+    exchange: Annotated[Optional[str], typer.Option(help="weights, distill, synthetic or mixed.")] = None,
     rule: Annotated[Optional[str], typer.Option(help="Weights rule; see `manymodels rules`.")] = None,
     period: Annotated[Optional[float], typer.Option(help="Seconds between learning cycles.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="The network's seed (data split, initial model).")] = None,
@@ -79,6 +79,8 @@ def start(
     from manymodels.node.daemon import Daemon
     from manymodels.node.transport.libp2p import Libp2pTransport
 
+    from manymodels.node.worker import WorkerError
+
     daemon = Daemon(h, config)
 
     async def main():
@@ -90,6 +92,8 @@ def start(
         trio.run(main)
     except KeyboardInterrupt:
         pass
+    except WorkerError as exc:  # e.g. a model that does not fit the dataset
+        raise UserError(f"the node's learner could not start: {exc}") from None
 
 
 def _running(h) -> bool:
@@ -105,6 +109,7 @@ def _running(h) -> bool:
 def _config(h, **options):
     from manymodels.aggregation import RuleError, get_rule
     from manymodels.node.daemon import DaemonConfig
+    from manymodels.node.exchange import EXCHANGES
     from manymodels.node.learning.recipe import LearnerRecipe
 
     from .main import UserError
@@ -119,6 +124,8 @@ def _config(h, **options):
         get_rule(config.rule)
     except RuleError as exc:
         raise UserError(str(exc)) from None
+    if config.exchange not in EXCHANGES:
+        raise UserError(f"unknown exchange {config.exchange!r}; available: {', '.join(EXCHANGES)}")
     if not 0 <= config.recipe.partition_id < config.recipe.num_partitions:
         raise UserError(f"--partition-id must be in 0..{config.recipe.num_partitions - 1}")
     h.path.mkdir(parents=True, exist_ok=True, mode=0o700)

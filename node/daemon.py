@@ -11,6 +11,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import trio
 
 from manymodels.aggregation import get_rule
@@ -18,7 +19,8 @@ from manymodels.protocol import (BlobRequest, BlobResponse, Error, Hello, Messag
                                  open_envelope, peer_id)
 
 from .control import serve as serve_control
-from .exchange import Distillation, DistillSettings, Exchange, Mixed, WeightGossip
+from .exchange import (Distillation, DistillSettings, Exchange, Mixed, SyntheticSamples, SyntheticSettings,
+                       WeightGossip)
 from .learning.probe import ProbeSet
 from .learning.recipe import LearnerRecipe
 from .node import Node
@@ -143,8 +145,11 @@ class Daemon:
         weights = WeightGossip(get_rule(c.rule))
         if c.exchange == "weights":
             return weights
+        if c.exchange == "synthetic":  # the generator lives in the worker, with the private data
+            return SyntheticSamples(SyntheticSettings(learner, np.random.default_rng(), learner.input_shape,
+                                                      learner.value_range))
         if c.exchange not in ("distill", "mixed"):
-            raise ValueError(f"the daemon runs the weights, distill and mixed exchanges, not {c.exchange!r}")
+            raise ValueError(f"unknown exchange {c.exchange!r}; the daemon runs weights, distill, synthetic, mixed")
         probe = ProbeSet(f"{c.recipe.dataset}:{c.recipe.probe_size}", learner.probe_x())
         distill = Distillation(DistillSettings(probe, get_rule(c.logit_rule), learner.class_counts))
         return distill if c.exchange == "distill" else Mixed(weights, distill)

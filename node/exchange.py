@@ -171,7 +171,7 @@ class Distillation(Exchange):
 
 @dataclass
 class SyntheticSettings:
-    generator: GaussianClassGenerator
+    generator: GaussianClassGenerator  # or anything with .sample(per_class, rng) -> (x, y)
     rng: np.random.Generator
     input_shape: tuple[int, ...]
     value_range: tuple[float, float]

@@ -43,12 +43,24 @@ class _Server:
 
     def __init__(self, recipe: LearnerRecipe) -> None:
         self.learner, self.data, self.probe, self.index = recipe.build()
+        self.value_range = (float(self.data.x_train.min()), float(self.data.x_train.max()))
+        self._generator = None
 
     def info(self) -> dict:
         counts = np.bincount(self.data.y_train[self.index], minlength=self.data.num_classes)
         return {"architecture": self.learner.architecture, "num_examples": self.learner.num_examples,
                 "supports_weights": self.learner.supports_weights, "num_classes": self.data.num_classes,
-                "input_shape": list(self.data.input_shape), "class_counts": counts.tolist()}
+                "input_shape": list(self.data.input_shape), "class_counts": counts.tolist(),
+                "value_range": list(self.value_range)}
+
+    def sample(self, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Synthetic samples from a generative model of the private data (which stays here)."""
+        if self._generator is None:
+            from .learning.generator import GaussianClassGenerator
+
+            x, y = self.data.x_train[self.index], self.data.y_train[self.index]
+            self._generator = GaussianClassGenerator(x, y, self.value_range)
+        return self._generator.sample(per_class, np.random.default_rng(seed))
 
     def probe_x(self) -> np.ndarray:
         return self.probe.x
@@ -114,6 +126,7 @@ class WorkerLearner(Learner):
         self.num_classes = info["num_classes"]
         self.input_shape = tuple(info["input_shape"])
         self.class_counts = info["class_counts"]
+        self.value_range = tuple(info["value_range"])
 
     def _reply(self) -> Any:
         try:
@@ -149,6 +162,11 @@ class WorkerLearner(Learner):
 
     def evaluate_test(self) -> dict[str, float]:
         return self._call("evaluate_test")
+
+    def sample(self, per_class: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """The worker's generator, in the shape SyntheticSamples expects of one."""
+        x, y = self._call("sample", per_class=per_class, seed=int(rng.integers(2**63)))
+        return x, y
 
     def close(self) -> None:
         if self._process.is_alive():

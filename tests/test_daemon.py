@@ -215,3 +215,29 @@ def test_daemons_on_separate_test_hosts(two_hosts, tmp_path):
     finally:
         for home in homes:
             stop(home)
+
+
+def test_daemons_of_different_architectures_learn_from_each_other_by_distillation(tmp_path):
+    """A logistic regression, a CNN and a scikit-learn forest: no weights could be shared."""
+    homes = [tmp_path / m for m in ("logreg", "cnn", "forest")]
+    recipe = [*RECIPE, "--exchange", "distill"]
+    try:
+        start(homes[0], *recipe, "--partition-id", "0", "--model", "logreg")
+        addr = status(homes[0])["addrs"][0]
+        for i, (home, model) in enumerate(zip(homes[1:], ("cnn", "forest")), start=1):
+            start(home, *recipe, "--partition-id", str(i), "--model", model, "--bootstrap", addr)
+        wait_for(lambda: all(status(h)["version"] >= 12 for h in homes), "12 cycles on every node", 300)
+        for i, (home, model) in enumerate(zip(homes, ("logreg", "cnn", "forest"))):
+            s = status(home)
+            recipe_alone = LearnerRecipe(dataset="digits", partition="dirichlet:0.1", partition_id=i,
+                                         num_partitions=3, model=model)
+            learner, data, _, _ = recipe_alone.build()
+            learner.fit(s["version"])
+            alone = learner.evaluate(data.x_test, data.y_test)["accuracy"]
+            assert s["accuracy"] > alone + 0.1, (model, s["accuracy"], alone)
+            assert s["refused"] == {} and sum(s["rejected"].values()) == 0
+            offered = {p["offered"].get("logits") for p in request(home / "control.sock", "peers")}
+            assert offered == {"logreg", "cnn", "forest"} - {model}
+    finally:
+        for home in homes:
+            stop(home)
