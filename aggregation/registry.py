@@ -14,6 +14,7 @@ from . import weights as _weights
 from .base import NDArrays, RuleError
 
 ENTRY_POINT_GROUP = "manymodels.rules"
+FLOWER_PREFIX = "flwr:"  # "flwr:FedTrimmedAvg:beta=0.2": Flower's strategies, see aggregation/flower.py
 KINDS = ("weights", "logits")
 _COUNT = ("no", "one", "two", "three", "four")
 
@@ -241,7 +242,12 @@ def _parse(spec: RuleSpec, raw: list[str], text: str) -> dict[str, int | float]:
 
 
 def get_rule(spec: str) -> Rule:
-    """The rule named by `spec`: "name", "name:p1" or "name:p1:p2", e.g. "trimmed:0.2", "multikrum:2:5"."""
+    """The rule named by `spec`: "name", "name:p1" or "name:p1:p2", e.g. "trimmed:0.2", "multikrum:2:5";
+    or a Flower strategy, "flwr:NAME[:key=value...]" (a new Rule on every call: some keep state)."""
+    if spec.strip().startswith(FLOWER_PREFIX):
+        from .flower import flower_rule
+
+        return flower_rule(spec)
     name, *raw = spec.strip().split(":")
     found = _find(name)
     params = _parse(found, raw, spec)
@@ -278,8 +284,11 @@ def _describe(spec: RuleSpec | None, name: str, source: str, error: str | None =
 
 
 def list_rules() -> list[dict[str, Any]]:
-    """Every rule, JSON-ready: built-ins, then plugins; a plugin that cannot be used has an "error"."""
-    rows = [_describe(spec, name, "builtin") for name, spec in BUILTINS.items()]
+    """Every rule, JSON-ready: built-ins, Flower's strategies ("flwr:..."), then plugins; a plugin that
+    cannot be used has an "error"."""
+    from .flower import list_flower_rules
+
+    rows = [_describe(spec, name, "builtin") for name, spec in BUILTINS.items()] + list_flower_rules()
     seen = set(BUILTINS)
     for ep in _plugins():
         if ep.name in seen:

@@ -1,8 +1,9 @@
 """The robustness matrix: rules x attacks x attacker fraction on a simulated network, final
 honest-node mean accuracy in each cell (attackers are left out of every accuracy).
 
-Weights exchange: every weights rule under every weights attack, once plainly and once with peer
-reputation (ban below --reputation); distill exchange: every logits rule under the logit attacks.
+Weights exchange: every weights rule under every weights attack; distill exchange: every logits
+rule under the distill attacks; each once plainly and once with peer reputation (ban below
+--reputation).
 Fraction 0 is the clean baseline, one run per rule. In rule templates `f` is the number of
 attackers (at least 1), `m` is n - f (n = the inputs a node aggregates, itself included: all the
 nodes on the full topology), and `clippedgossip:auto` takes the tau chosen by a sweep on the clean
@@ -29,9 +30,24 @@ from pathlib import Path  # noqa: E402
 WEIGHT_RULES = "fedavg,median,trimmed:0.2,krum:f,multikrum:f:m,bulyan:f,clippedgossip:auto"
 LOGIT_RULES = "logit-probmean,logit-median"
 WEIGHT_ATTACKS = "gaussian,signflip,labelflip,alie,ipm"
-LOGIT_ATTACKS = "logit"
+LOGIT_ATTACKS = "logit,gaussian,signflip,labelflip"
 TAU_GRID = "0.3,1,3,10,30"
 LABELS = {"fedavg": "mean (fedavg)"}
+
+
+def code_state() -> dict:
+    """Which library code ran: the commit, files changed since, and a digest of the sources."""
+    import hashlib
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    git = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True).stdout.strip()  # noqa: E731
+    digest = hashlib.sha256()
+    for path in sorted(p for d in ("node", "aggregation", "protocol") for p in (root / d).rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "changed": git("status", "--porcelain", "--", "node", "aggregation", "protocol").splitlines(),
+            "sources_sha256": digest.hexdigest()[:16]}
 
 
 def attackers(fraction: float, nodes: int) -> int:
@@ -154,21 +170,22 @@ def aggregate(results: list[dict]) -> list[dict]:
     return out
 
 
-def tables(cells: list[dict], fractions: list[float]) -> tuple[str, list[dict]]:
+def tables(cells: list[dict], fractions: list[float], order: list[str], attack_order: list[str]) -> tuple[str, list[dict]]:
     """Markdown: one table per (exchange, reputation); rows rule, columns clean + attack x fraction."""
     md, grids = [], []
     groups = sorted({(c["exchange"], c["reputation"]) for c in cells}, key=lambda g: (g[0] != "weights", g[1]))
     attacked = [f for f in fractions if f > 0]
     for exchange, rep in groups:
         mine = [c for c in cells if (c["exchange"], c["reputation"]) == (exchange, rep)]
-        templates = list(dict.fromkeys(c["template"] for c in mine))
-        attacks = list(dict.fromkeys(c["attack"] for c in mine if c["attack"]))
+        templates = [t for t in order if any(c["template"] == t for c in mine)]
+        attacks = sorted({c["attack"] for c in mine if c["attack"]},
+                         key=lambda a: attack_order.index(a) if a in attack_order else len(attack_order))
         columns = [("clean", None, 0.0)] * (0.0 in fractions) + \
             [(f"{a} {f:.0%}", a, f) for a in attacks for f in attacked]
         title = f"{exchange} exchange" + (f", reputation {rep:g}" if rep else "")
         md += [f"### {title}", "", "| rule | " + " | ".join(c[0] for c in columns) + " |",
                "|---|" + "---:|" * len(columns)]
-        grid = {"title": title, "columns": [c[0] for c in columns], "rows": [], "values": []}
+        grid = {"title": title, "exchange": exchange, "reputation": rep, "columns": [c[0] for c in columns], "rows": [], "values": []}
         for template in templates:
             row, values = [], []
             for _, attack, fraction in columns:
@@ -195,29 +212,41 @@ def tables(cells: list[dict], fractions: list[float]) -> tuple[str, list[dict]]:
 
 
 def plot(grids: list[dict], path: Path, subtitle: str) -> None:
+    """Heatmaps: a row per exchange, a column per reputation setting (plain left, reputation right)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    heights = [len(g["rows"]) + 1.5 for g in grids]
-    width = max(len(g["columns"]) for g in grids)
-    fig, axes = plt.subplots(len(grids), 1, figsize=(1.0 * width + 3, 0.42 * sum(heights) + 1.2),
-                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    exchanges = list(dict.fromkeys(g["exchange"] for g in grids))
+    reps = sorted({g["reputation"] for g in grids})
+    heights = [max(len(g["rows"]) for g in grids if g["exchange"] == e) for e in exchanges]
+    widths = [max(len(g["columns"]) for g in grids if g["reputation"] == r) for r in reps]
+    fig, axes = plt.subplots(len(exchanges), len(reps), squeeze=False, layout="constrained",
+                             figsize=(0.75 * sum(widths) + 2.5 * len(reps) + 1, 0.45 * sum(heights) + 1.6 * len(exchanges) + 0.6),
+                             gridspec_kw={"height_ratios": heights, "width_ratios": widths})
     cmap = matplotlib.colormaps["RdYlGn"].copy()
     cmap.set_bad("#dddddd")
-    for ax, g in zip(axes[:, 0], grids):
-        values = np.array([[np.nan if v is None else v for v in row] for row in g["values"]], dtype=float)
-        image = ax.imshow(values, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
-        ax.set_xticks(range(len(g["columns"])), g["columns"], rotation=35, ha="right", fontsize=8)
-        ax.set_yticks(range(len(g["rows"])), g["rows"], fontsize=8)
-        ax.set_title(g["title"], fontsize=9, loc="left")
-        for (i, j), v in np.ndenumerate(values):
-            ax.text(j, i, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=7)
-    fig.colorbar(image, ax=axes[:, 0], shrink=0.5, label="final honest mean accuracy")
+    image = None
+    for i, exchange in enumerate(exchanges):
+        for j, rep in enumerate(reps):
+            ax = axes[i, j]
+            g = next((g for g in grids if (g["exchange"], g["reputation"]) == (exchange, rep)), None)
+            if g is None:
+                ax.axis("off")
+                continue
+            values = np.array([[np.nan if v is None else v for v in row] for row in g["values"]], dtype=float)
+            image = ax.imshow(values, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
+            ax.set_xticks(range(len(g["columns"])), g["columns"], rotation=40, ha="right", fontsize=8)
+            ax.set_yticks(range(len(g["rows"])), g["rows"], fontsize=8)
+            ax.set_title(g["title"], fontsize=9)
+            for (r, c), v in np.ndenumerate(values):
+                ax.text(c, r, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=7)
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.6, label="final honest mean accuracy")
     fig.suptitle(f"Robustness matrix: {subtitle}", fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(path, dpi=110)
 
 
 def main() -> None:
@@ -242,14 +271,22 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="simulations in parallel")
     parser.add_argument("--out", default="bench/out/robustness")
     parser.add_argument("--plot", default=None, help="the heatmap (default: OUT/robustness.png)")
+    parser.add_argument("--render", metavar="JSON", help="only redo the table and plot from a run's robustness.json")
     args = parser.parse_args()
+
+    if args.render:
+        data = json.loads(Path(args.render).read_text())
+        render(data, Path(args.out), Path(args.plot) if args.plot else Path(args.out) / "robustness.png")
+        return
 
     started = time.perf_counter()
     seeds = list(range(args.seeds))
     fractions = [float(x) for x in args.fractions.split(",")]
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "plot")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "plot", "render")}
+    code = code_state()
     print("settings: " + " ".join(f"{k}={v}" for k, v in settings.items()), flush=True)
-    print(f"attackers per fraction: " + ", ".join(f"{f:.0%} -> {attackers(f, args.nodes)}" for f in fractions),
+    print(f"code: {code}", flush=True)
+    print("attackers per fraction: " + ", ".join(f"{f:.0%} -> {attackers(f, args.nodes)}" for f in fractions),
           flush=True)
 
     tau, sweep = (None, [])
@@ -260,33 +297,50 @@ def main() -> None:
     jobs.sort(key=lambda j: (not j["rule"].startswith(("bulyan", "logit")), j["exchange"]))
     print(f"{len(jobs)} simulations on {args.jobs} workers", flush=True)
     results = run_all(jobs, args.jobs, "grid")
-    cells = aggregate(results + skipped)
-    markdown, grids = tables(cells, fractions)
-    wall = round(time.perf_counter() - started, 1)
+    if code_state() != code:
+        print("warning: the library sources changed during the run; the cells may mix versions", flush=True)
+        code["changed_during_run"] = True
+    data = {"settings": settings, "code": code, "tau": tau, "tau_sweep": sweep,
+            "wall_seconds": round(time.perf_counter() - started, 1), "simulations": len(jobs) + len(sweep),
+            "load_average_5min": round(os.getloadavg()[1], 2), "cpus": os.cpu_count(),
+            "cells": aggregate(results + skipped), "runs": results}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "robustness.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
+    render(data, out, Path(args.plot) if args.plot else out / "robustness.png")
 
-    subtitle = f"{args.nodes} nodes, {args.dataset}, {args.partition}, {args.rounds} rounds, {args.model}, " \
-               f"seeds {args.seeds}"
-    notes = [f"Final honest-node mean accuracy; {subtitle}. `f` = attackers "
-             f"({', '.join(f'{f:.0%}: {attackers(f, args.nodes)}' for f in fractions if f)}; clean: 1), "
-             f"`m` = n - f with n = {args.nodes} inputs."]
-    if tau is not None:
-        notes.append(f"ClippedGossip tau = {tau:g}, the smallest of {args.tau_grid} within {args.tau_slack} "
+
+def render(data: dict, out: Path, plot_path: Path) -> None:
+    """robustness.md and the plot from a run's JSON."""
+    a = data["settings"]
+    fractions = [float(x) for x in a["fractions"].split(",")]
+    order = [t for t in (*a["rules"].split(","), *a["logit_rules"].split(",")) if t]
+    attack_order = [t for t in (*a["attacks"].split(","), *a["logit_attacks"].split(",")) if t]
+    cells = data["cells"]
+    markdown, grids = tables(cells, fractions, order, attack_order)
+    subtitle = f"{a['nodes']} nodes, {a['dataset']}, {a['partition']}, {a['rounds']} rounds, {a['model']}, " \
+               f"seeds {a['seeds']}"
+    nodes = a["nodes"]
+    counts = ", ".join(f"{f:.0%}: {attackers(f, nodes)}" for f in fractions if f)
+    notes = [f"Final honest-node mean accuracy; {subtitle}. `f` = attackers ({counts}; clean: 1), "
+             f"`m` = n - f with n = {nodes} inputs."]
+    if data["tau"] is not None:
+        notes.append(f"ClippedGossip tau = {data['tau']:g}, the smallest of {a['tau_grid']} within {a['tau_slack']} "
                      f"of the best clean accuracy.")
     clean = [c for c in cells if c["fraction"] == 0 and "skipped" not in c]
     if clean:
         notes.append(f"Reference (clean): each node alone {clean[0]['local_only']:.3f}, one model on all the data "
                      f"{clean[0]['pooled']:.3f}.")
-    notes.append(f"Wall time {wall:.0f} s for {len(jobs) + len(sweep)} simulations on {args.jobs} workers.")
-    out = Path(args.out)
+    code = data["code"]
+    notes.append(f"Code: commit {code['commit']}" + (f" plus uncommitted changes to {len(code['changed'])} "
+                 f"library files" if code["changed"] else "") + f", sources sha256 {code['sources_sha256']}.")
+    notes.append(f"Wall time {data['wall_seconds']:.0f} s for {data['simulations']} simulations on {a['jobs']} "
+                 f"workers ({data['cpus']} cores, 5-minute load average {data['load_average_5min']:.1f} at the end).")
     out.mkdir(parents=True, exist_ok=True)
     (out / "robustness.md").write_text("\n".join(notes) + "\n\n" + markdown)
-    (out / "robustness.json").write_text(json.dumps(
-        {"settings": settings, "tau": tau, "tau_sweep": sweep, "wall_seconds": wall, "cells": cells, "runs": results},
-        indent=1, default=str) + "\n")
-    plot(grids, Path(args.plot) if args.plot else out / "robustness.png", subtitle)
+    plot(grids, plot_path, subtitle)
     print("\n".join(notes) + "\n\n" + markdown)
-    print(f"wrote {out / 'robustness.json'}, {out / 'robustness.md'}, {args.plot or out / 'robustness.png'}",
-          file=sys.stderr)
+    print(f"wrote {out / 'robustness.json'}, {out / 'robustness.md'}, {plot_path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

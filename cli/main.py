@@ -52,6 +52,11 @@ def simulate(
         help="NAME:FRACTION of attacking nodes, repeatable; see `manymodels attacks`.")] = None,
     reputation: Annotated[float, typer.Option(
         help="Ban a peer whose reputation score (0..1) falls below this; 0 never bans.")] = 0.0,
+    client_app: Annotated[Optional[str], typer.Option(
+        help="A Flower client as every node's learner: MODULE:ATTR or FILE.py:ATTR (see docs/FLOWER.md); "
+             "--dataset, --partition and --model are then unused.")] = None,
+    run_config: Annotated[Optional[list[str]], typer.Option(
+        help='The Flower client\'s run config, "key=value key=value" as `flwr run --run-config` takes it.')] = None,
     report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -66,6 +71,7 @@ def simulate(
         rule=rule, logit_rule=logit_rule, topology=topology, local_epochs=local_epochs, seed=seed, loss=loss,
         probe_size=probe_size, probe_file=str(probe) if probe else None, temperature=temperature,
         synthetic_weight=synthetic_weight, licence=licence, attacks=tuple(attack or ()), reputation=reputation,
+        client_app=client_app, run_config=" ".join(run_config or ()),
         **({"accept_licences": tuple(accept_licence)} if accept_licence else {}))
     with Progress(TextColumn("[bold]simulating"), BarColumn(), MofNCompleteColumn(), TextColumn("rounds"),
                   TextColumn("{task.fields[acc]}"), TimeElapsedColumn(), console=Console(stderr=True),

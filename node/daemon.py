@@ -168,8 +168,15 @@ class Daemon:
         checkpoint = self.home.load_checkpoint()
         if checkpoint is not None and checkpoint.model == node.learner.architecture:
             node.learner.set_weights(checkpoint.tensors)
+            accuracy = node.learner.evaluate_test()["accuracy"]
+            self.history.append({"version": checkpoint.version, "time": now_ms(), "accuracy": round(accuracy, 4),
+                                 "restored": True})
 
     def save(self, node: DaemonNode) -> None:
+        # The checkpoint first: the state's history then always covers the saved model's version.
+        if node.learner.supports_weights:
+            self.home.save_checkpoint(Weights(node.learner.architecture, node.version, node.learner.num_examples,
+                                              node.learner.get_weights()))
         self.home.write_json(self.home.state_file, {
             "seq": node.seq,
             "version": node.version,
@@ -178,9 +185,6 @@ class Daemon:
             "provenance": self.provenance[-100:],
             "history": self.history[-1000:],
         })
-        if node.learner.supports_weights:
-            self.home.save_checkpoint(Weights(node.learner.architecture, node.version, node.learner.num_examples,
-                                              node.learner.get_weights()))
 
     # --- the learning cycle, in a thread ------------------------------------------------------
     def _introductions(self, node: DaemonNode, transport) -> list[tuple[bytes, str]]:

@@ -245,11 +245,10 @@ class SyntheticSamples(Exchange):
                        self.settings.weight)
 
     def fold(self, node: Node) -> bool:
-        if not self._fresh:
-            return False
-        self._fresh = False
-        node.learner.fit(1, extra=self.extra())
-        return True
+        """New samples join the pool; they are trained on in the next local fit, with the
+        private data (no extra epoch: every exchange gets the same training budget)."""
+        fresh, self._fresh = self._fresh, False
+        return fresh
 
 
 class Mixed(Exchange):

@@ -69,6 +69,7 @@ class SimulationConfig:
     licence: str = "CC-BY-4.0"  # on this network's synthetic data cards
     accept_licences: tuple[str, ...] = ("CC0-1.0", "CC-BY-4.0")
     max_train: int | None = None  # subsample the training set (e.g. Fashion-MNIST) for speed
+    max_test: int | None = None  # and the held-out test set
     attacks: tuple[str, ...] = ()  # NAME:FRACTION each; attackers are chosen by seed
     reputation: float = 0.0  # ban a peer whose reputation falls below this (0: never)
     # A Flower client as every node's learner (MODULE:ATTR or FILE.py:ATTR[:MODEL], docs/FLOWER.md): node i
@@ -213,7 +214,8 @@ def _simulate(config: SimulationConfig, on_round: Callable[[int, float], None] |
     else:
         archs = architectures(config)
         try:
-            data = load_dataset(config.dataset, seed=config.seed, max_train=config.max_train)
+            data = load_dataset(config.dataset, seed=config.seed, max_train=config.max_train,
+                            max_test=config.max_test)
             probe, data = split_probe(data, config.probe_size)
             if config.probe_file:
                 probe = load_probe(config.probe_file, data.input_shape)

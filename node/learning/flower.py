@@ -518,7 +518,9 @@ class FlowerLearner(Learner):
         self._take(list(weights), None, "set_weights")
 
     def fit(self, epochs: int, extra: Samples | None = None) -> dict[str, float]:
-        """`epochs` train messages, each with the current arrays; keeps the arrays each returns."""
+        """`epochs` train messages, each with the current arrays; keeps the arrays each returns.
+        Returns the last reply's metrics, always with "num-examples" (also in self.num_examples,
+        which is 0 until the first fit: a worker process must pass it on after each fit)."""
         if extra is not None and len(extra.y):
             raise FlowerError("a Flower client trains on its own data only; it cannot take extra samples")
         metrics: dict[str, float] = {}
@@ -539,7 +541,7 @@ class FlowerLearner(Learner):
                 raise FlowerError(f"client app {self.source.spec} fit failed: {res.status.message}")
             self._take(parameters_to_ndarrays(res.parameters), None, "fit")
             self.num_examples = int(res.num_examples)
-            return _scalar_metrics(res.metrics)
+            return {**_scalar_metrics(res.metrics), "num-examples": float(self.num_examples)}
         from flwr.app import RecordDict
 
         content = self._send("train", RecordDict({"arrays": self._record(), "config": self._config()}))

@@ -34,6 +34,9 @@ class TorchLearner(Learner):
                 raise ValueError(f"{self.architecture}.{name} is {tuple(current.shape)}, got {tuple(array.shape)}")
             new[name] = torch.tensor(np.array(array, copy=True), dtype=current.dtype)
         self.module.load_state_dict(new)
+        # Adam's moments belong to the parameters before the merge; kept, they push the merged
+        # model back the way the old one was going (weight gossip then oscillates round to round).
+        self.optimizer.state.clear()
 
     def _epochs(self, x: torch.Tensor, epochs: int, loss_of) -> float:
         """Mini-batch Adam over x for `epochs`; loss_of(batch indices, logits) -> scalar loss."""
@@ -72,6 +75,8 @@ class TorchLearner(Learner):
         self._epochs(x_t, epochs, loss_of)
 
     @torch.no_grad()
-    def predict(self, x: np.ndarray) -> np.ndarray:
+    def predict(self, x: np.ndarray, batch: int = 1024) -> np.ndarray:
         self.module.eval()
-        return self.module(torch.as_tensor(np.asarray(x, dtype=np.float32))).numpy()
+        x_t = torch.as_tensor(np.asarray(x, dtype=np.float32))
+        # In batches: a CNN's activations on 10 000 Fashion-MNIST images at once are gigabytes.
+        return torch.cat([self.module(x_t[i:i + batch]) for i in range(0, len(x_t), batch)]).numpy()
