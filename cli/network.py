@@ -212,7 +212,8 @@ def models(home: HomeOption, json_out: JsonOption = False) -> None:
     _out(_request(home, "models"), json_out, show)
 
 
-def pull(peer: Annotated[str, typer.Argument(help="The peer id to pull from.")],
+def pull(peer: Annotated[str, typer.Argument(help="The peer id to pull from, or 'any': whoever announced it or "
+                                                  "provides it in the DHT.")],
          digest: Annotated[str, typer.Argument(help="The payload digest (hex), as `models` shows it.")],
          home: HomeOption) -> None:
     """Pull a model (a signed message) from a peer by digest; it is verified before it is kept."""

@@ -15,10 +15,11 @@ import numpy as np
 import trio
 
 from manymodels.aggregation import get_rule
-from manymodels.protocol import (BlobRequest, BlobResponse, Error, Hello, Message, PeerExchange, ReplayGuard, Weights,
+from manymodels.protocol import (Announce, BlobRequest, BlobResponse, Error, Hello, Message, PeerExchange, ReplayGuard, Weights,
                                  open_envelope, peer_id)
 
 from .control import serve as serve_control
+from .discovery import Discovery
 from .exchange import (Distillation, DistillSettings, Exchange, Mixed, SyntheticSamples, SyntheticSettings,
                        WeightGossip)
 from .learning.probe import ProbeSet
@@ -32,6 +33,8 @@ BLOB_CHUNK = 4 << 20
 MAX_BLOBS = 8  # sealed messages kept for peers to pull (the newest)
 PULL_TIMEOUT = 60
 MAX_PEERS = 32  # peer exchange stops dialing beyond this many connections
+MAX_REMOTE_MODELS = 1024  # announcements remembered (one per author, the newest version)
+PULL_CANDIDATES = 3  # providers tried by a pull that names no peer
 
 
 @dataclass
@@ -112,6 +115,23 @@ class DaemonNode(Node):
             entry["offered"][payload.KIND] = getattr(payload, "model", "")
         super().handle(sender_address, message)
 
+    def on_announce(self, message: Message) -> None:
+        """A verified announcement from gossipsub (Discovery checked signature, digest, replay,
+        and that its author is the gossipsub author): remember who holds which model, by digest."""
+        a = message.payload
+        author = message.sender_id
+        if message.sender in self.banned:
+            return
+        known = self.remote_models.get(author)
+        if known is not None and known["version"] > a.version:
+            return  # an older announcement arriving late
+        self.remote_models[author] = {
+            "peer": author, "model": a.model, "version": a.version, "num_examples": a.num_examples,
+            "digest": a.digest.hex(), "bytes": a.size, "content": a.content, "received": now_ms(), "via": "announce"}
+        if len(self.remote_models) > MAX_REMOTE_MODELS:
+            oldest = min(self.remote_models.values(), key=lambda m: m["received"])
+            del self.remote_models[oldest["peer"]]
+
     def _serve_blob(self, sender_address: str, request: BlobRequest) -> None:
         blob = self.blobs.get(request.digest)
         if blob is None:
@@ -138,6 +158,7 @@ class Daemon:
         self.history: list[dict] = []
         self.provenance: list[dict] = []
         self.stopping = trio.Event()
+        self.discovery: Discovery | None = None
 
     # --- construction -----------------------------------------------------------------------
     def _exchange(self, learner: WorkerLearner) -> Exchange:
@@ -216,10 +237,23 @@ class Daemon:
             for data, kind in self._introductions(node, transport):
                 node.publish_sealed(data, kind)
             for data, kind in await trio.to_thread.run_sync(self._train, node):
-                node.keep_blob(data)
+                held = set(node.blobs)
+                digest = node.keep_blob(data)
                 node.publish_sealed(data, kind)
+                self._announce(node, digest, kind, len(data), held)
             await trio.sleep(self.config.period)
             await trio.to_thread.run_sync(self._fold, node)
+
+    def _announce(self, node: DaemonNode, digest: bytes, kind: str, size: int, held: set[bytes]) -> None:
+        """Tell the network (gossipsub, paced; DHT provider record) that we hold this blob."""
+        discovery = self.discovery
+        if discovery is None:
+            return
+        for gone in held - set(node.blobs):  # evicted by keep_blob: no longer served
+            discovery.unprovide(gone)
+        announce = Announce(digest, kind, node.learner.architecture, node.version, node.learner.num_examples, size)
+        discovery.publish_announce(node.seal(announce))
+        discovery.provide_soon(digest)
 
     async def _dial(self, node: DaemonNode, transport, addrs: list[str]) -> None:
         connected = set(transport.connected_peers()) | {node.id}
@@ -243,7 +277,8 @@ class Daemon:
                     "uptime_s": round((now_ms() - self.started) / 1000, 1), "home": str(self.home.path),
                     "messages_accepted": node.stats.messages_accepted,
                     "rejected": dict(node.stats.rejected), "refused": dict(node.stats.refused),
-                    "bytes_sent": node.stats.bytes_sent, "bytes_received": node.stats.bytes_received}
+                    "bytes_sent": node.stats.bytes_sent, "bytes_received": node.stats.bytes_received,
+                    "discovery": self._discovery_status()}
         if cmd == "stop":
             self.stopping.set()
             return {"stopping": node.id}
@@ -256,14 +291,45 @@ class Daemon:
         if cmd == "connect":
             peer = await transport.connect(request["addr"])
             node.peer(peer)["addrs"] = sorted(set(node.peer(peer)["addrs"]) | {request["addr"]})
+            if self.discovery is not None:
+                self.discovery.kick()
             return {"connected": peer}
         if cmd == "models":
             local = {"peer": node.id, "model": node.learner.architecture, "version": node.version,
                      "digest": next(reversed(node.blobs)).hex() if node.blobs else None, "local": True}
             return [local, *sorted(node.remote_models.values(), key=lambda m: m["peer"])]
         if cmd == "pull":
-            return await self._pull(node, request["peer"], bytes.fromhex(request["digest"]))
+            return await self._pull_from_any(node, request.get("peer"), bytes.fromhex(request["digest"]))
         raise ValueError(f"unknown command {cmd!r}")
+
+    def _discovery_status(self) -> dict | None:
+        d = self.discovery
+        if d is None:
+            return None
+        s = d.stats
+        return {"dht_peers": len(d.known_peers()), "announces_published": s.announces_published,
+                "announces_received": s.announces_delivered, "announces_rejected": dict(s.rejected),
+                "publish_dropped": dict(s.publish_dropped), "provides": s.provides, "lookups": s.lookups,
+                "dials": s.dials}
+
+    async def _pull_from_any(self, node: DaemonNode, peer: str | None, wanted: bytes) -> dict:
+        """Pull from the named peer, or (peer "any" or none) from those known to hold the digest:
+        announcers first, then the DHT's providers. Each candidate's bytes are verified by _pull."""
+        if peer not in (None, "", "any"):
+            return await self._pull(node, peer, wanted)
+        candidates = [m["peer"] for m in node.remote_models.values() if m["digest"] == wanted.hex()]
+        if self.discovery is not None:
+            candidates += await self.discovery.find_providers(wanted)
+        candidates = [p for p in dict.fromkeys(candidates) if p != node.id][:PULL_CANDIDATES]
+        if not candidates:
+            raise ValueError(f"no peer is known to hold {wanted.hex()[:16]}…")
+        errors = []
+        for candidate in candidates:
+            try:
+                return await self._pull(node, candidate, wanted)
+            except ValueError as exc:
+                errors.append(f"{candidate[-8:]}: {exc}")
+        raise ValueError("; ".join(errors))
 
     async def _pull(self, node: DaemonNode, peer: str, wanted: bytes) -> dict:
         """Fetch a sealed message by its payload digest, in chunks; verify before keeping it."""
@@ -301,17 +367,23 @@ class Daemon:
         transport = transport_factory(self.identity, listen=self.config.listen)
         learner = None
         try:
-            async with transport.running(), trio.open_nursery() as nursery:
+            async with transport.running(), Discovery(transport).running() as discovery, \
+                    trio.open_nursery() as nursery:
+                self.discovery = discovery
                 for addr in self.config.bootstrap:
                     try:
                         await transport.connect(addr)
                     except (ValueError, ConnectionError) as exc:  # a bootstrap peer may be down
                         print(f"bootstrap {addr}: {exc}", flush=True)
+                discovery.kick()  # the DHT learns the rest of the network through them
                 learner = await trio.to_thread.run_sync(WorkerLearner, self.config.recipe)
                 node = DaemonNode(self.identity, learner, transport, self._exchange(learner),
                                   num_classes=learner.num_classes, clock=now_ms,
                                   reputation=Reputation(self.config.reputation))
                 await trio.to_thread.run_sync(self._restore, node)
+                discovery.banned = node.banned
+                discovery.on_announce = node.on_announce
+                discovery.on_peer = lambda peer, addrs: node.peer(peer).update(addrs=sorted(addrs)[:8])
                 node.discovered = lambda addrs: nursery.start_soon(self._dial, node, transport, list(addrs))
                 await nursery.start(serve_control, self.home.socket,
                                     lambda request: self._control(node, transport, request))

@@ -74,6 +74,8 @@ def test_daemons_joined_through_one_bootstrap_find_each_other_and_beat_local_onl
     # c only knows a; it must learn about b through peer exchange (and b about c)
     wait_for(lambda: all(status(h)["peers"] == 2 for h in network), "every node to have two peers")
     wait_for(lambda: all(status(h)["version"] >= 15 for h in network), "15 learning cycles on every node", 240)
+    # announcements over gossipsub reach every node
+    wait_for(lambda: all(status(h)["discovery"]["announces_received"] > 0 for h in network), "announcements")
     for i, home in enumerate(network):
         s = status(home)
         alone = local_only_accuracy(i, s["version"])
@@ -152,6 +154,9 @@ def test_cli_network_commands(network, cli):
     blob = home / "blobs" / f"{remote[0]['digest']}.msg"
     check = cli("verify", blob, "--json")
     assert json.loads(check.stdout)["sender"] == remote[0]["peer"]
+    # 'any': whoever announced it (gossipsub) or provides it (DHT); the author's signature is checked
+    again = cli("pull", "any", remote[0]["digest"], "--home", network[1])
+    assert again.returncode == 0, again.stderr
     gone = cli("pull", remote[0]["peer"], "00" * 32, "--home", home)
     assert gone.returncode == 2 and "does not hold" in gone.stderr
     bad = cli("connect", "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWA4Xop1JaT3MHxwYMkCepYsv4iPVopMXwCz5iHYdBfeSB",
