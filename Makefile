@@ -25,6 +25,10 @@ bench: $(STAMP)
 	$(PY) bench/bench_demo.py
 	$(PY) bench/bench_scale.py
 	$(PY) bench/bench_aggregation.py
+	$(PY) bench/bench_transfer.py
+	$(PY) bench/bench_daemon.py
+	$(PY) bench/bench_many_models.py
+	$(PY) bench/bench_robustness.py
 
 clean:
 	rm -rf $(VENV) run.json build *.egg-info
