@@ -55,7 +55,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
 import trio
@@ -69,6 +69,8 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 
 from manymodels.protocol import Message, Reason, RejectedMessage, ReplayGuard, open_envelope
+
+from .service import TrioService
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +180,7 @@ class DiscoveryStats:
         return sum(self.rejected.values())
 
 
-class Discovery:
+class Discovery(TrioService):
     """Gossipsub announcements, Kad-DHT provider records and peer discovery, optional mDNS, for a
     running ``Libp2pTransport``. Use ``async with Discovery(...).running()`` inside the
     transport's ``running()``, or ``await nursery.start(discovery.run)``."""
@@ -272,16 +274,6 @@ class Discovery:
         self._stop.set()
         if self.pubsub is not None:
             await self._stopped.wait()
-
-    @asynccontextmanager
-    async def running(self):
-        """``async with discovery.running():`` -- run in a nursery of its own, close on exit."""
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.run)
-            try:
-                yield self
-            finally:
-                await self.close()
 
     # ---- announcements ---------------------------------------------------------------------
 

@@ -38,7 +38,6 @@ import struct
 import threading
 from collections import Counter, deque
 from collections.abc import Sequence
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import multiaddr
@@ -55,6 +54,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from manymodels.protocol import MAX_ENVELOPE_BYTES, Identity
 
+from ..service import TrioService
 from .base import Receiver
 from .libp2p_fast import BULK_MAX_FRAME, BULK_RECV_WINDOW, BufferedNoiseTransport, adopt_stream
 
@@ -198,7 +198,7 @@ async def write_frame(stream, data: bytes, *, chunk_size: int = DEFAULT_CHUNK) -
 # --------------------------------------------------------------------------- transport
 
 
-class Libp2pTransport:
+class Libp2pTransport(TrioService):
     """The Transport interface (``address``, ``send``, ``set_receiver``) over a real libp2p host."""
 
     def __init__(self, identity: Identity, *, listen: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
@@ -293,16 +293,6 @@ class Libp2pTransport:
         self._stop.set()
         if self.host is not None:
             await self._stopped.wait()
-
-    @asynccontextmanager
-    async def running(self):
-        """``async with transport.running():`` -- run in a nursery of its own, close on exit."""
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.run)
-            try:
-                yield self
-            finally:
-                await self.close()
 
     # ---- what a daemon needs besides the interface
 
