@@ -58,6 +58,11 @@ def start(
     rule: Annotated[Optional[str], typer.Option(help="Weights rule; see `manymodels rules`.")] = None,
     period: Annotated[Optional[float], typer.Option(help="Seconds between learning cycles.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="The network's seed (data split, initial model).")] = None,
+    client_app: Annotated[Optional[str], typer.Option(
+        help="A Flower client as this node's learner: MODULE:ATTR or FILE.py:ATTR (see docs/FLOWER.md); it gets "
+             "--partition-id of --num-partitions, and --dataset, --partition and --model are then unused.")] = None,
+    run_config: Annotated[Optional[list[str]], typer.Option(
+        help='The Flower client\'s run config, "key=value key=value" as `flwr run --run-config` takes it.')] = None,
     detach: Annotated[bool, typer.Option(help="Run in the background; print the id and addresses.")] = False,
 ) -> None:
     """Start a node. The first start creates the identity and config in HOME; later starts reuse them
@@ -69,7 +74,8 @@ def start(
     h = Home(home)
     config = _config(h, listen=listen, bootstrap=bootstrap, dataset=dataset, partition=partition,
                      partition_id=partition_id, num_partitions=num_partitions, model=model, exchange=exchange,
-                     rule=rule, period=period, seed=seed)
+                     rule=rule, period=period, seed=seed, client_app=_app_spec(client_app),
+                     run_config=None if run_config is None else " ".join(run_config))
     if _running(h):
         raise UserError(f"a node is already running in {h.path}")
     if detach:
@@ -92,8 +98,38 @@ def start(
         trio.run(main)
     except KeyboardInterrupt:
         pass
-    except WorkerError as exc:  # e.g. a model that does not fit the dataset
-        raise UserError(f"the node's learner could not start: {exc}") from None
+    except (WorkerError, BaseExceptionGroup) as exc:  # e.g. a model that does not fit the dataset
+        error = _worker_error(exc)
+        if error is None:
+            raise
+        raise UserError(f"the node's learner failed: {error}") from None
+
+
+def _worker_error(exc: BaseException) -> BaseException | None:
+    """The WorkerError in what the daemon raised (trio wraps it in exception groups), if any."""
+    if isinstance(exc, BaseExceptionGroup):
+        return next((e for e in map(_worker_error, exc.exceptions) if e is not None), None)
+    from manymodels.node.worker import WorkerError
+
+    return exc if isinstance(exc, WorkerError) else None
+
+
+def _app_spec(spec: str | None) -> str | None:
+    """--client-app with its FILE.py made absolute (so a restart from elsewhere finds it) and checked
+    to exist; MODULE:ATTR resolves from the directory the node first started in (recipe.app_dir).
+    Importing the app happens in the worker process: flwr and torch stay out of this one."""
+    from .main import UserError
+
+    if spec is None or not spec.strip():
+        return spec
+    spec = spec.strip()
+    at = spec.rfind(".py:")
+    if at < 0:
+        return spec
+    path = Path(spec[:at + 3]).expanduser()
+    if not path.is_file():
+        raise UserError(f"--client-app {spec}: {path} does not exist")
+    return f"{path.resolve()}{spec[at + 3:]}"
 
 
 def _running(h) -> bool:
@@ -116,8 +152,11 @@ def _config(h, **options):
 
     saved = h.read_json(h.config_file, None)
     config = DaemonConfig.from_json(saved) if saved else DaemonConfig()
-    recipe_fields = {"dataset", "partition", "partition_id", "num_partitions", "model", "seed"}
+    recipe_fields = {"dataset", "partition", "partition_id", "num_partitions", "model", "seed", "client_app",
+                     "run_config"}
     recipe = {k: v for k, v in options.items() if k in recipe_fields and v is not None}
+    if options.get("client_app") is not None:  # MODULE:ATTR resolves from here, after a restart too
+        recipe["app_dir"] = "" if ".py:" in options["client_app"] else str(Path.cwd())
     daemon = {k: v for k, v in options.items() if k not in recipe_fields and v}
     config = DaemonConfig(**{**config.to_json(), **daemon, "recipe": LearnerRecipe(**{**config.recipe.to_json(), **recipe})})
     try:
@@ -128,22 +167,46 @@ def _config(h, **options):
         raise UserError(f"unknown exchange {config.exchange!r}; available: {', '.join(EXCHANGES)}")
     if not 0 <= config.recipe.partition_id < config.recipe.num_partitions:
         raise UserError(f"--partition-id must be in 0..{config.recipe.num_partitions - 1}")
+    _check_client_app(config)
     h.path.mkdir(parents=True, exist_ok=True, mode=0o700)
     h.write_json(h.config_file, config.to_json())
     return config
+
+
+def _check_client_app(config) -> None:
+    from manymodels.aggregation import get_rule
+    from manymodels.aggregation.flower import client_fit_config
+
+    from .main import UserError
+
+    if not config.recipe.client_app:
+        if config.recipe.run_config:
+            raise UserError("--run-config is the run config of a Flower client; give --client-app too")
+        if client_fit_config(get_rule(config.rule)):
+            raise UserError(f"{config.rule}: the proximal term runs in a Flower client's fit (it gets proximal_mu "
+                            "in its fit config); it needs --client-app")
+    elif config.exchange != "weights":
+        raise UserError(f"a daemon runs a Flower client with --exchange weights (--exchange {config.exchange} needs "
+                        "the built-in datasets, or the simulator's --probe for a client's distill hooks)")
 
 
 def _detach(h) -> None:
     from .main import UserError
 
     log = open(h.log_file, "ab")
-    process = subprocess.Popen([sys.executable, "-m", "manymodels.cli.main", "node", "start", "--home", str(h.path)],
+    start = log.tell()
+    # main() of the imported module, not `-m`: run as __main__ it would not catch the UserError this module raises
+    process = subprocess.Popen([sys.executable, "-c", "from manymodels.cli.main import main; main()",
+                                "node", "start", "--home", str(h.path)],
                                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise UserError(f"the node exited at start (code {process.returncode}); see {h.log_file}")
+        if process.poll() is not None:  # its own one-line error, if it printed one
+            said = [line for line in h.log_file.read_bytes()[start:].decode(errors="replace").splitlines()
+                    if line.startswith("error: ")]
+            raise UserError((said[-1][len("error: "):] + f" (see {h.log_file})") if said else
+                            f"the node exited at start (code {process.returncode}); see {h.log_file}")
         try:
             status = _request(h.path, "status")
             console.print(f"node {status['id']} listening on {' '.join(status['addrs'])} (pid {process.pid})",

@@ -175,6 +175,15 @@ class Daemon:
         distill = Distillation(DistillSettings(probe, get_rule(c.logit_rule), learner.class_counts))
         return distill if c.exchange == "distill" else Mixed(weights, distill)
 
+    def _fit_config(self) -> dict:
+        """What the rule adds to a Flower client's train config (FedProx's proximal_mu), as a Flower
+        server would; nothing for the built-in learners."""
+        if not self.config.recipe.client_app:
+            return {}
+        from manymodels.aggregation.flower import client_fit_config
+
+        return client_fit_config(get_rule(self.config.rule))
+
     def _restore(self, node: DaemonNode) -> None:
         state = self.home.read_json(self.home.state_file, {})
         # Resume above the last saved sequence number, with a margin for messages sent after
@@ -376,7 +385,7 @@ class Daemon:
                     except (ValueError, ConnectionError) as exc:  # a bootstrap peer may be down
                         print(f"bootstrap {addr}: {exc}", flush=True)
                 discovery.kick()  # the DHT learns the rest of the network through them
-                learner = await trio.to_thread.run_sync(WorkerLearner, self.config.recipe)
+                learner = await trio.to_thread.run_sync(WorkerLearner, self.config.recipe, self._fit_config())
                 node = DaemonNode(self.identity, learner, transport, self._exchange(learner),
                                   num_classes=learner.num_classes, clock=now_ms,
                                   reputation=Reputation(self.config.reputation))

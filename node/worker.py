@@ -39,22 +39,33 @@ def _unpack(data: bytes) -> Any:
 
 
 class _Server:
-    """Runs in the worker: builds the learner from its recipe and answers requests."""
+    """Runs in the worker: builds the learner from its recipe and answers requests. A Flower client
+    app (recipe.client_app) loads its own data: `data` is None, and the client's evaluate scores it."""
 
-    def __init__(self, recipe: LearnerRecipe) -> None:
-        self.learner, self.data, self.probe, self.index = recipe.build()
-        self.value_range = (float(self.data.x_train.min()), float(self.data.x_train.max()))
+    def __init__(self, recipe: LearnerRecipe, fit_config: dict | None = None) -> None:
+        self.learner, self.data, self.probe, self.index = recipe.build(fit_config)
+        self.value_range = (0.0, 0.0) if self.data is None else (float(self.data.x_train.min()),
+                                                                 float(self.data.x_train.max()))
         self._generator = None
 
     def info(self) -> dict:
+        if self.data is None:  # a Flower client: no class counts or input shape to tell
+            return {"architecture": self.learner.architecture, "num_examples": self.learner.num_examples,
+                    "supports_weights": self.learner.supports_weights, "num_classes": 0, "input_shape": [],
+                    "class_counts": [], "value_range": list(self.value_range)}
         counts = np.bincount(self.data.y_train[self.index], minlength=self.data.num_classes)
         return {"architecture": self.learner.architecture, "num_examples": self.learner.num_examples,
                 "supports_weights": self.learner.supports_weights, "num_classes": self.data.num_classes,
                 "input_shape": list(self.data.input_shape), "class_counts": counts.tolist(),
                 "value_range": list(self.value_range)}
 
+    def _own_data(self, what: str) -> None:
+        if self.data is None:
+            raise ValueError(f"a Flower client keeps its data to itself: no {what}; use --exchange weights")
+
     def sample(self, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """Synthetic samples from a generative model of the private data (which stays here)."""
+        self._own_data("synthetic samples")
         if self._generator is None:
             from .learning.generator import GaussianClassGenerator
 
@@ -63,6 +74,7 @@ class _Server:
         return self._generator.sample(per_class, np.random.default_rng(seed))
 
     def probe_x(self) -> np.ndarray:
+        self._own_data("probe set")
         return self.probe.x
 
     def get_weights(self) -> NDArrays:
@@ -72,7 +84,9 @@ class _Server:
         self.learner.set_weights(weights)
 
     def fit(self, epochs: int, extra: dict | None = None) -> dict:
-        return self.learner.fit(epochs, Samples(**extra) if extra else None)
+        metrics = self.learner.fit(epochs, Samples(**extra) if extra else None)
+        # a Flower client reports its example count in each fit (0 before the first)
+        return {"metrics": metrics, "num_examples": self.learner.num_examples}
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.learner.predict(x)
@@ -81,15 +95,17 @@ class _Server:
         self.learner.distill(x, target, temperature, epochs)
 
     def evaluate_test(self) -> dict:
+        if self.data is None:  # the client's own evaluate, on its own test data
+            return self.learner.evaluate()
         return self.learner.evaluate(self.data.x_test, self.data.y_test)
 
 
-def _serve(conn, recipe: dict) -> None:
+def _serve(conn, recipe: dict, fit_config: dict) -> None:
     import torch
 
     torch.set_num_threads(1)
     try:
-        server = _Server(LearnerRecipe(**recipe))
+        server = _Server(LearnerRecipe(**recipe), fit_config)
         conn.send_bytes(_pack({"ok": True, "result": server.info()}))
     except Exception as exc:  # the parent shows this one line to the user
         conn.send_bytes(_pack({"ok": False, "error": f"{type(exc).__name__}: {exc}"}))
@@ -112,11 +128,12 @@ class WorkerLearner(Learner):
     """A Learner whose model and data live in a child process. Calls block the calling thread
     (run them with trio.to_thread in an event loop), never the child's peers."""
 
-    def __init__(self, recipe: LearnerRecipe) -> None:
+    def __init__(self, recipe: LearnerRecipe, fit_config: dict | None = None) -> None:
+        """`fit_config`: what the rule adds to a Flower client's train config (FedProx's proximal_mu)."""
         context = multiprocessing.get_context("spawn")  # no fork of a process with threads
         self._conn, child = context.Pipe()
-        self._process = context.Process(target=_serve, args=(child, recipe.to_json()), daemon=True,
-                                         name="manymodels-worker")
+        self._process = context.Process(target=_serve, args=(child, recipe.to_json(), dict(fit_config or {})),
+                                        daemon=True, name="manymodels-worker")
         self._process.start()
         child.close()
         info = self._reply()
@@ -149,7 +166,9 @@ class WorkerLearner(Learner):
 
     def fit(self, epochs: int, extra: Samples | None = None) -> dict[str, float]:
         payload = {"x": extra.x, "y": extra.y, "weight": extra.weight} if extra else None
-        return self._call("fit", epochs=epochs, extra=payload)
+        result = self._call("fit", epochs=epochs, extra=payload)
+        self.num_examples = result["num_examples"]  # a Flower client's count is known only after a fit
+        return result["metrics"]
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self._call("predict", x=x)

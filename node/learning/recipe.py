@@ -1,9 +1,11 @@
 """A recipe for one node's learner: which data (a partition of an offline dataset), which
-architecture, which seeds. Plain JSON, so a daemon can hand it to its worker process and keep
-it in its home directory."""
+architecture, which seeds; or a Flower client app (`client_app`), which loads its own data.
+Plain JSON, so a daemon can hand it to its worker process and keep it in its home directory."""
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +44,13 @@ class LearnerRecipe:
     lr: float = 1e-2
     batch_size: int = 32
     probe_size: int = DEFAULT_SIZE
+    # A Flower client app as the learner (docs/FLOWER.md): FILE.py:ATTR (an absolute path, so a restart
+    # from another directory finds it) or MODULE:ATTR, importable from `app_dir`. It gets partition_id
+    # of num_partitions in its Context's node_config and loads its own data: dataset, partition, model,
+    # lr, batch_size and probe_size are then unused.
+    client_app: str = ""
+    run_config: str = ""  # its context.run_config overrides, "k=v k2=v2" as `flwr run --run-config`
+    app_dir: str = ""  # where `node start` ran: MODULE:ATTR resolves from there, as under Flower
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -54,9 +63,26 @@ class LearnerRecipe:
         parts = partition(data.y_train, self.num_partitions, self.partition, seed=self.seed)
         return data, probe, parts[self.partition_id]
 
-    def build(self) -> tuple[Learner, Dataset, ProbeSet, np.ndarray]:
+    def build(self, fit_config: dict[str, Any] | None = None
+              ) -> tuple[Learner, Dataset | None, ProbeSet | None, np.ndarray | None]:
+        """(learner, dataset, probe set, this node's training indices); a Flower client app keeps its
+        data to itself: (learner, None, None, None). `fit_config` goes to a Flower client's train
+        config (what the rule adds, e.g. FedProx's proximal_mu)."""
+        if self.client_app:
+            return self.flower_learner(fit_config), None, None, None
         data, probe, index = self.data()
         learner = make_learner(self.model, data.x_train[index], data.y_train[index], data, init_seed=self.seed,
                                seed=self.seed * 1_000_003 + self.partition_id, lr=self.lr,
                                batch_size=self.batch_size)
         return learner, data, probe, index
+
+    def flower_learner(self, fit_config: dict[str, Any] | None = None) -> Learner:
+        """The Flower client as the simulator runs node `partition_id`: seeded alike, and from the
+        same first model on every node (init_seed = the network's seed)."""
+        from .flower import FlowerLearner  # imports flwr (about a second): only in the worker process
+
+        if self.app_dir and self.app_dir not in sys.path:
+            sys.path.insert(0, self.app_dir)
+        return FlowerLearner(self.client_app, partition_id=self.partition_id, num_partitions=self.num_partitions,
+                             run_config=self.run_config, fit_config=fit_config,
+                             seed=self.seed * 1_000_003 + self.partition_id, init_seed=self.seed, run_id=self.seed + 1)
