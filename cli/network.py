@@ -63,6 +63,8 @@ def start(
              "--partition-id of --num-partitions, and --dataset, --partition and --model are then unused.")] = None,
     run_config: Annotated[Optional[list[str]], typer.Option(
         help='The Flower client\'s run config, "key=value key=value" as `flwr run --run-config` takes it.')] = None,
+    mdns: Annotated[Optional[bool], typer.Option("--mdns/--no-mdns",
+                                                 help="Find peers on the local network by multicast DNS.")] = None,
     detach: Annotated[bool, typer.Option(help="Run in the background; print the id and addresses.")] = False,
 ) -> None:
     """Start a node. The first start creates the identity and config in HOME; later starts reuse them
@@ -75,7 +77,7 @@ def start(
     config = _config(h, listen=listen, bootstrap=bootstrap, dataset=dataset, partition=partition,
                      partition_id=partition_id, num_partitions=num_partitions, model=model, exchange=exchange,
                      rule=rule, period=period, seed=seed, client_app=_app_spec(client_app),
-                     run_config=None if run_config is None else " ".join(run_config))
+                     run_config=None if run_config is None else " ".join(run_config), mdns=mdns)
     if _running(h):
         raise UserError(f"a node is already running in {h.path}")
     if detach:
@@ -157,7 +159,7 @@ def _config(h, **options):
     recipe = {k: v for k, v in options.items() if k in recipe_fields and v is not None}
     if options.get("client_app") is not None:  # MODULE:ATTR resolves from here, after a restart too
         recipe["app_dir"] = "" if ".py:" in options["client_app"] else str(Path.cwd())
-    daemon = {k: v for k, v in options.items() if k not in recipe_fields and v}
+    daemon = {k: v for k, v in options.items() if k not in recipe_fields and v is not None}
     config = DaemonConfig(**{**config.to_json(), **daemon, "recipe": LearnerRecipe(**{**config.recipe.to_json(), **recipe})})
     try:
         get_rule(config.rule)

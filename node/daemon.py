@@ -19,7 +19,7 @@ from manymodels.protocol import (Announce, BlobRequest, BlobResponse, Error, Hel
                                  open_envelope, peer_id)
 
 from .control import serve as serve_control
-from .discovery import Discovery
+from .discovery import Discovery, DiscoveryConfig
 from .exchange import (Distillation, DistillSettings, Exchange, Mixed, SyntheticSamples, SyntheticSettings,
                        WeightGossip)
 from .learning.probe import ProbeSet
@@ -48,6 +48,7 @@ class DaemonConfig:
     period: float = 5.0  # seconds between learning cycles
     local_epochs: int = 1
     reputation: float = 0.0
+    mdns: bool = False  # find peers on the local network by multicast DNS
 
     def to_json(self) -> dict:
         return {**asdict(self), "recipe": self.recipe.to_json()}
@@ -376,7 +377,8 @@ class Daemon:
         transport = transport_factory(self.identity, listen=self.config.listen)
         learner = None
         try:
-            async with transport.running(), Discovery(transport).running() as discovery, \
+            discovery_config = DiscoveryConfig(mdns=self.config.mdns)
+            async with transport.running(), Discovery(transport, config=discovery_config).running() as discovery, \
                     trio.open_nursery() as nursery:
                 self.discovery = discovery
                 for addr in self.config.bootstrap:
