@@ -99,6 +99,8 @@ def job(args, exchange: str, template: str, rule: str, attack: str | None, fract
     config = {"nodes": args.nodes, "rounds": args.rounds, "dataset": args.dataset, "partition": args.partition,
               "model": args.model, "max_train": args.max_train, "seed": seed, "exchange": exchange,
               "reputation": reputation, "attacks": (f"{attack}:{fraction}",) if attack else ()}
+    if args.max_test is not None:
+        config["max_test"] = args.max_test
     config["rule" if exchange == "weights" else "logit_rule"] = rule
     return {"exchange": exchange, "template": template, "rule": rule, "attack": attack, "fraction": fraction,
             "reputation": reputation, "seed": seed, "config": config}
@@ -170,7 +172,8 @@ def aggregate(results: list[dict]) -> list[dict]:
     return out
 
 
-def tables(cells: list[dict], fractions: list[float], order: list[str], attack_order: list[str]) -> tuple[str, list[dict]]:
+def tables(cells: list[dict], fractions: list[float], order: list[str], attack_order: dict[str, list[str]]
+           ) -> tuple[str, list[dict]]:
     """Markdown: one table per (exchange, reputation); rows rule, columns clean + attack x fraction."""
     md, grids = [], []
     groups = sorted({(c["exchange"], c["reputation"]) for c in cells}, key=lambda g: (g[0] != "weights", g[1]))
@@ -178,8 +181,9 @@ def tables(cells: list[dict], fractions: list[float], order: list[str], attack_o
     for exchange, rep in groups:
         mine = [c for c in cells if (c["exchange"], c["reputation"]) == (exchange, rep)]
         templates = [t for t in order if any(c["template"] == t for c in mine)]
+        known = attack_order.get(exchange, [])
         attacks = sorted({c["attack"] for c in mine if c["attack"]},
-                         key=lambda a: attack_order.index(a) if a in attack_order else len(attack_order))
+                         key=lambda a: known.index(a) if a in known else len(known))
         columns = [("clean", None, 0.0)] * (0.0 in fractions) + \
             [(f"{a} {f:.0%}", a, f) for a in attacks for f in attacked]
         title = f"{exchange} exchange" + (f", reputation {rep:g}" if rep else "")
@@ -212,41 +216,39 @@ def tables(cells: list[dict], fractions: list[float], order: list[str], attack_o
 
 
 def plot(grids: list[dict], path: Path, subtitle: str) -> None:
-    """Heatmaps: a row per exchange, a column per reputation setting (plain left, reputation right)."""
+    """One heatmap per table, stacked: cells coloured and labelled by accuracy, n/a in grey."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    exchanges = list(dict.fromkeys(g["exchange"] for g in grids))
-    reps = sorted({g["reputation"] for g in grids})
-    heights = [max(len(g["rows"]) for g in grids if g["exchange"] == e) for e in exchanges]
-    widths = [max(len(g["columns"]) for g in grids if g["reputation"] == r) for r in reps]
-    fig, axes = plt.subplots(len(exchanges), len(reps), squeeze=False, layout="constrained",
-                             figsize=(0.75 * sum(widths) + 2.5 * len(reps) + 1, 0.45 * sum(heights) + 1.6 * len(exchanges) + 0.6),
-                             gridspec_kw={"height_ratios": heights, "width_ratios": widths})
+    width = max(len(g["columns"]) for g in grids)
+    heights = [len(g["rows"]) + 0.5 for g in grids]
+    fig, axes = plt.subplots(len(grids), 1, squeeze=False, layout="constrained",
+                             figsize=(0.8 * width + 3.5, 0.42 * sum(heights) + 1.3 * len(grids)),
+                             gridspec_kw={"height_ratios": heights})
     cmap = matplotlib.colormaps["RdYlGn"].copy()
     cmap.set_bad("#dddddd")
-    image = None
-    for i, exchange in enumerate(exchanges):
-        for j, rep in enumerate(reps):
-            ax = axes[i, j]
-            g = next((g for g in grids if (g["exchange"], g["reputation"]) == (exchange, rep)), None)
-            if g is None:
-                ax.axis("off")
-                continue
-            values = np.array([[np.nan if v is None else v for v in row] for row in g["values"]], dtype=float)
-            image = ax.imshow(values, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
-            ax.set_xticks(range(len(g["columns"])), g["columns"], rotation=40, ha="right", fontsize=8)
-            ax.set_yticks(range(len(g["rows"])), g["rows"], fontsize=8)
-            ax.set_title(g["title"], fontsize=9)
-            for (r, c), v in np.ndenumerate(values):
-                ax.text(c, r, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=7)
-    if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.6, label="final honest mean accuracy")
+    for ax, g in zip(axes[:, 0], grids):
+        values = np.array([[np.nan if v is None else v for v in row] for row in g["values"]], dtype=float)
+        # pad narrower tables so every cell has the same width
+        padded = np.full((len(g["rows"]), width), np.nan)
+        padded[:, :values.shape[1]] = values
+        image = ax.imshow(padded, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
+        ax.set_xticks(range(len(g["columns"])), g["columns"], rotation=35, ha="right", fontsize=8)
+        ax.set_yticks(range(len(g["rows"])), g["rows"], fontsize=8)
+        ax.set_title(g["title"], fontsize=9, loc="left")
+        for (r, c), v in np.ndenumerate(values):
+            ax.text(c, r, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=7)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        if values.shape[1] < width:  # hide the padding
+            ax.add_patch(plt.Rectangle((values.shape[1] - 0.5, -0.5), width - values.shape[1], len(g["rows"]),
+                                       color="white", zorder=3))
+    fig.colorbar(image, ax=axes[:, 0], shrink=0.4, label="final honest mean accuracy")
     fig.suptitle(f"Robustness matrix: {subtitle}", fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
 
 
 def main() -> None:
@@ -255,6 +257,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--dataset", default="digits", help="digits, fashion-mnist (with --max-train), mnist1d")
     parser.add_argument("--max-train", type=int, default=None, help="subsample the training set, e.g. 6000")
+    parser.add_argument("--max-test", type=int, default=None, help="subsample the test set, e.g. 2000")
     parser.add_argument("--partition", default="dirichlet:0.5")
     parser.add_argument("--model", default="mlp")
     parser.add_argument("--fractions", default="0,0.1,0.2", help="attacker fractions; 0 is the clean baseline")
@@ -315,10 +318,11 @@ def render(data: dict, out: Path, plot_path: Path) -> None:
     a = data["settings"]
     fractions = [float(x) for x in a["fractions"].split(",")]
     order = [t for t in (*a["rules"].split(","), *a["logit_rules"].split(",")) if t]
-    attack_order = [t for t in (*a["attacks"].split(","), *a["logit_attacks"].split(",")) if t]
+    attack_order = {"weights": a["attacks"].split(","), "distill": a["logit_attacks"].split(",")}
     cells = data["cells"]
     markdown, grids = tables(cells, fractions, order, attack_order)
-    subtitle = f"{a['nodes']} nodes, {a['dataset']}, {a['partition']}, {a['rounds']} rounds, {a['model']}, " \
+    dataset = a["dataset"] + "".join(f" ({k.replace('_', ' ')} {a[k]})" for k in ("max_train", "max_test") if a.get(k))
+    subtitle = f"{a['nodes']} nodes, {dataset}, {a['partition']}, {a['rounds']} rounds, {a['model']}, " \
                f"seeds {a['seeds']}"
     nodes = a["nodes"]
     counts = ", ".join(f"{f:.0%}: {attackers(f, nodes)}" for f in fractions if f)
