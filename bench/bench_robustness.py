@@ -36,17 +36,23 @@ LABELS = {"fedavg": "mean (fedavg)"}
 
 
 def code_state() -> dict:
-    """Which library code ran: the commit, files changed since, and a digest of the sources."""
+    """Which library code ran: the commit, the simulator's source files changed since, and a digest
+    of those files (the modules a simulation imports, read from disk now)."""
     import hashlib
     import subprocess
 
+    import manymodels.node.simulator  # noqa: F401  (to list what it imports)
+
     root = Path(__file__).resolve().parent.parent
+    files = sorted({Path(m.__file__).resolve() for name, m in list(sys.modules.items())
+                    if name.startswith("manymodels") and getattr(m, "__file__", None)})
+    files = [f for f in files if f.is_relative_to(root)]
     git = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True).stdout.strip()  # noqa: E731
     digest = hashlib.sha256()
-    for path in sorted(p for d in ("node", "aggregation", "protocol") for p in (root / d).rglob("*.py")):
+    for path in files:
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
-    return {"commit": git("rev-parse", "--short", "HEAD"),
-            "changed": git("status", "--porcelain", "--", "node", "aggregation", "protocol").splitlines(),
+    changed = git("status", "--porcelain", "--", *(str(f.relative_to(root)) for f in files))
+    return {"commit": git("rev-parse", "--short", "HEAD"), "changed": changed.splitlines(),
             "sources_sha256": digest.hexdigest()[:16]}
 
 
@@ -337,7 +343,9 @@ def render(data: dict, out: Path, plot_path: Path) -> None:
                      f"{clean[0]['pooled']:.3f}.")
     code = data["code"]
     notes.append(f"Code: commit {code['commit']}" + (f" plus uncommitted changes to {len(code['changed'])} "
-                 f"library files" if code["changed"] else "") + f", sources sha256 {code['sources_sha256']}.")
+                 f"of the simulator's source files" if code["changed"] else "")
+                 + f", sources sha256 {code['sources_sha256']}"
+                 + (" (they changed during the run)" if code.get("changed_during_run") else "") + ".")
     notes.append(f"Wall time {data['wall_seconds']:.0f} s for {data['simulations']} simulations on {a['jobs']} "
                  f"workers ({data['cpus']} cores, 5-minute load average {data['load_average_5min']:.1f} at the end).")
     out.mkdir(parents=True, exist_ok=True)
