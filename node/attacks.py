@@ -209,10 +209,7 @@ class AttackerNode(Node):
     def publish(self) -> None:
         self.version += 1
         for data in self.attack.messages(self, self.exchange.publish(self), self.context):
-            for peer in self.neighbours:
-                self.transport.send(peer, data)
-                self.stats.bytes_sent += len(data)
-                self.stats.sent_by_kind["attack"] += len(data)
+            self.send_to_neighbours(data, "attack")
 
     def fold(self) -> bool:
         return False  # an attacker's own model does not matter

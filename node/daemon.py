@@ -81,12 +81,6 @@ class DaemonNode(Node):
         self.peer(sender_address)["last_seen"] = now_ms()
         super().on_bytes(sender_address, data)
 
-    def publish_sealed(self, data: bytes, kind: str) -> None:
-        for peer in self.neighbours:
-            self.transport.send(peer, data)
-            self.stats.bytes_sent += len(data)
-            self.stats.sent_by_kind[kind] += len(data)
-
     def handle(self, sender_address: str, message: Message) -> None:
         entry = self.peer(sender_address)
         entry["accepted"] += 1
@@ -245,11 +239,11 @@ class Daemon:
         while True:
             node.neighbours = transport.connected_peers()
             for data, kind in self._introductions(node, transport):
-                node.publish_sealed(data, kind)
+                node.send_to_neighbours(data, kind)
             for data, kind in await trio.to_thread.run_sync(self._train, node):
                 held = set(node.blobs)
                 digest = node.keep_blob(data)
-                node.publish_sealed(data, kind)
+                node.send_to_neighbours(data, kind)
                 self._announce(node, digest, kind, len(data), held)
             await trio.sleep(self.config.period)
             await trio.to_thread.run_sync(self._fold, node)

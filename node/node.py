@@ -64,11 +64,13 @@ class Node:
         """Sign what the exchange offers once each, and send the same bytes to every neighbour."""
         self.version += 1
         for payload in self.exchange.publish(self):
-            data = self.seal(payload)
-            for peer in self.neighbours:
-                self.transport.send(peer, data)
-                self.stats.bytes_sent += len(data)
-                self.stats.sent_by_kind[payload.KIND] += len(data)
+            self.send_to_neighbours(self.seal(payload), payload.KIND)
+
+    def send_to_neighbours(self, data: bytes, kind: str) -> None:
+        for peer in self.neighbours:
+            self.transport.send(peer, data)
+            self.stats.bytes_sent += len(data)
+            self.stats.sent_by_kind[kind] += len(data)
 
     def seal(self, payload: Payload, *, ts_ms: int | None = None) -> bytes:
         """Sign a payload with the next sequence number. The node's own guard records it, so a copy

@@ -23,13 +23,12 @@ from .attacks import ATTACKS, AttackContext, AttackerNode, AttackSpecError, pars
 from .exchange import (EXCHANGES, Distillation, DistillSettings, Exchange, Mixed, SyntheticSamples,
                        SyntheticSettings, WeightGossip)
 from .learning.datasets import Dataset, DatasetError, load_dataset
-from .learning.forest import ForestLearner
 from .learning.generator import GaussianClassGenerator
 from .learning.learner import Learner
-from .learning.models import ARCHITECTURES, MIXED, build_model
+from .learning.models import ARCHITECTURES, MIXED
 from .learning.partition import PartitionError, parse_partition, partition
 from .learning.probe import DEFAULT_SIZE, ProbeError, ProbeSet, load_probe, split_probe
-from .learning.torch_learner import TorchLearner
+from .learning.recipe import make_learner
 from .node import Node
 from .reputation import Reputation
 from .topology import TopologyError, neighbours
@@ -138,16 +137,11 @@ def _attackers(config: SimulationConfig) -> dict[int, str]:
 
 def _learner(arch: str, config: SimulationConfig, data: Dataset, index: np.ndarray, seed: int,
              labels: Callable[[np.ndarray], np.ndarray] = lambda y: y) -> Learner:
-    x, y = data.x_train[index], labels(data.y_train[index])
-    if arch == "forest":
-        return ForestLearner(x, y, data.num_classes, seed=seed)
-    # Nodes of one architecture start from one shared initialisation (seeded by the run's seed),
-    # as decentralised SGD assumes; averaging independently initialised networks fails.
     try:
-        module = build_model(arch, data.input_shape, data.num_classes, seed=config.seed)
-    except ValueError as exc:
+        return make_learner(arch, data.x_train[index], labels(data.y_train[index]), data, init_seed=config.seed,
+                            seed=seed, lr=config.lr, batch_size=config.batch_size)
+    except ValueError as exc:  # e.g. a CNN on a dataset that is not images
         raise ConfigError(str(exc)) from None
-    return TorchLearner(module, x, y, architecture=arch, lr=config.lr, batch_size=config.batch_size, seed=seed)
 
 
 def _accuracy(learner: Learner, data: Dataset) -> float:
