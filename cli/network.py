@@ -280,7 +280,7 @@ def models(home: HomeOption, json_out: JsonOption = False) -> None:
 def pull(peer: Annotated[str, typer.Argument(help="The peer id to pull from, or 'any': whoever announced it or "
                                                   "provides it in the DHT.")],
          digest: Annotated[str, typer.Argument(help="The payload digest (hex), as `models` shows it.")],
-         home: HomeOption) -> None:
+         home: HomeOption, json_out: JsonOption = False) -> None:
     """Pull a model (a signed message) from a peer by digest; it is verified before it is kept."""
     from .main import UserError
 
@@ -288,9 +288,10 @@ def pull(peer: Annotated[str, typer.Argument(help="The peer id to pull from, or 
         bytes.fromhex(digest)
     except ValueError:
         raise UserError(f"{digest!r} is not a hex digest") from None
-    result = _request(home, "pull", peer=peer, digest=digest)
-    console.print(f"pulled {result['kind']} by {result['author']} ({result['bytes']} bytes) -> {result['path']}",
-                  highlight=False)
+
+    def show(r: dict) -> None:
+        console.print(f"pulled {r['kind']} by {r['author']} ({r['bytes']} bytes) -> {r['path']}", highlight=False)
+    _out(_request(home, "pull", peer=peer, digest=digest), json_out, show)
 
 
 def register(app: typer.Typer) -> None:

@@ -321,6 +321,8 @@ class Daemon:
         announcers first, then the DHT's providers. Each candidate's bytes are verified by _pull."""
         if peer not in (None, "", "any"):
             return await self._pull(node, peer, wanted)
+        if wanted in node.blobs:  # our own message: nothing to fetch
+            return self._keep_pulled(node.blobs[wanted], wanted)
         candidates = [m["peer"] for m in node.remote_models.values() if m["digest"] == wanted.hex()]
         if self.discovery is not None:
             candidates += await self.discovery.find_providers(wanted)
@@ -355,12 +357,16 @@ class Daemon:
             raise ValueError(f"{peer} did not serve {wanted.hex()[:16]}… within {PULL_TIMEOUT} s") from None
         finally:
             del node.pulls[wanted]
-        message = open_envelope(bytes(parts), now_ms=now_ms())  # signature and payload digest
+        return self._keep_pulled(bytes(parts), wanted)
+
+    def _keep_pulled(self, data: bytes, wanted: bytes) -> dict:
+        """Verify a pulled message (signature, payload digest) and write it to blobs/."""
+        message = open_envelope(data, now_ms=now_ms())
         if message.digest != wanted:
             raise ValueError("the pulled message does not have the digest asked for")
         path = self.home.path / "blobs" / f"{wanted.hex()}.msg"
-        atomic_write(path, bytes(parts))
-        return {"digest": wanted.hex(), "kind": message.kind, "author": message.sender_id, "bytes": len(parts),
+        atomic_write(path, data)
+        return {"digest": wanted.hex(), "kind": message.kind, "author": message.sender_id, "bytes": len(data),
                 "path": str(path)}
 
     # --- run --------------------------------------------------------------------------------

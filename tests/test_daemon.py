@@ -154,9 +154,17 @@ def test_cli_network_commands(network, cli):
     blob = home / "blobs" / f"{remote[0]['digest']}.msg"
     check = cli("verify", blob, "--json")
     assert json.loads(check.stdout)["sender"] == remote[0]["peer"]
-    # 'any': whoever announced it (gossipsub) or provides it (DHT); the author's signature is checked
-    again = cli("pull", "any", remote[0]["digest"], "--home", network[1])
+    # 'any': whoever announced it (gossipsub) or provides it (DHT); the author's signature is checked.
+    # The digest comes from b's own listing, read now: authors keep only their newest messages.
+    seen = [m for m in json.loads(cli("models", "--home", network[1], "--json").stdout) if not m.get("local")]
+    newest = max(seen, key=lambda m: m["received"])
+    again = cli("pull", "any", newest["digest"], "--home", network[1], "--json")
     assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["author"] == newest["peer"]
+    # a digest the node holds itself is answered from its own store
+    own = json.loads(cli("models", "--home", network[1], "--json").stdout)[0]
+    mine = cli("pull", "any", own["digest"], "--home", network[1], "--json")
+    assert mine.returncode == 0 and json.loads(mine.stdout)["author"] == own["peer"], mine.stderr
     gone = cli("pull", remote[0]["peer"], "00" * 32, "--home", home)
     assert gone.returncode == 2 and "does not hold" in gone.stderr
     bad = cli("connect", "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWA4Xop1JaT3MHxwYMkCepYsv4iPVopMXwCz5iHYdBfeSB",
