@@ -28,6 +28,13 @@ def _flat(tensors: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([np.ravel(t) for t in tensors]) if tensors else np.zeros(0)
 
 
+def capped_at_median(claims: np.ndarray) -> np.ndarray:
+    """Example counts are self-reported and cannot be checked: cap each claim at the median
+    claim, so a liar claiming a billion examples weighs no more than a typical peer."""
+    claims = np.asarray(claims, dtype=np.float64)
+    return np.minimum(claims, np.median(claims))
+
+
 class Exchange(ABC):
     name: str
 
@@ -84,8 +91,8 @@ class WeightGossip(Exchange):
         inbox, self._inbox = self._inbox, {}  # one swap: a daemon's network thread may be adding
         own = node.learner.get_weights()
         node.judge(_flat(own), {peer: _flat(w.tensors) for peer, w in inbox.items()})
-        results = [(own, float(node.learner.num_examples))]
-        results += [(w.tensors, float(w.num_examples)) for w in inbox.values()]
+        claims = capped_at_median([node.learner.num_examples, *(w.num_examples for w in inbox.values())])
+        results = list(zip([own, *(w.tensors for w in inbox.values())], claims.tolist()))
         try:
             merged = self.rule(results, reference=own)
         except RuleError:  # too few inputs this round (loss, churn): keep the local model
@@ -153,11 +160,11 @@ class Distillation(Exchange):
         inbox, self._inbox = self._inbox, {}  # one swap: a daemon's network thread may be adding
         node.judge(own[0], {peer: signal for peer, (signal, _) in inbox.items()})
         signals, counts = zip(own, *inbox.values())
-        # Class counts are self-reported: scale down any model claiming more examples in all than
-        # the median model, so a liar claiming 10 000 of every class cannot drown out the experts.
+        # scale each model's class counts down to its capped total: a liar claiming 10 000 of
+        # every class cannot drown out the experts
         counts = np.stack(counts)  # (models, classes)
         totals = np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
-        counts = counts * np.minimum(1.0, np.median(totals) / totals)
+        counts = counts * capped_at_median(totals) / totals
         share = counts / np.maximum(counts.sum(axis=0), 1e-12)
         weight = np.log(np.maximum(share * len(signals), 1e-4))  # 0 for uniform shares: IID is unchanged
         try:

@@ -80,6 +80,24 @@ def test_two_nodes_average_their_weights_over_signed_messages():
     assert a.stats.bytes_sent == b.stats.bytes_received > 0
 
 
+def test_a_peer_claiming_a_billion_examples_weighs_no_more_than_the_median_claim():
+    network, a, b = _pair()
+    c = _node(network, 3, np.zeros((20, 4), np.float32), np.zeros(20, np.int64))
+    a.neighbours = [b.id, c.id]
+    b.neighbours = c.neighbours = [a.id]
+    poison = [np.full_like(t, 100.0) for t in c.learner.get_weights()]
+    c.learner.num_examples = 10**9
+    c.learner.set_weights(poison)
+    own, honest = a.learner.get_weights(), b.learner.get_weights()
+    b.publish()
+    c.publish()
+    network.run_until(1000)
+    assert a.fold()
+    # fedavg over claims (20, 20, 10**9) capped at the median, 20: an equal three-way mean
+    for got, x, y, z in zip(a.learner.get_weights(), own, honest, poison):
+        np.testing.assert_allclose(got, (x + y + z) / 3, rtol=1e-5)
+
+
 def test_hostile_bytes_are_counted_by_reason_and_the_node_keeps_working():
     network, a, b = _pair()
     hostile = network.attach("hostile")
