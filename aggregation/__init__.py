@@ -42,7 +42,7 @@ fails to import or is malformed is listed by `list_rules()` with an "error", `ge
 RuleError with the reason, and the built-ins and other plugins keep working.
 """
 from .base import NDArrays, Results, RuleError
-from .registry import ENTRY_POINT_GROUP, Param, Rule, RuleSpec, check_inputs, get_rule, list_rules
+from .registry import ENTRY_POINT_GROUP, Param, Rule, RuleSpec, after_bans, check_inputs, get_rule, list_rules
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -52,6 +52,7 @@ __all__ = [
     "Rule",
     "RuleError",
     "RuleSpec",
+    "after_bans",
     "check_inputs",
     "get_rule",
     "list_rules",

@@ -130,6 +130,17 @@ def check_inputs(rule: Rule | str, n: int) -> str | None:
 _F = Param("f", int, ">= 0", lambda v: v >= 0)  # the number of Byzantine inputs tolerated
 
 
+def after_bans(rule: Rule, banned: int) -> Rule:
+    """`rule` for a node that has already cut off `banned` Byzantine peers: a rule built to
+    tolerate f of them among its inputs has at most f - banned left to tolerate, and so needs
+    fewer inputs (Bulyan: 4f+3). Rules without a parameter named f are returned as they are."""
+    f = rule.params.get("f")
+    if not banned or not f or rule.spec.startswith(FLOWER_PREFIX):
+        return rule
+    params = {**rule.params, "f": max(0, f - banned)}
+    return get_rule(":".join([rule.name, *(str(v) for v in params.values())]))
+
+
 BUILTINS: dict[str, RuleSpec] = {
     s.name: s
     for s in (

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from manymodels.aggregation import Rule, RuleError
+from manymodels.aggregation import Rule, RuleError, after_bans
 from manymodels.protocol import Logits, Message, Payload, SyntheticBatch, Weights
 
 from .learning.generator import NAME as GENERATOR_NAME
@@ -94,7 +94,7 @@ class WeightGossip(Exchange):
         claims = capped_at_median([node.learner.num_examples, *(w.num_examples for w in inbox.values())])
         results = list(zip([own, *(w.tensors for w in inbox.values())], claims.tolist()))
         try:
-            merged = self.rule(results, reference=own)
+            merged = after_bans(self.rule, len(node.banned))(results, reference=own)
         except RuleError:  # too few inputs this round (loss, churn): keep the local model
             node.refuse("rule_cannot_fold")
             return False

@@ -324,3 +324,13 @@ def test_list_rules_describes_the_builtins():
 def test_importing_the_rules_does_not_import_flower():
     code = "import sys, manymodels.aggregation; assert 'flwr' not in sys.modules and 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_after_bans_lowers_f_by_the_peers_already_cut_off():
+    from manymodels.aggregation import after_bans
+
+    assert after_bans(get_rule("bulyan:2"), 1).spec == "bulyan:1"
+    assert after_bans(get_rule("bulyan:2"), 5).min_inputs == 3  # f never below 0
+    assert after_bans(get_rule("multikrum:2:7"), 2).spec == "multikrum:0:7"
+    assert after_bans(get_rule("trimmed:0.2"), 3).spec == "trimmed:0.2"  # no f: unchanged
+    assert after_bans(get_rule("krum:1"), 0).spec == "krum:1"

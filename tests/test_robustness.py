@@ -49,8 +49,9 @@ def test_forged_replayed_and_stale_messages_never_reach_a_rule():
     assert report["summary"]["mean_accuracy"] > 0.85  # the network learns on, undisturbed
 
 
-def test_reputation_cuts_off_a_persistently_poisonous_peer(clean):
-    report = run(rule="fedavg", attacks=("signflip:0.1",), reputation=0.7)
+def test_reputation_cuts_off_a_persistently_poisonous_peer():
+    # a ban takes two poisoned rounds (1 -> 0.8 -> 0.64); 12 rounds leave time to recover from them
+    report = run(rule="fedavg", rounds=12, attacks=("signflip:0.1",), reputation=0.7)
     attacker = report["attackers"][0]["id"]
     for node in report["nodes"]:
         if node["attack"] is None:
@@ -58,9 +59,20 @@ def test_reputation_cuts_off_a_persistently_poisonous_peer(clean):
             assert node["reputation"][attacker] < 0.7
             assert min(score for peer, score in node["reputation"].items() if peer != attacker) > 0.7
             assert node["rejected_by_reason"]["banned"] > 0  # its later messages stop at the protocol layer
+    clean = run(rule="fedavg", rounds=12)["summary"]["mean_accuracy"]
     assert report["summary"]["mean_accuracy"] > clean - 0.05
-    without = run(rule="fedavg", attacks=("signflip:0.1",))
+    without = run(rule="fedavg", rounds=12, attacks=("signflip:0.1",))
     assert report["summary"]["mean_accuracy"] > without["summary"]["mean_accuracy"] + 0.05
+
+
+def test_a_node_that_banned_its_attackers_needs_fewer_inputs_for_its_rule(clean):
+    # bulyan:2 needs 4f+3 = 11 inputs: all of them. Once the two attackers are banned, the nine
+    # inputs left hold no known Byzantine peer, and bulyan:0 needs 3.
+    report = run(nodes=11, rule="bulyan:2", attacks=("gaussian:0.2",), reputation=0.7)
+    honest = [n for n in report["nodes"] if n["attack"] is None]
+    assert all(len(n["banned"]) == 2 for n in honest)
+    assert not any("rule_cannot_fold" in n["refused_by_reason"] for n in honest)
+    assert report["summary"]["mean_accuracy"] > clean - 0.05
 
 
 def test_rules_that_cannot_work_with_the_neighbour_count_say_so_at_start():
