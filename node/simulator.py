@@ -250,7 +250,9 @@ def _simulate(config: SimulationConfig, on_round: Callable[[int, float], None] |
         before = [Counter(node.stats.sent_by_kind) for node in nodes]
         for node in nodes:
             node.train(config.local_epochs)
-            node.publish()
+        # attackers publish last, so the colluding ones (ALIE, IPM, Sybil) read this round's honest models
+        for i in sorted(range(len(nodes)), key=lambda i: i in attackers):
+            nodes[i].publish()
         if adversary:
             adversary(r, network, nodes)
         network.run_until((r + 1) * ROUND_MS)

@@ -1,8 +1,11 @@
 """Byzantine peers in the simulator: robust rules hold where averaging collapses, protocol attacks
 never reach a rule, and reputation cuts off a persistently poisonous peer. Fixed seeds."""
+import numpy as np
 import pytest
 
-from manymodels.node.simulator import ConfigError, SimulationConfig, run_simulation
+from manymodels.node.attacks import AttackerNode
+from manymodels.node.simulator import EPOCH_MS, ConfigError, SimulationConfig, run_simulation
+from manymodels.protocol import open_envelope
 
 BASE = SimulationConfig(nodes=10, rounds=8, partition="dirichlet:0.5", model="mlp", seed=0)
 
@@ -73,6 +76,26 @@ def test_a_node_that_banned_its_attackers_needs_fewer_inputs_for_its_rule(clean)
     assert all(len(n["banned"]) == 2 for n in honest)
     assert not any("rule_cannot_fold" in n["refused_by_reason"] for n in honest)
     assert report["summary"]["mean_accuracy"] > clean - 0.05
+
+
+def test_colluding_attackers_read_this_rounds_honest_models():
+    # the adversary hook runs after every node published and before delivery: the IPM attackers'
+    # messages are then in flight, and must be -0.5 x the mean of the honest models as they are now
+    checked = []
+
+    def check(r, network, nodes):
+        honest = [n.learner.get_weights() for n in nodes if not isinstance(n, AttackerNode)]
+        expected = [-0.5 * np.mean(layer, axis=0) for layer in zip(*honest)]
+        attackers = {n.id for n in nodes if isinstance(n, AttackerNode)}
+        for _, _, src, _, data in network._queue:
+            if src in attackers:
+                sent = open_envelope(data, now_ms=EPOCH_MS + int(network.now_ms)).payload.tensors
+                for got, want in zip(sent, expected):
+                    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+                checked.append(r)
+
+    run_simulation(SimulationConfig(**{**BASE.__dict__, "rounds": 3, "attacks": ("ipm:0.3",)}), adversary=check)
+    assert sorted(set(checked)) == [0, 1, 2]
 
 
 def test_rules_that_cannot_work_with_the_neighbour_count_say_so_at_start():
