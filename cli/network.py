@@ -57,6 +57,9 @@ def start(
     exchange: Annotated[Optional[str], typer.Option(help="weights, distill, synthetic or mixed.")] = None,
     rule: Annotated[Optional[str], typer.Option(help="Weights rule; see `manymodels rules`.")] = None,
     period: Annotated[Optional[float], typer.Option(help="Seconds between learning cycles.")] = None,
+    push_limit: Annotated[Optional[int], typer.Option(
+        min=0, help="Messages larger than this (bytes) are announced to the neighbours, who pull the newest "
+                    "before each fold; smaller ones are pushed.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="The network's seed (data split, initial model).")] = None,
     client_app: Annotated[Optional[str], typer.Option(
         help="A Flower client as this node's learner: MODULE:ATTR or FILE.py:ATTR (see docs/FLOWER.md); it gets "
@@ -76,7 +79,7 @@ def start(
     h = Home(home)
     config = _config(h, listen=listen, bootstrap=bootstrap, dataset=dataset, partition=partition,
                      partition_id=partition_id, num_partitions=num_partitions, model=model, exchange=exchange,
-                     rule=rule, period=period, seed=seed, client_app=_app_spec(client_app),
+                     rule=rule, period=period, push_limit=push_limit, seed=seed, client_app=_app_spec(client_app),
                      run_config=None if run_config is None else " ".join(run_config), mdns=mdns)
     if _running(h):
         raise UserError(f"a node is already running in {h.path}")
@@ -227,7 +230,8 @@ def status(home: HomeOption, json_out: JsonOption = False) -> None:
         console.print(f"listening on {' '.join(s['addrs'])}", highlight=False)
         accuracy = "-" if s["accuracy"] is None else f"{s['accuracy']:.3f}"
         console.print(f"{s['peers']} peers connected; model version {s['version']}, held-out accuracy {accuracy}; "
-                      f"{s['messages_accepted']} messages accepted, {sum(s['rejected'].values())} rejected; "
+                      f"{s['messages_accepted']} messages accepted ({s['pulled']} pulled by digest), "
+                      f"{sum(s['rejected'].values())} rejected; "
                       f"up {s['uptime_s']:.0f} s", highlight=False)
     _out(_request(home, "status"), json_out, show)
 

@@ -15,8 +15,8 @@ import numpy as np
 import trio
 
 from manymodels.aggregation import get_rule
-from manymodels.protocol import (Announce, BlobRequest, BlobResponse, Error, Hello, Message, PeerExchange, ReplayGuard, Weights,
-                                 open_envelope, peer_id)
+from manymodels.protocol import (MAX_ENVELOPE_BYTES, Announce, BlobRequest, BlobResponse, Error, Hello, Message,
+                                 PeerExchange, ReplayGuard, Weights, open_envelope, peer_id)
 
 from .control import serve as serve_control
 from .discovery import Discovery, DiscoveryConfig
@@ -35,6 +35,7 @@ PULL_TIMEOUT = 60
 MAX_PEERS = 32  # peer exchange stops dialing beyond this many connections
 MAX_REMOTE_MODELS = 1024  # announcements remembered (one per author, the newest version)
 PULL_CANDIDATES = 3  # providers tried by a pull that names no peer
+MAX_PULLS_PER_CYCLE = 8  # announced-only messages fetched before a fold
 
 
 @dataclass
@@ -49,6 +50,9 @@ class DaemonConfig:
     local_epochs: int = 1
     reputation: float = 0.0
     mdns: bool = False  # find peers on the local network by multicast DNS
+    # A message larger than this is announced to the neighbours, not pushed: each pulls the newest
+    # one by digest when it is about to fold, so a 100 MB model crosses a link once per fold at most.
+    push_limit: int = 1 << 20
 
     def to_json(self) -> dict:
         return {**asdict(self), "recipe": self.recipe.to_json()}
@@ -71,6 +75,9 @@ class DaemonNode(Node):
         self.blobs: dict[bytes, bytes] = {}  # payload digest -> the sealed message, for pulls
         self.remote_models: dict[str, dict] = {}  # peer id -> what its latest weights were
         self.pulls: dict[bytes, trio.MemorySendChannel] = {}
+        # (author, kind) -> the newest Announce a neighbour sent us instead of the message, to pull
+        self.unpushed: dict[tuple[str, str], Announce] = {}
+        self.pulled = 0  # messages fetched by digest before a fold
         self.discovered = lambda addrs: None  # the daemon dials peers it learns of
 
     def peer(self, address: str) -> dict:
@@ -100,6 +107,13 @@ class DaemonNode(Node):
             return
         if isinstance(payload, PeerExchange):
             return self.discovered(payload.addrs)
+        if isinstance(payload, Announce):  # sent to us instead of a message too big to push
+            key = (message.sender_id, payload.content)
+            if key not in self.unpushed or payload.version > self.unpushed[key].version:
+                self.unpushed[key] = payload
+                if len(self.unpushed) > MAX_REMOTE_MODELS:  # keys are free: bound what strangers can add
+                    del self.unpushed[next(iter(self.unpushed))]
+            return self.on_announce(message)
         if isinstance(payload, Weights):
             entry["offered"][payload.KIND] = payload.model
             self.remote_models[message.sender_id] = {
@@ -126,6 +140,14 @@ class DaemonNode(Node):
         if len(self.remote_models) > MAX_REMOTE_MODELS:
             oldest = min(self.remote_models.values(), key=lambda m: m["received"])
             del self.remote_models[oldest["peer"]]
+
+    def to_pull(self) -> list[tuple[str, bytes]]:
+        """(author, digest) of the newest unpushed messages this node's exchange would use; taken
+        off the list (a failed pull is not retried: the next announcement brings a newer one)."""
+        pending, self.unpushed = self.unpushed, {}
+        usable = [(author, a.digest) for (author, kind), a in pending.items()
+                  if kind in self.exchange.consumes and (kind != "weights" or a.model == self.learner.architecture)]
+        return usable[:MAX_PULLS_PER_CYCLE]
 
     def _serve_blob(self, sender_address: str, request: BlobRequest) -> None:
         blob = self.blobs.get(request.digest)
@@ -243,21 +265,45 @@ class Daemon:
             for data, kind in await trio.to_thread.run_sync(self._train, node):
                 held = set(node.blobs)
                 digest = node.keep_blob(data)
-                node.send_to_neighbours(data, kind)
-                self._announce(node, digest, kind, len(data), held)
+                announce = self._announce(node, digest, kind, len(data), held)
+                if len(data) <= self.config.push_limit:
+                    node.send_to_neighbours(data, kind)
+                else:
+                    node.send_to_neighbours(announce, "announce")
             await trio.sleep(self.config.period)
+            await self._pull_unpushed(node)
             await trio.to_thread.run_sync(self._fold, node)
 
-    def _announce(self, node: DaemonNode, digest: bytes, kind: str, size: int, held: set[bytes]) -> None:
-        """Tell the network (gossipsub, paced; DHT provider record) that we hold this blob."""
+    async def _pull_unpushed(self, node: DaemonNode) -> None:
+        """Fetch what neighbours announced but did not push (it was over their push limit), in
+        parallel, within one period; the bytes are then verified like any pushed message."""
+        wanted = node.to_pull()
+
+        async def fetch(author: str, digest: bytes) -> None:
+            try:
+                data = await self._fetch(node, author, digest)
+            except ValueError:
+                return  # gone or too slow: the next announcement brings a newer one
+            node.pulled += 1
+            node.on_bytes(author, data)  # signature, digest, replay window, then the exchange
+
+        with trio.move_on_after(max(self.config.period, 1.0)):
+            async with trio.open_nursery() as nursery:
+                for author, digest in wanted:
+                    nursery.start_soon(fetch, author, digest)
+
+    def _announce(self, node: DaemonNode, digest: bytes, kind: str, size: int, held: set[bytes]) -> bytes:
+        """Tell the network (gossipsub, paced; DHT provider record) that we hold this blob; the
+        sealed announcement is returned, for the neighbours of a message too big to push."""
+        announce = node.seal(Announce(digest, kind, node.learner.architecture, node.version,
+                                      node.learner.num_examples, size))
         discovery = self.discovery
-        if discovery is None:
-            return
-        for gone in held - set(node.blobs):  # evicted by keep_blob: no longer served
-            discovery.unprovide(gone)
-        announce = Announce(digest, kind, node.learner.architecture, node.version, node.learner.num_examples, size)
-        discovery.publish_announce(node.seal(announce))
-        discovery.provide_soon(digest)
+        if discovery is not None:
+            for gone in held - set(node.blobs):  # evicted by keep_blob: no longer served
+                discovery.unprovide(gone)
+            discovery.publish_announce(announce)
+            discovery.provide_soon(digest)
+        return announce
 
     async def _dial(self, node: DaemonNode, transport, addrs: list[str]) -> None:
         connected = set(transport.connected_peers()) | {node.id}
@@ -282,6 +328,7 @@ class Daemon:
                     "messages_accepted": node.stats.messages_accepted,
                     "rejected": dict(node.stats.rejected), "refused": dict(node.stats.refused),
                     "bytes_sent": node.stats.bytes_sent, "bytes_received": node.stats.bytes_received,
+                    "pulled": node.pulled,
                     "discovery": self._discovery_status()}
         if cmd == "stop":
             self.stopping.set()
@@ -338,7 +385,13 @@ class Daemon:
         raise ValueError("; ".join(errors))
 
     async def _pull(self, node: DaemonNode, peer: str, wanted: bytes) -> dict:
-        """Fetch a sealed message by its payload digest, in chunks; verify before keeping it."""
+        """Fetch a sealed message by its payload digest; verify it, then keep it in blobs/."""
+        return self._keep_pulled(await self._fetch(node, peer, wanted), wanted)
+
+    async def _fetch(self, node: DaemonNode, peer: str, wanted: bytes) -> bytes:
+        """The sealed message with this payload digest, from `peer`, in chunks (not yet verified)."""
+        if wanted in node.pulls:
+            raise ValueError(f"{wanted.hex()[:16]}… is being pulled already")
         send, receive = trio.open_memory_channel(16)
         node.pulls[wanted] = send
         parts, total = bytearray(), None
@@ -351,13 +404,15 @@ class Daemon:
                         raise ValueError(f"{peer} does not hold {wanted.hex()[:16]}… any more ({chunk.code})")
                     if chunk.offset != len(parts) or (total is not None and chunk.total != total) or not chunk.data:
                         raise ValueError("the peer sent a chunk out of order")
+                    if chunk.total > MAX_ENVELOPE_BYTES:
+                        raise ValueError(f"the peer offers {chunk.total} bytes, more than any message may have")
                     total = chunk.total
                     parts += chunk.data
         except trio.TooSlowError:
             raise ValueError(f"{peer} did not serve {wanted.hex()[:16]}… within {PULL_TIMEOUT} s") from None
         finally:
             del node.pulls[wanted]
-        return self._keep_pulled(bytes(parts), wanted)
+        return bytes(parts)
 
     def _keep_pulled(self, data: bytes, wanted: bytes) -> dict:
         """Verify a pulled message (signature, payload digest) and write it to blobs/."""

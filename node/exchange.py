@@ -37,6 +37,7 @@ def capped_at_median(claims: np.ndarray) -> np.ndarray:
 
 class Exchange(ABC):
     name: str
+    consumes: tuple[str, ...]  # the payload kinds it folds
 
     @abstractmethod
     def publish(self, node: Node) -> list[Payload]:
@@ -60,6 +61,7 @@ class WeightGossip(Exchange):
     architecture, received since the last fold, together with one's own through the node's rule."""
 
     name = "weights"
+    consumes = ("weights",)
 
     def __init__(self, rule: Rule) -> None:
         self.rule = rule
@@ -123,6 +125,7 @@ class Distillation(Exchange):
     non-IID network does not know the class."""
 
     name = "distill"
+    consumes = ("logits",)
 
     def __init__(self, settings: DistillSettings) -> None:
         self.settings = settings
@@ -197,6 +200,7 @@ class SyntheticSamples(Exchange):
     train on peers' samples that pass the checks, at a configurable weight."""
 
     name = "synthetic"
+    consumes = ("synthetic",)
 
     def __init__(self, settings: SyntheticSettings) -> None:
         self.settings = settings
@@ -265,6 +269,7 @@ class Mixed(Exchange):
 
     def __init__(self, weights: WeightGossip, distill: Distillation) -> None:
         self.parts = (weights, distill)
+        self.consumes = weights.consumes + distill.consumes
 
     def publish(self, node: Node) -> list[Payload]:
         return [p for part in self.parts for p in part.publish(node)]

@@ -63,8 +63,9 @@ def network(tmp_path_factory):
     homes = [root / name for name in "abc"]
     start(homes[0], *RECIPE, "--partition-id", "0")
     bootstrap = status(homes[0])["addrs"][0]
-    for i, home in enumerate(homes[1:], start=1):
-        start(home, *RECIPE, "--partition-id", str(i), "--bootstrap", bootstrap)
+    # b announces its weights and never pushes them: a and c pull them by digest before each fold
+    start(homes[1], *RECIPE, "--partition-id", "1", "--bootstrap", bootstrap, "--push-limit", "0")
+    start(homes[2], *RECIPE, "--partition-id", "2", "--bootstrap", bootstrap)
     yield homes
     for home in homes:
         stop(home)
@@ -84,6 +85,7 @@ def test_daemons_joined_through_one_bootstrap_find_each_other_and_beat_local_onl
         peers = request(home / "control.sock", "peers")
         assert sum(p["connected"] for p in peers) == 2
         assert all(p["offered"].get("weights") == "mlp" for p in peers)
+        assert (s["pulled"] > 0) == (i != 1)  # b's weights came by pull, a's and c's by push
 
 
 def test_a_killed_daemon_restarts_with_its_id_and_its_last_model(network):
