@@ -57,6 +57,8 @@ def start(
     exchange: Annotated[Optional[str], typer.Option(help="weights, distill, synthetic or mixed.")] = None,
     rule: Annotated[Optional[str], typer.Option(help="Weights rule; see `manymodels rules`.")] = None,
     period: Annotated[Optional[float], typer.Option(help="Seconds between learning cycles.")] = None,
+    reputation: Annotated[Optional[float], typer.Option(
+        min=0.0, max=1.0, help="Stop accepting a peer whose reputation falls below this (0: never).")] = None,
     push_limit: Annotated[Optional[int], typer.Option(
         min=0, help="Messages larger than this (bytes) are announced to the neighbours, who pull the newest "
                     "before each fold; smaller ones are pushed.")] = None,
@@ -79,7 +81,7 @@ def start(
     h = Home(home)
     config = _config(h, listen=listen, bootstrap=bootstrap, dataset=dataset, partition=partition,
                      partition_id=partition_id, num_partitions=num_partitions, model=model, exchange=exchange,
-                     rule=rule, period=period, push_limit=push_limit, seed=seed, client_app=_app_spec(client_app),
+                     rule=rule, period=period, reputation=reputation, push_limit=push_limit, seed=seed, client_app=_app_spec(client_app),
                      run_config=None if run_config is None else " ".join(run_config), mdns=mdns)
     if _running(h):
         raise UserError(f"a node is already running in {h.path}")

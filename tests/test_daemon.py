@@ -61,7 +61,7 @@ def local_only_accuracy(partition_id: int, epochs: int) -> float:
 def network(tmp_path_factory):
     root = tmp_path_factory.mktemp("net")
     homes = [root / name for name in "abc"]
-    start(homes[0], *RECIPE, "--partition-id", "0")
+    start(homes[0], *RECIPE, "--partition-id", "0", "--reputation", "0.7")
     bootstrap = status(homes[0])["addrs"][0]
     # b announces its weights and never pushes them: a and c pull them by digest before each fold
     start(homes[1], *RECIPE, "--partition-id", "1", "--bootstrap", bootstrap, "--push-limit", "0")
@@ -142,6 +142,42 @@ def test_hostile_peer_messages_are_rejected_and_counted_and_the_network_keeps_wo
     assert hostile and hostile[0]["rejected"] == 5
     version = after["version"]
     wait_for(lambda: status(network[0])["version"] >= version + 2, "learning to go on")
+
+
+def test_a_poisonous_peer_is_banned_by_reputation_and_then_rejected(network):
+    import numpy as np
+    import trio
+
+    from manymodels.node.transport.libp2p import Libp2pTransport
+    from manymodels.protocol import Identity, Weights, seal
+
+    target = status(network[0])  # a runs with --reputation 0.7
+    learner = LearnerRecipe(dataset="digits", partition="dirichlet:0.1", num_partitions=3).build()[0]
+    poison = [np.full(t.shape, 1000.0, dtype=t.dtype) for t in learner.get_weights()]
+    mallory = Identity.generate()
+    banned = lambda: [p for p in request(network[0] / "control.sock", "peers")  # noqa: E731
+                      if p["id"] == mallory.peer_id and p["banned"]]
+
+    async def attack():
+        transport = Libp2pTransport(mallory)
+        async with transport.running():
+            peer = await transport.connect(target["addrs"][0])
+            with trio.move_on_after(60):
+                for seq in range(1, 10_000):
+                    transport.send(peer, seal(mallory, Weights("mlp", seq, 100, poison), seq, int(time.time() * 1000)))
+                    await trio.sleep(0.5)
+                    if seq % 4 == 0 and await trio.to_thread.run_sync(banned):
+                        # one more after the ban: the protocol layer stops it
+                        transport.send(peer, seal(mallory, Weights("mlp", seq + 1, 100, poison), seq + 1,
+                                                  int(time.time() * 1000)))
+                        await trio.sleep(1)
+                        return
+    trio.run(attack)
+    entry = banned()
+    assert entry and entry[0]["reputation"] < 0.7
+    assert status(network[0])["rejected"].get("banned", 0) >= 1
+    honest = [p for p in request(network[0] / "control.sock", "peers") if p["id"] != mallory.peer_id]
+    assert honest and not any(p["banned"] for p in honest)
 
 
 def test_cli_network_commands(network, cli):
