@@ -205,7 +205,8 @@ class SyntheticSamples(Exchange):
     def __init__(self, settings: SyntheticSettings) -> None:
         self.settings = settings
         self._pool: dict[bytes, SyntheticBatch] = {}  # newest batch per peer
-        self._fresh = False
+        self._fresh: set[bytes] = set()  # peers whose batch arrived since the last fold
+        self._own: SyntheticBatch | None = None  # the last batch published: the reference for judging
 
     def publish(self, node: Node) -> list[Payload]:
         s = self.settings
@@ -214,6 +215,7 @@ class SyntheticSamples(Exchange):
                 "generator": GENERATOR_NAME, "source": node.id, "digest": b""}
         batch = SyntheticBatch(x, y, card)
         card["digest"] = batch.content_digest()
+        self._own = batch
         return [batch]
 
     def refusal(self, node: Node, message: Message, batch: SyntheticBatch) -> str | None:
@@ -246,7 +248,7 @@ class SyntheticSamples(Exchange):
         self._pool[message.sender] = batch
         self.settings.cards.append({**batch.card, "digest": batch.card["digest"].hex(), "samples": len(batch.y)})
         del self.settings.cards[:-100]  # keep the latest provenance only
-        self._fresh = True
+        self._fresh.add(message.sender)
 
     def extra(self) -> Samples | None:
         if not self._pool:
@@ -258,8 +260,29 @@ class SyntheticSamples(Exchange):
     def fold(self, node: Node) -> bool:
         """New samples join the pool; they are trained on in the next local fit, with the
         private data (no extra epoch: every exchange gets the same training budget)."""
-        fresh, self._fresh = self._fresh, False
-        return fresh
+        fresh, self._fresh = self._fresh, set()
+        if fresh and self._own is not None:
+            self._judge(node, {peer: self._pool[peer] for peer in fresh})
+        for peer in node.banned & self._pool.keys():  # stop training on what a banned peer sent
+            del self._pool[peer]
+        return bool(fresh)
+
+    def _judge(self, node: Node, batches: dict[bytes, SyntheticBatch]) -> None:
+        """Score each peer's samples by how often this node's model agrees with their labels, per
+        class this node knows (its own data has it). Honest samples of class c look like c to any
+        model that knows c; a liar's labels do not. A class a peer did not send counts as typical."""
+        classes = np.unique(self._own.y)
+
+        def agreement(batch: SyntheticBatch) -> np.ndarray:
+            predicted = node.learner.predict(batch.x).argmax(axis=1) if len(batch.y) else batch.y
+            return np.array([np.mean(predicted[batch.y == c] == c) if np.any(batch.y == c) else np.nan
+                             for c in classes])
+
+        rates = np.stack([agreement(b) for b in (self._own, *batches.values())])  # own row: no NaN
+        rates = np.where(np.isnan(rates), np.nanmedian(rates, axis=0), rates)
+        # honest peers often agree on every sample: the typical distance may be 0, so 10 points of
+        # disagreement per class count as typical (an outlier then sits >= 30 points off)
+        node.judge(rates[0], dict(zip(batches, rates[1:])), min_scale=0.1 * np.sqrt(len(classes)))
 
 
 class Mixed(Exchange):

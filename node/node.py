@@ -97,12 +97,12 @@ class Node:
     def refuse(self, reason: str) -> None:
         self.stats.refused[reason] += 1
 
-    def judge(self, own: np.ndarray, contributions: dict[bytes, np.ndarray]) -> None:
+    def judge(self, own: np.ndarray, contributions: dict[bytes, np.ndarray], min_scale: float = 1e-12) -> None:
         """Score each peer's contribution against the robust consensus of all; ban a peer whose
         reputation falls below the threshold."""
         if not contributions:
             return
-        ratios = outlier_ratios([own, *contributions.values()])
+        ratios = outlier_ratios([own, *contributions.values()], min_scale)
         for peer, ratio in zip(contributions, ratios[1:]):
             if self.reputation.observe(peer, float(ratio)):
                 self.banned.add(peer)

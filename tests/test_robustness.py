@@ -68,6 +68,17 @@ def test_reputation_cuts_off_a_persistently_poisonous_peer():
     assert report["summary"]["mean_accuracy"] > without["summary"]["mean_accuracy"] + 0.05
 
 
+def test_reputation_cuts_off_peers_whose_synthetic_samples_carry_wrong_labels():
+    report = run(exchange="synthetic", attacks=("synthetic:0.2",), reputation=0.7)
+    attackers = {a["id"] for a in report["attackers"]}
+    for node in report["nodes"]:
+        if node["attack"] is None:
+            assert set(node["banned"]) == attackers  # every poisoner, and no honest peer
+    without = run(exchange="synthetic", attacks=("synthetic:0.2",))
+    # their samples already in the pool are dropped with the ban
+    assert report["summary"]["mean_accuracy"] > without["summary"]["mean_accuracy"] + 0.1
+
+
 def test_a_node_that_banned_its_attackers_needs_fewer_inputs_for_its_rule(clean):
     # bulyan:2 needs 4f+3 = 11 inputs: all of them. Once the two attackers are banned, the nine
     # inputs left hold no known Byzantine peer, and bulyan:0 needs 3.

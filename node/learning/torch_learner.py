@@ -9,13 +9,20 @@ from torch.nn import functional as F
 from .learner import Learner, NDArrays, Samples
 
 
+def _tensor(a, dtype) -> torch.Tensor:
+    """A tensor sharing the array's memory; arrays decoded from a peer's message are read-only,
+    which torch does not wrap, so those are copied."""
+    a = np.asarray(a, dtype=dtype)
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
+
+
 class TorchLearner(Learner):
     def __init__(self, module: nn.Module, x: np.ndarray, y: np.ndarray, *, architecture: str,
                  lr: float = 1e-2, batch_size: int = 32, seed: int = 0) -> None:
         self.module = module
         self.architecture = architecture
-        self.x = torch.as_tensor(np.asarray(x, dtype=np.float32))
-        self.y = torch.as_tensor(np.asarray(y, dtype=np.int64))
+        self.x = _tensor(x, np.float32)
+        self.y = _tensor(y, np.int64)
         self.num_examples = len(self.y)
         self.batch_size = batch_size
         self.optimizer = torch.optim.Adam(module.parameters(), lr=lr)
@@ -55,8 +62,8 @@ class TorchLearner(Learner):
     def fit(self, epochs: int, extra: Samples | None = None) -> dict[str, float]:
         x, y, w = self.x, self.y, torch.ones(self.num_examples)
         if extra is not None and len(extra.y):
-            x = torch.cat([x, torch.as_tensor(np.asarray(extra.x, dtype=np.float32))])
-            y = torch.cat([y, torch.as_tensor(np.asarray(extra.y, dtype=np.int64))])
+            x = torch.cat([x, _tensor(extra.x, np.float32)])
+            y = torch.cat([y, _tensor(extra.y, np.int64)])
             w = torch.cat([w, torch.full((len(extra.y),), float(extra.weight))])
 
         def loss_of(idx, logits):
@@ -64,8 +71,8 @@ class TorchLearner(Learner):
         return {"loss": self._epochs(x, epochs, loss_of)}
 
     def distill(self, x: np.ndarray, target: np.ndarray, temperature: float, epochs: int) -> None:
-        x_t = torch.as_tensor(np.asarray(x, dtype=np.float32))
-        target = torch.as_tensor(np.asarray(target, dtype=np.float32)).exp()
+        x_t = _tensor(x, np.float32)
+        target = _tensor(target, np.float32).exp()
 
         def loss_of(idx, logits):
             # Hinton et al.'s KD loss, scaled by T^2 so gradients keep their size across temperatures.
@@ -76,6 +83,6 @@ class TorchLearner(Learner):
     @torch.no_grad()
     def predict(self, x: np.ndarray, batch: int = 1024) -> np.ndarray:
         self.module.eval()
-        x_t = torch.as_tensor(np.asarray(x, dtype=np.float32))
+        x_t = _tensor(x, np.float32)
         # In batches: a CNN's activations on 10 000 Fashion-MNIST images at once are gigabytes.
         return torch.cat([self.module(x_t[i:i + batch]) for i in range(0, len(x_t), batch)]).numpy()
