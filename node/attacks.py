@@ -202,9 +202,9 @@ class AttackerNode(Node):
         self.context = context
         self.captured: dict[str, bytes] = {}
 
-    def on_bytes(self, sender_address: str, data: bytes) -> None:
+    def on_bytes(self, sender_address: str, data: bytes, digest: bytes | None = None) -> None:
         self.captured[sender_address] = data
-        super().on_bytes(sender_address, data)
+        super().on_bytes(sender_address, data, digest)
 
     def publish(self) -> None:
         self.version += 1

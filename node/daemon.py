@@ -84,9 +84,9 @@ class DaemonNode(Node):
         return self.peers.setdefault(address, {"id": address, "addrs": [], "first_seen": now_ms(), "last_seen": 0,
                                                "accepted": 0, "offered": {}})
 
-    def on_bytes(self, sender_address: str, data: bytes) -> None:
+    def on_bytes(self, sender_address: str, data: bytes, digest: bytes | None = None) -> None:
         self.peer(sender_address)["last_seen"] = now_ms()
-        super().on_bytes(sender_address, data)
+        super().on_bytes(sender_address, data, digest)
 
     def handle(self, sender_address: str, message: Message) -> None:
         entry = self.peer(sender_address)
@@ -285,7 +285,7 @@ class Daemon:
             except ValueError:
                 return  # gone or too slow: the next announcement brings a newer one
             node.pulled += 1
-            node.on_bytes(author, data)  # signature, digest, replay window, then the exchange
+            node.on_bytes(author, data, digest)  # verified (the digest asked for too), then the exchange
 
         with trio.move_on_after(max(self.config.period, 1.0)):
             async with trio.open_nursery() as nursery:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from manymodels.protocol import Identity, Message, Payload, RejectedMessage, ReplayGuard, open_envelope, seal
+from manymodels.protocol import Identity, Message, Payload, Reason, RejectedMessage, ReplayGuard, open_envelope, seal
 
 from .exchange import Exchange
 from .learning.learner import Learner
@@ -79,10 +79,13 @@ class Node:
         self.guard.record(self.identity.public_key, self.seq)
         return seal(self.identity, payload, self.seq, self.clock() if ts_ms is None else ts_ms)
 
-    def on_bytes(self, sender_address: str, data: bytes) -> None:
+    def on_bytes(self, sender_address: str, data: bytes, digest: bytes | None = None) -> None:
+        """Verify bytes from a peer and handle the message; `digest`: the payload digest a pull asked for."""
         self.stats.bytes_received += len(data)
         try:
             message = open_envelope(data, now_ms=self.clock(), guard=self.guard, banned=self.banned)
+            if digest is not None and message.digest != digest:
+                raise RejectedMessage(Reason.DIGEST_MISMATCH, "not the message that was asked for")
         except RejectedMessage as exc:
             self.stats.rejected[exc.reason.value] += 1
             self.stats.rejected_from[sender_address] += 1

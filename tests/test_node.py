@@ -12,7 +12,7 @@ from manymodels.node.learning.torch_learner import TorchLearner
 from manymodels.node.node import Node
 from manymodels.node.store import atomic_write, load_identity, save_identity
 from manymodels.node.transport.memory import LinkModel, MemoryNetwork
-from manymodels.protocol import Identity, Weights, seal
+from manymodels.protocol import Identity, Weights, open_envelope, seal
 
 
 def test_peer_id_is_libp2p_peer_id():
@@ -136,3 +136,13 @@ def test_memory_network_is_deterministic_and_models_loss_and_churn():
     assert all(name != "c" for _, name, _ in first)  # offline node receives nothing
     assert 20 < len(first) < 80 and dropped == 150 - len(first)
     assert [t for t, _, _ in first] == sorted(t for t, _, _ in first)
+
+
+def test_a_pulled_message_must_be_the_one_asked_for():
+    network, a, b = _pair()
+    sealed = b.seal(Weights("logreg", 1, 20, b.learner.get_weights()))
+    a.on_bytes(b.id, sealed, digest=bytes(32))
+    assert dict(a.stats.rejected) == {"digest_mismatch": 1} and a.stats.messages_accepted == 0
+    again = b.seal(Weights("logreg", 2, 20, b.learner.get_weights()))
+    a.on_bytes(b.id, again, digest=open_envelope(again, now_ms=1_000_000).digest)
+    assert a.stats.messages_accepted == 1
