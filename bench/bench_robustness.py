@@ -2,8 +2,8 @@
 honest-node mean accuracy in each cell (attackers are left out of every accuracy).
 
 Weights exchange: every weights rule under every weights attack; distill exchange: every logits
-rule under the distill attacks; each once plainly and once with peer reputation (ban below
---reputation).
+rule under the distill attacks; synthetic exchange (received samples pooled, no rule) under the
+synthetic attacks; each once plainly and once with peer reputation (ban below --reputation).
 Fraction 0 is the clean baseline, one run per rule. In rule templates `f` is the number of
 attackers (at least 1), `m` is n - f (n = the inputs a node aggregates, itself included: all the
 nodes on the full topology), and `clippedgossip:auto` takes the tau chosen by a sweep on the clean
@@ -31,8 +31,9 @@ WEIGHT_RULES = "fedavg,median,trimmed:0.2,krum:f,multikrum:f:m,bulyan:f,clippedg
 LOGIT_RULES = "logit-probmean,logit-median"
 WEIGHT_ATTACKS = "gaussian,signflip,labelflip,alie,ipm"
 LOGIT_ATTACKS = "logit,gaussian,signflip,labelflip"
+SYNTHETIC_ATTACKS = "synthetic,gaussian,labelflip"
 TAU_GRID = "0.3,1,3,10,30"
-LABELS = {"fedavg": "mean (fedavg)"}
+LABELS = {"fedavg": "mean (fedavg)", "pool": "pooled samples (no rule)"}
 
 
 def code_state() -> dict:
@@ -107,7 +108,8 @@ def job(args, exchange: str, template: str, rule: str, attack: str | None, fract
               "reputation": reputation, "attacks": (f"{attack}:{fraction}",) if attack else ()}
     if args.max_test is not None:
         config["max_test"] = args.max_test
-    config["rule" if exchange == "weights" else "logit_rule"] = rule
+    if exchange != "synthetic":  # received samples are pooled and trained on: no rule
+        config["rule" if exchange == "weights" else "logit_rule"] = rule
     return {"exchange": exchange, "template": template, "rule": rule, "attack": attack, "fraction": fraction,
             "reputation": reputation, "seed": seed, "config": config}
 
@@ -137,13 +139,16 @@ def build_jobs(args, tau: float | None, seeds: list[int]) -> tuple[list[dict], l
     if args.logit_rules:
         setups.append(("distill", args.logit_rules.split(","), args.logit_attacks.split(","),
                        reps if args.logit_reputation else [0.0]))
+    if args.synthetic_attacks:
+        setups.append(("synthetic", ["pool"], args.synthetic_attacks.split(","), reps))
     jobs, skipped = [], []
     for exchange, templates, attacks, reputations in setups:
         for template in templates:
             for fraction in fractions:
                 f = attackers(fraction, args.nodes)
                 rule = concrete(template, max(f, 1), args.nodes, tau)
-                reason = check_inputs(rule, args.nodes)  # full topology: every node aggregates n inputs
+                # full topology: every node aggregates n inputs
+                reason = None if exchange == "synthetic" else check_inputs(rule, args.nodes)
                 cells = [None] if fraction == 0 else attacks
                 if reason:
                     print(f"skip {rule} at {fraction:.0%} attackers: {reason}", flush=True)
@@ -182,7 +187,8 @@ def tables(cells: list[dict], fractions: list[float], order: list[str], attack_o
            ) -> tuple[str, list[dict]]:
     """Markdown: one table per (exchange, reputation); rows rule, columns clean + attack x fraction."""
     md, grids = [], []
-    groups = sorted({(c["exchange"], c["reputation"]) for c in cells}, key=lambda g: (g[0] != "weights", g[1]))
+    kinds = ["weights", "distill", "synthetic"]
+    groups = sorted({(c["exchange"], c["reputation"]) for c in cells}, key=lambda g: (kinds.index(g[0]), g[1]))
     attacked = [f for f in fractions if f > 0]
     for exchange, rep in groups:
         mine = [c for c in cells if (c["exchange"], c["reputation"]) == (exchange, rep)]
@@ -271,6 +277,8 @@ def main() -> None:
     parser.add_argument("--attacks", default=WEIGHT_ATTACKS, help="attacks against the weights exchange")
     parser.add_argument("--logit-rules", default=LOGIT_RULES, help="logits rules for the distill exchange ('' for none)")
     parser.add_argument("--logit-attacks", default=LOGIT_ATTACKS, help="attacks against the distill exchange")
+    parser.add_argument("--synthetic-attacks", default=SYNTHETIC_ATTACKS,
+                        help="attacks against the synthetic exchange ('' for none)")
     parser.add_argument("--reputation", type=float, default=0.7, help="threshold of the reputation runs (0: none)")
     parser.add_argument("--logit-reputation", action=argparse.BooleanOptionalAction, default=True,
                         help="also run the distill exchange with reputation")
@@ -323,8 +331,9 @@ def render(data: dict, out: Path, plot_path: Path) -> None:
     """robustness.md and the plot from a run's JSON."""
     a = data["settings"]
     fractions = [float(x) for x in a["fractions"].split(",")]
-    order = [t for t in (*a["rules"].split(","), *a["logit_rules"].split(",")) if t]
-    attack_order = {"weights": a["attacks"].split(","), "distill": a["logit_attacks"].split(",")}
+    order = [t for t in (*a["rules"].split(","), *a["logit_rules"].split(","), "pool") if t]
+    attack_order = {"weights": a["attacks"].split(","), "distill": a["logit_attacks"].split(","),
+                    "synthetic": a.get("synthetic_attacks", "").split(",")}
     cells = data["cells"]
     markdown, grids = tables(cells, fractions, order, attack_order)
     dataset = a["dataset"] + "".join(f" ({k.replace('_', ' ')} {a[k]})" for k in ("max_train", "max_test") if a.get(k))

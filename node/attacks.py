@@ -49,7 +49,8 @@ class Attack:
 
 
 class GaussianNoise(Attack):
-    name, description = "gaussian", "send Gaussian noise (std 1) instead of weights, logits or samples' pixels"
+    name, description = "gaussian", ("send Gaussian noise instead of weights (std 1), logits (std 10) or samples' "
+                                   "pixels (the data's mean and std, clipped to its range)")
 
     def poison(self, payload, node, ctx):
         noise = lambda a: ctx.rng.normal(0.0, 1.0, a.shape).astype(a.dtype)  # noqa: E731
@@ -57,7 +58,17 @@ class GaussianNoise(Attack):
             return replace(payload, tensors=[noise(t) for t in payload.tensors])
         if isinstance(payload, Logits):
             return replace(payload, logits=noise(payload.logits) * 10)
+        if isinstance(payload, SyntheticBatch):  # noise images, clipped to the data's range: they pass the checks
+            x = payload.x
+            noisy = np.clip(x.mean() + x.std() * noise(x), x.min(), x.max()).astype(x.dtype)
+            return _with_card_digest(SyntheticBatch(noisy, payload.y, dict(payload.card)))
         return payload
+
+
+def _with_card_digest(batch: SyntheticBatch) -> SyntheticBatch:
+    """The batch with its card's digest recomputed: a valid card for poisoned content."""
+    batch.card["digest"] = batch.content_digest()
+    return batch
 
 
 class SignFlip(Attack):
@@ -122,9 +133,7 @@ class SyntheticPoison(Attack):
     def poison(self, payload, node, ctx):
         if not isinstance(payload, SyntheticBatch):
             return payload
-        batch = SyntheticBatch(payload.x, (payload.y + 1) % node.num_classes, dict(payload.card))
-        batch.card["digest"] = batch.content_digest()
-        return batch
+        return _with_card_digest(SyntheticBatch(payload.x, (payload.y + 1) % node.num_classes, dict(payload.card)))
 
 
 class Sybil(Attack):

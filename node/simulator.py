@@ -148,9 +148,13 @@ def _accuracy(learner: Learner, data: Dataset) -> float:
     return round(learner.evaluate(data.x_test, data.y_test)["accuracy"], 6)
 
 
-def _exchange(config: SimulationConfig, data: Dataset, probe: ProbeSet, index: np.ndarray, seed: int) -> Exchange:
+def _exchange(config: SimulationConfig, data: Dataset, probe: ProbeSet, index: np.ndarray, seed: int,
+              labels: Callable[[np.ndarray], np.ndarray]) -> Exchange:
+    """The node's exchange; `labels` poisons a data-poisoning attacker's labels, whose class counts
+    and generator then describe the poisoned data, as its model does."""
     rule = get_rule(config.rule)
-    counts = np.bincount(data.y_train[index], minlength=data.num_classes).tolist()
+    y = labels(data.y_train[index])
+    counts = np.bincount(y, minlength=data.num_classes).tolist()
     distill = lambda: Distillation(DistillSettings(  # noqa: E731
         probe, get_rule(config.logit_rule), counts, config.temperature, config.distill_epochs))
     if config.exchange == "weights":
@@ -160,7 +164,7 @@ def _exchange(config: SimulationConfig, data: Dataset, probe: ProbeSet, index: n
     if config.exchange == "mixed":
         return Mixed(WeightGossip(rule), distill())
     value_range = (float(data.x_train.min()), float(data.x_train.max()))
-    generator = GaussianClassGenerator(data.x_train[index], data.y_train[index], value_range)
+    generator = GaussianClassGenerator(data.x_train[index], y, value_range)
     return SyntheticSamples(SyntheticSettings(
         generator, np.random.default_rng(seed), data.input_shape, value_range, config.synthetic_per_class,
         config.synthetic_weight, config.licence, tuple(config.accept_licences)))
@@ -234,7 +238,7 @@ def _simulate(config: SimulationConfig, on_round: Callable[[int, float], None] |
         else:
             labels = (lambda y, a=attack: a.poison_labels(y, data.num_classes)) if attack else (lambda y: y)
             learner = _learner(archs[i], config, data, index, seed, labels)
-            exchange = _exchange(config, data, probe, index, seed)
+            exchange = _exchange(config, data, probe, index, seed, labels)
         args = (identity, learner, network.attach(identity.peer_id), exchange)
         num_classes = flower.num_classes if flower else data.num_classes
         kwargs = {"num_classes": num_classes, "clock": clock, "reputation": Reputation(config.reputation)}
