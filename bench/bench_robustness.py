@@ -314,7 +314,7 @@ def main() -> None:
     jobs.sort(key=lambda j: (not j["rule"].startswith(("bulyan", "logit")), j["exchange"]))
     print(f"{len(jobs)} simulations on {args.jobs} workers", flush=True)
     results = run_all(jobs, args.jobs, "grid")
-    if code_state() != code:
+    if code_state()["sources_sha256"] != code["sources_sha256"]:
         print("warning: the library sources changed during the run; the cells may mix versions", flush=True)
         code["changed_during_run"] = True
     data = {"settings": settings, "code": code, "tau": tau, "tau_sweep": sweep,
