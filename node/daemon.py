@@ -32,6 +32,7 @@ from .worker import WorkerLearner
 BLOB_CHUNK = 4 << 20
 MAX_BLOBS = 8  # sealed messages kept for peers to pull (the newest)
 PULL_TIMEOUT = 60
+PULL_WINDOW = 4  # chunk requests in flight per pull: the link stays busy while a chunk is verified
 MAX_PEERS = 32  # peer exchange stops dialing beyond this many connections
 MAX_REMOTE_MODELS = 1024  # announcements remembered (one per author, the newest version)
 PULL_CANDIDATES = 3  # providers tried by a pull that names no peer
@@ -74,7 +75,7 @@ class DaemonNode(Node):
         self.peers: dict[str, dict] = {}
         self.blobs: dict[bytes, bytes] = {}  # payload digest -> the sealed message, for pulls
         self.remote_models: dict[str, dict] = {}  # peer id -> what its latest weights were
-        self.pulls: dict[bytes, trio.MemorySendChannel] = {}
+        self.pulls: dict[bytes, tuple[str, trio.MemorySendChannel]] = {}  # digest -> (peer, chunks)
         # (author, kind) -> the newest Announce a neighbour sent us instead of the message, to pull
         self.unpushed: dict[tuple[str, str], Announce] = {}
         self.pulled = 0  # messages fetched by digest before a fold
@@ -96,9 +97,12 @@ class DaemonNode(Node):
             return self._serve_blob(sender_address, payload)
         if isinstance(payload, (BlobResponse, Error)):
             wanted = payload.digest if isinstance(payload, BlobResponse) else _hex(payload.message)
-            channel = self.pulls.get(wanted)
-            if channel is not None:
-                channel.send_nowait(payload)
+            peer, channel = self.pulls.get(wanted, (None, None))
+            if peer == sender_address:  # only the peer asked answers a pull
+                try:
+                    channel.send_nowait(payload)
+                except trio.WouldBlock:
+                    pass  # more than was asked for: the pull sees a gap and fails
             return
         if isinstance(payload, Hello):
             # only addresses that name the sender: a peer speaks for itself
@@ -148,6 +152,45 @@ class DaemonNode(Node):
         usable = [(author, a.digest) for (author, kind), a in pending.items()
                   if kind in self.exchange.consumes and (kind != "weights" or a.model == self.learner.architecture)]
         return usable[:MAX_PULLS_PER_CYCLE]
+
+    async def fetch(self, peer: str, wanted: bytes, window: int = PULL_WINDOW) -> bytes:
+        """The sealed message with this payload digest, from `peer`, in chunks with up to `window`
+        requests in flight (not yet verified: the caller opens the envelope)."""
+        if wanted in self.pulls:
+            raise ValueError(f"{wanted.hex()[:16]}… is being pulled already")
+        send, receive = trio.open_memory_channel(2 * window)
+        self.pulls[wanted] = (peer, send)
+        chunks: dict[int, bytes] = {}
+        pending: set[int] = set()
+        total, ahead = None, 0
+
+        def ask(offset: int) -> None:
+            pending.add(offset)
+            self.transport.send(peer, self.seal(BlobRequest(wanted, offset, BLOB_CHUNK)))
+        try:
+            with trio.fail_after(PULL_TIMEOUT):
+                ask(0)
+                while pending:
+                    chunk = await receive.receive()
+                    if isinstance(chunk, Error):
+                        raise ValueError(f"{peer} does not hold {wanted.hex()[:16]}… any more ({chunk.code})")
+                    if chunk.offset not in pending or (total is not None and chunk.total != total):
+                        raise ValueError("the peer sent a chunk that was not asked for")
+                    if chunk.total > MAX_ENVELOPE_BYTES:
+                        raise ValueError(f"the peer offers {chunk.total} bytes, more than any message may have")
+                    if len(chunk.data) != min(BLOB_CHUNK, chunk.total - chunk.offset):
+                        raise ValueError("the peer sent a chunk of the wrong length")
+                    total = chunk.total
+                    pending.discard(chunk.offset)
+                    chunks[chunk.offset] = chunk.data
+                    while ahead + BLOB_CHUNK < total and len(pending) < window:
+                        ahead += BLOB_CHUNK
+                        ask(ahead)
+        except trio.TooSlowError:
+            raise ValueError(f"{peer} did not serve {wanted.hex()[:16]}… within {PULL_TIMEOUT} s") from None
+        finally:
+            del self.pulls[wanted]
+        return b"".join(chunks[offset] for offset in sorted(chunks))
 
     def _serve_blob(self, sender_address: str, request: BlobRequest) -> None:
         blob = self.blobs.get(request.digest)
@@ -281,7 +324,7 @@ class Daemon:
 
         async def fetch(author: str, digest: bytes) -> None:
             try:
-                data = await self._fetch(node, author, digest)
+                data = await node.fetch(author, digest)
             except ValueError:
                 return  # gone or too slow: the next announcement brings a newer one
             node.pulled += 1
@@ -386,33 +429,7 @@ class Daemon:
 
     async def _pull(self, node: DaemonNode, peer: str, wanted: bytes) -> dict:
         """Fetch a sealed message by its payload digest; verify it, then keep it in blobs/."""
-        return self._keep_pulled(await self._fetch(node, peer, wanted), wanted)
-
-    async def _fetch(self, node: DaemonNode, peer: str, wanted: bytes) -> bytes:
-        """The sealed message with this payload digest, from `peer`, in chunks (not yet verified)."""
-        if wanted in node.pulls:
-            raise ValueError(f"{wanted.hex()[:16]}… is being pulled already")
-        send, receive = trio.open_memory_channel(16)
-        node.pulls[wanted] = send
-        parts, total = bytearray(), None
-        try:
-            with trio.fail_after(PULL_TIMEOUT):
-                while total is None or len(parts) < total:
-                    node.transport.send(peer, node.seal(BlobRequest(wanted, len(parts), BLOB_CHUNK)))
-                    chunk = await receive.receive()
-                    if isinstance(chunk, Error):
-                        raise ValueError(f"{peer} does not hold {wanted.hex()[:16]}… any more ({chunk.code})")
-                    if chunk.offset != len(parts) or (total is not None and chunk.total != total) or not chunk.data:
-                        raise ValueError("the peer sent a chunk out of order")
-                    if chunk.total > MAX_ENVELOPE_BYTES:
-                        raise ValueError(f"the peer offers {chunk.total} bytes, more than any message may have")
-                    total = chunk.total
-                    parts += chunk.data
-        except trio.TooSlowError:
-            raise ValueError(f"{peer} did not serve {wanted.hex()[:16]}… within {PULL_TIMEOUT} s") from None
-        finally:
-            del node.pulls[wanted]
-        return bytes(parts)
+        return self._keep_pulled(await node.fetch(peer, wanted), wanted)
 
     def _keep_pulled(self, data: bytes, wanted: bytes) -> dict:
         """Verify a pulled message (signature, payload digest) and write it to blobs/."""
