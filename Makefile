@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_scale.py
 	$(PY) bench/bench_aggregation.py
 	$(PY) bench/bench_transfer.py
+	$(PY) bench/bench_pull.py
 	$(PY) bench/bench_daemon.py
 	$(PY) bench/bench_many_models.py
 	$(PY) bench/bench_robustness.py
