@@ -1,0 +1,84 @@
+"""Pulls by digest between two nodes on real libp2p transports (loopback, one process): a model of
+several chunks arrives whole with requests in flight, only the peer asked may answer, and a
+holder that answers wrongly makes the pull fail with a reason."""
+import time
+
+import numpy as np
+import trio
+
+from manymodels.aggregation import get_rule
+from manymodels.node.daemon import BLOB_CHUNK, DaemonNode
+from manymodels.node.exchange import WeightGossip
+from manymodels.node.learning.models import build_model
+from manymodels.node.learning.torch_learner import TorchLearner
+from manymodels.node.reputation import Reputation
+from manymodels.node.transport.libp2p import Libp2pTransport
+from manymodels.protocol import BlobRequest, BlobResponse, Identity, Weights, open_envelope
+
+
+def node(identity: Identity, transport: Libp2pTransport, cls=DaemonNode) -> DaemonNode:
+    x = np.zeros((4, 4), np.float32)
+    learner = TorchLearner(build_model("logreg", (4,), 2, seed=0), x, np.zeros(4, np.int64), architecture="logreg")
+    return cls(identity, learner, transport, WeightGossip(get_rule("fedavg")), num_classes=2,
+               clock=lambda: int(time.time() * 1000), reputation=Reputation())
+
+
+def pull(holder_cls=DaemonNode, *, intruder: bool = False) -> tuple[bytes, bytes | ValueError]:
+    """(what the holder keeps, what the puller fetched or why not) for a model of about 2.5 chunks."""
+    ids = [Identity(bytes([i]) * 32) for i in (1, 2, 3)]
+    tensor = np.arange(int(2.5 * BLOB_CHUNK) // 4, dtype=np.float32)
+    out = {}
+
+    async def main() -> None:
+        transports = [Libp2pTransport(i) for i in ids]
+        async with transports[0].running(), transports[1].running(), transports[2].running():
+            holder, puller = node(ids[0], transports[0], holder_cls), node(ids[1], transports[1])
+            await transports[1].connect(transports[0].listen_addrs()[0])
+            sealed = holder.seal(Weights("logreg", 1, 10, [tensor]))
+            digest = holder.keep_blob(sealed)
+            if intruder:  # a third peer answers first, with the right digest and wrong bytes
+                mallory = node(ids[2], transports[2])
+                await transports[2].connect(transports[1].listen_addrs()[0])
+                fake = mallory.seal(BlobResponse(digest, 0, len(sealed), b"\0" * BLOB_CHUNK))
+
+                async def interfere() -> None:
+                    for _ in range(20):
+                        transports[2].send(ids[1].peer_id, fake)
+                        await trio.sleep(0.01)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(interfere)
+                    out["fetched"] = await puller.fetch(ids[0].peer_id, digest)
+            else:
+                try:
+                    out["fetched"] = await puller.fetch(ids[0].peer_id, digest)
+                except ValueError as exc:  # raised in this task, as the daemon's callers see it
+                    out["fetched"] = exc
+            out["sealed"] = sealed
+    trio.run(main)
+    return out["sealed"], out["fetched"]
+
+
+def test_a_model_of_several_chunks_arrives_whole():
+    sealed, fetched = pull()
+    assert len(sealed) > 2 * BLOB_CHUNK and fetched == sealed
+    assert open_envelope(fetched, now_ms=int(time.time() * 1000)).payload.tensors[0][-1] == int(2.5 * BLOB_CHUNK) // 4 - 1
+
+
+def test_only_the_peer_asked_answers_a_pull():
+    sealed, fetched = pull(intruder=True)
+    assert fetched == sealed
+
+
+class ShortChunks(DaemonNode):
+    """A holder that answers every request with one byte less than it should."""
+
+    def _serve_blob(self, sender_address: str, request: BlobRequest) -> None:
+        blob = self.blobs[request.digest]
+        end = min(len(blob), request.offset + min(request.length, BLOB_CHUNK)) - 1
+        self.transport.send(sender_address, self.seal(BlobResponse(request.digest, request.offset, len(blob),
+                                                                   blob[request.offset:end])))
+
+
+def test_a_chunk_of_the_wrong_length_fails_the_pull():
+    _, failed = pull(ShortChunks)
+    assert isinstance(failed, ValueError) and "wrong length" in str(failed)
