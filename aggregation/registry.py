@@ -135,10 +135,13 @@ def after_bans(rule: Rule, banned: int) -> Rule:
     tolerate f of them among its inputs has at most f - banned left to tolerate, and so needs
     fewer inputs (Bulyan: 4f+3). Rules without a parameter named f are returned as they are."""
     f = rule.params.get("f")
-    if not banned or not f or rule.spec.startswith(FLOWER_PREFIX):
+    if not banned or not isinstance(f, int) or not f or rule.spec.startswith(FLOWER_PREFIX):
         return rule
     params = {**rule.params, "f": max(0, f - banned)}
-    return get_rule(":".join([rule.name, *(str(v) for v in params.values())]))
+    try:
+        return get_rule(":".join([rule.name, *(str(v) for v in params.values())]))
+    except RuleError:  # a plugin whose f may not go that low: keep it as it is
+        return rule
 
 
 BUILTINS: dict[str, RuleSpec] = {

@@ -8,6 +8,7 @@ after every cycle and at shutdown, so a restarted daemon resumes with the same i
 from __future__ import annotations
 
 import os
+import random
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -37,6 +38,7 @@ MAX_PEERS = 32  # peer exchange stops dialing beyond this many connections
 MAX_REMOTE_MODELS = 1024  # announcements remembered (one per author, the newest version)
 PULL_CANDIDATES = 3  # providers tried by a pull that names no peer
 MAX_PULLS_PER_CYCLE = 8  # announced-only messages fetched before a fold
+MAX_PULL_BYTES_PER_CYCLE = 1 << 30  # and their bytes, all together
 
 
 @dataclass
@@ -102,7 +104,7 @@ class DaemonNode(Node):
                 try:
                     channel.send_nowait(payload)
                 except trio.WouldBlock:
-                    pass  # more than was asked for: the pull sees a gap and fails
+                    pass  # more than was asked for: dropped (the pull then waits for its timeout)
             return
         if isinstance(payload, Hello):
             # only addresses that name the sender: a peer speaks for itself
@@ -112,6 +114,8 @@ class DaemonNode(Node):
         if isinstance(payload, PeerExchange):
             return self.discovered(payload.addrs)
         if isinstance(payload, Announce):  # sent to us instead of a message too big to push
+            if message.sender_id != sender_address:
+                return  # only a neighbour's own messages, pulled from itself
             key = (message.sender_id, payload.content)
             if key not in self.unpushed or payload.version > self.unpushed[key].version:
                 self.unpushed[key] = payload
@@ -145,17 +149,24 @@ class DaemonNode(Node):
             oldest = min(self.remote_models.values(), key=lambda m: m["received"])
             del self.remote_models[oldest["peer"]]
 
-    def to_pull(self) -> list[tuple[str, bytes]]:
-        """(author, digest) of the newest unpushed messages this node's exchange would use; taken
-        off the list (a failed pull is not retried: the next announcement brings a newer one)."""
+    def to_pull(self) -> list[tuple[str, Announce]]:
+        """(author, announcement) of the newest unpushed messages this node's exchange would use,
+        in random order within the per-cycle limits (so no neighbour is always left out); taken off
+        the list: a failed pull is not retried, the next announcement brings a newer one."""
         pending, self.unpushed = self.unpushed, {}
-        usable = [(author, a.digest) for (author, kind), a in pending.items()
+        usable = [(author, a) for (author, kind), a in pending.items()
                   if kind in self.exchange.consumes and (kind != "weights" or a.model == self.learner.architecture)]
-        return usable[:MAX_PULLS_PER_CYCLE]
+        random.shuffle(usable)
+        chosen, budget = [], MAX_PULL_BYTES_PER_CYCLE
+        for author, a in usable[:MAX_PULLS_PER_CYCLE]:
+            if a.size <= budget:
+                chosen.append((author, a))
+                budget -= a.size
+        return chosen
 
-    async def fetch(self, peer: str, wanted: bytes, window: int = PULL_WINDOW) -> bytes:
+    async def fetch(self, peer: str, wanted: bytes, window: int = PULL_WINDOW, size: int | None = None) -> bytes:
         """The sealed message with this payload digest, from `peer`, in chunks with up to `window`
-        requests in flight (not yet verified: the caller opens the envelope)."""
+        requests in flight (not yet verified: the caller opens the envelope); `size`: as announced."""
         if wanted in self.pulls:
             raise ValueError(f"{wanted.hex()[:16]}… is being pulled already")
         send, receive = trio.open_memory_channel(2 * window)
@@ -178,6 +189,8 @@ class DaemonNode(Node):
                         raise ValueError("the peer sent a chunk that was not asked for")
                     if chunk.total > MAX_ENVELOPE_BYTES:
                         raise ValueError(f"the peer offers {chunk.total} bytes, more than any message may have")
+                    if size is not None and chunk.total != size:
+                        raise ValueError(f"the peer offers {chunk.total} bytes, it announced {size}")
                     if len(chunk.data) != min(BLOB_CHUNK, chunk.total - chunk.offset):
                         raise ValueError("the peer sent a chunk of the wrong length")
                     total = chunk.total
@@ -320,20 +333,22 @@ class Daemon:
     async def _pull_unpushed(self, node: DaemonNode) -> None:
         """Fetch what neighbours announced but did not push (it was over their push limit), in
         parallel, within one period; the bytes are then verified like any pushed message."""
-        wanted = node.to_pull()
-
-        async def fetch(author: str, digest: bytes) -> None:
+        async def fetch(author: str, announce: Announce) -> None:
             try:
-                data = await node.fetch(author, digest)
-            except ValueError:
-                return  # gone or too slow: the next announcement brings a newer one
+                data = await node.fetch(author, announce.digest, size=announce.size)
+            except ValueError:  # gone, too slow or wrong: the next announcement brings a newer one
+                return node.refuse("pull_failed")
             node.pulled += 1
-            node.on_bytes(author, data, digest)  # verified (the digest asked for too), then the exchange
+            try:
+                node.on_bytes(author, data, announce.digest)  # verified (the digest asked for too)
+            except Exception as exc:  # noqa: BLE001 -- as the transport's receiver: log, count, go on
+                print(f"handling a message pulled from {author}: {type(exc).__name__}: {exc}", flush=True)
+                node.refuse("pull_not_handled")
 
         with trio.move_on_after(max(self.config.period, 1.0)):
             async with trio.open_nursery() as nursery:
-                for author, digest in wanted:
-                    nursery.start_soon(fetch, author, digest)
+                for author, announce in node.to_pull():
+                    nursery.start_soon(fetch, author, announce)
 
     def _announce(self, node: DaemonNode, digest: bytes, kind: str, size: int, held: set[bytes]) -> bytes:
         """Tell the network (gossipsub, paced; DHT provider record) that we hold this blob; the

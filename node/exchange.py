@@ -29,15 +29,16 @@ def _flat(tensors: list[np.ndarray]) -> np.ndarray:
 
 
 def capped_at_median(claims: np.ndarray) -> np.ndarray:
-    """Example counts are self-reported and cannot be checked: cap each claim at the median
-    claim, so a liar claiming a billion examples weighs no more than a typical peer."""
+    """Example counts are self-reported and cannot be checked: cap each claim at the (lower)
+    median claim, at least 1, so a liar claiming a billion examples weighs no more than a typical
+    peer, also when there are only two claims."""
     claims = np.asarray(claims, dtype=np.float64)
-    return np.minimum(claims, np.median(claims))
+    return np.minimum(claims, max(np.sort(claims)[(len(claims) - 1) // 2], 1.0))
 
 
 class Exchange(ABC):
     name: str
-    consumes: tuple[str, ...]  # the payload kinds it folds
+    consumes: tuple[str, ...] = ()  # the payload kinds it folds
 
     @abstractmethod
     def publish(self, node: Node) -> list[Payload]:
@@ -66,6 +67,7 @@ class WeightGossip(Exchange):
     def __init__(self, rule: Rule) -> None:
         self.rule = rule
         self._inbox: dict[bytes, Weights] = {}
+        self._rules = {0: rule}  # the rule after k bans of neighbours (after_bans), by k
 
     def publish(self, node: Node) -> list[Payload]:
         learner = node.learner
@@ -93,10 +95,15 @@ class WeightGossip(Exchange):
         inbox, self._inbox = self._inbox, {}  # one swap: a daemon's network thread may be adding
         own = node.learner.get_weights()
         node.judge(_flat(own), {peer: _flat(w.tensors) for peer, w in inbox.items()})
+        inbox = {peer: w for peer, w in inbox.items() if peer not in node.banned}  # bans made just now too
+        if not inbox:
+            return False
         claims = capped_at_median([node.learner.num_examples, *(w.num_examples for w in inbox.values())])
         results = list(zip([own, *(w.tensors for w in inbox.values())], claims.tolist()))
+        banned = node.banned_neighbours()
+        rule = self._rules.get(banned) or self._rules.setdefault(banned, after_bans(self.rule, banned))
         try:
-            merged = after_bans(self.rule, len(node.banned))(results, reference=own)
+            merged = rule(results, reference=own)
         except RuleError:  # too few inputs this round (loss, churn): keep the local model
             node.refuse("rule_cannot_fold")
             return False
@@ -162,6 +169,9 @@ class Distillation(Exchange):
                np.asarray(s.class_counts, dtype=np.float64))
         inbox, self._inbox = self._inbox, {}  # one swap: a daemon's network thread may be adding
         node.judge(own[0], {peer: signal for peer, (signal, _) in inbox.items()})
+        inbox = {peer: v for peer, v in inbox.items() if peer not in node.banned}  # bans made just now too
+        if not inbox:
+            return False
         signals, counts = zip(own, *inbox.values())
         # scale each model's class counts down to its capped total: a liar claiming 10 000 of
         # every class cannot drown out the experts
@@ -262,7 +272,7 @@ class SyntheticSamples(Exchange):
         private data (no extra epoch: every exchange gets the same training budget)."""
         fresh, self._fresh = self._fresh, set()
         if fresh and self._own is not None:
-            self._judge(node, {peer: self._pool[peer] for peer in fresh})
+            self._judge(node, {peer: self._pool[peer] for peer in fresh if peer in self._pool})
         for peer in node.banned & self._pool.keys():  # stop training on what a banned peer sent
             del self._pool[peer]
         return bool(fresh)
@@ -272,6 +282,8 @@ class SyntheticSamples(Exchange):
         class this node knows (its own data has it). Honest samples of class c look like c to any
         model that knows c; a liar's labels do not. A class a peer did not send counts as typical."""
         classes = np.unique(self._own.y)
+        if not len(classes) or not batches:
+            return
 
         def agreement(batch: SyntheticBatch) -> np.ndarray:
             predicted = node.learner.predict(batch.x).argmax(axis=1) if len(batch.y) else batch.y

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from manymodels.protocol import Identity, Message, Payload, Reason, RejectedMessage, ReplayGuard, open_envelope, seal
+from manymodels.protocol import (Identity, Message, Payload, Reason, RejectedMessage, ReplayGuard, open_envelope,
+                                 peer_id, seal)
 
 from .exchange import Exchange
 from .learning.learner import Learner
@@ -80,11 +81,16 @@ class Node:
         return seal(self.identity, payload, self.seq, self.clock() if ts_ms is None else ts_ms)
 
     def on_bytes(self, sender_address: str, data: bytes, digest: bytes | None = None) -> None:
-        """Verify bytes from a peer and handle the message; `digest`: the payload digest a pull asked for."""
-        self.stats.bytes_received += len(data)
+        """Verify bytes from a peer and handle the message. `digest`: a pulled message, named by the
+        announcement it was pulled for; that announcement passed the replay window and clock check
+        when it arrived, and the digest binds the message to it, so the message itself may be as old
+        as the pull took (its bytes were counted chunk by chunk)."""
+        pulled = digest is not None
+        self.stats.bytes_received += 0 if pulled else len(data)
         try:
-            message = open_envelope(data, now_ms=self.clock(), guard=self.guard, banned=self.banned)
-            if digest is not None and message.digest != digest:
+            message = open_envelope(data, now_ms=self.clock(), guard=None if pulled else self.guard,
+                                    banned=self.banned)
+            if pulled and message.digest != digest:
                 raise RejectedMessage(Reason.DIGEST_MISMATCH, "not the message that was asked for")
         except RejectedMessage as exc:
             self.stats.rejected[exc.reason.value] += 1
@@ -107,8 +113,14 @@ class Node:
             return
         ratios = outlier_ratios([own, *contributions.values()], min_scale)
         for peer, ratio in zip(contributions, ratios[1:]):
-            if self.reputation.observe(peer, float(ratio)):
+            if np.isfinite(ratio) and self.reputation.observe(peer, float(ratio)):
                 self.banned.add(peer)
+
+    def banned_neighbours(self) -> int:
+        """Banned peers among the neighbours: known Byzantine inputs (keys cost nothing, so bans of
+        strangers do not count)."""
+        neighbours = set(self.neighbours)
+        return sum(peer_id(key) in neighbours for key in self.banned)
 
     def fold(self) -> bool:
         return self.exchange.fold(self)

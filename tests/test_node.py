@@ -146,3 +146,10 @@ def test_a_pulled_message_must_be_the_one_asked_for():
     again = b.seal(Weights("logreg", 2, 20, b.learner.get_weights()))
     a.on_bytes(b.id, again, digest=open_envelope(again, now_ms=1_000_000).digest)
     assert a.stats.messages_accepted == 1
+
+
+def test_claims_are_capped_at_the_lower_median_and_at_least_one():
+    from manymodels.node.exchange import capped_at_median
+
+    assert capped_at_median([20, 10**9]).tolist() == [20, 20]  # two claims: the liar gets no more
+    assert capped_at_median([5, 0, 0, 7]).tolist() == [1, 0, 0, 1]  # zeros cannot zero every weight

@@ -23,8 +23,9 @@ def node(identity: Identity, transport: Libp2pTransport, cls=DaemonNode) -> Daem
                clock=lambda: int(time.time() * 1000), reputation=Reputation())
 
 
-def pull(holder_cls=DaemonNode, *, intruder: bool = False) -> tuple[bytes, bytes | ValueError]:
-    """(what the holder keeps, what the puller fetched or why not) for a model of about 2.5 chunks."""
+def pull(holder_cls=DaemonNode, *, intruder: bool = False) -> dict:
+    """For a model of about 2.5 chunks: what the holder keeps ("sealed"), what the puller fetched or
+    why not ("fetched"), and how many forged chunks reached the puller during the pull ("fakes")."""
     ids = [Identity(bytes([i]) * 32) for i in (1, 2, 3)]
     tensor = np.arange(int(2.5 * BLOB_CHUNK) // 4, dtype=np.float32)
     out = {}
@@ -36,18 +37,23 @@ def pull(holder_cls=DaemonNode, *, intruder: bool = False) -> tuple[bytes, bytes
             await transports[1].connect(transports[0].listen_addrs()[0])
             sealed = holder.seal(Weights("logreg", 1, 10, [tensor]))
             digest = holder.keep_blob(sealed)
-            if intruder:  # a third peer answers first, with the right digest and wrong bytes
+            if intruder:  # a third peer answers too, with the right digest and wrong bytes
                 mallory = node(ids[2], transports[2])
                 await transports[2].connect(transports[1].listen_addrs()[0])
-                fake = mallory.seal(BlobResponse(digest, 0, len(sealed), b"\0" * BLOB_CHUNK))
+                fake = BlobResponse(digest, 0, len(sealed), b"\0" * BLOB_CHUNK)
 
                 async def interfere() -> None:
-                    for _ in range(20):
-                        transports[2].send(ids[1].peer_id, fake)
+                    while True:
+                        transports[2].send(ids[1].peer_id, mallory.seal(fake))
                         await trio.sleep(0.01)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(interfere)
+                    while ids[2].peer_id not in puller.peers:  # the fakes are arriving
+                        await trio.sleep(0.01)
+                    before = puller.peers[ids[2].peer_id]["accepted"]
                     out["fetched"] = await puller.fetch(ids[0].peer_id, digest)
+                    out["fakes"] = puller.peers[ids[2].peer_id]["accepted"] - before
+                    nursery.cancel_scope.cancel()
             else:
                 try:
                     out["fetched"] = await puller.fetch(ids[0].peer_id, digest)
@@ -55,18 +61,20 @@ def pull(holder_cls=DaemonNode, *, intruder: bool = False) -> tuple[bytes, bytes
                     out["fetched"] = exc
             out["sealed"] = sealed
     trio.run(main)
-    return out["sealed"], out["fetched"]
+    return out
 
 
 def test_a_model_of_several_chunks_arrives_whole():
-    sealed, fetched = pull()
+    out = pull()
+    sealed, fetched = out["sealed"], out["fetched"]
     assert len(sealed) > 2 * BLOB_CHUNK and fetched == sealed
     assert open_envelope(fetched, now_ms=int(time.time() * 1000)).payload.tensors[0][-1] == int(2.5 * BLOB_CHUNK) // 4 - 1
 
 
 def test_only_the_peer_asked_answers_a_pull():
-    sealed, fetched = pull(intruder=True)
-    assert fetched == sealed
+    out = pull(intruder=True)
+    assert out["fakes"] > 0  # forged chunks for the same digest were verified and delivered meanwhile
+    assert out["fetched"] == out["sealed"]
 
 
 class ShortChunks(DaemonNode):
@@ -80,5 +88,5 @@ class ShortChunks(DaemonNode):
 
 
 def test_a_chunk_of_the_wrong_length_fails_the_pull():
-    _, failed = pull(ShortChunks)
+    failed = pull(ShortChunks)["fetched"]
     assert isinstance(failed, ValueError) and "wrong length" in str(failed)
