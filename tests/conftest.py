@@ -17,3 +17,14 @@ def cli(tmp_path):
         return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=timeout,
                               cwd=tmp_path, env={**os.environ, "COLUMNS": "200", **(env or {})})
     return run
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Train with one torch thread, as a daemon's worker process does: local-only baselines computed
+    in the test process then give identical numbers."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

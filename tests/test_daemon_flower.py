@@ -41,14 +41,7 @@ def alone(app: str, partition_id: int):
                          seed=partition_id, init_seed=0, run_id=1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The worker process trains with one thread: so does local-only here, for identical numbers."""
-    import torch
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_a_bad_client_app_is_one_clear_line_and_a_non_zero_exit(cli, tmp_path):

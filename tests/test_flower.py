@@ -21,13 +21,7 @@ MESSAGE_APP = f"{EXAMPLE}/client_app_message.py:app"
 NON_IID = dict(nodes=4, rounds=6, seed=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    import torch
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _app_file(tmp_path, name, body):
