@@ -101,9 +101,10 @@ class WeightGossip(Exchange):
         claims = capped_at_median([node.learner.num_examples, *(w.num_examples for w in inbox.values())])
         results = list(zip([own, *(w.tensors for w in inbox.values())], claims.tolist()))
         banned = node.banned_neighbours()
-        rule = self._rules.get(banned) or self._rules.setdefault(banned, after_bans(self.rule, banned))
+        if banned not in self._rules:
+            self._rules[banned] = after_bans(self.rule, banned)
         try:
-            merged = rule(results, reference=own)
+            merged = self._rules[banned](results, reference=own)
         except RuleError:  # too few inputs this round (loss, churn): keep the local model
             node.refuse("rule_cannot_fold")
             return False
