@@ -133,8 +133,9 @@ class DaemonNode(Node):
         super().handle(sender_address, message)
 
     def on_announce(self, message: Message) -> None:
-        """A verified announcement from gossipsub (Discovery checked signature, digest, replay,
-        and that its author is the gossipsub author): remember who holds which model, by digest."""
+        """A verified announcement, from gossipsub (Discovery checked signature, digest, replay,
+        and that its author is the gossipsub author) or sent directly by its author: remember who
+        holds which model, by digest."""
         a = message.payload
         author = message.sender_id
         if message.sender in self.banned:
