@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from manymodels.node.control import NotRunning, request
+from manymodels.node.runtime.control import NotRunning, request
 
 EXE = Path(sys.executable).parent / "manymodels"
 

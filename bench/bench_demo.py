@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from manymodels.node.simulator import SimulationConfig, run_simulation
+from manymodels.node.sim.simulator import SimulationConfig, run_simulation
 
 GOAL_SECONDS = 30.0
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from manymodels.node.simulator import SimulationConfig, run_simulation
+from manymodels.node.sim.simulator import SimulationConfig, run_simulation
 
 EXCHANGES = ("distill", "synthetic", "weights", "mixed")
 GOAL_POINTS = 15.0  # every architecture over local-only, at alpha=0.1

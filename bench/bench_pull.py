@@ -29,12 +29,12 @@ import numpy as np
 import trio
 
 from manymodels.aggregation import get_rule
-from manymodels.node.daemon import DaemonNode
-from manymodels.node.exchange import WeightGossip
+from manymodels.node.runtime.daemon import DaemonNode
+from manymodels.node.core.exchange import WeightGossip
 from manymodels.node.learning.models import build_model
 from manymodels.node.learning.torch_learner import TorchLearner
-from manymodels.node.reputation import Reputation
-from manymodels.node.transport.libp2p import Libp2pTransport
+from manymodels.node.core.reputation import Reputation
+from manymodels.node.p2p.libp2p import Libp2pTransport
 from manymodels.protocol import Announce, Hello, Identity, Message, Weights
 
 

@@ -42,7 +42,7 @@ def code_state() -> dict:
     import hashlib
     import subprocess
 
-    import manymodels.node.simulator  # noqa: F401  (to list what it imports)
+    import manymodels.node.sim.simulator  # noqa: F401  (to list what it imports)
 
     root = Path(__file__).resolve().parent.parent
     files = sorted({Path(m.__file__).resolve() for name, m in list(sys.modules.items())
@@ -70,7 +70,7 @@ def concrete(template: str, f: int, n: int, tau: float | None) -> str:
 
 def simulate(job: dict) -> dict:
     """One simulation (in a worker process): its honest summary and who banned whom."""
-    from manymodels.node.simulator import ConfigError, SimulationConfig, run_simulation
+    from manymodels.node.sim.simulator import ConfigError, SimulationConfig, run_simulation
 
     started = time.perf_counter()
     try:

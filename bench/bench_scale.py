@@ -12,7 +12,7 @@ import time
 
 
 def child(nodes: int, rounds: int, topology: str) -> None:
-    from manymodels.node.simulator import SimulationConfig, run_simulation
+    from manymodels.node.sim.simulator import SimulationConfig, run_simulation
 
     started = time.perf_counter()
     report = run_simulation(SimulationConfig(nodes=nodes, rounds=rounds, model="logreg", topology=topology))

@@ -88,7 +88,7 @@ async def serve(method: str, size: int, ready) -> None:
     elif method == "bare-libp2p":
         import multiaddr
 
-        from manymodels.node.transport.libp2p import noise_only_host
+        from manymodels.node.p2p.libp2p import noise_only_host
 
         host = noise_only_host(os.urandom(32), ["/ip4/127.0.0.1/tcp/0"], buffered_noise=False)
 
@@ -112,7 +112,7 @@ async def serve(method: str, size: int, ready) -> None:
             await trio.sleep_forever()
 
     else:
-        from manymodels.node.transport.libp2p import Libp2pTransport
+        from manymodels.node.p2p.libp2p import Libp2pTransport
         from manymodels.protocol import Identity
 
         transport = Libp2pTransport(Identity.generate(), **_ours_options(method))
@@ -147,7 +147,7 @@ async def open_sender(method: str, address: str, stack: AsyncExitStack):
         import multiaddr
         from libp2p.peer.peerinfo import info_from_p2p_addr
 
-        from manymodels.node.transport.libp2p import noise_only_host
+        from manymodels.node.p2p.libp2p import noise_only_host
 
         host = noise_only_host(os.urandom(32), ["/ip4/127.0.0.1/tcp/0"], buffered_noise=False)
         await stack.enter_async_context(host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]))
@@ -163,7 +163,7 @@ async def open_sender(method: str, address: str, stack: AsyncExitStack):
             return time.perf_counter() - started
         return transfer
 
-    from manymodels.node.transport.libp2p import Libp2pTransport
+    from manymodels.node.p2p.libp2p import Libp2pTransport
     from manymodels.protocol import Identity
 
     transport = Libp2pTransport(Identity.generate(), **_ours_options(method))
@@ -229,7 +229,7 @@ def profile(size: int) -> None:
     import cProfile
     import pstats
 
-    from manymodels.node.transport.libp2p import Libp2pTransport
+    from manymodels.node.p2p.libp2p import Libp2pTransport
     from manymodels.protocol import Identity
 
     payload = os.urandom(size)

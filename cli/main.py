@@ -63,8 +63,8 @@ def simulate(
     """Run a local network of nodes that learn from each other over signed messages."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from manymodels.node.simulator import ConfigError, SimulationConfig, run_simulation
-    from manymodels.node.store import atomic_write
+    from manymodels.node.sim.simulator import ConfigError, SimulationConfig, run_simulation
+    from manymodels.node.runtime.store import atomic_write
 
     config = SimulationConfig(
         nodes=nodes, rounds=rounds, dataset=dataset, partition=partition, model=model, exchange=exchange,
@@ -83,7 +83,7 @@ def simulate(
         except ConfigError as exc:
             raise UserError(str(exc)) from None
     if report is not None:
-        atomic_write(report, (json.dumps(result, indent=2) + "\n").encode())
+        atomic_write(report, (json.dumps(result, indent=2) + "\n").encode(), mode=0o644)  # a report is for sharing
     if json_out:
         _print_json(result)
     else:
@@ -144,7 +144,7 @@ def keygen(
     force: Annotated[bool, typer.Option(help="Overwrite an existing key file.")] = False,
 ) -> None:
     """Create a node identity and print its node id (= libp2p peer id)."""
-    from manymodels.node.store import save_identity
+    from manymodels.node.runtime.store import save_identity
     from manymodels.protocol import Identity
 
     identity = Identity.generate()
@@ -187,7 +187,7 @@ def verify(
 @app.command()
 def attacks(json_out: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
     """List the attacks the simulator can run (`simulate --attack NAME:FRACTION`)."""
-    from manymodels.node.attacks import ATTACKS
+    from manymodels.node.sim.attacks import ATTACKS
 
     listed = [{"name": name, "description": cls.description} for name, cls in ATTACKS.items()]
     if json_out:

@@ -20,8 +20,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print as JSON.")]
 
 
 def _request(home: Path, cmd: str, **args):
-    from manymodels.node.control import ControlError, NotRunning, request
-    from manymodels.node.store import Home
+    from manymodels.node.runtime.control import ControlError, NotRunning, request
+    from manymodels.node.runtime.store import Home
 
     from .main import UserError
 
@@ -74,7 +74,7 @@ def start(
 ) -> None:
     """Start a node. The first start creates the identity and config in HOME; later starts reuse them
     (options given again override the saved config)."""
-    from manymodels.node.store import Home
+    from manymodels.node.runtime.store import Home
 
     from .main import UserError
 
@@ -89,10 +89,10 @@ def start(
         return _detach(h)
     import trio
 
-    from manymodels.node.daemon import Daemon
-    from manymodels.node.transport.libp2p import Libp2pTransport
+    from manymodels.node.runtime.daemon import Daemon
+    from manymodels.node.p2p.libp2p import Libp2pTransport
 
-    from manymodels.node.worker import WorkerError
+    from manymodels.node.runtime.worker import WorkerError
 
     daemon = Daemon(h, config)
 
@@ -116,7 +116,7 @@ def _worker_error(exc: BaseException) -> BaseException | None:
     """The WorkerError in what the daemon raised (trio wraps it in exception groups), if any."""
     if isinstance(exc, BaseExceptionGroup):
         return next((e for e in map(_worker_error, exc.exceptions) if e is not None), None)
-    from manymodels.node.worker import WorkerError
+    from manymodels.node.runtime.worker import WorkerError
 
     return exc if isinstance(exc, WorkerError) else None
 
@@ -140,7 +140,7 @@ def _app_spec(spec: str | None) -> str | None:
 
 
 def _running(h) -> bool:
-    from manymodels.node.control import ControlError, NotRunning, request
+    from manymodels.node.runtime.control import ControlError, NotRunning, request
 
     try:
         request(h.socket, "status", timeout=5)
@@ -151,8 +151,8 @@ def _running(h) -> bool:
 
 def _config(h, **options):
     from manymodels.aggregation import RuleError, get_rule
-    from manymodels.node.daemon import DaemonConfig
-    from manymodels.node.exchange import EXCHANGES
+    from manymodels.node.runtime.daemon import DaemonConfig
+    from manymodels.node.core.exchange import EXCHANGES
     from manymodels.node.learning.recipe import LearnerRecipe
 
     from .main import UserError

@@ -3,7 +3,7 @@ training alone and with one pooled model.
 
     python examples/compare_rules.py
 """
-from manymodels.node.simulator import SimulationConfig, run_simulation
+from manymodels.node.sim.simulator import SimulationConfig, run_simulation
 
 for rule in ("fedavg", "median", "trimmed:0.2", "krum:1", "gossip:0.5", "clippedgossip:1.0"):
     config = SimulationConfig(nodes=8, rounds=15, partition="dirichlet:0.3", rule=rule, topology="full", seed=0)

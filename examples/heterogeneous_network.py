@@ -4,7 +4,7 @@ learn from each other through predictions on a shared probe set, or through synt
 
     python examples/heterogeneous_network.py
 """
-from manymodels.node.simulator import SimulationConfig, run_simulation
+from manymodels.node.sim.simulator import SimulationConfig, run_simulation
 
 for exchange in ("distill", "synthetic", "mixed"):
     config = SimulationConfig(nodes=10, rounds=10, model="mixed", exchange=exchange, partition="dirichlet:0.1")

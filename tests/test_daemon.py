@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from manymodels.node.control import NotRunning, request
+from manymodels.node.runtime.control import NotRunning, request
 from manymodels.node.learning.recipe import LearnerRecipe
 
 EXE = Path(sys.executable).parent / "manymodels"
@@ -111,7 +111,7 @@ def test_a_killed_daemon_restarts_with_its_id_and_its_last_model(network):
 def test_hostile_peer_messages_are_rejected_and_counted_and_the_network_keeps_working(network):
     import trio
 
-    from manymodels.node.transport.libp2p import Libp2pTransport
+    from manymodels.node.p2p.libp2p import Libp2pTransport
     from manymodels.protocol import Identity, Weights, seal
 
     target = status(network[0])
@@ -148,7 +148,7 @@ def test_a_poisonous_peer_is_banned_by_reputation_and_then_rejected(network):
     import numpy as np
     import trio
 
-    from manymodels.node.transport.libp2p import Libp2pTransport
+    from manymodels.node.p2p.libp2p import Libp2pTransport
     from manymodels.protocol import Identity, Weights, seal
 
     target = status(network[0])  # a runs with --reputation 0.7

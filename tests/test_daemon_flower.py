@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from test_daemon import EXE, status, stop, wait_for
 
-from manymodels.node.control import request
-from manymodels.node.store import Home
+from manymodels.node.runtime.control import request
+from manymodels.node.runtime.store import Home
 
 ROOT = Path(__file__).resolve().parents[1]
 NUMPY_APP = "examples/flower_client/client_app.py:app"  # relative to ROOT, as the README runs it
@@ -65,7 +65,7 @@ def test_a_bad_client_app_is_one_clear_line_and_a_non_zero_exit(cli, tmp_path):
 def test_the_rule_reaches_the_client_train_config_in_a_daemon(tmp_path):
     """What a daemon's worker builds: the client with its partition, run config, and what the rule
     adds to each train config (FedProx's proximal_mu), as a Flower server would send it."""
-    from manymodels.node.daemon import Daemon, DaemonConfig
+    from manymodels.node.runtime.daemon import Daemon, DaemonConfig
     from manymodels.node.learning.recipe import LearnerRecipe
 
     recipe = LearnerRecipe(client_app=str(ROOT / NUMPY_APP), run_config="lr=0.005", partition_id=2,

@@ -19,7 +19,7 @@ from libp2p.pubsub.pb import rpc_pb2  # noqa: E402
 from libp2p.pubsub.pubsub import Pubsub  # noqa: E402
 from libp2p.tools.anyio_service import background_trio_service  # noqa: E402
 
-from manymodels.node.discovery import (  # noqa: E402
+from manymodels.node.p2p.discovery import (  # noqa: E402
     ANNOUNCE_TOPIC,
     NOT_ANNOUNCE,
     ORIGIN_MISMATCH,
@@ -29,7 +29,7 @@ from manymodels.node.discovery import (  # noqa: E402
     DiscoveryConfig,
     announce_msg_id,
 )
-from manymodels.node.transport.libp2p import Libp2pTransport  # noqa: E402
+from manymodels.node.p2p.libp2p import Libp2pTransport  # noqa: E402
 from manymodels.protocol import Announce, Hello, Identity, Reason, seal  # noqa: E402
 
 FAST = DiscoveryConfig(heartbeat_interval=0.2, refresh_fast=0.5, refresh_slow=2.0)

@@ -12,7 +12,7 @@ import pytest
 from manymodels.aggregation import RuleError, check_inputs, get_rule, list_rules
 from manymodels.aggregation.flower import client_fit_config, is_stateful
 from manymodels.node.learning.flower import FlowerError, FlowerLearner, load_client_app, parse_run_config
-from manymodels.node.simulator import ConfigError, SimulationConfig, run_simulation
+from manymodels.node.sim.simulator import ConfigError, SimulationConfig, run_simulation
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "flower_client"
@@ -425,6 +425,6 @@ def test_loading_errors_are_one_line(tmp_path):
 
 def test_importing_the_cli_and_the_adapter_does_not_import_flower():
     code = ("import sys, manymodels.cli.main, manymodels.node.learning.flower, manymodels.aggregation.flower, "
-            "manymodels.node.simulator; assert 'flwr' not in sys.modules, 'flwr imported'")
+            "manymodels.node.sim.simulator; assert 'flwr' not in sys.modules, 'flwr imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

@@ -19,7 +19,7 @@ from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTr
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID  # noqa: E402
 from libp2p.stream_muxer.yamux.yamux import Yamux  # noqa: E402
 
-from manymodels.node.transport.libp2p import (  # noqa: E402
+from manymodels.node.p2p.libp2p import (  # noqa: E402
     FRAME_HEADER,
     MSG_PROTOCOL,
     Libp2pTransport,
@@ -277,7 +277,7 @@ def test_buffered_noise_session_reassembles_messages_split_anywhere():
 
     from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-    from manymodels.node.transport.libp2p_fast import NOISE_MAX_PLAINTEXT, BufferedNoiseSession
+    from manymodels.node.p2p.upstream import NOISE_MAX_PLAINTEXT, BufferedNoiseSession
 
     key = ChaCha20Poly1305(os.urandom(32))
     nonces = {"enc": 0, "dec": 0}

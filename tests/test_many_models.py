@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from manymodels.aggregation import get_rule
-from manymodels.node.exchange import (Distillation, DistillSettings, SyntheticSamples, SyntheticSettings,
+from manymodels.node.core.exchange import (Distillation, DistillSettings, SyntheticSamples, SyntheticSettings,
                                       WeightGossip)
 from manymodels.node.learning.datasets import load_dataset
 from manymodels.node.learning.forest import ForestLearner
@@ -11,9 +11,9 @@ from manymodels.node.learning.generator import GaussianClassGenerator
 from manymodels.node.learning.models import build_model
 from manymodels.node.learning.probe import ProbeError, load_probe, split_probe
 from manymodels.node.learning.torch_learner import TorchLearner
-from manymodels.node.node import Node
-from manymodels.node.simulator import ConfigError, SimulationConfig, run_simulation
-from manymodels.node.transport.memory import MemoryNetwork
+from manymodels.node.core.node import Node
+from manymodels.node.sim.simulator import ConfigError, SimulationConfig, run_simulation
+from manymodels.node.sim.network import MemoryNetwork
 from manymodels.protocol import Identity, Logits, SyntheticBatch, seal
 
 HETERO = SimulationConfig(nodes=5, rounds=8, model="mixed", exchange="distill", partition="dirichlet:0.1", seed=1)

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from manymodels.aggregation import get_rule
-from manymodels.node.exchange import WeightGossip
+from manymodels.node.core.exchange import WeightGossip
 from manymodels.node.learning.models import build_model
 from manymodels.node.learning.torch_learner import TorchLearner
-from manymodels.node.node import Node
-from manymodels.node.store import atomic_write, load_identity, save_identity
-from manymodels.node.transport.memory import LinkModel, MemoryNetwork
+from manymodels.node.core.node import Node
+from manymodels.node.runtime.store import atomic_write, load_identity, save_identity
+from manymodels.node.sim.network import LinkModel, MemoryNetwork
 from manymodels.protocol import Identity, Weights, open_envelope, seal
 
 
@@ -149,7 +149,7 @@ def test_a_pulled_message_must_be_the_one_asked_for():
 
 
 def test_claims_are_capped_at_the_lower_median_and_at_least_one():
-    from manymodels.node.exchange import capped_at_median
+    from manymodels.node.core.exchange import capped_at_median
 
     assert capped_at_median([20, 10**9]).tolist() == [20, 20]  # two claims: the liar gets no more
     assert capped_at_median([5, 0, 0, 7]).tolist() == [1, 0, 0, 1]  # zeros cannot zero every weight

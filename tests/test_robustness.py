@@ -3,8 +3,8 @@ never reach a rule, and reputation cuts off a persistently poisonous peer. Fixed
 import numpy as np
 import pytest
 
-from manymodels.node.attacks import AttackerNode
-from manymodels.node.simulator import EPOCH_MS, ConfigError, SimulationConfig, run_simulation
+from manymodels.node.sim.attacks import AttackerNode
+from manymodels.node.sim.simulator import EPOCH_MS, ConfigError, SimulationConfig, run_simulation
 from manymodels.protocol import open_envelope
 
 BASE = SimulationConfig(nodes=10, rounds=8, partition="dirichlet:0.5", model="mlp", seed=0)

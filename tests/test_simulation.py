@@ -3,7 +3,7 @@ import copy
 
 import pytest
 
-from manymodels.node.simulator import EPOCH_MS, ConfigError, SimulationConfig, run_simulation
+from manymodels.node.sim.simulator import EPOCH_MS, ConfigError, SimulationConfig, run_simulation
 from manymodels.protocol import Identity, Weights, seal
 
 FAST = SimulationConfig(nodes=6, rounds=8, dataset="digits", partition="dirichlet:0.3", model="mlp", seed=3)

@@ -26,8 +26,11 @@ async def serve(path: Path, handler: Handler, *, task_status=None) -> None:
 
     path.unlink(missing_ok=True)  # a socket left by a daemon that died
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    await sock.bind(str(path))
-    os.chmod(path, 0o600)
+    umask = os.umask(0o177)  # the socket is created 0600: no moment in which others may connect
+    try:
+        await sock.bind(str(path))
+    finally:
+        os.umask(umask)
     sock.listen(16)
     listener = trio.SocketListener(sock)
 

@@ -361,6 +361,9 @@ class Discovery(TrioService):
         if peer in by_peer or len(by_peer) < _MAX_PEER_COUNTS:
             by_peer[peer] += 1
         logger.debug("rejected an announcement forwarded by %s: %s", peer, reason)
+        strike = getattr(self.transport, "strike", None)
+        if strike is not None and peer != "?":  # honest peers validate before they relay
+            strike(peer, reason)
         return False
 
     def _check(self, msg) -> str | None:
@@ -532,6 +535,16 @@ class Discovery(TrioService):
                 break
         return list(found)
 
+    def forget(self, peer: str) -> None:
+        """A peer the transport blocked: out of the routing table and the counts, not dialed."""
+        self.stats.rejected_from.pop(peer, None)
+        self._dial_after[peer] = float("inf")
+        if self.dht is not None:
+            try:
+                self.dht.routing_table.remove_peer(ID.from_base58(peer))
+            except Exception:  # noqa: BLE001 -- not in the table
+                pass
+
     def known_peers(self) -> list[str]:
         """The peer ids in the DHT routing table."""
         if self.dht is None:
@@ -591,7 +604,7 @@ class Discovery(TrioService):
         connected = set(self.transport.connected_peers())
         now = trio.current_time()
         if len(self._dial_after) > 4096:
-            self._dial_after = {p: t for p, t in self._dial_after.items() if t > now}
+            self._dial_after = {p: t for p, t in self._dial_after.items() if now < t < float("inf")}
         todo = [p for p in dict.fromkeys(peers)
                 if p != self.address and p not in connected and self._dial_after.get(p, 0) <= now]
         todo = todo[:max(0, c.max_peers - len(connected))]

@@ -1,7 +1,8 @@
 """Files on disk, written atomically: a crash leaves the old file or the new one, never half of one.
 
 A daemon's home directory holds its identity, its configuration, its state (sequence number,
-replay window, peers, provenance) and its model checkpoint."""
+replay window, peers, provenance) and its model checkpoint: a model trained on private data, so the
+directory is 0700 and every file in it 0600, whatever existed before."""
 from __future__ import annotations
 
 import json
@@ -16,9 +17,9 @@ from manymodels.protocol import Identity, Weights
 from manymodels.protocol.envelope import encode_payload
 
 
-def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
+def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o600) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, mode)
@@ -60,11 +61,24 @@ class Home:
         self.log_file = self.path / "daemon.log"
         self.pid_file = self.path / "daemon.pid"
 
+    def make_private(self) -> None:
+        """The home 0700 and everything in it owner-only (0700 folders, 0600 files), also when it
+        was created by hand or by an older version with the usual umask."""
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path.chmod(0o700)
+        for root, dirs, files in os.walk(self.path):
+            for name in dirs:
+                os.chmod(os.path.join(root, name), 0o700)
+            for name in files:
+                path = os.path.join(root, name)
+                if not os.path.islink(path):
+                    os.chmod(path, 0o600)
+
     def identity(self) -> Identity:
         """The node's identity: created on first use, the same one ever after."""
+        self.make_private()
         if self.identity_file.exists():
             return load_identity(self.identity_file)
-        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         identity = Identity.generate()
         save_identity(self.identity_file, identity)
         return identity

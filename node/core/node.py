@@ -4,6 +4,7 @@ Every inbound message is opened by the protocol layer (size, schema, signature, 
 replay, skew) before the exchange sees it; every rejection is counted by reason."""
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,9 +15,9 @@ from manymodels.protocol import (Identity, Message, Payload, Reason, RejectedMes
                                  peer_id, seal)
 
 from .exchange import Exchange
-from .learning.learner import Learner
+from ..learning.learner import Learner
 from .reputation import Reputation, outlier_ratios
-from .transport.base import Transport
+from .transport import Transport
 
 
 @dataclass
@@ -32,6 +33,9 @@ class NodeStats:
     @property
     def rejected_total(self) -> int:
         return sum(self.rejected.values())
+
+
+MAX_COUNTED_PEERS = 4096  # transport addresses kept in stats.rejected_from
 
 
 class Node:
@@ -51,6 +55,8 @@ class Node:
         self.version = 0
         self.seq = 0
         self.stats = NodeStats()
+        self.on_reject: Callable[[str, str], None] = lambda sender_address, reason: None
+        self._guard_lock = threading.Lock()  # seal() runs in the learning thread, verify() in the network's
         self.tensor_specs = [(w.shape, w.dtype) for w in learner.get_weights()]
         transport.set_receiver(self.on_bytes)
 
@@ -75,29 +81,43 @@ class Node:
 
     def seal(self, payload: Payload, *, ts_ms: int | None = None) -> bytes:
         """Sign a payload with the next sequence number. The node's own guard records it, so a copy
-        of its own message replayed back to it is rejected like any other replay."""
-        self.seq += 1
-        self.guard.record(self.identity.public_key, self.seq)
-        return seal(self.identity, payload, self.seq, self.clock() if ts_ms is None else ts_ms)
+        of its own message replayed back to it is rejected like any other replay. Replies (blob
+        chunks, errors) are not sequenced: they carry the current number and do not use one up."""
+        with self._guard_lock:
+            if payload.SEQUENCED:
+                self.seq += 1
+                self.guard.record(self.identity.public_key, self.seq)
+            seq = self.seq
+        return seal(self.identity, payload, seq, self.clock() if ts_ms is None else ts_ms)
 
-    def on_bytes(self, sender_address: str, data: bytes, digest: bytes | None = None) -> None:
-        """Verify bytes from a peer and handle the message. `digest`: a pulled message, named by the
-        announcement it was pulled for; that announcement passed the replay window and clock check
-        when it arrived, and the digest binds the message to it, so the message itself may be as old
-        as the pull took (its bytes were counted chunk by chunk)."""
-        pulled = digest is not None
-        self.stats.bytes_received += 0 if pulled else len(data)
+    def on_bytes(self, sender_address: str, data: bytes) -> None:
+        """Verify bytes from a peer and handle the message."""
+        message = self.verify(sender_address, data)
+        if message is not None:
+            self.handle(sender_address, message)
+
+    def verify(self, sender_address: str, data: bytes, *, author: str | None = None,
+               digest: bytes | None = None) -> Message | None:
+        """The verified message, or None (the rejection counted by reason and reported to
+        `on_reject`). `author`: the peer id that must have signed it (on the real network, the peer
+        Noise authenticated, or the author of the announcement a pulled message was pulled for);
+        `digest`: the payload digest a pulled message must have. Safe to call from another thread
+        than the one that seals."""
+        self.stats.bytes_received += len(data)
         try:
-            message = open_envelope(data, now_ms=self.clock(), guard=None if pulled else self.guard,
-                                    banned=self.banned)
-            if pulled and message.digest != digest:
+            with self._guard_lock:
+                message = open_envelope(data, now_ms=self.clock(), guard=self.guard, banned=self.banned,
+                                        author=author)
+            if digest is not None and message.digest != digest:
                 raise RejectedMessage(Reason.DIGEST_MISMATCH, "not the message that was asked for")
         except RejectedMessage as exc:
             self.stats.rejected[exc.reason.value] += 1
-            self.stats.rejected_from[sender_address] += 1
-            return
+            if len(self.stats.rejected_from) < MAX_COUNTED_PEERS or sender_address in self.stats.rejected_from:
+                self.stats.rejected_from[sender_address] += 1
+            self.on_reject(sender_address, exc.reason.value)
+            return None
         self.stats.messages_accepted += 1
-        self.handle(sender_address, message)
+        return message
 
     def handle(self, sender_address: str, message: Message) -> None:
         """A verified message: the exchange's to keep (a daemon also answers blob requests here)."""

@@ -20,19 +20,19 @@ from manymodels.aggregation.flower import client_fit_config
 from manymodels.protocol import Identity, peer_id
 
 from .attacks import ATTACKS, AttackContext, AttackerNode, AttackSpecError, parse_attack
-from .exchange import (EXCHANGES, Distillation, DistillSettings, Exchange, Mixed, SyntheticSamples,
+from ..core.exchange import (EXCHANGES, Distillation, DistillSettings, Exchange, Mixed, SyntheticSamples,
                        SyntheticSettings, WeightGossip)
-from .learning.datasets import Dataset, DatasetError, load_dataset
-from .learning.generator import GaussianClassGenerator
-from .learning.learner import Learner
-from .learning.models import ARCHITECTURES, MIXED
-from .learning.partition import PartitionError, parse_partition, partition
-from .learning.probe import DEFAULT_SIZE, ProbeError, ProbeSet, load_probe, split_probe
-from .learning.recipe import make_learner
-from .node import Node
-from .reputation import Reputation
+from ..learning.datasets import Dataset, DatasetError, load_dataset
+from ..learning.generator import GaussianClassGenerator
+from ..learning.learner import Learner
+from ..learning.models import ARCHITECTURES, MIXED
+from ..learning.partition import PartitionError, parse_partition, partition
+from ..learning.probe import DEFAULT_SIZE, ProbeError, ProbeSet, load_probe, split_probe
+from ..learning.recipe import make_learner
+from ..core.node import Node
+from ..core.reputation import Reputation
 from .topology import TopologyError, neighbours
-from .transport.memory import LinkModel, MemoryNetwork
+from .network import LinkModel, MemoryNetwork
 
 # Virtual time starts at a fixed instant so timestamps (and thus every byte) repeat for a seed.
 EPOCH_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -194,7 +194,7 @@ def run_simulation(config: SimulationConfig, on_round: Callable[[int, float], No
     _check(config)
     if not config.client_app:
         return _simulate(config, on_round, adversary)
-    from .learning.flower import FlowerError
+    from ..learning.flower import FlowerError
 
     try:
         return _simulate(config, on_round, adversary)
@@ -341,7 +341,7 @@ class _FlowerWorld:
     server hands every client the same initial model."""
 
     def __init__(self, config: SimulationConfig) -> None:
-        from .learning.flower import FlowerLearner, load_client_app
+        from ..learning.flower import FlowerLearner, load_client_app
 
         self.config = config
         self.source = load_client_app(config.client_app)

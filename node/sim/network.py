@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .base import Receiver
+from ..core.transport import Receiver
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import numpy as np
 
 from manymodels.protocol import Logits, Payload, SyntheticBatch, Weights
 
-from .node import Node
+from ..core.node import Node
 
 
 @dataclass

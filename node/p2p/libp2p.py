@@ -25,7 +25,15 @@
   tolerates the rest). A full queue, an unknown or unreachable peer, or a closed transport drops
   the message and counts it. Inbound, the bytes being read at once (``inbound_bytes``) and the
   open message streams per peer (``inbound_streams_per_peer``) are bounded too.
-* **Throughput**: see ``libp2p_fast`` (bigger yamux frames, event-driven window credit, a
+* **The gate** (``gate.PeerGate``): before a frame's body is read, its peer must be admitted
+  (not blocked, not throttled, within its frame rate); a refused frame's stream is reset unread.
+  Oversize and truncated frames strike the peer, and so does the receiver for frames that fail
+  verification (``strike``). A blocked peer is disconnected, dropped from the peerstore, reported
+  to ``on_block`` listeners (the daemon's peer table, the DHT), and its new connections are closed
+  as they open, until the block ends. One log line per block, none per frame.
+* **Writes** time out (``write_timeout``, plus a second per MiB): a peer that stops reading
+  cannot hold a lane.
+* **Throughput**: see ``upstream`` (bigger yamux frames, event-driven window credit, a
   buffered Noise session): bench/bench_transfer.py measures it.
 
 The whole transport lives in one trio run. ``send`` and ``set_receiver`` may be called from
@@ -36,8 +44,9 @@ from __future__ import annotations
 import logging
 import struct
 import threading
+import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import multiaddr
@@ -45,6 +54,7 @@ import trio
 from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.abc import INotifee
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
@@ -54,9 +64,10 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from manymodels.protocol import MAX_ENVELOPE_BYTES, Identity
 
-from ..service import TrioService
-from .base import Receiver
-from .libp2p_fast import BULK_MAX_FRAME, BULK_RECV_WINDOW, BufferedNoiseTransport, adopt_stream
+from ..core.transport import Receiver
+from .gate import BLOCKED, OK, PeerGate
+from .service import TrioService
+from .upstream import BULK_MAX_FRAME, BULK_RECV_WINDOW, BufferedNoiseTransport, adopt_stream
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +81,9 @@ DEFAULT_SMALL_FRAME = 256 * 1024  # up to this size a message takes the small la
 
 
 class FrameTooLarge(Exception):
-    pass
+    def __init__(self, length: int, detail: str) -> None:
+        super().__init__(detail)
+        self.length = length
 
 
 class Truncated(Exception):
@@ -79,6 +92,10 @@ class Truncated(Exception):
 
 class Busy(Exception):
     """Too many bytes or streams in flight from peers: the frame is refused, not read."""
+
+
+class Refused(Exception):
+    """The gate did not admit the peer's frame (throttled, over its rate, or blocked)."""
 
 
 @dataclass
@@ -94,6 +111,8 @@ class Libp2pStats:
     rejected_oversize: int = 0  # a peer announced a frame above max_frame
     rejected_busy: int = 0  # inbound_bytes or inbound_streams_per_peer would have been exceeded
     truncated: int = 0  # a peer's stream ended or stalled in the middle of a frame
+    refused_by_gate: int = 0  # frames dropped unread: the peer was throttled, over its rate or blocked
+    blocked_connections: int = 0  # connections of blocked peers closed as they opened
     stream_errors: int = 0  # other inbound stream failures
     receiver_errors: int = 0  # the receiver callback raised
     rejected_by_peer: Counter = field(default_factory=Counter)  # peer id -> frames refused
@@ -163,10 +182,10 @@ async def read_frame(stream, max_frame: int, *, chunk_size: int = DEFAULT_CHUNK,
             return None
         header += part
     (length,) = FRAME_HEADER.unpack(header)
-    if length > max_frame:
-        raise FrameTooLarge(f"frame of {length} bytes > limit {max_frame}")
-    if on_length is not None:
+    if on_length is not None:  # before the size check: a peer's header spam is metered too
         on_length(length)
+    if length > max_frame:
+        raise FrameTooLarge(length, f"frame of {length} bytes > limit {max_frame}")
     parts = []
     remaining = length
     while remaining:
@@ -208,7 +227,8 @@ class Libp2pTransport(TrioService):
                  inbound_bytes: int = 2048 * MiB, inbound_streams_per_peer: int = 8,
                  small_frame: int = DEFAULT_SMALL_FRAME,
                  recv_window: int = BULK_RECV_WINDOW, yamux_frame: int = BULK_MAX_FRAME,
-                 buffered_noise: bool = True, host_options: dict | None = None) -> None:
+                 buffered_noise: bool = True, host_options: dict | None = None, gate: PeerGate | None = None,
+                 write_timeout: float = 30.0) -> None:
         self.identity = identity
         self.address: str = identity.peer_id
         self.max_frame = max_frame
@@ -224,6 +244,9 @@ class Libp2pTransport(TrioService):
         self.recv_window = recv_window
         self.yamux_frame = yamux_frame
         self.stats = Libp2pStats()
+        self.gate = gate or PeerGate()
+        self.write_timeout = write_timeout
+        self.on_block: list[Callable[[str], None]] = []  # called with a peer id once it is blocked
         self.host = None  # the py-libp2p host, once run() has started (for pubsub, DHT, ...)
         self._listen = list(listen)
         self._buffered_noise = buffered_noise
@@ -274,6 +297,7 @@ class Libp2pTransport(TrioService):
                     self._token = trio.lowlevel.current_trio_token()
                     self._thread = threading.get_ident()
                     self.host.set_stream_handler(MSG_PROTOCOL, self._on_msg_stream)
+                    self.host.get_network().register_notifee(_Bouncer(self))
                     self._running = True
                     task_status.started()
                     try:
@@ -353,6 +377,36 @@ class Libp2pTransport(TrioService):
     def queued(self, peer: str) -> int:
         """Messages waiting for ``peer`` (both lanes)."""
         return sum(len(ob.queue) for (p, _), ob in self._outboxes.items() if p == peer)
+
+    def queued_bytes(self, peer: str | None = None) -> int:
+        """Bytes waiting for ``peer`` (both lanes), or for every peer."""
+        return sum(ob.queued_bytes for (p, _), ob in self._outboxes.items() if peer is None or p == peer)
+
+    def strike(self, peer: str, reason: str) -> None:
+        """A frame from ``peer`` failed (the receiver's verdict): count it; block the peer if due.
+        May be called from another thread (a verifier's)."""
+        if self._thread is not None and threading.get_ident() != self._thread:
+            try:
+                self._token.run_sync_soon(self.strike, peer, reason)
+            except Exception:  # noqa: BLE001 -- the run has ended
+                pass
+            return
+        if self.gate.strike(peer, reason, time.monotonic()) == BLOCKED:
+            self._block(peer)
+
+    def _block(self, peer: str) -> None:
+        logger.warning("blocked %s for %.0f s: its frames kept failing", peer, self.gate.config.block_s)
+        for key in [k for k in self._outboxes if k[0] == peer]:
+            self._outboxes[key].queue.clear()
+        pid = self._peer_id(peer)
+        if pid is not None and self.host is not None:
+            try:
+                self.host.get_peerstore().clear_addrs(pid)
+            except Exception:  # noqa: BLE001 -- a peerstore without the peer
+                pass
+            self._nursery.start_soon(_quietly, self.host.disconnect(pid))
+        for listener in self.on_block:
+            listener(peer)
 
     # ---- internals: outbound
 
@@ -445,7 +499,8 @@ class Libp2pTransport(TrioService):
                 adopt_stream(stream, max_frame=self.yamux_frame)
                 ob.stream = stream
             try:
-                await write_frame(ob.stream, data, chunk_size=self.chunk_size)
+                with trio.fail_after(self.write_timeout + len(data) / MiB):
+                    await write_frame(ob.stream, data, chunk_size=self.chunk_size)
                 return _SENT
             except Exception as exc:
                 logger.debug("writing to %s failed: %s: %s", pid, type(exc).__name__, exc)
@@ -469,6 +524,10 @@ class Libp2pTransport(TrioService):
             await _quietly(stream.reset())
             return
         stats = self.stats
+        if self.gate.is_blocked(peer, time.monotonic()):
+            stats.refused_by_gate += 1
+            await _quietly(stream.reset())
+            return
         if self._inbound_streams[peer] >= self.inbound_streams_per_peer:
             stats.rejected_busy += 1
             stats.rejected_by_peer[peer] += 1
@@ -479,6 +538,11 @@ class Libp2pTransport(TrioService):
 
         def reserve(length: int) -> None:
             nonlocal reserved
+            standing = self.gate.admit(peer, time.monotonic())
+            if standing != OK:
+                raise Refused(standing)
+            if length > self.max_frame:
+                return  # read_frame refuses it unread
             if self._inbound_reserved + length > self.inbound_bytes:
                 raise Busy(f"{length} bytes announced, {self._inbound_reserved} already in flight")
             self._inbound_reserved += length
@@ -508,18 +572,25 @@ class Libp2pTransport(TrioService):
                     stats.receiver_errors += 1
                     logger.exception("the receiver raised on a message from %s", peer)
                 del data
-        except (FrameTooLarge, Busy) as exc:
-            if isinstance(exc, Busy):
+        except Refused as exc:
+            stats.refused_by_gate += 1
+            await _quietly(stream.reset())
+            if exc.args[0] == BLOCKED:
+                self._block(peer)
+            return
+        except (FrameTooLarge, Busy, Truncated) as exc:
+            if isinstance(exc, Busy):  # not the peer's fault alone: no strike
                 stats.rejected_busy += 1
             else:
-                stats.rejected_oversize += 1
-            stats.rejected_by_peer[peer] += 1
-            logger.info("refused a frame from %s: %s", peer, exc)
-            await _quietly(stream.reset())
-            return
-        except Truncated as exc:
-            stats.truncated += 1
-            logger.info("truncated frame from %s: %s", peer, exc)
+                stats.rejected_oversize += isinstance(exc, FrameTooLarge)
+                stats.truncated += isinstance(exc, Truncated)
+                # a frame within the protocol's limit but over this node's is refused unread (free):
+                # an honest peer may offer what this node does not take (a bigger model's weights)
+                self.strike(peer, "truncated" if isinstance(exc, Truncated) else
+                            "too_large" if exc.length > MAX_ENVELOPE_BYTES else "unwanted_size")
+            if len(stats.rejected_by_peer) < 4096 or peer in stats.rejected_by_peer:
+                stats.rejected_by_peer[peer] += 1
+            logger.debug("refused a frame from %s: %s", peer, exc)
             await _quietly(stream.reset())
             return
         except trio.Cancelled:
@@ -534,6 +605,34 @@ class Libp2pTransport(TrioService):
             if self._inbound_streams[peer] <= 0:
                 del self._inbound_streams[peer]
         await _quietly(stream.close())
+
+
+class _Bouncer(INotifee):
+    """Closes a blocked peer's connection as it opens (its dials and ours alike)."""
+
+    def __init__(self, transport: Libp2pTransport) -> None:
+        self.transport = transport
+
+    async def connected(self, network, conn) -> None:
+        peer = conn.muxed_conn.peer_id
+        if self.transport.gate.is_blocked(peer.to_base58(), time.monotonic()):
+            self.transport.stats.blocked_connections += 1
+            await _quietly(network.close_peer(peer))
+
+    async def opened_stream(self, network, stream) -> None:
+        pass
+
+    async def closed_stream(self, network, stream) -> None:
+        pass
+
+    async def disconnected(self, network, conn) -> None:
+        pass
+
+    async def listen(self, network, multiaddr) -> None:
+        pass
+
+    async def listen_close(self, network, multiaddr) -> None:
+        pass
 
 
 async def _quietly(awaitable) -> None:

@@ -2,11 +2,15 @@
 
 The trio loop owns the network (libp2p transport, control socket) and never waits on learning:
 the model lives in a worker process (`WorkerLearner`), and each learning cycle runs in a thread
-that only waits on that process. Inbound messages are verified on the loop as they arrive.
-State (sequence number, replay window, peers, provenance, checkpoint) is written atomically
-after every cycle and at shutdown, so a restarted daemon resumes with the same id and model."""
+that only waits on that process. Inbound frames are verified off the loop (`Inbound`: a bounded
+queue, one verifier thread); a message on a direct stream must be signed by the peer Noise
+authenticated, and one that fails strikes that peer at the transport's gate. State (sequence
+number, replay window, peers, provenance, checkpoint) is written atomically after every cycle and
+at shutdown, so a restarted daemon resumes with the same id and model."""
 from __future__ import annotations
 
+import functools
+import math
 import os
 import random
 import time
@@ -16,17 +20,19 @@ import numpy as np
 import trio
 
 from manymodels.aggregation import get_rule
+from manymodels.protocol.envelope import ENVELOPE_OVERHEAD
 from manymodels.protocol import (MAX_ENVELOPE_BYTES, Announce, BlobRequest, BlobResponse, Error, Hello, Message,
                                  PeerExchange, ReplayGuard, Weights, open_envelope, peer_id)
 
 from .control import serve as serve_control
-from .discovery import Discovery, DiscoveryConfig
-from .exchange import (Distillation, DistillSettings, Exchange, Mixed, SyntheticSamples, SyntheticSettings,
+from .inbound import Inbound
+from ..p2p.discovery import Discovery, DiscoveryConfig
+from ..core.exchange import (Distillation, DistillSettings, Exchange, Mixed, SyntheticSamples, SyntheticSettings,
                        WeightGossip)
-from .learning.probe import ProbeSet
-from .learning.recipe import LearnerRecipe
-from .node import Node
-from .reputation import Reputation
+from ..learning.probe import ProbeSet
+from ..learning.recipe import LearnerRecipe
+from ..core.node import Node
+from ..core.reputation import Reputation
 from .store import Home, atomic_write
 from .worker import WorkerLearner
 
@@ -39,6 +45,12 @@ MAX_REMOTE_MODELS = 1024  # announcements remembered (one per author, the newest
 PULL_CANDIDATES = 3  # providers tried by a pull that names no peer
 MAX_PULLS_PER_CYCLE = 8  # announced-only messages fetched before a fold
 MAX_PULL_BYTES_PER_CYCLE = 1 << 30  # and their bytes, all together
+MAX_KNOWN_PEERS = 1024  # the peer table (least recently seen dropped)
+MAX_SENDERS_PER_PERIOD = 64  # distinct authors of knowledge folded in one period
+SERVE_QUEUE_PER_PEER = PULL_WINDOW * BLOB_CHUNK  # blob bytes waiting to be sent to one peer
+SERVE_QUEUE_TOTAL = 256 << 20  # ... and to all peers together
+SEQ_MARGIN = 10_000  # sequence numbers a crash may have used since the last save
+DIALS_PER_MINUTE = 8  # addresses learnt from other peers that this node dials
 
 
 @dataclass
@@ -82,55 +94,83 @@ class DaemonNode(Node):
         self.unpushed: dict[tuple[str, str], Announce] = {}
         self.pulled = 0  # messages fetched by digest before a fold
         self.discovered = lambda addrs: None  # the daemon dials peers it learns of
+        self.may_serve = lambda peer, nbytes: True  # the transport's gate meters serving
+        self.senders: set[bytes] = set()  # authors of knowledge received this period
+        self._handlers = {"blob_request": self._on_blob_request, "blob_response": self._on_pull_answer,
+                          "error": self._on_pull_answer, "hello": self._on_hello, "peers": self._on_peers,
+                          "announce": self._on_direct_announce}
 
     def peer(self, address: str) -> dict:
-        return self.peers.setdefault(address, {"id": address, "addrs": [], "first_seen": now_ms(), "last_seen": 0,
-                                               "accepted": 0, "offered": {}})
+        entry = self.peers.pop(address, None) or {"id": address, "addrs": [], "first_seen": now_ms(),
+                                                   "last_seen": 0, "accepted": 0, "offered": {}}
+        self.peers[address] = entry  # most recently seen last
+        while len(self.peers) > MAX_KNOWN_PEERS:
+            del self.peers[next(iter(self.peers))]
+        return entry
 
-    def on_bytes(self, sender_address: str, data: bytes, digest: bytes | None = None) -> None:
-        self.peer(sender_address)["last_seen"] = now_ms()
-        super().on_bytes(sender_address, data, digest)
+    def forget(self, address: str) -> None:
+        """A blocked peer leaves no entry behind."""
+        self.peers.pop(address, None)
+        self.remote_models.pop(address, None)
+        for key in [k for k in self.unpushed if k[0] == address]:
+            del self.unpushed[key]
 
     def handle(self, sender_address: str, message: Message) -> None:
+        """Control messages by kind through a table; knowledge to the exchange."""
         entry = self.peer(sender_address)
+        entry["last_seen"] = now_ms()
         entry["accepted"] += 1
+        handler = self._handlers.get(message.kind)
+        if handler is not None:
+            return handler(sender_address, message)
+        if message.sender not in self.senders and len(self.senders) >= MAX_SENDERS_PER_PERIOD:
+            return self.refuse("too_many_senders")
+        self.senders.add(message.sender)
         payload = message.payload
-        if isinstance(payload, BlobRequest):
-            return self._serve_blob(sender_address, payload)
-        if isinstance(payload, (BlobResponse, Error)):
-            wanted = payload.digest if isinstance(payload, BlobResponse) else _hex(payload.message)
-            peer, channel = self.pulls.get(wanted, (None, None))
-            if peer == sender_address:  # only the peer asked answers a pull
-                try:
-                    channel.send_nowait(payload)
-                except trio.WouldBlock:
-                    pass  # more than was asked for: dropped (the pull then waits for its timeout)
-            return
-        if isinstance(payload, Hello):
-            # only addresses that name the sender: a peer speaks for itself
-            entry["addrs"] = sorted(a for a in payload.addrs if a.endswith(f"/p2p/{sender_address}"))[:8]
-            entry["agent"] = payload.agent
-            return
-        if isinstance(payload, PeerExchange):
-            return self.discovered(payload.addrs)
-        if isinstance(payload, Announce):  # sent to us instead of a message too big to push
-            if message.sender_id != sender_address:
-                return  # only a neighbour's own messages, pulled from itself
-            key = (message.sender_id, payload.content)
-            if key not in self.unpushed or payload.version > self.unpushed[key].version:
-                self.unpushed[key] = payload
-                if len(self.unpushed) > MAX_REMOTE_MODELS:  # keys are free: bound what strangers can add
-                    del self.unpushed[next(iter(self.unpushed))]
-            return self.on_announce(message)
+        entry["offered"][payload.KIND] = getattr(payload, "model", "")
         if isinstance(payload, Weights):
-            entry["offered"][payload.KIND] = payload.model
             self.remote_models[message.sender_id] = {
                 "peer": message.sender_id, "model": payload.model, "version": payload.version,
                 "num_examples": payload.num_examples, "digest": message.digest.hex(), "bytes": message.size,
                 "received": now_ms()}
-        else:
-            entry["offered"][payload.KIND] = getattr(payload, "model", "")
         super().handle(sender_address, message)
+
+    def fold(self) -> bool:
+        self.senders = set()
+        return super().fold()
+
+    def _on_blob_request(self, sender_address: str, message: Message) -> None:
+        self._serve_blob(sender_address, message.payload)
+
+    def _on_pull_answer(self, sender_address: str, message: Message) -> None:
+        payload = message.payload
+        wanted = payload.digest if isinstance(payload, BlobResponse) else _hex(payload.message)
+        peer, channel = self.pulls.get(wanted, (None, None))
+        if peer == sender_address:  # only the peer asked answers a pull
+            try:
+                channel.send_nowait(payload)
+            except trio.WouldBlock:
+                pass  # more than was asked for: dropped (the pull then waits for its timeout)
+
+    def _on_hello(self, sender_address: str, message: Message) -> None:
+        entry = self.peers[sender_address]
+        # only addresses that name the sender: a peer speaks for itself
+        entry["addrs"] = sorted(a for a in message.payload.addrs if a.endswith(f"/p2p/{sender_address}"))[:8]
+        entry["agent"] = message.payload.agent
+
+    def _on_peers(self, sender_address: str, message: Message) -> None:
+        self.discovered(message.payload.addrs)
+
+    def _on_direct_announce(self, sender_address: str, message: Message) -> None:
+        """Sent to us instead of a message too big to push (its author is the sender: the
+        transport's author check saw to it)."""
+        payload = message.payload
+        key = (message.sender_id, payload.content)
+        if key not in self.unpushed or payload.version > self.unpushed[key].version:
+            self.unpushed[key] = payload
+            if len(self.unpushed) > MAX_REMOTE_MODELS:
+                del self.unpushed[next(iter(self.unpushed))]
+        self.on_announce(message)
 
     def on_announce(self, message: Message) -> None:
         """A verified announcement, from gossipsub (Discovery checked signature, digest, replay,
@@ -207,11 +247,20 @@ class DaemonNode(Node):
         return b"".join(chunks[offset] for offset in sorted(chunks))
 
     def _serve_blob(self, sender_address: str, request: BlobRequest) -> None:
+        """One chunk, metered: per peer by the gate's byte budget, and by what already waits to be
+        sent (to this peer and to all); over either, a `busy` error instead of the bytes."""
         blob = self.blobs.get(request.digest)
         if blob is None:
             self.transport.send(sender_address, self.seal(Error("not_found", request.digest.hex())))
             return
         end = min(len(blob), request.offset + min(request.length, BLOB_CHUNK))
+        size = max(0, end - request.offset)
+        queued = getattr(self.transport, "queued_bytes", lambda peer=None: 0)
+        if (queued(sender_address) + size > SERVE_QUEUE_PER_PEER or queued() + size > SERVE_QUEUE_TOTAL
+                or not self.may_serve(sender_address, size)):
+            self.refuse("serve_busy")
+            self.transport.send(sender_address, self.seal(Error("busy", request.digest.hex())))
+            return
         chunk = BlobResponse(request.digest, request.offset, len(blob), blob[request.offset:end])
         self.transport.send(sender_address, self.seal(chunk))
 
@@ -233,6 +282,7 @@ class Daemon:
         self.provenance: list[dict] = []
         self.stopping = trio.Event()
         self.discovery: Discovery | None = None
+        self._dials: list[float] = []  # when peer-exchange dials happened (the last minute's)
 
     # --- construction -----------------------------------------------------------------------
     def _exchange(self, learner: WorkerLearner) -> Exchange:
@@ -260,9 +310,9 @@ class Daemon:
 
     def _restore(self, node: DaemonNode) -> None:
         state = self.home.read_json(self.home.state_file, {})
-        # Resume above the last saved sequence number, with a margin for messages sent after
-        # the last save: peers' replay windows remember what they saw.
-        node.seq = state.get("seq", 0) + 10_000
+        # Resume above the last saved sequence number, with a margin for messages sent after the
+        # last save, and at least at the clock in ms: peers' replay windows remember what they saw.
+        node.seq = max(state.get("seq", 0) + SEQ_MARGIN, now_ms())
         node.version = state.get("version", 0)
         node.guard = ReplayGuard.from_state(
             {bytes.fromhex(k): (h, int(seen, 16)) for k, (h, seen) in state.get("replay", {}).items()})
@@ -306,7 +356,7 @@ class Daemon:
 
     def _fold(self, node: DaemonNode) -> None:
         """Fold what arrived during the period, evaluate the result, and save it."""
-        inputs = sorted(peer_id(p) for p in getattr(node.exchange, "_inbox", {}))
+        inputs = sorted(peer_id(p) for p in node.senders - node.banned)
         if node.fold():
             self.provenance.append({"version": node.version, "time": now_ms(), "folded": inputs})
         accuracy = node.learner.evaluate_test()["accuracy"]
@@ -340,8 +390,13 @@ class Daemon:
             except ValueError:  # gone, too slow or wrong: the next announcement brings a newer one
                 return node.refuse("pull_failed")
             node.pulled += 1
+            # every check of a pushed message (author, replay window, clock), and the digest asked for
+            message = await trio.to_thread.run_sync(
+                functools.partial(node.verify, author, data, author=author, digest=announce.digest))
+            if message is None:
+                return
             try:
-                node.on_bytes(author, data, announce.digest)  # verified (the digest asked for too)
+                node.handle(author, message)
             except Exception as exc:  # noqa: BLE001 -- as the transport's receiver: log, count, go on
                 print(f"handling a message pulled from {author}: {type(exc).__name__}: {exc}", flush=True)
                 node.refuse("pull_not_handled")
@@ -365,11 +420,20 @@ class Daemon:
         return announce
 
     async def _dial(self, node: DaemonNode, transport, addrs: list[str]) -> None:
+        """Dial peers another peer told us of: only peers this node can attribute (it holds a
+        message they signed: an announcement, or a hello on an earlier connection), and at most
+        DIALS_PER_MINUTE, so a peer's list cannot point this node at arbitrary hosts."""
         connected = set(transport.connected_peers()) | {node.id}
+        known = set(node.remote_models) | {p for p, entry in node.peers.items() if "agent" in entry}
         for addr in addrs[:16]:
             peer = addr.rsplit("/p2p/", 1)[-1]
-            if peer in connected or len(connected) > MAX_PEERS:
+            if peer in connected or peer not in known or len(connected) > MAX_PEERS:
                 continue
+            now = time.monotonic()
+            self._dials = [t for t in self._dials if now - t < 60]
+            if len(self._dials) >= DIALS_PER_MINUTE:
+                return
+            self._dials.append(now)
             try:
                 await transport.connect(addr)
                 connected.add(peer)
@@ -457,6 +521,20 @@ class Daemon:
         return {"digest": wanted.hex(), "kind": message.kind, "author": message.sender_id, "bytes": len(data),
                 "path": str(path)}
 
+    def _guard(self, node: DaemonNode, transport, discovery: Discovery, nursery: trio.Nursery) -> None:
+        """The trust boundary: frames capped at the largest message this node accepts, verified
+        off the loop, failures striking their peer at the transport's gate, a blocked peer
+        forgotten, serving metered."""
+        inbound = Inbound(node, max_bytes=2 * largest_accepted(node))
+        transport.max_frame = largest_accepted(node)
+        transport.set_receiver(inbound.submit)
+        node.on_reject = transport.strike
+        node.may_serve = lambda peer, nbytes: transport.gate.may_serve(peer, nbytes, time.monotonic())
+        transport.on_block.append(node.forget)
+        transport.on_block.append(discovery.forget)
+        self.inbound = inbound
+        nursery.start_soon(inbound.run)
+
     # --- run --------------------------------------------------------------------------------
     async def run(self, transport_factory, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Run until `stop`. `transport_factory(identity, listen=[...])` gives the transport.
@@ -480,6 +558,7 @@ class Daemon:
                                   num_classes=learner.num_classes, clock=now_ms,
                                   reputation=Reputation(self.config.reputation))
                 await trio.to_thread.run_sync(self._restore, node)
+                self._guard(node, transport, discovery, nursery)
                 discovery.banned = node.banned
                 discovery.on_announce = node.on_announce
                 discovery.on_peer = lambda peer, addrs: node.peer(peer).update(addrs=sorted(addrs)[:8])
@@ -495,6 +574,24 @@ class Daemon:
             if learner is not None:
                 learner.close()
             self.home.pid_file.unlink(missing_ok=True)
+
+
+def largest_accepted(node: Node) -> int:
+    """The largest frame this node reads: a pulled chunk, or the largest knowledge message its
+    exchange folds, bounded by what that message can hold (weights: exactly its own model's
+    tensors; logits: one row per probe input; synthetic: the exchange's sample cap)."""
+    largest = BLOB_CHUNK
+    consumes = node.exchange.consumes
+    if "weights" in consumes and node.learner.supports_weights:
+        largest = max(largest, sum(math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype in node.tensor_specs)
+                      + 64 * len(node.tensor_specs))
+    for part in getattr(node.exchange, "parts", (node.exchange,)):
+        if isinstance(part, Distillation):
+            largest = max(largest, len(part.settings.probe.x) * node.num_classes * 8 + 16 * node.num_classes)
+        if isinstance(part, SyntheticSamples):
+            s = part.settings
+            largest = max(largest, s.max_samples * (math.prod(s.input_shape) + 1) * 8)
+    return largest + ENVELOPE_OVERHEAD + 4096
 
 
 def _hex(text: str) -> bytes:

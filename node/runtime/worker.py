@@ -13,8 +13,8 @@ import numpy as np
 
 from manymodels.protocol import decode_array, encode_array
 
-from .learning.learner import Learner, NDArrays, Samples
-from .learning.recipe import LearnerRecipe
+from ..learning.learner import Learner, NDArrays, Samples
+from ..learning.recipe import LearnerRecipe
 
 _ND = "__ndarray__"
 
@@ -67,7 +67,7 @@ class _Server:
         """Synthetic samples from a generative model of the private data (which stays here)."""
         self._own_data("synthetic samples")
         if self._generator is None:
-            from .learning.generator import GaussianClassGenerator
+            from ..learning.generator import GaussianClassGenerator
 
             x, y = self.data.x_train[self.index], self.data.y_train[self.index]
             self._generator = GaussianClassGenerator(x, y, self.value_range)

@@ -15,10 +15,10 @@ import numpy as np
 from manymodels.aggregation import Rule, RuleError, after_bans
 from manymodels.protocol import Logits, Message, Payload, SyntheticBatch, Weights
 
-from .learning.generator import NAME as GENERATOR_NAME
-from .learning.generator import GaussianClassGenerator
-from .learning.learner import Samples, log_soft_labels
-from .learning.probe import ProbeSet
+from ..learning.generator import NAME as GENERATOR_NAME
+from ..learning.generator import GaussianClassGenerator
+from ..learning.learner import Samples, log_soft_labels
+from ..learning.probe import ProbeSet
 
 if TYPE_CHECKING:
     from .node import Node

@@ -1,0 +1,1 @@
+"""The node and what it does with knowledge: Node, the exchanges, reputation, the Transport contract."""

@@ -1,0 +1,1 @@
+"""The simulator: the memory network, topologies, attacks, and the simulation loop with its report."""
