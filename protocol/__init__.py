@@ -1,7 +1,7 @@
 """Bytes <-> verified messages. Pure: no sockets, threads, torch or wall clock."""
 from .envelope import MAX_ENVELOPE_BYTES, PROTOCOL_VERSION, Message, digest, open_envelope, seal
 from .errors import Reason, RejectedMessage
-from .identity import Identity, peer_id, verify
+from .identity import Identity, peer_id, strict_public_key, verify
 from .messages import (KINDS, Announce, BlobRequest, BlobResponse, Error, Hello, Logits, Payload, PeerExchange,
                        SyntheticBatch, Weights)
 from .ndarray import ALLOWED_DTYPES, array_digest, decode_array, encode_array
@@ -11,5 +11,5 @@ __all__ = [
     "ALLOWED_DTYPES", "KINDS", "MAX_ENVELOPE_BYTES", "PROTOCOL_VERSION", "Announce", "BlobRequest",
     "BlobResponse", "Error", "Hello", "Identity", "Logits", "Message", "Payload", "PeerExchange", "Reason",
     "RejectedMessage", "ReplayGuard", "SyntheticBatch", "Weights", "decode_array", "digest",
-    "array_digest", "encode_array", "open_envelope", "peer_id", "seal", "verify",
+    "array_digest", "encode_array", "open_envelope", "peer_id", "seal", "strict_public_key", "verify",
 ]

@@ -14,9 +14,10 @@ from typing import Any
 import msgpack
 
 from .errors import Reason, RejectedMessage
-from .identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Identity, peer_id, verify
+from .identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Identity, peer_id, strict_public_key, verify
 from .messages import DIGEST_SIZE, KINDS, Payload
 from .replay import ReplayGuard
+from .wire import Reader, decode
 
 PROTOCOL_VERSION = 1
 DOMAIN_TAG = b"manymodels/envelope/v1\x00"
@@ -24,7 +25,9 @@ HEADER_FIELDS = ("v", "kind", "sender", "seq", "ts", "digest")
 ENVELOPE_FIELDS = HEADER_FIELDS + ("sig", "payload")
 ENVELOPE_OVERHEAD = 512  # header bytes allowed beyond a kind's payload limit
 MAX_ENVELOPE_BYTES = max(cls.MAX_BYTES for cls in KINDS.values()) + ENVELOPE_OVERHEAD
+MAX_KIND_CHARS = 64  # longer than any kind: refused as `schema` unread
 _U64 = 2**64 - 1
+_U32 = 2**32 - 1
 
 
 def digest(data: bytes) -> bytes:
@@ -66,34 +69,22 @@ class Message:
         return peer_id(self.sender)
 
 
-def _unpack(data: bytes, what: str) -> Any:
-    try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
-    except msgpack.ExtraData:
-        raise RejectedMessage(Reason.MALFORMED, f"{what}: trailing bytes") from None
-    # msgpack raises several types (OutOfData, FormatError, StackError, UnicodeDecodeError,
-    # TypeError for unhashable keys); for peer bytes every one of them means "malformed".
-    except Exception as exc:  # noqa: BLE001
-        raise RejectedMessage(Reason.MALFORMED, f"{what}: {type(exc).__name__}") from None
+def _read_header(r: Reader) -> dict[str, Any]:
+    """The envelope map: exactly the eight fields, scalar values only (a container is `schema`
+    from its type byte, unbuilt); the payload is a view of the input, not a copy."""
+    return {key: _HEADER_FIELDS[key](r, key) for key in r.fields("envelope", ENVELOPE_FIELDS)}
 
 
-def _header(obj: Any) -> dict[str, Any]:
-    if not isinstance(obj, dict) or set(obj) != set(ENVELOPE_FIELDS):
-        raise RejectedMessage(Reason.SCHEMA, f"an envelope is a map of exactly {', '.join(ENVELOPE_FIELDS)}")
-    checks = {
-        "v": lambda x: type(x) is int,
-        "kind": lambda x: isinstance(x, str),
-        "sender": lambda x: isinstance(x, bytes) and len(x) == PUBLIC_KEY_SIZE,
-        "seq": lambda x: type(x) is int and 0 <= x <= _U64,
-        "ts": lambda x: type(x) is int and 0 <= x <= _U64,
-        "digest": lambda x: isinstance(x, bytes) and len(x) == DIGEST_SIZE,
-        "sig": lambda x: isinstance(x, bytes) and len(x) == SIGNATURE_SIZE,
-        "payload": lambda x: isinstance(x, bytes),
-    }
-    for name, ok in checks.items():
-        if not ok(obj[name]):
-            raise RejectedMessage(Reason.SCHEMA, f"envelope field {name!r} has the wrong type or size")
-    return obj
+_HEADER_FIELDS = {
+    "v": lambda r, key: r.int(key, -2**63, _U64),
+    "kind": lambda r, key: r.str(key, MAX_KIND_CHARS),
+    "sender": lambda r, key: bytes(r.bin(key, PUBLIC_KEY_SIZE, PUBLIC_KEY_SIZE)),
+    "seq": lambda r, key: r.int(key, 0, _U64),
+    "ts": lambda r, key: r.int(key, 0, _U64),
+    "digest": lambda r, key: bytes(r.bin(key, DIGEST_SIZE, DIGEST_SIZE)),
+    "sig": lambda r, key: bytes(r.bin(key, SIGNATURE_SIZE, SIGNATURE_SIZE)),
+    "payload": lambda r, key: r.bin(key, 0, _U32),
+}
 
 
 def open_envelope(
@@ -103,37 +94,48 @@ def open_envelope(
     guard: ReplayGuard | None = None,
     banned: Container[bytes] = (),
     max_bytes: int = MAX_ENVELOPE_BYTES,
+    author: str | None = None,
 ) -> Message:
     """Verify received bytes and return the message, or raise RejectedMessage.
 
-    Order: size, decoding, header schema, version, kind, per-kind size, ban list, signature,
-    payload digest, replay window and clock skew, payload schema. The guard records the
-    sequence number only when every check has passed.
+    Order (docs/PROTOCOL.md §7): size, decoding, header schema, sender key, author, version, kind,
+    per-kind size, ban list, signature, payload digest, clock skew and replay window, payload.
+    `author` is the peer id the transport authenticated, when the message came straight from its
+    author. The guard records the sequence number only when every check has passed, and never
+    for an unsequenced kind (a reply).
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise RejectedMessage(Reason.MALFORMED, "not bytes")
     if len(data) > max_bytes:
         raise RejectedMessage(Reason.TOO_LARGE, f"{len(data)} bytes > limit {max_bytes}")
-    env = _header(_unpack(bytes(data), "envelope"))
+    data = bytes(data)  # a no-op for bytes; received arrays must not alias a caller's mutable buffer
+    env = decode(memoryview(data), _read_header, "envelope")
+    sender = env["sender"]
+    if not strict_public_key(sender):
+        raise RejectedMessage(Reason.BAD_KEY, f"sender key {sender.hex()} is not canonical or has small order")
+    if author is not None and peer_id(sender) != author:
+        raise RejectedMessage(Reason.FOREIGN_AUTHOR, f"signed by {peer_id(sender)}, sent by {author}")
     if env["v"] != PROTOCOL_VERSION:
         raise RejectedMessage(Reason.UNSUPPORTED_VERSION, f"version {env['v']}, this node speaks {PROTOCOL_VERSION}")
     cls = KINDS.get(env["kind"])
     if cls is None:
-        raise RejectedMessage(Reason.UNKNOWN_KIND, repr(env["kind"][:64]))
+        raise RejectedMessage(Reason.UNKNOWN_KIND, repr(env["kind"]))
     body = env["payload"]
     if len(body) > cls.MAX_BYTES:
         raise RejectedMessage(Reason.TOO_LARGE, f"{cls.KIND} payload {len(body)} bytes > limit {cls.MAX_BYTES}")
-    sender = env["sender"]
     if sender in banned:
         raise RejectedMessage(Reason.BANNED, peer_id(sender))
     header = [env[name] for name in HEADER_FIELDS]
     if not verify(sender, env["sig"], signed_bytes(*header)):
         raise RejectedMessage(Reason.BAD_SIGNATURE, f"from {peer_id(sender)}")
     if digest(body) != env["digest"]:
-        raise RejectedMessage(Reason.DIGEST_MISMATCH, f"payload does not hash to the signed digest")
+        raise RejectedMessage(Reason.DIGEST_MISMATCH, "payload does not hash to the signed digest")
     if guard is not None:
-        guard.check(sender, env["seq"], env["ts"], now_ms)
-    payload = cls.from_wire(_unpack(body, f"{cls.KIND} payload"))
-    if guard is not None:
-        guard.record(sender, env["seq"])
+        if cls.SEQUENCED:
+            guard.check(sender, env["seq"], env["ts"], now_ms)
+        else:
+            guard.check_clock(env["ts"], now_ms)
+    payload = cls.from_bytes(body)
+    if guard is not None and cls.SEQUENCED:
+        guard.record(sender, env["seq"], env["ts"])
     return Message(cls.KIND, sender, env["seq"], env["ts"], env["digest"], payload, len(data))

@@ -6,10 +6,12 @@ import enum
 
 class Reason(str, enum.Enum):
     TOO_LARGE = "too_large"
-    MALFORMED = "malformed"  # truncated, not msgpack, trailing bytes
+    MALFORMED = "malformed"  # truncated, not msgpack, trailing bytes, invalid UTF-8, a repeated map key
     SCHEMA = "schema"  # msgpack, but not the fields and types the spec asks for
     UNSUPPORTED_VERSION = "unsupported_version"
     UNKNOWN_KIND = "unknown_kind"
+    BAD_KEY = "bad_key"  # sender key not canonical, or of small order: refused before any signature work
+    FOREIGN_AUTHOR = "foreign_author"  # signed by a key other than the peer the transport authenticated
     BANNED = "banned"
     BAD_SIGNATURE = "bad_signature"  # forged, or a signed header field was changed
     DIGEST_MISMATCH = "digest_mismatch"  # payload changed after signing

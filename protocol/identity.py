@@ -26,7 +26,34 @@ def peer_id(public_key: bytes) -> str:
     return base58.b58encode(_IDENTITY_MULTIHASH_PREFIX + _LIBP2P_ED25519_PREFIX + public_key).decode()
 
 
+# Strict Ed25519, as libsodium's crypto_sign_verify_detached (docs/PROTOCOL.md §4). An encoded point
+# is y (the low 255 bits, little-endian) and the sign of x (the top bit). OpenSSL accepts keys with
+# y >= p and keys of small order, for which a forger needs no secret: refuse them first.
+P = 2**255 - 19
+L = 2**252 + 27742317777372353535851937790883648493  # the group order
+_Y_MASK = (1 << 255) - 1
+_Y_ORDER_8 = 0x5FC536D880238B13933C6D305ACDFD5F098EFF289F4C345B027B2C28F95E826  # and P - it
+# y of the 8 points of order dividing 8: 1 (identity), P - 1 (order 2), 0 (order 4), and the two
+# of order 8. Either sign bit: with x = 0 (y = 1 or P - 1) a set sign bit is not even an encoding.
+SMALL_ORDER_Y = frozenset((0, 1, P - 1, _Y_ORDER_8, P - _Y_ORDER_8))
+
+
+def strict_point(encoding: bytes) -> bool:
+    """True for a canonical encoding (y < P) of a point not of small order."""
+    y = int.from_bytes(encoding, "little") & _Y_MASK
+    return y < P and y not in SMALL_ORDER_Y
+
+
+def strict_public_key(public_key: bytes) -> bool:
+    return len(public_key) == PUBLIC_KEY_SIZE and strict_point(public_key)
+
+
 def verify(public_key: bytes, signature: bytes, data: bytes) -> bool:
+    """Strict verification: a strict key, R = signature[:32] a strict point, S = signature[32:]
+    below L, then the cofactorless equation [S]B = R + [H(R || A || M)]A (OpenSSL)."""
+    if (not strict_public_key(public_key) or len(signature) != SIGNATURE_SIZE or not strict_point(signature[:32])
+            or int.from_bytes(signature[32:], "little") >= L):
+        return False
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(signature, data)
     except (InvalidSignature, ValueError):

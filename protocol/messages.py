@@ -1,80 +1,65 @@
-"""Typed message kinds. Each payload is a msgpack map with a fixed set of fields; `from_wire`
-checks every field before anything else may look at it."""
+"""Typed message kinds. Each payload is a msgpack map with a fixed set of fields; `from_bytes`
+walks the bytes against the kind's SCHEMA, checking every field before anything else may look at it."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
+import msgpack
 import numpy as np
 
 from .errors import Reason, RejectedMessage
-from .ndarray import array_digest, decode_array, encode_array
+from .ndarray import array_digest, encode_array, read_array
+from .wire import Reader, decode, schema
 
 DIGEST_SIZE = 32
 MAX_TENSORS = 4096
 KiB, MiB = 1024, 1024 * 1024
 
 
-def _fail(kind: str, name: str, want: str) -> RejectedMessage:
-    return RejectedMessage(Reason.SCHEMA, f"{kind}.{name}: expected {want}")
+# A field is read by a function (reader, where) -> value that walks the field's bytes (wire.py).
+Field = Callable[[Reader, str], Any]
 
 
-def _str(max_len: int):
-    def check(kind, name, v):
-        if not isinstance(v, str) or len(v) > max_len:
-            raise _fail(kind, name, f"a string of at most {max_len} characters")
-        return v
-    return check
+def _str(max_chars: int) -> Field:
+    return lambda r, where: r.str(where, max_chars)
 
 
-def _int(lo: int = 0, hi: int = 2**63 - 1):
-    def check(kind, name, v):
-        if type(v) is not int or not lo <= v <= hi:
-            raise _fail(kind, name, f"an integer in [{lo}, {hi}]")
-        return v
-    return check
+def _int(lo: int = 0, hi: int = 2**63 - 1) -> Field:
+    return lambda r, where: r.int(where, lo, hi)
 
 
-def _float(lo: float, hi: float):
-    def check(kind, name, v):
-        if type(v) not in (int, float) or not lo <= v <= hi:
-            raise _fail(kind, name, f"a number in [{lo}, {hi}]")
-        return float(v)
-    return check
+def _float(lo: float, hi: float) -> Field:
+    return lambda r, where: r.number(where, lo, hi)
 
 
-def _bytes(size: int | None = None, max_len: int = 2**32):
-    def check(kind, name, v):
-        if not isinstance(v, bytes) or (size is not None and len(v) != size) or len(v) > max_len:
-            raise _fail(kind, name, f"{size} bytes" if size is not None else "bytes")
-        return v
-    return check
+def _bytes(size: int | None = None, max_len: int = 2**32) -> Field:
+    lo, hi = (size, size) if size is not None else (0, max_len)
+    return lambda r, where: bytes(r.bin(where, lo, hi))
 
 
-def _list(item, max_len: int):
-    def check(kind, name, v):
-        if not isinstance(v, list) or len(v) > max_len:
-            raise _fail(kind, name, f"a list of at most {max_len} items")
-        return [item(kind, name, x) for x in v]
-    return check
+def _list(item: Field, max_len: int) -> Field:
+    return lambda r, where: [item(r, where) for _ in range(r.array(where, max_len))]
 
 
-def _array(ndim: int | None = None, kinds: str = "biuf"):
-    def check(kind, name, v):
-        array = decode_array(v)
+def _array(ndim: int | None = None, kinds: str = "biuf") -> Field:
+    def read(r: Reader, where: str) -> np.ndarray:
+        array = read_array(r, where)
         if (ndim is not None and array.ndim != ndim) or array.dtype.kind not in kinds:
-            raise _fail(kind, name, f"an ndarray with {ndim or 'any'} dims of kind {kinds!r}")
+            raise schema(where, f"an ndarray with {ndim or 'any'} dims of kind {kinds!r}")
         return array
-    return check
+    return read
 
 
-def _map(spec: dict[str, Any]):
-    def check(kind, name, v):
-        if not isinstance(v, dict) or set(v) != set(spec):
-            raise _fail(kind, name, f"a map of exactly {sorted(spec)}")
-        return {k: spec[k](kind, f"{name}.{k}", v[k]) for k in spec}
-    return check
+def _map(spec: dict[str, Field]) -> Field:
+    names = tuple(spec)
+
+    def read(r: Reader, where: str) -> dict[str, Any]:
+        values = {key: spec[key](r, f"{where}.{key}") for key in r.fields(where, names)}
+        return {key: values[key] for key in names}
+    return read
 
 
 _DIGEST = _bytes(DIGEST_SIZE)
@@ -85,15 +70,34 @@ _NAME = _str(64)
 class Payload:
     KIND: ClassVar[str]
     MAX_BYTES: ClassVar[int]
-    SCHEMA: ClassVar[dict[str, Any]]
+    SCHEMA: ClassVar[dict[str, Field]]
+    # A sequenced kind uses up a sequence number and runs the receiver's replay window. Replies
+    # (blob_response, error) are not: a node serving blobs would otherwise burn numbers for every
+    # chunk; a reply is matched to the request the receiver made, a pulled blob by its own signature.
+    SEQUENCED: ClassVar[bool] = True
 
     def to_wire(self) -> dict[str, Any]:
         return {f.name: _to_wire(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
+    def from_bytes(cls, body: bytes | memoryview) -> Payload:
+        """Decode and check a received payload (§5, §6) without building anything its schema does
+        not allow. ndarrays are read-only views of `body`."""
+        payload = cls(**decode(memoryview(body), lambda r: _map(cls.SCHEMA)(r, cls.KIND), f"{cls.KIND} payload"))
+        payload.check_consistency()
+        return payload
+
+    @classmethod
     def from_wire(cls, obj: Any) -> Payload:
-        checked = _map(cls.SCHEMA)(cls.KIND, "payload", obj)
-        return cls(**checked)
+        """The same checks for an already decoded map (e.g. one read back from our own store)."""
+        try:
+            body = msgpack.packb(obj, use_bin_type=True)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise RejectedMessage(Reason.SCHEMA, f"{cls.KIND} payload: {type(exc).__name__}") from None
+        return cls.from_bytes(body)
+
+    def check_consistency(self) -> None:
+        """Checks across fields, after each field passed its own."""
 
 
 def _to_wire(value: Any) -> Any:
@@ -172,13 +176,10 @@ class Logits(Payload):
     logits: np.ndarray
     class_counts: list[int]
 
-    @classmethod
-    def from_wire(cls, obj: Any) -> Logits:
-        msg = super().from_wire(obj)
-        if len(msg.class_counts) != msg.logits.shape[1]:
+    def check_consistency(self) -> None:
+        if len(self.class_counts) != self.logits.shape[1]:
             raise RejectedMessage(Reason.SHAPE_MISMATCH,
-                                  f"{len(msg.class_counts)} class counts for {msg.logits.shape[1]} classes")
-        return msg
+                                  f"{len(self.class_counts)} class counts for {self.logits.shape[1]} classes")
 
 
 _CARD = {"licence": _NAME, "consent": _str(256), "retention": _str(256), "generator": _str(256),
@@ -199,12 +200,9 @@ class SyntheticBatch(Payload):
         """What the card's `digest` must be: SHA-256 over the canonical-bytes digests of x and y."""
         return hashlib.sha256(array_digest(self.x) + array_digest(self.y)).digest()
 
-    @classmethod
-    def from_wire(cls, obj: Any) -> SyntheticBatch:
-        batch = super().from_wire(obj)
-        if batch.x.ndim < 1 or batch.x.shape[0] != batch.y.shape[0]:
-            raise RejectedMessage(Reason.SHAPE_MISMATCH, f"{batch.x.shape[:1]} samples but {batch.y.shape[0]} labels")
-        return batch
+    def check_consistency(self) -> None:
+        if self.x.ndim < 1 or self.x.shape[0] != self.y.shape[0]:
+            raise RejectedMessage(Reason.SHAPE_MISMATCH, f"{self.x.shape[:1]} samples but {self.y.shape[0]} labels")
 
 
 @dataclass(frozen=True)
@@ -221,6 +219,7 @@ class BlobRequest(Payload):
 class BlobResponse(Payload):
     """One chunk of a blob; the receiver checks the whole blob's digest before use."""
     KIND = "blob_response"
+    SEQUENCED = False
     MAX_BYTES = 16 * MiB + KiB
     SCHEMA = {"digest": _DIGEST, "offset": _int(), "total": _int(), "data": _bytes(max_len=16 * MiB)}
     digest: bytes
@@ -232,6 +231,7 @@ class BlobResponse(Payload):
 @dataclass(frozen=True)
 class Error(Payload):
     KIND = "error"
+    SEQUENCED = False
     MAX_BYTES = 4 * KiB
     SCHEMA = {"code": _NAME, "message": _str(1024)}
     code: str

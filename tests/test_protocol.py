@@ -162,7 +162,7 @@ def test_signature_bytes_changed():
     ({"seq": 0}, Reason.BAD_SIGNATURE),
     ({"ts": NOW + 1}, Reason.BAD_SIGNATURE),
     ({"sender": BOB.public_key}, Reason.BAD_SIGNATURE),
-    ({"sender": bytes(32)}, Reason.BAD_SIGNATURE),
+    ({"sender": bytes(32)}, Reason.BAD_KEY),  # small order (y = 0): refused before the signature
     ({"digest": bytes(32)}, Reason.BAD_SIGNATURE),
     ({"v": 2}, Reason.UNSUPPORTED_VERSION),  # the version is refused before the signature
     ({"v": 0}, Reason.UNSUPPORTED_VERSION),
@@ -208,7 +208,7 @@ def test_replayed_sequence():
     accept(SEALED, guard=guard)
     assert reason_of(SEALED, guard=guard) is Reason.REPLAYED
     # a different message with the same sequence number is a replay too
-    assert reason_of(seal(ALICE, Error(code="x", message="y"), 1, NOW), guard=guard) is Reason.REPLAYED
+    assert reason_of(seal(ALICE, PeerExchange(addrs=[]), 1, NOW), guard=guard) is Reason.REPLAYED
     # another sender's counters are separate
     assert accept(seal(BOB, HELLO, 1, NOW), guard=guard).sender == BOB.public_key
 
@@ -373,8 +373,18 @@ def test_truncated_bytes():
 
 def test_non_msgpack_bytes():
     for data in (b"", b"\xc1", b"\xc1\x00", b"\xd4", b"GET / HTTP/1.1\r\n\r\n", b"\xdf\xff\xff\xff\xff",
-                 b"\x91" * 5000, b"\xa2\xff\xfe"):
+                 b"\x91" * 5000, b"\x91" * 1100 + b"\xc0", b"\xa2\xff\xfe" + b"\xc0"):
         assert reason_of(data) is Reason.MALFORMED, data
+
+
+def test_a_str_is_decoded_only_where_the_schema_reads_one():
+    """Invalid UTF-8 is malformed in a str the decoder reads (a key, a str field); a value of the wrong
+    type is refused from its type byte, unread, so an invalid str there is `schema`."""
+    assert reason_of(b"\xa2\xff\xfe") is Reason.SCHEMA
+    bad_key = SEALED.replace(b"\xa4kind", b"\xa4kin\xff", 1)
+    assert reason_of(bad_key) is Reason.MALFORMED
+    bad_kind = SEALED.replace(b"\xa5hello", b"\xa5hell\xff", 1)
+    assert reason_of(bad_kind) is Reason.MALFORMED
 
 
 def test_trailing_bytes():
