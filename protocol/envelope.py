@@ -34,8 +34,12 @@ def digest(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
+# packb's default 256 KiB buffer would be most of what opening a small envelope allocates.
+_HEADER_PACKER = {"use_bin_type": True, **({"buf_size": 256} if msgpack.version >= (1, 1) else {})}
+
+
 def signed_bytes(v: int, kind: str, sender: bytes, seq: int, ts: int, payload_digest: bytes) -> bytes:
-    return DOMAIN_TAG + msgpack.packb([v, kind, sender, seq, ts, payload_digest], use_bin_type=True)
+    return DOMAIN_TAG + msgpack.Packer(**_HEADER_PACKER).pack([v, kind, sender, seq, ts, payload_digest])
 
 
 def encode_payload(payload: Payload) -> bytes:

@@ -21,7 +21,8 @@ from manymodels.protocol import (Announce, Hello, Identity, RejectedMessage, Rep
 from manymodels.protocol.envelope import encode_payload, signed_bytes
 
 SPEC = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"
-HEX_KEYS = {"seed", "public_key", "multihash", "pkcs8_der", "payload", "digest", "signed", "signature", "envelope"}
+HEX_KEYS = {"seed", "public_key", "multihash", "pkcs8_der", "payload", "digest", "signed", "signature", "envelope",
+            "canonical", "array_digest"}
 INT_KEYS = {"seq", "ts", "now_ms"}
 
 
@@ -43,7 +44,7 @@ def parse_vectors(text: str) -> dict[str, dict]:
                 vec[k] = bytes.fromhex("".join(v.split()))
             elif k in INT_KEYS:
                 vec[k] = int(v)
-            elif k == "fields":
+            elif k in ("fields", "array"):
                 vec[k] = json.loads(v)
             else:
                 vec[k] = v
@@ -60,11 +61,28 @@ OUTCOME_VECTORS = [n for n, v in VECTORS.items() if "result" in v]
 def test_spec_has_the_vectors_the_brief_asks_for():
     for name in ("identity", "identity-2", "hello-envelope", "weights-envelope", "announce-envelope",
                  "reject-payload-byte-flipped", "reject-seq-changed", "reject-forged-signer",
-                 "accept-noncanonical-envelope"):
+                 "accept-noncanonical-envelope", "accept-map16-envelope", "probe-digest", "reject-duplicate-key",
+                 "reject-small-order-key", "reject-noncanonical-key", "reject-s-not-below-l", "reject-small-order-r",
+                 "reject-foreign-author", "announce-weights-envelope"):
         assert name in VECTORS, name
     assert VECTORS["identity"]["seed"] == bytes(range(32))
+    assert {VECTORS[n]["kind"] for n in MESSAGE_VECTORS} == set(protocol.KINDS)  # every kind has a vector
     assert {VECTORS[n]["result"] for n in OUTCOME_VECTORS} >= {
-        "accept", "digest_mismatch", "bad_signature", "replayed", "stale", "malformed", "unknown_kind"}
+        "accept", "digest_mismatch", "bad_signature", "replayed", "stale", "malformed", "unknown_kind", "bad_key",
+        "foreign_author"}
+    dtypes = {t["dtype"] for n in MESSAGE_VECTORS for t in _ndarrays(VECTORS[n]["fields"])}
+    assert dtypes >= {"<f2", "<f4", "<f8", "<i8"}
+    envelopes = [VECTORS[n]["envelope"] for n in OUTCOME_VECTORS if VECTORS[n]["result"] == "accept"]
+    assert any(e.startswith(b"\xde\x00\x08") for e in envelopes)  # a map16 envelope header
+    payloads = [VECTORS[n]["payload"] for n in MESSAGE_VECTORS]
+    assert any(b"\xd9" in p for p in payloads) and any(b"\xc5\x01\x00" in p for p in payloads)  # str8, bin16
+
+
+def _ndarrays(value) -> list[dict]:
+    if isinstance(value, dict) and "values" in value:
+        return [value]
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
+    return [a for item in items for a in _ndarrays(item)]
 
 
 # --- identity -------------------------------------------------------------------------------------
@@ -111,6 +129,8 @@ def payload_from_fields(kind: str, fields: dict):
             return np.array(v["values"], dtype=np.dtype(v["dtype"])).reshape(v["shape"])
         if isinstance(v, list):
             return [value(x) for x in v]
+        if isinstance(v, dict):
+            return {k: value(x) for k, x in v.items()}
         return v
     return protocol.KINDS[kind](**{k: value(v) for k, v in fields.items()})
 
@@ -128,6 +148,7 @@ def test_message_vector_reproduced_byte_for_byte(name):
     assert ident.sign(sb) == vec["signature"]  # Ed25519 is deterministic
     assert seal(ident, payload, vec["seq"], vec["ts"]) == vec["envelope"]
 
+    assert protocol.KINDS[vec["kind"]].SEQUENCED is (vec["kind"] not in ("blob_response", "error"))
     msg = open_envelope(vec["envelope"], now_ms=vec["now_ms"], guard=ReplayGuard())
     assert (msg.kind, msg.sender, msg.seq, msg.ts, msg.digest) == (
         vec["kind"], ident.public_key, vec["seq"], vec["ts"], vec["digest"])
@@ -146,7 +167,24 @@ def test_vector_payload_types():
     announce = open_envelope(VECTORS["announce-envelope"]["envelope"], now_ms=VECTORS["announce-envelope"]["now_ms"]).payload
     assert isinstance(announce, Announce)
     assert announce.digest == VECTORS["weights-envelope"]["digest"]
-    assert announce.size == len(VECTORS["weights-envelope"]["payload"])
+    assert announce.size == len(VECTORS["weights-envelope"]["payload"])  # written before §5 named whole envelopes
+    announce = open_envelope(VECTORS["announce-weights-envelope"]["envelope"], now_ms=VECTORS["announce-weights-envelope"]["now_ms"]).payload
+    assert announce.digest == VECTORS["weights-envelope"]["digest"]
+    assert announce.size == len(VECTORS["weights-envelope"]["envelope"])  # the blob is the whole sealed envelope
+
+
+def test_probe_and_card_digests():
+    vec = VECTORS["probe-digest"]
+    array = np.array(vec["array"]["values"], dtype=vec["array"]["dtype"]).reshape(vec["array"]["shape"])
+    assert mp_ndarray(vec["array"]["dtype"], vec["array"]["shape"], vec["array"]["values"]) == vec["canonical"]
+    assert hashlib.sha256(vec["canonical"]).digest() == vec["array_digest"] == protocol.array_digest(array)
+    assert VECTORS["logits-envelope"]["fields"]["probe"] == {"bin": vec["array_digest"].hex()}
+    fields = VECTORS["synthetic-envelope"]["fields"]
+    x, y = (mp_ndarray(a["dtype"], a["shape"], a["values"]) for a in (fields["x"], fields["y"]))
+    card = hashlib.sha256(hashlib.sha256(x).digest() + hashlib.sha256(y).digest()).hexdigest()
+    assert fields["card"]["digest"] == {"bin": card}
+    batch = payload_from_fields("synthetic", fields)
+    assert batch.content_digest().hex() == card
 
 
 @pytest.mark.parametrize("name", OUTCOME_VECTORS)
@@ -155,11 +193,12 @@ def test_outcome_vector(name):
     guard = ReplayGuard()
     if "first" in vec:
         open_envelope(VECTORS[vec["first"]]["envelope"], now_ms=vec["now_ms"], guard=guard)
+    author = vec.get("author")
     if vec["result"] == "accept":
-        open_envelope(vec["envelope"], now_ms=vec["now_ms"], guard=guard)
+        open_envelope(vec["envelope"], now_ms=vec["now_ms"], guard=guard, author=author)
         return
     with pytest.raises(RejectedMessage) as info:
-        open_envelope(vec["envelope"], now_ms=vec["now_ms"], guard=guard)
+        open_envelope(vec["envelope"], now_ms=vec["now_ms"], guard=guard, author=author)
     assert info.value.reason.value == vec["result"]
 
 
