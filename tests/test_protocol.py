@@ -647,3 +647,248 @@ def test_logits_class_counts_must_match_the_classes():
     assert reason_of(signed_payload("logits", obj)) is Reason.SHAPE_MISMATCH
     obj = {**good, "class_counts": [1, -2]}
     assert reason_of(signed_payload("logits", obj)) is Reason.SCHEMA
+
+
+# --- strict keys and signatures -------------------------------------------------------------------
+
+P = 2**255 - 19
+
+
+def _edwards_torsion_ys() -> set[int]:
+    """The y of the 8 points of order dividing 8, computed from the curve (twisted Edwards, a = -1)."""
+    d = -121665 * pow(121666, P - 2, P) % P
+
+    def add(p1, p2):
+        (x1, y1), (x2, y2) = p1, p2
+        t = d * x1 * x2 * y1 * y2 % P
+        return ((x1 * y2 + x2 * y1) * pow(1 + t, P - 2, P) % P, (y1 * y2 + x1 * x2) * pow(1 - t, P - 2, P) % P)
+
+    def x_of(y):
+        u, v = (y * y - 1) % P, (d * y * y + 1) % P
+        x = pow(u * pow(v, P - 2, P), (P + 3) // 8, P)
+        if (x * x - u * pow(v, P - 2, P)) % P:
+            x = x * pow(2, (P - 1) // 4, P) % P
+        return x
+
+    y8 = protocol.identity._Y_ORDER_8
+    t = (x_of(y8), y8)
+    points, q = [], (0, 1)
+    for _ in range(8):
+        points.append(q)
+        q = add(q, t)
+    assert q == (0, 1) and len(set(points)) == 8  # t has order exactly 8
+    return {y for _, y in points}
+
+
+def test_small_order_list_is_the_torsion_subgroup():
+    assert _edwards_torsion_ys() == set(protocol.identity.SMALL_ORDER_Y)
+
+
+@pytest.mark.parametrize("y", sorted(protocol.identity.SMALL_ORDER_Y) + list(range(P, 2**255)))
+@pytest.mark.parametrize("sign", [0, 1])
+def test_bad_keys(y, sign):
+    key = (y | sign << 255).to_bytes(32, "little")
+    assert not protocol.strict_public_key(key)
+    assert reason_of(tamper(SEALED, sender=key)) is Reason.BAD_KEY
+
+
+def test_small_order_key_forgery_that_openssl_alone_accepts():
+    identity_point = bytes([1]) + bytes(31)
+    sig = identity_point + bytes(32)  # R = identity, S = 0: [0]B = O + k*O for any message
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    Ed25519PublicKey.from_public_bytes(identity_point).verify(sig, b"anything")  # the bare check passes
+    assert reason_of(tamper(SEALED, sender=identity_point, sig=sig)) is Reason.BAD_KEY
+
+
+def test_s_not_below_l_is_bad_signature():
+    env = msgpack.unpackb(SEALED, raw=False)
+    s = int.from_bytes(env["sig"][32:], "little") + protocol.identity.L
+    assert reason_of(tamper(SEALED, sig=env["sig"][:32] + s.to_bytes(32, "little"))) is Reason.BAD_SIGNATURE
+
+
+def test_bad_key_comes_before_the_ban_list_and_author_after_it():
+    small = bytes(32)
+    assert reason_of(tamper(SEALED, sender=small), banned={small}, author=BOB.peer_id) is Reason.BAD_KEY
+    assert reason_of(SEALED, banned={ALICE.public_key}, author=BOB.peer_id) is Reason.FOREIGN_AUTHOR
+
+
+def test_author_binding():
+    assert accept(SEALED, author=ALICE.peer_id).sender == ALICE.public_key
+    guard = ReplayGuard()
+    assert reason_of(SEALED, author=BOB.peer_id, guard=guard) is Reason.FOREIGN_AUTHOR
+    accept(SEALED, guard=guard)  # the refusal used up nothing
+
+
+# --- repeated keys ----------------------------------------------------------------------------------
+
+
+def _pairs(*pairs) -> bytes:
+    return bytes([0x80 | len(pairs)]) + b"".join(pack(k) + pack(v) for k, v in pairs)
+
+
+def test_repeated_keys_are_malformed_everywhere():
+    env = msgpack.unpackb(SEALED, raw=False)
+    dup = _pairs(*[(k, env[k]) for k in ("v", "kind", "sender", "seq", "seq", "digest", "sig", "payload")])
+    assert reason_of(dup) is Reason.MALFORMED
+    hello = _pairs(("agent", "a"), ("addrs", []), ("agent", "b"), ("models", []))
+    assert reason_of(signed_envelope("hello", hello)) is Reason.MALFORMED
+    nd = _pairs(("dtype", "<f4"), ("dtype", "<f4"), ("data", b""))
+    weights = _pairs(("model", "m"), ("version", 1), ("num_examples", 1))
+    body = b"\x84" + weights[1:] + pack("tensors") + b"\x91" + nd
+    assert reason_of(signed_envelope("weights", body)) is Reason.MALFORMED
+    card = dict(CARD_FOR_TESTS)
+    card_bytes = b"\x86" + b"".join(pack(k) + pack(v) for k, v in list(card.items())[:5]) + pack("licence") + pack("x")
+    x, y = encode_array(np.zeros((1, 1), np.float32)), encode_array(np.zeros(1, np.int64))
+    body = b"\x83" + pack("x") + pack(x) + pack("y") + pack(y) + pack("card") + card_bytes
+    assert reason_of(signed_envelope("synthetic", body)) is Reason.MALFORMED
+
+
+CARD_FOR_TESTS = {"licence": "CC0", "consent": "c", "retention": "r", "generator": "g", "source": "s",
+                  "digest": bytes(32)}
+
+
+def signed_envelope(kind: str, body: bytes, signer: Identity = ALICE, seq: int = 1, ts: int = NOW) -> bytes:
+    dg = digest(body)
+    sig = signer.sign(signed_bytes(1, kind, signer.public_key, seq, ts, dg))
+    return pack({"v": 1, "kind": kind, "sender": signer.public_key, "seq": seq, "ts": ts, "digest": dg,
+                 "sig": sig, "payload": body})
+
+
+def test_ndarray_reasons_do_not_depend_on_key_order():
+    nd = _pairs(("shape", "bad"), ("data", b""), ("dtype", "<c8"))
+    body = _pairs(("model", "m"), ("version", 1), ("num_examples", 1), ("tensors", []))[:-1] + b"\x91" + nd
+    assert reason_of(signed_envelope("weights", body)) is Reason.DTYPE_NOT_ALLOWED
+
+
+def test_float32_temperature_is_accepted_and_nan_refused():
+    logits = Logits(probe=bytes(32), model="m", version=1, temperature=0.5, logits=np.zeros((1, 2), np.float32),
+                    class_counts=[1, 1])
+    body = encode_payload(logits)
+    f32 = body.replace(b"\xcb" + np.float64(0.5).byteswap().tobytes(), b"\xca" + np.float32(0.5).byteswap().tobytes())
+    assert f32 != body and accept(signed_envelope("logits", f32)).payload.temperature == 0.5
+    nan = body.replace(b"\xcb" + np.float64(0.5).byteswap().tobytes(), b"\xcb" + np.float64("nan").byteswap().tobytes())
+    assert reason_of(signed_envelope("logits", nan)) is Reason.SCHEMA
+
+
+# --- unsequenced replies ------------------------------------------------------------------------------
+
+
+def test_replies_are_not_sequenced():
+    assert not BlobResponse.SEQUENCED and not Error.SEQUENCED
+    assert all(cls.SEQUENCED for cls in KINDS.values() if cls not in (BlobResponse, Error))
+    guard = ReplayGuard()
+    accept(SEALED, guard=guard)  # seq 1
+    reply = seal(ALICE, BlobResponse(digest=bytes(32), offset=0, total=1, data=b"x"), 1, NOW)
+    for _ in range(3):  # the same seq, even the same bytes: neither checked nor recorded
+        accept(reply, guard=guard)
+    assert guard.highest(ALICE.public_key) == 1
+    assert reason_of(seal(ALICE, Error(code="e", message=""), 1, NOW + 400_000), guard=guard) is Reason.STALE
+    fresh = ReplayGuard()
+    accept(seal(ALICE, Error(code="e", message=""), 5, NOW), guard=fresh)
+    assert fresh.highest(ALICE.public_key) is None
+
+
+# --- the bounded replay guard -------------------------------------------------------------------------
+
+
+def test_guard_evicts_the_least_recently_accepted_and_keeps_a_watermark():
+    guard = ReplayGuard(max_senders=2)
+    a, b, c = (bytes([i]) * 32 for i in (1, 2, 3))
+    guard.record(a, 1, NOW)
+    guard.record(b, 1, NOW + 10)
+    guard.record(a, 2, NOW + 20)  # a is now the most recent: b is evicted next
+    guard.record(c, 1, NOW + 5)
+    assert guard.highest(b) is None and guard.highest(a) == 2 and guard.watermark == NOW + 10
+    with pytest.raises(RejectedMessage) as info:  # b's old message, replayed after its eviction
+        guard.check(b, 1, NOW + 10, NOW)
+    assert info.value.reason is Reason.REPLAYED
+    guard.check(b, 1, NOW + 11, NOW)  # newer than anything an evicted sender sent: fresh
+    restored = ReplayGuard.from_state(guard.to_state(), max_senders=2)
+    assert restored.watermark == NOW + 10 and restored.highest(a) == 2
+    with pytest.raises(RejectedMessage):
+        restored.check(b, 1, NOW + 10, NOW)
+    old = {s: v for s, v in guard.to_state().items() if s}  # a state saved before the watermark
+    assert ReplayGuard.from_state(old).watermark == -1
+
+
+def test_guard_never_grows_past_its_bound():
+    guard = ReplayGuard(max_senders=64)
+    for i in range(1000):
+        sender = Identity(i.to_bytes(32, "big")).public_key if i < 3 else i.to_bytes(32, "big")
+        guard.check(sender, 1, NOW + i, NOW + i)
+        guard.record(sender, 1, NOW + i)
+    assert len(guard.to_state()) == 64 + 1  # the senders, and the watermark entry
+    assert guard.watermark == NOW + 1000 - 64 - 1
+
+
+def test_open_envelope_records_ts_for_the_watermark():
+    guard = ReplayGuard(max_senders=1)
+    accept(SEALED, guard=guard)
+    accept(seal(BOB, HELLO, 1, NOW + 1), guard=guard)  # evicts ALICE
+    assert guard.watermark == NOW
+    assert reason_of(SEALED, guard=guard) is Reason.REPLAYED
+
+
+# --- bounded decoding ---------------------------------------------------------------------------------
+
+
+def _peak(data: bytes, **kwargs) -> tuple[int, str]:
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        outcome = open_envelope(data, now_ms=NOW, **kwargs).kind
+    except RejectedMessage as exc:
+        outcome = exc.reason.value
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak, outcome
+
+
+def _nested(n: int, head: bytes) -> bytes:
+    return b"\xdd" + n.to_bytes(4, "big") + head * (n - 1)
+
+
+AMPLIFIERS = {
+    "array of empty maps": _nested(2_000_000, b"\x80"),
+    "array of empty arrays": _nested(2_000_000, b"\x90"),
+    "envelope field holding a container": b"\x88\xa1v" + _nested(2_000_000, b"\x80"),
+    "huge declared lengths": b"\xdf\xff\xff\xff\xff" + b"\xdb\xff\xff\xff\xff" * 1000,
+}
+
+
+@pytest.mark.parametrize("name", sorted(AMPLIFIERS))
+def test_envelope_decoding_allocates_about_its_length(name):
+    data = AMPLIFIERS[name]
+    peak, outcome = _peak(data)
+    assert outcome in ("malformed", "schema")
+    assert peak <= 2 * len(data) + 64 * 1024, (peak, len(data))
+
+
+@pytest.mark.parametrize("kind, field", [("weights", "tensors"), ("hello", "addrs"), ("logits", "class_counts"),
+                                         ("synthetic", "card")])
+def test_signed_payload_decoding_allocates_about_its_length(kind, field):
+    """Keys are free: a fresh key signs a payload of junk where a list or map is expected."""
+    junk = _nested(min(1_000_000, KINDS[kind].MAX_BYTES - 64), b"\x80")
+    body = b"\x81" + pack(field) + junk
+    peak, outcome = _peak(signed_envelope(kind, body, signer=Identity.generate()))
+    assert outcome in ("schema", "malformed")
+    assert peak <= 2 * len(body) + 64 * 1024, (peak, len(body))
+
+
+def test_valid_large_payload_allocates_about_its_length():
+    data = seal(ALICE, Weights("m", 1, 1, [np.zeros(2**22, np.float32)]), 1, NOW)
+    peak, outcome = _peak(data)
+    assert outcome == "weights" and peak <= 1.1 * len(data) + 64 * 1024
+    data = seal(ALICE, BlobResponse(bytes(32), 0, 2**24, b"\x01" * 2**24), 1, NOW)
+    peak, outcome = _peak(data)
+    assert outcome == "blob_response" and peak <= 2.1 * len(data) + 64 * 1024  # data is copied out as bytes
+
+
+def test_worst_valid_lists_cost_a_bounded_few_mib():
+    """Lists of objects cost a Python object each: bounded by the schema's maxima, not by the input."""
+    data = seal(ALICE, Logits(bytes(32), "m", 1, 1.0, np.zeros((1, 65536), np.float16), [2**40] * 65536), 1, NOW)
+    peak, outcome = _peak(data)
+    assert outcome == "logits" and peak <= 3 * len(data) + 4 * 2**20
+    data = seal(ALICE, Weights("m", 1, 1, [np.zeros(0, np.float32)] * 4096), 1, NOW)
+    peak, outcome = _peak(data)
+    assert outcome == "weights" and peak <= 3 * len(data) + 1 * 2**20
