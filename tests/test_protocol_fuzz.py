@@ -342,3 +342,18 @@ def test_replay_guard_matches_a_set_model(events, window):
         except RejectedMessage:
             continue
         raise AssertionError(f"{seq} was accepted once, so the restored guard must refuse it")
+
+
+# --- the fuzz bench, seeded and short: nothing but RejectedMessage, and the memory bound ---------
+
+
+def test_bench_fuzz_quick():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "bench" / "bench_fuzz.py"
+    spec = importlib.util.spec_from_file_location("bench_fuzz", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.run(3000, seed=1)  # asserts the bound (3 x len + 1 MiB) for every input
+    assert sum(result["reasons"].values()) == 3000 and result["worst_of_bound"] <= 1
+    assert {r for r in result["reasons"] if r.startswith("accept:")} == {f"accept:{k}" for k in KINDS}
