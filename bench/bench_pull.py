@@ -120,7 +120,8 @@ async def run(sizes_mb: list[int], windows: list[int], rounds: int) -> None:
                         if method != "push":
                             announce = await puller.announced[1].receive()
                             data = await puller.fetch(holder_id, announce.digest, window=int(method.split(":")[1]))
-                            puller.on_bytes(holder_id, data, announce.digest)
+                            message = puller.verify(holder_id, data, author=holder_id, digest=announce.digest)
+                            puller.handle(holder_id, message)
                         while handled(puller) == before:
                             await trio.sleep(0.001)
                         if round_:

@@ -138,14 +138,18 @@ def test_memory_network_is_deterministic_and_models_loss_and_churn():
     assert [t for t, _, _ in first] == sorted(t for t, _, _ in first)
 
 
-def test_a_pulled_message_must_be_the_one_asked_for():
+def test_a_pulled_message_must_be_the_one_asked_for_by_its_author_and_fresh():
     network, a, b = _pair()
     sealed = b.seal(Weights("logreg", 1, 20, b.learner.get_weights()))
-    a.on_bytes(b.id, sealed, digest=bytes(32))
+    assert a.verify(b.id, sealed, author=b.id, digest=bytes(32)) is None
     assert dict(a.stats.rejected) == {"digest_mismatch": 1} and a.stats.messages_accepted == 0
     again = b.seal(Weights("logreg", 2, 20, b.learner.get_weights()))
-    a.on_bytes(b.id, again, digest=open_envelope(again, now_ms=1_000_000).digest)
-    assert a.stats.messages_accepted == 1
+    digest = open_envelope(again, now_ms=1_000_000).digest
+    assert a.verify(b.id, again, author=a.id, digest=digest) is None  # not the announcement's author
+    assert a.stats.rejected["foreign_author"] == 1
+    assert a.verify(b.id, again, author=b.id, digest=digest) is not None
+    assert a.verify(b.id, again, author=b.id, digest=digest) is None  # the same message again: a replay
+    assert a.stats.rejected["replayed"] == 1 and a.stats.messages_accepted == 1
 
 
 def test_claims_are_capped_at_the_lower_median_and_at_least_one():
@@ -153,3 +157,35 @@ def test_claims_are_capped_at_the_lower_median_and_at_least_one():
 
     assert capped_at_median([20, 10**9]).tolist() == [20, 20]  # two claims: the liar gets no more
     assert capped_at_median([5, 0, 0, 7]).tolist() == [1, 0, 0, 1]  # zeros cannot zero every weight
+
+
+def test_home_is_private_whatever_existed_before(tmp_path):
+    from manymodels.node.runtime.store import Home
+
+    home = tmp_path / "home"
+    (home / "blobs").mkdir(parents=True, mode=0o755)
+    (home / "model.msgpack").write_bytes(b"x")
+    (home / "blobs" / "a.msg").write_bytes(b"y")
+    for path in (home, home / "blobs"):
+        path.chmod(0o755)
+    for path in (home / "model.msgpack", home / "blobs" / "a.msg"):
+        path.chmod(0o644)
+    h = Home(home)
+    h.identity()
+    h.write_json(h.state_file, {"seq": 1})
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(home) == mode(home / "blobs") == 0o700
+    assert {mode(p) for p in home.rglob("*") if p.is_file()} == {0o600}
+    assert len(list(home.rglob("*"))) == 5  # blobs/, a.msg, model.msgpack, identity.pem, state.json
+
+
+def test_replies_do_not_use_up_sequence_numbers():
+    from manymodels.protocol import BlobResponse, Error
+
+    network, a, b = _pair()
+    a.seal(Weights("logreg", 1, 20, a.learner.get_weights()))
+    before = a.seq
+    for offset in range(100):
+        a.seal(BlobResponse(bytes(32), offset, 100, b"x"))
+        a.seal(Error("not_found", "00"))
+    assert a.seq == before

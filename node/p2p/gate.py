@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 
 MiB = 1 << 20
 # reasons an honest peer can cause now and then: a replay across lanes, a slow clock, a ban by
-# reputation, an offer bigger than this node takes (another architecture's weights)
-MILD = frozenset({"replayed", "stale", "banned", "unwanted_size"})
+# reputation, an offer bigger than this node takes (another architecture's weights), a burst
+# faster than this node verifies
+MILD = frozenset({"replayed", "stale", "banned", "unwanted_size", "inbound_busy"})
 OK, THROTTLED, BLOCKED = "ok", "throttled", "blocked"
 
 
@@ -92,6 +93,9 @@ class PeerGate:
             return True
         del self.blocked_until[peer]
         return False
+
+    def blocked_count(self, now: float) -> int:
+        return sum(until > now for until in self.blocked_until.values())
 
     def admit(self, peer: str, now: float) -> str:
         """May a frame from this peer be read and verified? OK, THROTTLED (drop it unread: a strike

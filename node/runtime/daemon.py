@@ -246,6 +246,31 @@ class DaemonNode(Node):
             del self.pulls[wanted]
         return b"".join(chunks[offset] for offset in sorted(chunks))
 
+    async def pull_unpushed(self, period: float) -> None:
+        """Fetch what neighbours announced but did not push (it was over their push limit), in
+        parallel, within one period; the bytes are then verified like any pushed message."""
+        async def fetch(author: str, announce: Announce) -> None:
+            try:
+                data = await self.fetch(author, announce.digest, size=announce.size)
+            except ValueError:  # gone, too slow or wrong: the next announcement brings a newer one
+                return self.refuse("pull_failed")
+            self.pulled += 1
+            # every check of a pushed message (author, replay window, clock), and the digest asked for
+            message = await trio.to_thread.run_sync(
+                functools.partial(self.verify, author, data, author=author, digest=announce.digest))
+            if message is None:
+                return
+            try:
+                self.handle(author, message)
+            except Exception as exc:  # noqa: BLE001 -- as the transport's receiver: log, count, go on
+                print(f"handling a message pulled from {author}: {type(exc).__name__}: {exc}", flush=True)
+                self.refuse("pull_not_handled")
+
+        with trio.move_on_after(max(period, 1.0)):
+            async with trio.open_nursery() as nursery:
+                for author, announce in self.to_pull():
+                    nursery.start_soon(fetch, author, announce)
+
     def _serve_blob(self, sender_address: str, request: BlobRequest) -> None:
         """One chunk, metered: per peer by the gate's byte budget, and by what already waits to be
         sent (to this peer and to all); over either, a `busy` error instead of the bytes."""
@@ -282,7 +307,8 @@ class Daemon:
         self.provenance: list[dict] = []
         self.stopping = trio.Event()
         self.discovery: Discovery | None = None
-        self._dials: list[float] = []  # when peer-exchange dials happened (the last minute's)
+        self._dials: list[float] = []
+        self.inbound: Inbound | None = None  # when peer-exchange dials happened (the last minute's)
 
     # --- construction -----------------------------------------------------------------------
     def _exchange(self, learner: WorkerLearner) -> Exchange:
@@ -378,33 +404,8 @@ class Daemon:
                 else:
                     node.send_to_neighbours(announce, "announce")
             await trio.sleep(self.config.period)
-            await self._pull_unpushed(node)
+            await node.pull_unpushed(self.config.period)
             await trio.to_thread.run_sync(self._fold, node)
-
-    async def _pull_unpushed(self, node: DaemonNode) -> None:
-        """Fetch what neighbours announced but did not push (it was over their push limit), in
-        parallel, within one period; the bytes are then verified like any pushed message."""
-        async def fetch(author: str, announce: Announce) -> None:
-            try:
-                data = await node.fetch(author, announce.digest, size=announce.size)
-            except ValueError:  # gone, too slow or wrong: the next announcement brings a newer one
-                return node.refuse("pull_failed")
-            node.pulled += 1
-            # every check of a pushed message (author, replay window, clock), and the digest asked for
-            message = await trio.to_thread.run_sync(
-                functools.partial(node.verify, author, data, author=author, digest=announce.digest))
-            if message is None:
-                return
-            try:
-                node.handle(author, message)
-            except Exception as exc:  # noqa: BLE001 -- as the transport's receiver: log, count, go on
-                print(f"handling a message pulled from {author}: {type(exc).__name__}: {exc}", flush=True)
-                node.refuse("pull_not_handled")
-
-        with trio.move_on_after(max(self.config.period, 1.0)):
-            async with trio.open_nursery() as nursery:
-                for author, announce in node.to_pull():
-                    nursery.start_soon(fetch, author, announce)
 
     def _announce(self, node: DaemonNode, digest: bytes, kind: str, size: int, held: set[bytes]) -> bytes:
         """Tell the network (gossipsub, paced; DHT provider record) that we hold this blob; the
@@ -452,6 +453,8 @@ class Daemon:
                     "rejected": dict(node.stats.rejected), "refused": dict(node.stats.refused),
                     "bytes_sent": node.stats.bytes_sent, "bytes_received": node.stats.bytes_received,
                     "pulled": node.pulled,
+                    "gate": {**transport.gate.events, "blocked_now": transport.gate.blocked_count(time.monotonic()),
+                             "inbound_dropped": self.inbound.dropped if self.inbound else 0},
                     "discovery": self._discovery_status()}
         if cmd == "stop":
             self.stopping.set()
@@ -459,6 +462,7 @@ class Daemon:
         if cmd == "peers":
             connected = set(transport.connected_peers())
             return [{**p, "connected": p["id"] in connected, "rejected": node.stats.rejected_from[p["id"]],
+                     **transport.gate.standing(p["id"], time.monotonic()),
                      "reputation": node.reputation.scores.get(_key_of(p["id"], node)),
                      "banned": _key_of(p["id"], node) in node.banned}
                     for p in sorted(node.peers.values(), key=lambda p: p["id"])]
@@ -521,20 +525,6 @@ class Daemon:
         return {"digest": wanted.hex(), "kind": message.kind, "author": message.sender_id, "bytes": len(data),
                 "path": str(path)}
 
-    def _guard(self, node: DaemonNode, transport, discovery: Discovery, nursery: trio.Nursery) -> None:
-        """The trust boundary: frames capped at the largest message this node accepts, verified
-        off the loop, failures striking their peer at the transport's gate, a blocked peer
-        forgotten, serving metered."""
-        inbound = Inbound(node, max_bytes=2 * largest_accepted(node))
-        transport.max_frame = largest_accepted(node)
-        transport.set_receiver(inbound.submit)
-        node.on_reject = transport.strike
-        node.may_serve = lambda peer, nbytes: transport.gate.may_serve(peer, nbytes, time.monotonic())
-        transport.on_block.append(node.forget)
-        transport.on_block.append(discovery.forget)
-        self.inbound = inbound
-        nursery.start_soon(inbound.run)
-
     # --- run --------------------------------------------------------------------------------
     async def run(self, transport_factory, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Run until `stop`. `transport_factory(identity, listen=[...])` gives the transport.
@@ -558,7 +548,7 @@ class Daemon:
                                   num_classes=learner.num_classes, clock=now_ms,
                                   reputation=Reputation(self.config.reputation))
                 await trio.to_thread.run_sync(self._restore, node)
-                self._guard(node, transport, discovery, nursery)
+                self.inbound = bind(node, transport, nursery, discovery)
                 discovery.banned = node.banned
                 discovery.on_announce = node.on_announce
                 discovery.on_peer = lambda peer, addrs: node.peer(peer).update(addrs=sorted(addrs)[:8])
@@ -574,6 +564,23 @@ class Daemon:
             if learner is not None:
                 learner.close()
             self.home.pid_file.unlink(missing_ok=True)
+
+
+def bind(node: DaemonNode, transport, nursery: trio.Nursery, discovery: Discovery | None = None) -> Inbound:
+    """Put a node behind the trust boundary of a running libp2p transport: frames capped at the
+    largest message the node accepts, verified off the loop (a direct message must be signed by
+    the peer Noise authenticated), failures striking their peer at the transport's gate, a
+    blocked peer forgotten by the node and the DHT, serving metered by the gate."""
+    inbound = Inbound(node, max_bytes=2 * largest_accepted(node))
+    transport.max_frame = largest_accepted(node)
+    transport.set_receiver(inbound.submit)
+    node.on_reject = transport.strike
+    node.may_serve = lambda peer, nbytes: transport.gate.may_serve(peer, nbytes, time.monotonic())
+    transport.on_block.append(node.forget)
+    if discovery is not None:
+        transport.on_block.append(discovery.forget)
+    nursery.start_soon(inbound.run)
+    return inbound
 
 
 def largest_accepted(node: Node) -> int:

@@ -36,10 +36,12 @@ class Inbound:
     def submit(self, peer: str, data: bytes) -> None:
         """The transport's receiver: queue the frame, or drop it when its peer's share or the
         whole queue is full."""
-        if (len(self._queue) >= self.max_messages or self._per_peer[peer] >= self.max_per_peer
-                or self._bytes + len(data) > self.max_bytes):
+        over_share = self._per_peer[peer] >= self.max_per_peer
+        if over_share or len(self._queue) >= self.max_messages or self._bytes + len(data) > self.max_bytes:
             self.dropped += 1
             self.node.refuse("inbound_busy")
+            if over_share:  # sending faster than it can be verified: the peer's doing, mildly
+                self.node.on_reject(peer, "inbound_busy")
             return
         self._queue.append((peer, data))
         self._bytes += len(data)

@@ -211,9 +211,9 @@ class AttackerNode(Node):
         self.context = context
         self.captured: dict[str, bytes] = {}
 
-    def on_bytes(self, sender_address: str, data: bytes, digest: bytes | None = None) -> None:
+    def on_bytes(self, sender_address: str, data: bytes) -> None:
         self.captured[sender_address] = data
-        super().on_bytes(sender_address, data, digest)
+        super().on_bytes(sender_address, data)
 
     def publish(self) -> None:
         self.version += 1
