@@ -393,11 +393,14 @@ def test_the_validator_never_raises_and_a_hijack_does_not_burn_the_authors_seque
     assert not discovery._validate(forwarder, None)  # anything at all: rejected, never raised
     assert dict(discovery.stats.rejected) == {ORIGIN_MISMATCH: 1, Reason.REPLAYED.value: 1, "validator_error": 1}
     assert discovery.stats.rejected_from == {"peer": 3}
-    # keys are free, so the replay guard is bounded: beyond max_senders authors it starts afresh
+    # keys are free, so the replay guard is bounded: beyond max_senders authors the least recently
+    # heard is evicted, and an evicted author's old announcement is still a replay (the watermark)
     for i in range(3):
         author = Identity.generate()
-        assert discovery._validate(forwarder, gossip(author, announce(author, 1)))
-    assert discovery.stats.guard_resets == 1
+        assert discovery._validate(forwarder, gossip(author, announce(author, 1, ts=now_ms() + 10 + i)))
+    assert len(discovery.guard.to_state()) <= 3  # two senders and the watermark entry
+    assert not discovery._validate(forwarder, gossip(alice, data))
+    assert discovery.stats.rejected[Reason.REPLAYED.value] == 2
 
 
 def test_mdns_finds_a_peer_on_the_lan_when_enabled():

@@ -134,7 +134,7 @@ class DiscoveryConfig:
     publish_timeout: float = 5.0
     max_skew_ms: int = 5 * 60 * 1000
     replay_window: int = 1024
-    max_senders: int = 10_000  # authors in the replay guard; beyond, it starts afresh (counted)
+    max_senders: int = 10_000  # authors in the replay guard; beyond, the least recently heard is evicted
     # Kad-DHT
     dht: bool = True
     lookup_timeout: float = 10.0  # find_providers, all of it
@@ -164,7 +164,6 @@ class DiscoveryStats:
     rejected: Counter = field(default_factory=Counter)  # reason -> count
     rejected_from: Counter = field(default_factory=Counter)  # forwarding peer -> count
     callback_errors: int = 0
-    guard_resets: int = 0  # the replay guard outgrew max_senders and started afresh
     provides: int = 0
     provide_failures: int = 0
     lookups: int = 0
@@ -194,8 +193,8 @@ class Discovery(TrioService):
         self.on_announce = on_announce
         self.on_peer = on_peer  # (peer id, addresses) of a peer we found and connected to
         self.clock = clock
-        self.guard = guard or ReplayGuard(window=self.config.replay_window, max_skew_ms=self.config.max_skew_ms)
-        self._senders = len(self.guard.to_state())
+        self.guard = guard or ReplayGuard(window=self.config.replay_window, max_skew_ms=self.config.max_skew_ms,
+                                          max_senders=self.config.max_senders)
         self.banned = banned  # a container of public keys whose announcements are refused
         self.stats = DiscoveryStats()
         self.address: str = transport.address
@@ -384,13 +383,7 @@ class Discovery(TrioService):
             self.guard.check(message.sender, message.seq, message.ts, self.clock())
         except RejectedMessage as exc:
             return exc.reason.value
-        if self.guard.highest(message.sender) is None:
-            self._senders += 1
-            if self._senders > c.max_senders:  # keys are free: never let them grow the guard forever
-                self.guard = ReplayGuard(window=c.replay_window, max_skew_ms=c.max_skew_ms)
-                self._senders = 1
-                self.stats.guard_resets += 1
-        self.guard.record(message.sender, message.seq)
+        self.guard.record(message.sender, message.seq, message.ts)
         self._verified[announce_msg_id(msg)] = message
         while len(self._verified) > 256:
             self._verified.popitem(last=False)
