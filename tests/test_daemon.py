@@ -128,18 +128,21 @@ def test_hostile_peer_messages_are_rejected_and_counted_and_the_network_keeps_wo
             tampered[-2] ^= 1
             forged = bytearray(seal(mallory, Weights("mlp", 1, 10, []), 2, now))
             start = forged.index(mallory.public_key)
-            forged[start:start + 32] = victim.public_key
-            for data in (b"\x93garbage", good, good, bytes(tampered), bytes(forged),
+            forged[start:start + 32] = victim.public_key  # another author on mallory's connection
+            bad_sig = bytearray(seal(mallory, Weights("mlp", 4, 10, []), 4, now))
+            bad_sig[bad_sig.index(b"\xa3sig\xc4\x40") + 10] ^= 1
+            for data in (b"\x93garbage", good, good, bytes(tampered), bytes(forged), bytes(bad_sig),
                          seal(mallory, Weights("mlp", 3, 10, []), 3, now - 3_600_000)):
                 transport.send(peer, data)
             await trio.sleep(2)
     trio.run(attack)
-    after = wait_for(lambda: (lambda s: s if sum(s["rejected"].values()) >= sum(before.values()) + 5 else None)(
+    after = wait_for(lambda: (lambda s: s if sum(s["rejected"].values()) >= sum(before.values()) + 6 else None)(
         status(network[0])), "the rejections to be counted", 30)
     gained = {k: v - before.get(k, 0) for k, v in after["rejected"].items()}
-    assert gained == {"malformed": 1, "replayed": 1, "digest_mismatch": 1, "bad_signature": 1, "stale": 1}
+    assert gained == {"malformed": 1, "replayed": 1, "digest_mismatch": 1, "foreign_author": 1, "bad_signature": 1,
+                      "stale": 1}
     hostile = [p for p in request(network[0] / "control.sock", "peers") if p["id"] == mallory.peer_id]
-    assert hostile and hostile[0]["rejected"] == 5
+    assert hostile and hostile[0]["rejected"] == 6 and hostile[0]["strikes"] > 4  # six failures, decaying
     version = after["version"]
     wait_for(lambda: status(network[0])["version"] >= version + 2, "learning to go on")
 
