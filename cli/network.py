@@ -172,6 +172,8 @@ def _config(h, **options):
         raise UserError(str(exc)) from None
     if config.exchange not in EXCHANGES:
         raise UserError(f"unknown exchange {config.exchange!r}; available: {', '.join(EXCHANGES)}")
+    if not config.period > 0:  # saved, a period <= 0 would stop every later start (or spin)
+        raise UserError(f"--period must be a positive number of seconds, got {config.period}")
     if not 0 <= config.recipe.partition_id < config.recipe.num_partitions:
         raise UserError(f"--partition-id must be in 0..{config.recipe.num_partitions - 1}")
     _check_client_app(config)

@@ -524,16 +524,37 @@ class Libp2pTransport(TrioService):
             await _quietly(stream.reset())
             return
         stats = self.stats
-        if self.gate.is_blocked(peer, time.monotonic()):
-            stats.refused_by_gate += 1
-            await _quietly(stream.reset())
-            return
-        if self._inbound_streams[peer] >= self.inbound_streams_per_peer:
-            stats.rejected_busy += 1
-            stats.rejected_by_peer[peer] += 1
+        blocked = self.gate.is_blocked(peer, time.monotonic())
+        if blocked or self._inbound_streams[peer] >= self.inbound_streams_per_peer:
+            if blocked:
+                stats.refused_by_gate += 1
+            else:
+                stats.rejected_busy += 1
+                stats.rejected_by_peer[peer] += 1
             await _quietly(stream.reset())
             return
         self._inbound_streams[peer] += 1
+        try:
+            bulk = adopt_stream(stream, max_frame=self.yamux_frame)
+            if bulk is not None:
+                await bulk.grow_recv_window(self.recv_window)
+            await self._read_frames(stream, peer)
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            self._refused(peer, exc)
+            await _quietly(stream.reset())
+            return
+        finally:
+            self._inbound_streams[peer] -= 1
+            if self._inbound_streams[peer] <= 0:
+                del self._inbound_streams[peer]
+        await _quietly(stream.close())
+
+    async def _read_frames(self, stream, peer: str) -> None:
+        """Frames until a clean end of stream, each admitted by the gate and within the budget of
+        bytes being read from all peers before its body is read, then handed to the receiver."""
+        stats = self.stats
         reserved = 0
 
         def reserve(length: int) -> None:
@@ -548,63 +569,49 @@ class Libp2pTransport(TrioService):
             self._inbound_reserved += length
             reserved = length
 
-        try:
-            bulk = adopt_stream(stream, max_frame=self.yamux_frame)
-            if bulk is not None:
-                await bulk.grow_recv_window(self.recv_window)
-            while True:
-                try:
-                    data = await read_frame(stream, self.max_frame, chunk_size=self.chunk_size,
-                                            read_timeout=self.read_timeout, on_length=reserve)
-                finally:
-                    self._inbound_reserved -= reserved
-                    reserved = 0
-                if data is None:
-                    break
-                stats.messages_received += 1
-                stats.bytes_received += len(data)
-                receiver = self._receiver
-                if receiver is None:
-                    continue
-                try:
-                    receiver(peer, data)
-                except Exception:
-                    stats.receiver_errors += 1
-                    logger.exception("the receiver raised on a message from %s", peer)
-                del data
-        except Refused as exc:
+        while True:
+            try:
+                data = await read_frame(stream, self.max_frame, chunk_size=self.chunk_size,
+                                        read_timeout=self.read_timeout, on_length=reserve)
+            finally:
+                self._inbound_reserved -= reserved
+                reserved = 0
+            if data is None:
+                return
+            stats.messages_received += 1
+            stats.bytes_received += len(data)
+            receiver = self._receiver
+            if receiver is None:
+                continue
+            try:
+                receiver(peer, data)
+            except Exception:
+                stats.receiver_errors += 1
+                logger.exception("the receiver raised on a message from %s", peer)
+            del data
+
+    def _refused(self, peer: str, exc: Exception) -> None:
+        """Count why a peer's stream was reset; strike the peer where it is at fault."""
+        stats = self.stats
+        if isinstance(exc, Refused):
             stats.refused_by_gate += 1
-            await _quietly(stream.reset())
             if exc.args[0] == BLOCKED:
                 self._block(peer)
             return
-        except (FrameTooLarge, Busy, Truncated) as exc:
-            if isinstance(exc, Busy):  # not the peer's fault alone: no strike
-                stats.rejected_busy += 1
-            else:
-                stats.rejected_oversize += isinstance(exc, FrameTooLarge)
-                stats.truncated += isinstance(exc, Truncated)
-                # a frame within the protocol's limit but over this node's is refused unread (free):
-                # an honest peer may offer what this node does not take (a bigger model's weights)
-                self.strike(peer, "truncated" if isinstance(exc, Truncated) else
-                            "too_large" if exc.length > MAX_ENVELOPE_BYTES else "unwanted_size")
-            if len(stats.rejected_by_peer) < 4096 or peer in stats.rejected_by_peer:
-                stats.rejected_by_peer[peer] += 1
-            logger.debug("refused a frame from %s: %s", peer, exc)
-            await _quietly(stream.reset())
-            return
-        except trio.Cancelled:
-            raise
-        except Exception as exc:
+        if isinstance(exc, Busy):  # not the peer's fault alone: no strike
+            stats.rejected_busy += 1
+        elif isinstance(exc, (FrameTooLarge, Truncated)):
+            stats.rejected_oversize += isinstance(exc, FrameTooLarge)
+            stats.truncated += isinstance(exc, Truncated)
+            # a frame within the protocol's limit but over this node's is refused unread (free):
+            # an honest peer may offer what this node does not take (a bigger model's weights)
+            self.strike(peer, "truncated" if isinstance(exc, Truncated) else
+                        "too_large" if exc.length > MAX_ENVELOPE_BYTES else "unwanted_size")
+        else:
             stats.stream_errors += 1
-            logger.debug("stream from %s failed: %s: %s", peer, type(exc).__name__, exc)
-            await _quietly(stream.reset())
-            return
-        finally:
-            self._inbound_streams[peer] -= 1
-            if self._inbound_streams[peer] <= 0:
-                del self._inbound_streams[peer]
-        await _quietly(stream.close())
+        if len(stats.rejected_by_peer) < 4096 or peer in stats.rejected_by_peer:
+            stats.rejected_by_peer[peer] += 1
+        logger.debug("a stream from %s failed: %s: %s", peer, type(exc).__name__, exc)
 
 
 class _Bouncer(INotifee):
