@@ -198,3 +198,67 @@ def test_garbage_gets_a_peer_blocked_while_an_honest_peer_is_served():
             assert list(node.exchange._inbox) == [honest.identity.public_key]
             assert victim_t.gate.events["blocked"] == 1 and mallory.peer_id not in node.peers
     run(scenario)
+
+
+def test_a_peer_written_from_the_spec_alone_pulls_a_blob():
+    """PROTOCOL.md §11 as a second implementation reads it: a stock py-libp2p host (Noise, yamux),
+    frames of an 8-byte length and an envelope made by the hand-rolled encoder of test_vectors, the
+    answers read from a stream the daemon opens back; the reassembled blob is the sealed message."""
+    import struct
+
+    import multiaddr
+    from libp2p import new_host
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+    from libp2p.security.noise.transport import Transport as NoiseTransport
+    from libp2p.stream_muxer.yamux.yamux import Yamux
+    from test_vectors import independent_seal
+
+    seed = bytes(range(100, 132))
+    key_pair = create_new_key_pair(seed)
+    chunks: dict[int, bytes] = {}
+
+    async def read_exactly(stream, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            part = await stream.read(n - len(data))
+            if not part:
+                raise EOFError
+            data += part
+        return data
+
+    async def answers(stream) -> None:  # the daemon's replies arrive on a stream it opened
+        while True:
+            try:
+                (length,) = struct.unpack(">Q", await read_exactly(stream, 8))
+            except EOFError:
+                return
+            envelope = msgpack.unpackb(await read_exactly(stream, length))
+            reply = msgpack.unpackb(envelope["payload"])
+            assert envelope["kind"] == "blob_response", reply
+            chunks[reply["offset"]] = reply["data"]
+
+    async def main() -> None:
+        victim_t = Libp2pTransport(Identity.generate(), listen=LOOPBACK)
+        host = new_host(key_pair=key_pair, muxer_opt={"/yamux/1.0.0": Yamux},
+                        sec_opt={"/noise": NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)},
+                        listen_addrs=[multiaddr.Multiaddr(LOOPBACK[0])])
+        async with victim_t.running(), host.run([multiaddr.Multiaddr(LOOPBACK[0])]), trio.open_nursery() as nursery:
+            node = victim_node(victim_t)
+            bind(node, victim_t, nursery)
+            tensor = np.arange(int(1.5 * BLOB_CHUNK) // 4, dtype=np.float32)
+            sealed = node.seal(Weights("logreg", 1, 10, [tensor]))
+            digest = node.keep_blob(sealed)
+            host.set_stream_handler("/manymodels/msg/1.0.0", answers)
+            await host.connect(info_from_p2p_addr(multiaddr.Multiaddr(victim_t.listen_addrs()[0])))
+            stream = await host.new_stream(info_from_p2p_addr(multiaddr.Multiaddr(victim_t.listen_addrs()[0])).peer_id,
+                                           ["/manymodels/msg/1.0.0"])
+            for i, offset in enumerate((0, BLOB_CHUNK)):
+                request = independent_seal(seed, "blob_request", i + 1, now_ms(),
+                                           {"digest": {"bin": digest.hex()}, "offset": offset, "length": BLOB_CHUNK})
+                await stream.write(struct.pack(">Q", len(request["envelope"])) + request["envelope"])
+            await wait_until(lambda: len(chunks) == 2)
+            assert chunks[0] + chunks[BLOB_CHUNK] == sealed
+            nursery.cancel_scope.cancel()
+    trio.run(main)
