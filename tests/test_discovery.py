@@ -420,3 +420,23 @@ def test_mdns_finds_a_peer_on_the_lan_when_enabled():
             print(f"\nmDNS: connected after {took:.2f} s")
         assert Node().discovery.config.mdns is False  # off by default
     run(main, seconds=25)
+
+
+def test_libp2p_warnings_are_rate_limited_per_line_of_code():
+    import io
+    import logging
+
+    from manymodels.node.p2p.discovery import bound_libp2p_logs
+
+    bound_libp2p_logs()
+    bound_libp2p_logs()  # idempotent: one handler
+    (handler,) = logging.getLogger("libp2p").handlers
+    out = io.StringIO()
+    previous = handler.setStream(out)
+    try:
+        log = logging.getLogger("libp2p.kad_dht.provider_store")
+        for i in range(100):  # as py-libp2p does for every failed provide: a formatted message each time
+            log.warning(f"Failed to send ADD_PROVIDER to peer{i}")
+    finally:
+        handler.setStream(previous)
+    assert len(out.getvalue().splitlines()) == 5

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from manymodels.node.runtime.control import NotRunning, request
+from test_daemon import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 EXE = Path(sys.executable).parent / "manymodels"
@@ -49,17 +50,6 @@ def rss_mib(pid: int) -> float:
 
 def accepted_from(home: Path, peer: str) -> int:
     return sum(p["accepted"] for p in request(home / "control.sock", "peers", timeout=10) if p["id"] == peer)
-
-
-def wait_for(predicate, what: str, timeout: float):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.3)
 
 
 def stop(home: Path) -> None:

@@ -105,6 +105,40 @@ def quiet_clean_eof_warnings() -> None:
         dht_logger.addFilter(_CleanEofFilter())
 
 
+class _RateLimit(logging.Filter):
+    """At most ``burst`` records per ``period`` seconds from each line of code that logs; then
+    one line says how many were left out. py-libp2p logs a warning per failed provide or stream
+    to a peer, which hostile or departed peers would turn into an unbounded log."""
+
+    def __init__(self, burst: int = 5, period: float = 60.0) -> None:
+        super().__init__()
+        self.burst, self.period = burst, period
+        self._windows: OrderedDict[tuple, list] = OrderedDict()  # key -> [window start, count]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.pathname, record.lineno)  # py-libp2p formats its messages itself (f-strings)
+        now = time.monotonic()
+        window = self._windows.pop(key, None)
+        if window is None or now - window[0] > self.period:
+            if window is not None and window[1] > self.burst:
+                record.msg = f"({window[1] - self.burst} like the next left out in {self.period:.0f} s) {record.msg}"
+            window = [now, 0]
+        self._windows[key] = window
+        while len(self._windows) > 1024:
+            self._windows.popitem(last=False)
+        window[1] += 1
+        return window[1] <= self.burst
+
+
+def bound_libp2p_logs() -> None:
+    """py-libp2p's warnings (it installs no handler of its own) to stderr, rate-limited (idempotent)."""
+    libp2p_logger = logging.getLogger("libp2p")
+    if not any(isinstance(f, _RateLimit) for h in libp2p_logger.handlers for f in h.filters):
+        handler = logging.StreamHandler()
+        handler.addFilter(_RateLimit())
+        libp2p_logger.addHandler(handler)
+
+
 def announce_msg_id(msg) -> bytes:
     """The gossipsub message id on our topic: the author's peer id and the hash of the bytes."""
     return bytes(msg.from_id) + hashlib.sha256(msg.data).digest()
@@ -242,6 +276,7 @@ class Discovery(TrioService):
                 subscription = await self.pubsub.subscribe(ANNOUNCE_TOPIC)
                 if c.dht:
                     quiet_clean_eof_warnings()
+                    bound_libp2p_logs()
                     self.dht = KadDHT(host, DHTMode.SERVER, enable_values=False, strict_validation=True)
                     _guard_stream_handler(host, [DHT_PROTOCOL_ID], self.dht.handle_stream, self._stream_error)
                     await stack.enter_async_context(background_trio_service(self.dht))
@@ -560,7 +595,10 @@ class Discovery(TrioService):
                 self._pubsub_pending.add(pid)
                 self._nursery.start_soon(self._ensure_pubsub_peer, pid)
         if self.dht is not None:
+            gate = getattr(self.transport, "gate", None)
             for pid in connected:
+                if gate is not None and gate.is_blocked(pid.to_base58(), time.monotonic()):
+                    continue  # being disconnected: it must not come back into the table
                 try:
                     if not self.dht.routing_table.peer_in_table(pid):
                         await self.dht.add_peer(pid)

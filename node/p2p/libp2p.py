@@ -397,7 +397,9 @@ class Libp2pTransport(TrioService):
     def _block(self, peer: str) -> None:
         logger.warning("blocked %s for %.0f s: its frames kept failing", peer, self.gate.config.block_s)
         for key in [k for k in self._outboxes if k[0] == peer]:
-            self._outboxes[key].queue.clear()
+            ob = self._outboxes[key]
+            while len(ob.queue) > 1:  # the head may be being written: its lane's task pops it
+                ob.queued_bytes -= len(ob.queue.pop())
         pid = self._peer_id(peer)
         if pid is not None and self.host is not None:
             try:
