@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_daemon.py
 	$(PY) bench/bench_many_models.py
 	$(PY) bench/bench_robustness.py
+	$(PY) bench/bench_fuzz.py
 	$(PY) bench/bench_hostile.py
 
 clean:
