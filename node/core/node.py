@@ -103,7 +103,7 @@ class Node:
         Noise authenticated, or the author of the announcement a pulled message was pulled for);
         `digest`: the payload digest a pulled message must have. Safe to call from another thread
         than the one that seals."""
-        self.stats.bytes_received += len(data)
+        self.stats.bytes_received += 0 if digest is not None else len(data)  # a pull's chunks were counted
         try:
             with self._guard_lock:
                 message = open_envelope(data, now_ms=self.clock(), guard=self.guard, banned=self.banned,

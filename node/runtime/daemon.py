@@ -571,8 +571,8 @@ def bind(node: DaemonNode, transport, nursery: trio.Nursery, discovery: Discover
     largest message the node accepts, verified off the loop (a direct message must be signed by
     the peer Noise authenticated), failures striking their peer at the transport's gate, a
     blocked peer forgotten by the node and the DHT, serving metered by the gate."""
-    inbound = Inbound(node, max_bytes=2 * largest_accepted(node))
     transport.max_frame = largest_accepted(node)
+    inbound = Inbound(node, max_bytes=2 * transport.max_frame)
     transport.set_receiver(inbound.submit)
     node.on_reject = transport.strike
     node.may_serve = lambda peer, nbytes: transport.gate.may_serve(peer, nbytes, time.monotonic())
