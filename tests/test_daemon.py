@@ -99,6 +99,7 @@ def test_a_killed_daemon_restarts_with_its_id_and_its_last_model(network):
     start(home)  # the saved config: same data, same bootstrap peer
     after = status(home)
     assert after["id"] == before["id"]
+    assert after["addrs"] == before["addrs"]  # its port kept: the peers that knew it can dial it again
     assert after["version"] >= max(saved)
     history = wait_for(lambda: (lambda h: h if any(e.get("restored") for e in h) else None)(
         json.loads((home / "state.json").read_text())["history"]), "the first save after the restart")

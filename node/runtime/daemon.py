@@ -26,6 +26,7 @@ from manymodels.protocol import (MAX_ENVELOPE_BYTES, Announce, BlobRequest, Blob
 
 from .control import serve as serve_control
 from .inbound import Inbound
+from .listen import listen_addrs
 from ..p2p.discovery import Discovery, DiscoveryConfig
 from ..core.exchange import (Distillation, DistillSettings, Exchange, Mixed, SyntheticSamples, SyntheticSettings,
                        WeightGossip)
@@ -307,8 +308,9 @@ class Daemon:
         self.provenance: list[dict] = []
         self.stopping = trio.Event()
         self.discovery: Discovery | None = None
-        self._dials: list[float] = []
-        self.inbound: Inbound | None = None  # when peer-exchange dials happened (the last minute's)
+        self._dials: list[float] = []  # when peer-exchange dials happened (the last minute's)
+        self.inbound: Inbound | None = None
+        self.listening: list[str] = []  # our multiaddrs, saved so that a restart keeps its ports
 
     # --- construction -----------------------------------------------------------------------
     def _exchange(self, learner: WorkerLearner) -> Exchange:
@@ -360,6 +362,7 @@ class Daemon:
         self.home.write_json(self.home.state_file, {
             "seq": node.seq,
             "version": node.version,
+            "listening": self.listening,
             "replay": {k.hex(): [h, format(seen, "x")] for k, (h, seen) in node.guard.to_state().items()},
             "peers": list(node.peers.values()),
             "provenance": self.provenance[-100:],
@@ -530,13 +533,15 @@ class Daemon:
         """Run until `stop`. `transport_factory(identity, listen=[...])` gives the transport.
         The network comes up (and joins its bootstrap peers) while the worker process starts."""
         atomic_write(self.home.pid_file, f"{os.getpid()}\n".encode())
-        transport = transport_factory(self.identity, listen=self.config.listen)
+        listening_before = self.home.read_json(self.home.state_file, {}).get("listening", [])
+        transport = transport_factory(self.identity, listen=listen_addrs(self.config.listen, listening_before))
         learner = None
         try:
             discovery_config = DiscoveryConfig(mdns=self.config.mdns)
             async with transport.running(), Discovery(transport, config=discovery_config).running() as discovery, \
                     trio.open_nursery() as nursery:
                 self.discovery = discovery
+                self.listening = transport.listen_addrs()
                 for addr in self.config.bootstrap:
                     try:
                         await transport.connect(addr)
@@ -553,6 +558,7 @@ class Daemon:
                 discovery.on_announce = node.on_announce
                 discovery.on_peer = lambda peer, addrs: node.peer(peer).update(addrs=sorted(addrs)[:8])
                 node.discovered = lambda addrs: nursery.start_soon(self._dial, node, transport, list(addrs))
+                node.discovered([a for p in node.peers.values() for a in p["addrs"][:2]])  # back after a restart
                 await nursery.start(serve_control, self.home.socket,
                                     lambda request: self._control(node, transport, request))
                 nursery.start_soon(self._cycles, node, transport)
