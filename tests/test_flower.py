@@ -63,8 +63,8 @@ def test_flower_simulation_is_deterministic_for_a_seed():
 def test_context_gives_partition_and_run_config():
     learners = [FlowerLearner(NUMPY_APP, partition_id=i, num_partitions=3, run_config="lr=0.05") for i in range(3)]
     for i, learner in enumerate(learners):
-        assert learner.context.node_config == {"partition-id": i, "num-partitions": 3}
-        assert learner.context.run_config == {"local-epochs": 1, "lr": 0.05}  # pyproject defaults, overridden
+        assert learner.client.context.node_config == {"partition-id": i, "num-partitions": 3}
+        assert learner.client.context.run_config == {"local-epochs": 1, "lr": 0.05}  # pyproject defaults, overridden
         assert learner.num_examples == 0 and learner.fit(1)["num-examples"] == learner.num_examples > 0
     assert len({learner.num_examples for learner in learners}) == 3
     assert sum(learner.num_examples for learner in learners) == 1438
