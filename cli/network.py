@@ -187,14 +187,13 @@ def _config(h, **options):
 
 def _check_client_app(config) -> None:
     from manymodels.aggregation import get_rule
-    from manymodels.aggregation.flower import client_fit_config
 
     from .main import UserError
 
     if not config.recipe.client_app:
         if config.recipe.run_config:
             raise UserError("--run-config is the run config of a Flower client; give --client-app too")
-        if client_fit_config(get_rule(config.rule)):
+        if get_rule(config.rule).client_config:
             raise UserError(f"{config.rule}: the proximal term runs in a Flower client's fit (it gets proximal_mu "
                             "in its fit config); it needs --client-app")
     elif config.exchange != "weights":

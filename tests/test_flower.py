@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from manymodels.aggregation import RuleError, check_inputs, get_rule, list_rules
-from manymodels.aggregation.flower import client_fit_config, is_stateful
 from manymodels.node.learning.flower import FlowerError, FlowerLearner, load_client_app, parse_run_config
 from manymodels.node.sim.simulator import ConfigError, SimulationConfig, run_simulation
 
@@ -63,8 +62,8 @@ def test_flower_simulation_is_deterministic_for_a_seed():
 def test_context_gives_partition_and_run_config():
     learners = [FlowerLearner(NUMPY_APP, partition_id=i, num_partitions=3, run_config="lr=0.05") for i in range(3)]
     for i, learner in enumerate(learners):
-        assert learner.context.node_config == {"partition-id": i, "num-partitions": 3}
-        assert learner.context.run_config == {"local-epochs": 1, "lr": 0.05}  # pyproject defaults, overridden
+        assert learner.client.context.node_config == {"partition-id": i, "num-partitions": 3}
+        assert learner.client.context.run_config == {"local-epochs": 1, "lr": 0.05}  # pyproject defaults, overridden
         assert learner.num_examples == 0 and learner.fit(1)["num-examples"] == learner.num_examples > 0
     assert len({learner.num_examples for learner in learners}) == 3
     assert sum(learner.num_examples for learner in learners) == 1438
@@ -128,7 +127,7 @@ def test_run_config_reaches_the_client_and_its_train_config(tmp_path):
             return Message(RecordDict({"metrics": metrics}), reply_to=msg)
     """)
     learner = FlowerLearner(f"{path}:app:Model", run_config='lr=0.1 opt="sgd"',
-                            fit_config=client_fit_config(get_rule("flwr:FedProx:proximal_mu=0.3")))
+                            fit_config=get_rule("flwr:FedProx:proximal_mu=0.3").client_config)
     learner.fit(2)
     module = sys.modules["recording_app"]
     assert module.seen[-1] == ({"lr": 0.1, "opt": "sgd"},
@@ -314,7 +313,7 @@ def test_server_optimizers_keep_state_per_rule_like_a_flower_server():
     first, second = _inputs(seed=1), _inputs(seed=2)
     reference = first[0][0]
     rule = get_rule("flwr:FedAdam:eta=0.01")
-    assert is_stateful(rule) and rule.needs_reference and not is_stateful(get_rule("flwr:FedAvg"))
+    assert rule.needs_reference and not get_rule("flwr:FedAvg").needs_reference
     mine = [rule(first, reference=reference), rule(second, reference=second[0][0])]
 
     flower = FedAdam(initial_parameters=ndarrays_to_parameters(reference), eta=0.01)

@@ -332,9 +332,7 @@ class Daemon:
         server would; nothing for the built-in learners."""
         if not self.config.recipe.client_app:
             return {}
-        from manymodels.aggregation.flower import client_fit_config
-
-        return client_fit_config(get_rule(self.config.rule))
+        return get_rule(self.config.rule).client_config
 
     def _restore(self, node: DaemonNode) -> None:
         state = self.home.read_json(self.home.state_file, {})

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from manymodels.aggregation import RuleError, check_inputs, get_rule
-from manymodels.aggregation.flower import client_fit_config
 from manymodels.protocol import Identity, peer_id
 
 from .attacks import ATTACKS, AttackContext, AttackerNode, AttackSpecError, parse_attack
@@ -112,7 +111,7 @@ def _check(config: SimulationConfig) -> None:
         for spec, kind in ((config.rule, "weights"), (config.logit_rule, "logits")):
             if get_rule(spec).kind != kind:
                 raise ConfigError(f"{spec} is a {get_rule(spec).kind} rule; this option takes a {kind} rule")
-        if client_fit_config(get_rule(config.rule)) and not config.client_app:
+        if get_rule(config.rule).client_config and not config.client_app:
             raise ConfigError(f"{config.rule}: the proximal term runs in a Flower client's fit (it gets proximal_mu "
                               "in its fit config); it needs --client-app")
         neighbours(config.topology, config.nodes, config.seed)
@@ -346,7 +345,7 @@ class _FlowerWorld:
         self.config = config
         self.source = load_client_app(config.client_app)
         self.run_config = self.source.run_config(config.run_config)
-        self.fit_config = client_fit_config(get_rule(config.rule))
+        self.fit_config = get_rule(config.rule).client_config
 
         def learner(i: int, n: int, seed: int) -> FlowerLearner:
             return FlowerLearner(self.source, partition_id=i, num_partitions=n, run_config=self.run_config,
