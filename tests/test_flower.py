@@ -182,6 +182,34 @@ def test_arrays_a_client_returns_are_copied(tmp_path):
     assert learner.get_weights()[0][0, 0] == 3  # get_weights hands out copies too
 
 
+def test_integer_tensors_travel_as_float64_and_reach_the_client_as_its_own_dtype(tmp_path):
+    path = _app_file(tmp_path, "int_app", """
+        import numpy as np
+        from flwr.client import ClientApp, NumPyClient
+
+        class CountingClient(NumPyClient):  # like BatchNorm's num_batches_tracked
+            def get_parameters(self, config):
+                return [np.zeros(2, dtype=np.float32), np.array(7, dtype=np.int64)]
+
+            def fit(self, parameters, config):
+                assert parameters[1].dtype == np.int64, parameters[1].dtype
+                return [parameters[0] + 1, parameters[1] + 1], 4, {}
+
+            def evaluate(self, parameters, config):
+                return 0.0, 1, {"accuracy": 0.0}
+
+        app = ClientApp(client_fn=lambda context: CountingClient().to_client())
+    """)
+    learner = FlowerLearner(f"{path}:app")
+    learner.fit(1)
+    weights = learner.get_weights()
+    assert weights[1].dtype == np.float64 and weights[1] == 8  # on the wire: float64
+    weights[1] = weights[1] + 0.4  # an average of counts need not be whole
+    learner.set_weights(weights)
+    learner.fit(1)
+    assert learner.get_weights()[1] == 9  # rounded back to the client's int64
+
+
 # --- distillation hooks -----------------------------------------------------------------------
 
 HOOKS_APP = """

@@ -632,7 +632,7 @@ class FlowerLearner(Learner):
         self.num_examples = 0  # known after the first fit: the client reports it
         self._keys, arrays = self.client.first_arrays(seed if init_seed is None else init_seed)
         self._arrays = [_wire(a) for a in arrays]
-        self._dtypes = [a.dtype for a in self._arrays]
+        self._dtypes = [np.asarray(a).dtype for a in arrays]  # the client's own: integers go back as integers
         layout = repr([(k, a.shape, a.dtype.str) for k, a in zip(self._keys, self._arrays)])
         self.architecture = architecture or f"flower-{hashlib.sha256(layout.encode()).hexdigest()[:12]}"
         self.supports_predict, self.supports_distill = self.client.hooks()
