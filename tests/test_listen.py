@@ -43,6 +43,11 @@ def test_an_explicit_port_in_use_is_refused(taken):
     assert listen_addrs([f"/ip4/127.0.0.1/tcp/{free_port()}", "/ip4/127.0.0.1/udp/9/quic-v1"], [])[1].endswith("quic-v1")
 
 
+def test_an_address_that_is_not_this_machines_is_refused():
+    with pytest.raises(ListenError, match="cannot listen on 192.0.2.1 port 0: cannot assign requested address"):
+        listen_addrs(["/ip4/192.0.2.1/tcp/0"], [])
+
+
 def test_node_start_on_a_port_in_use_is_one_line(cli, tmp_path, taken):
     out = cli("node", "start", "--home", tmp_path / "n", "--listen", f"/ip4/127.0.0.1/tcp/{taken}",
               "--dataset", "digits", "--model", "logreg", "--period", "1")

@@ -36,7 +36,7 @@ def port_in_use(proto: str, host: str, port: int) -> bool:
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 return True
-            raise ListenError(f"cannot listen on {host} port {port}: {exc.strerror}") from None
+            raise ListenError(f"cannot listen on {host} port {port}: {exc.strerror.lower()}") from None
     return False
 
 
@@ -50,9 +50,9 @@ def listen_addrs(configured: list[str], bound_before: list[str]) -> list[str]:
             out.append(addr)
             continue
         proto, host, port = parts
+        if port_in_use(proto, host, port):  # port 0 never is; an address not on this machine raises
+            raise ListenError(f"{host} port {port} is in use by another process (listen {addr})")
         if port:
-            if port_in_use(proto, host, port):
-                raise ListenError(f"{host} port {port} is in use by another process (listen {addr})")
             out.append(addr)
             continue
         before = [p[2] for p in map(tcp_parts, bound_before) if p and p[:2] == (proto, host) and p[2]]
