@@ -19,16 +19,15 @@ from libp2p.pubsub.pb import rpc_pb2  # noqa: E402
 from libp2p.pubsub.pubsub import Pubsub  # noqa: E402
 from libp2p.tools.anyio_service import background_trio_service  # noqa: E402
 
-from manymodels.node.p2p.discovery import (  # noqa: E402
+from manymodels.node.p2p.announcements import (  # noqa: E402
     ANNOUNCE_TOPIC,
     NOT_ANNOUNCE,
     ORIGIN_MISMATCH,
     PUSH_ERROR,
     STREAM_ERROR,
-    Discovery,
-    DiscoveryConfig,
     announce_msg_id,
 )
+from manymodels.node.p2p.discovery import Discovery, DiscoveryConfig  # noqa: E402
 from manymodels.node.p2p.libp2p import Libp2pTransport  # noqa: E402
 from manymodels.protocol import Announce, Hello, Identity, Reason, seal  # noqa: E402
 
@@ -387,19 +386,19 @@ def test_the_validator_never_raises_and_a_hijack_does_not_burn_the_authors_seque
 
     forwarder = type("Forwarder", (), {"to_base58": lambda self: "peer"})()
     data = announce(alice, 5)
-    assert not discovery._validate(forwarder, gossip(mallory, data))  # hijack: origin mismatch
-    assert discovery._validate(forwarder, gossip(alice, data))  # alice's own copy still passes
-    assert not discovery._validate(forwarder, gossip(alice, data))  # then it is a replay
-    assert not discovery._validate(forwarder, None)  # anything at all: rejected, never raised
+    assert not discovery.announcements._validate(forwarder, gossip(mallory, data))  # hijack: origin mismatch
+    assert discovery.announcements._validate(forwarder, gossip(alice, data))  # alice's own copy still passes
+    assert not discovery.announcements._validate(forwarder, gossip(alice, data))  # then it is a replay
+    assert not discovery.announcements._validate(forwarder, None)  # anything at all: rejected, never raised
     assert dict(discovery.stats.rejected) == {ORIGIN_MISMATCH: 1, Reason.REPLAYED.value: 1, "validator_error": 1}
     assert discovery.stats.rejected_from == {"peer": 3}
     # keys are free, so the replay guard is bounded: beyond max_senders authors the least recently
     # heard is evicted, and an evicted author's old announcement is still a replay (the watermark)
     for i in range(3):
         author = Identity.generate()
-        assert discovery._validate(forwarder, gossip(author, announce(author, 1, ts=now_ms() + 10 + i)))
+        assert discovery.announcements._validate(forwarder, gossip(author, announce(author, 1, ts=now_ms() + 10 + i)))
     assert len(discovery.guard.to_state()) <= 3  # two senders and the watermark entry
-    assert not discovery._validate(forwarder, gossip(alice, data))
+    assert not discovery.announcements._validate(forwarder, gossip(alice, data))
     assert discovery.stats.rejected[Reason.REPLAYED.value] == 2
 
 
@@ -426,7 +425,7 @@ def test_libp2p_warnings_are_rate_limited_per_line_of_code():
     import io
     import logging
 
-    from manymodels.node.p2p.discovery import bound_libp2p_logs
+    from manymodels.node.p2p.logs import bound_libp2p_logs
 
     bound_libp2p_logs()
     bound_libp2p_logs()  # idempotent: one handler
