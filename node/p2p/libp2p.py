@@ -217,7 +217,7 @@ async def write_frame(stream, data: bytes, *, chunk_size: int = DEFAULT_CHUNK) -
 
 
 class Libp2pTransport(TrioService):
-    """The Transport interface (``address``, ``send``, ``set_receiver``) over a real libp2p host."""
+    """The Transport and PeerNetwork interfaces (node/core/transport.py) over a real libp2p host."""
 
     def __init__(self, identity: Identity, *, listen: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
                  max_frame: int = DEFAULT_MAX_FRAME, chunk_size: int = DEFAULT_CHUNK,
@@ -264,6 +264,7 @@ class Libp2pTransport(TrioService):
 
     def send(self, peer: str, data: bytes) -> None:
         """Queue ``data`` for ``peer`` (a peer id); never blocks, never raises for a bad peer."""
+        data = data if isinstance(data, bytes) else bytes(data)  # it may cross to the trio thread
         self.call_in_loop(self._enqueue, peer, data, ended=self._dropped_after_close)
 
     def _dropped_after_close(self) -> None:
