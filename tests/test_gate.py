@@ -1,5 +1,5 @@
 """The peer gate: pure bookkeeping of what a peer may cost, with the time handed in."""
-from manymodels.node.p2p.gate import BLOCKED, OK, THROTTLED, GateConfig, PeerGate
+from manymodels.node.p2p.gate import BLOCKED, NEW_AUTHORS, OK, THROTTLED, GateConfig, PeerGate
 
 
 def test_a_peer_whose_frames_keep_failing_is_throttled_then_blocked_then_let_back():
@@ -33,6 +33,15 @@ def test_serving_is_metered_in_bytes_per_peer():
     served = sum(gate.may_serve("p", 1000, 0.0) for _ in range(10))
     assert served == 4 and gate.may_serve("other", 1000, 0.0)
     assert gate.may_serve("p", 1000, 1.0) and not gate.may_serve("p", 1000, 1.0)
+
+
+def test_new_announcement_authors_are_metered_per_forwarder():
+    gate = PeerGate(GateConfig(new_authors_per_min=16, new_authors_burst=32))
+    introduced = sum(gate.may_introduce("relay", 0.0) for _ in range(100))
+    assert introduced == 32 and gate.events["new_authors_refused"] == 68
+    assert gate.may_introduce("other", 0.0)  # per forwarder
+    assert sum(gate.may_introduce("relay", 60.0) for _ in range(100)) == 16  # sixteen a minute
+    assert gate.strike("relay", NEW_AUTHORS, 60.0) == OK and gate.standing("relay", 60.0)["strikes"] == 0.25  # mild
 
 
 def test_tables_are_bounded():
