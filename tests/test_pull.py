@@ -14,6 +14,7 @@ from manymodels.node.learning.torch_learner import TorchLearner
 from manymodels.node.core.reputation import Reputation
 from manymodels.node.p2p.libp2p import Libp2pTransport
 from manymodels.protocol import BlobRequest, BlobResponse, Identity, Weights, open_envelope
+from waiting import async_wait_until
 
 
 def node(identity: Identity, transport: Libp2pTransport, cls=DaemonNode) -> DaemonNode:
@@ -48,8 +49,8 @@ def pull(holder_cls=DaemonNode, *, intruder: bool = False) -> dict:
                         await trio.sleep(0.01)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(interfere)
-                    while ids[2].peer_id not in puller.peers:  # the fakes are arriving
-                        await trio.sleep(0.01)
+                    await async_wait_until(lambda: set(puller.peers), "the intruder's fakes to arrive",
+                                           until=lambda peers: ids[2].peer_id in peers)
                     before = puller.peers[ids[2].peer_id]["accepted"]
                     out["fetched"] = await puller.fetch(ids[0].peer_id, digest)
                     out["fakes"] = puller.peers[ids[2].peer_id]["accepted"] - before
