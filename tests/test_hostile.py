@@ -6,6 +6,7 @@ import time
 
 import msgpack
 import numpy as np
+import pytest
 import trio
 
 from manymodels.aggregation import get_rule
@@ -53,6 +54,7 @@ def weights(tensor_value: float) -> Weights:
     return Weights("logreg", 1, 10, [np.full((2, 4), tensor_value, np.float32), np.zeros(2, np.float32)])
 
 
+@pytest.mark.slow
 def test_the_frame_cap_is_the_largest_message_this_node_accepts():
     async def scenario(node, victim_t, attacker_t, mallory):
         assert victim_t.max_frame == largest_accepted(node) < BLOB_CHUNK + 8192  # a logreg's weights are tiny
@@ -149,6 +151,7 @@ def test_a_pulled_message_is_checked_for_author_and_replay():
     run(scenario)
 
 
+@pytest.mark.slow
 def test_blob_requests_are_metered_and_do_not_use_up_sequence_numbers():
     """A 1 KiB request used to queue 4 MiB, unmetered, and burn a sequence number: 500 requests now
     get at most the gate's byte budget, the rest `busy`, and the victim's seq does not move."""

@@ -6,6 +6,7 @@ import math
 
 import msgpack
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -152,6 +153,7 @@ def pack(obj) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(objects)
 def test_random_msgpack_objects_are_rejected(obj):
@@ -182,6 +184,7 @@ def near_envelopes(draw):
     return env
 
 
+@pytest.mark.slow
 @FUZZ
 @given(near_envelopes())
 def test_near_envelopes_are_rejected_unless_unchanged(env):
@@ -195,6 +198,7 @@ def signed(kind: str, body: bytes, signer: Identity = ALICE, seq: int = 1) -> by
                  "sig": sig, "payload": body})
 
 
+@pytest.mark.slow
 @FUZZ
 @given(st.sampled_from(sorted(KINDS)), objects | st.binary(max_size=64))
 def test_signed_random_payloads_never_crash(kind, obj):
@@ -226,6 +230,7 @@ def near_payloads(draw):
     return type(payload), obj
 
 
+@pytest.mark.slow
 @FUZZ
 @given(near_payloads())
 def test_from_wire_near_valid(case):
@@ -238,6 +243,7 @@ def test_from_wire_near_valid(case):
     cls.from_wire(msgpack.unpackb(encode_payload(payload), raw=False))  # what it accepts, it can re-encode
 
 
+@pytest.mark.slow
 @FUZZ_SMALL
 @given(st.sampled_from(list(KINDS.values())), objects)
 def test_from_wire_random_objects(cls, obj):
@@ -281,6 +287,7 @@ def ndarray_wire(draw):
     return obj
 
 
+@pytest.mark.slow
 @FUZZ
 @given(ndarray_wire())
 def test_decode_array_structured(obj):

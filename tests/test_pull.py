@@ -4,6 +4,7 @@ holder that answers wrongly makes the pull fail with a reason."""
 import time
 
 import numpy as np
+import pytest
 import trio
 
 from manymodels.aggregation import get_rule
@@ -65,6 +66,7 @@ def pull(holder_cls=DaemonNode, *, intruder: bool = False) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_a_model_of_several_chunks_arrives_whole():
     out = pull()
     sealed, fetched = out["sealed"], out["fetched"]
@@ -72,6 +74,7 @@ def test_a_model_of_several_chunks_arrives_whole():
     assert open_envelope(fetched, now_ms=int(time.time() * 1000)).payload.tensors[0][-1] == int(2.5 * BLOB_CHUNK) // 4 - 1
 
 
+@pytest.mark.slow
 def test_only_the_peer_asked_answers_a_pull():
     out = pull(intruder=True)
     assert out["fakes"] > 0  # forged chunks for the same digest were verified and delivered meanwhile
