@@ -156,6 +156,7 @@ def test_logits_on_another_probe_set_are_refused(digits):
     assert node.fold()
 
 
+@pytest.mark.usefixtures("one_torch_thread")  # two threads under load: 30 s instead of 1
 def test_distillation_teaches_a_forest_classes_it_never_saw(digits):
     probe, data = digits
     mine = np.flatnonzero(data.y_train < 5)

@@ -15,6 +15,8 @@ from manymodels.protocol import (ALLOWED_DTYPES, KINDS, Announce, BlobRequest, B
                                  decode_array, digest, open_envelope, seal)
 from manymodels.protocol.envelope import ENVELOPE_FIELDS, encode_payload, signed_bytes
 
+pytestmark = pytest.mark.slow  # hundreds of examples a test: 35 s in all (test_protocol and test_vectors stay fast)
+
 ALICE = Identity(bytes(range(32)))
 BOB = Identity(bytes(range(32, 64)))
 NOW = 1_700_000_000_000
@@ -153,7 +155,6 @@ def pack(obj) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-@pytest.mark.slow
 @FUZZ
 @given(objects)
 def test_random_msgpack_objects_are_rejected(obj):
@@ -184,7 +185,6 @@ def near_envelopes(draw):
     return env
 
 
-@pytest.mark.slow
 @FUZZ
 @given(near_envelopes())
 def test_near_envelopes_are_rejected_unless_unchanged(env):
@@ -198,7 +198,6 @@ def signed(kind: str, body: bytes, signer: Identity = ALICE, seq: int = 1) -> by
                  "sig": sig, "payload": body})
 
 
-@pytest.mark.slow
 @FUZZ
 @given(st.sampled_from(sorted(KINDS)), objects | st.binary(max_size=64))
 def test_signed_random_payloads_never_crash(kind, obj):
@@ -230,7 +229,6 @@ def near_payloads(draw):
     return type(payload), obj
 
 
-@pytest.mark.slow
 @FUZZ
 @given(near_payloads())
 def test_from_wire_near_valid(case):
@@ -243,7 +241,6 @@ def test_from_wire_near_valid(case):
     cls.from_wire(msgpack.unpackb(encode_payload(payload), raw=False))  # what it accepts, it can re-encode
 
 
-@pytest.mark.slow
 @FUZZ_SMALL
 @given(st.sampled_from(list(KINDS.values())), objects)
 def test_from_wire_random_objects(cls, obj):
@@ -287,7 +284,6 @@ def ndarray_wire(draw):
     return obj
 
 
-@pytest.mark.slow
 @FUZZ
 @given(ndarray_wire())
 def test_decode_array_structured(obj):
