@@ -68,12 +68,12 @@ def network(tmp_path_factory):
 
 def test_daemons_joined_through_one_bootstrap_find_each_other_and_beat_local_only(network):
     # c only knows a; it must learn about b through peer exchange (and b about c)
-    wait_until(lambda: [status(h)["peers"] for h in network], "every node to have two peers", 120,
+    wait_until(lambda: [status(h)["peers"] for h in network], "every node to have two peers",
                until=lambda peers: all(n == 2 for n in peers))
     wait_until(lambda: [status(h)["version"] for h in network], "15 learning cycles on every node", 240,
                until=lambda versions: min(versions) >= 15)
     # announcements over gossipsub reach every node
-    wait_until(lambda: [status(h)["discovery"]["announces_received"] for h in network], "announcements", 120,
+    wait_until(lambda: [status(h)["discovery"]["announces_received"] for h in network], "announcements",
                until=all)
     for i, home in enumerate(network):
         s = status(home)
@@ -89,7 +89,7 @@ def test_daemons_joined_through_one_bootstrap_find_each_other_and_beat_local_onl
 def test_a_killed_daemon_restarts_with_its_id_and_its_last_model(network):
     home = network[2]
     before = status(home)
-    wait_until(lambda: status(home)["version"], "a saved cycle", 120, until=lambda v: v > before["version"] + 1)
+    wait_until(lambda: status(home)["version"], "a saved cycle", until=lambda v: v > before["version"] + 1)
     os.kill(int((home / "daemon.pid").read_text()), signal.SIGKILL)
     wait_until(lambda: subprocess.run(["kill", "-0", (home / "daemon.pid").read_text().strip()],
                                       capture_output=True).returncode != 0, "the process to die", 30)
@@ -99,12 +99,12 @@ def test_a_killed_daemon_restarts_with_its_id_and_its_last_model(network):
     assert after["id"] == before["id"]
     assert after["version"] >= max(saved)
     history = wait_until(lambda: json.loads((home / "state.json").read_text())["history"],
-                         "the first save after the restart", 120,
+                         "the first save after the restart",
                          until=lambda history: any(e.get("restored") for e in history))
     restored = [e for e in history if e.get("restored")][-1]
     # the checkpoint came back: the restored model scores exactly what it scored when it was saved
     assert restored["accuracy"] == saved[restored["version"]]["accuracy"]
-    wait_until(lambda: status(home)["peers"], "the restarted node to rejoin", 120, until=lambda n: n == 2)
+    wait_until(lambda: status(home)["peers"], "the restarted node to rejoin", until=lambda n: n == 2)
 
 
 def test_hostile_peer_messages_are_rejected_and_counted_and_the_network_keeps_working(network):
@@ -143,7 +143,7 @@ def test_hostile_peer_messages_are_rejected_and_counted_and_the_network_keeps_wo
     hostile = [p for p in request(network[0] / "control.sock", "peers") if p["id"] == mallory.peer_id]
     assert hostile and hostile[0]["rejected"] == 6 and hostile[0]["strikes"] > 4  # six failures, decaying
     version = after["version"]
-    wait_until(lambda: status(network[0])["version"], "learning to go on", 120, until=lambda v: v >= version + 2)
+    wait_until(lambda: status(network[0])["version"], "learning to go on", until=lambda v: v >= version + 2)
 
 
 def test_a_poisonous_peer_is_banned_by_reputation_and_then_rejected(network):
@@ -261,7 +261,7 @@ def test_daemons_on_separate_test_hosts(two_hosts, tmp_path):
         start(homes[1], *RECIPE, "--partition-id", "1", "--listen", "/ip4/10.77.0.2/tcp/4101",
               "--bootstrap", addr, prefix=("ip", "netns", "exec", two_hosts[1]))
         wait_until(lambda: [(s["peers"], s["messages_accepted"]) for s in map(status, homes)],
-                   "the two hosts to exchange messages (peers, messages accepted)", 120,
+                   "the two hosts to exchange messages (peers, messages accepted)",
                    until=lambda seen: all(peers == 1 and accepted >= 3 for peers, accepted in seen))
         peers = request(homes[1] / "control.sock", "peers")
         assert peers[0]["id"] == status(homes[0])["id"]

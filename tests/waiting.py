@@ -1,6 +1,7 @@
 """Polling waits for tests, one deadline rule for all: check, and on timeout fail with what was
-awaited and the last value seen. `wait_until` sleeps (for daemons in other processes);
-`async_wait_until` yields to trio (for nodes in the test's own event loop).
+awaited and the last value seen. `wait_until` sleeps (for daemons in other processes: a few learning
+cycles, 120 s by default); `async_wait_until` yields to trio (for nodes in the test's own event loop,
+20 s by default).
 
 `observe` returns what to look at; `until` decides whether it is what we wait for (by default: any
 truthy value). The value seen last is returned, so a wait can hand on what it waited for:
@@ -33,7 +34,7 @@ def _polls(observe: Callable[[], T], what: str, timeout: float, until: Callable[
         yield interval
 
 
-def wait_until(observe: Callable[[], T], what: str, timeout: float = 30.0, *,
+def wait_until(observe: Callable[[], T], what: str, timeout: float = 120.0, *,
                until: Callable[[T], Any] = bool, interval: float = 0.5) -> T:
     polls = _polls(observe, what, timeout, until, interval)
     try:
