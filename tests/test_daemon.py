@@ -16,7 +16,8 @@ from manymodels.node.runtime.control import NotRunning, request
 from manymodels.node.learning.recipe import LearnerRecipe
 from waiting import wait_until
 
-pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]  # daemons in processes of their own
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow,  # daemons in processes of their own
+              pytest.mark.usefixtures("one_torch_thread")]  # local-only baselines train as a worker does
 
 EXE = Path(sys.executable).parent / "manymodels"
 RECIPE = ["--dataset", "digits", "--partition", "dirichlet:0.1", "--num-partitions", "3", "--model", "mlp",
