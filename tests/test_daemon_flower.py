@@ -41,7 +41,7 @@ def alone(app: str, partition_id: int):
                          seed=partition_id, init_seed=0, run_id=1)
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.multiprocess, pytest.mark.slow]
 
 
 def test_a_bad_client_app_is_one_clear_line_and_a_non_zero_exit(cli, tmp_path):

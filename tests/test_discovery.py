@@ -31,6 +31,8 @@ from manymodels.node.p2p.discovery import Discovery, DiscoveryConfig  # noqa: E4
 from manymodels.node.p2p.libp2p import Libp2pTransport  # noqa: E402
 from manymodels.protocol import Announce, Hello, Identity, Reason, seal  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 FAST = DiscoveryConfig(heartbeat_interval=0.2, refresh_fast=0.5, refresh_slow=2.0)
 
 

@@ -20,7 +20,7 @@ MESSAGE_APP = f"{EXAMPLE}/client_app_message.py:app"
 NON_IID = dict(nodes=4, rounds=6, seed=0)
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 
 
 def _app_file(tmp_path, name, body):

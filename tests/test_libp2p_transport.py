@@ -28,6 +28,8 @@ from manymodels.node.p2p.libp2p import (  # noqa: E402
 )
 from manymodels.protocol import Hello, Identity, ReplayGuard, open_envelope, seal  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 MiB = 1 << 20
 

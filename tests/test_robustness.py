@@ -7,6 +7,8 @@ from manymodels.node.sim.attacks import AttackerNode
 from manymodels.node.sim.simulator import EPOCH_MS, ConfigError, SimulationConfig, run_simulation
 from manymodels.protocol import open_envelope
 
+pytestmark = pytest.mark.slow
+
 BASE = SimulationConfig(nodes=10, rounds=8, partition="dirichlet:0.5", model="mlp", seed=0)
 
 
