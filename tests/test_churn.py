@@ -13,7 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_daemon import start, status, stop, wait_for
+import pytest
+
+from test_daemon import start, status, stop
+from waiting import wait_until as wait_for
+
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]  # daemons in processes of their own
 
 EXE = Path(sys.executable).parent / "manymodels"
 RECIPE = ["--dataset", "digits", "--partition", "dirichlet:0.3", "--num-partitions", "4", "--model", "logreg",
