@@ -149,7 +149,7 @@ def test_logits_on_another_probe_set_are_refused(digits):
     _send_from(network, peer, node, Logits(probe.digest, "cnn", 1, 2.0, logits, [1] * 10), 3)
     network.run_until(1000)
     assert node.stats.refused == {"other_probe_set": 1, "logits_shape": 1}
-    assert node.fold()
+    assert node.fold().changed
 
 
 def test_distillation_teaches_a_forest_classes_it_never_saw(digits):
