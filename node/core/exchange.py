@@ -11,7 +11,7 @@ accept); each refusal is counted by reason in `node.stats.refused`."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Set
+from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,11 +54,12 @@ class Folded:
 
     @staticmethod
     def of(parts: list[Folded]) -> Folded:
+        """One fold made of several (a mixed exchange's parts), in order."""
         return Folded(any(f.changed for f in parts), tuple(i for f in parts for i in f.inputs),
                       tuple(r for f in parts for r in f.refused))
 
 
-def _inputs(messages) -> tuple[tuple[str, bytes], ...]:
+def _inputs(messages: Iterable[Message]) -> tuple[tuple[str, bytes], ...]:
     return tuple((m.sender_id, m.digest) for m in messages)
 
 
