@@ -46,6 +46,14 @@ def stop(home: Path) -> None:
     wait_until(lambda: not (home / "daemon.pid").exists(), "the daemon to exit", 60)
 
 
+def assert_provenance(home: Path, peers: set[str]) -> None:
+    """The saved provenance names what each fold took in: messages from these peers, by digest."""
+    provenance = json.loads((home / "state.json").read_text())["provenance"]
+    assert {p for entry in provenance for p in entry["folded"]} == peers
+    assert all(len(entry["digests"]) >= len(entry["folded"]) > 0 for entry in provenance)
+    assert all(len(bytes.fromhex(d)) == 32 for entry in provenance for d in entry["digests"])
+
+
 def local_only_accuracy(partition_id: int, epochs: int) -> float:
     recipe = LearnerRecipe(dataset="digits", partition="dirichlet:0.1", partition_id=partition_id, num_partitions=3)
     learner, data, _, _ = recipe.build()
@@ -85,6 +93,7 @@ def test_daemons_joined_through_one_bootstrap_find_each_other_and_beat_local_onl
         assert sum(p["connected"] for p in peers) == 2
         assert all(p["offered"].get("weights") == "mlp" for p in peers)
         assert (s["pulled"] > 0) == (i != 1)  # b's weights came by pull, a's and c's by push
+        assert_provenance(home, {status(h)["id"] for h in network} - {s["id"]})
 
 
 def test_a_killed_daemon_restarts_with_its_id_and_its_last_model(network):
@@ -294,6 +303,7 @@ def test_daemons_of_different_architectures_learn_from_each_other_by_distillatio
             assert s["refused"] == {} and sum(s["rejected"].values()) == 0
             offered = {p["offered"].get("logits") for p in request(home / "control.sock", "peers")}
             assert offered == {"logreg", "cnn", "forest"} - {model}
+            assert_provenance(home, {status(h)["id"] for h in homes} - {s["id"]})
     finally:
         for home in homes:
             stop(home)

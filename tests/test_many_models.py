@@ -153,7 +153,7 @@ def test_logits_on_another_probe_set_are_refused(digits):
     _send_from(network, peer, node, Logits(probe.digest, "cnn", 1, 2.0, logits, [1] * 10), 3)
     network.run_until(1000)
     assert node.stats.refused == {"other_probe_set": 1, "logits_shape": 1}
-    assert node.fold()
+    assert node.fold().changed
 
 
 @pytest.mark.usefixtures("one_torch_thread")  # two threads under load: 30 s instead of 1

@@ -378,14 +378,14 @@ class Daemon:
     def _train(self, node: DaemonNode) -> list[tuple[bytes, str]]:
         """Train, and seal what to publish (sending stays on the loop)."""
         node.train(self.config.local_epochs)
-        node.version += 1
-        return [(node.seal(payload), payload.KIND) for payload in node.exchange.publish(node)]
+        return node.publication()
 
     def _fold(self, node: DaemonNode) -> None:
         """Fold what arrived during the period, evaluate the result, and save it."""
-        inputs = sorted(peer_id(p) for p in node.senders - node.banned)
-        if node.fold():
-            self.provenance.append({"version": node.version, "time": now_ms(), "folded": inputs})
+        folded = node.fold()
+        if folded.changed:
+            self.provenance.append({"version": node.version, "time": now_ms(), "folded": folded.senders,
+                                    "digests": [digest.hex() for _, digest in folded.inputs]})
         accuracy = node.learner.evaluate_test()["accuracy"]
         self.history.append({"version": node.version, "time": now_ms(), "accuracy": round(accuracy, 4)})
         self.save(node)

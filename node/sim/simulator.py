@@ -18,7 +18,7 @@ import torch
 from manymodels.aggregation import RuleError, check_inputs, get_rule
 from manymodels.protocol import Identity, peer_id
 
-from .attacks import ATTACKS, AttackContext, AttackerNode, AttackSpecError, parse_attack
+from .attacks import ATTACKS, AttackContext, Attacker, AttackSpecError, parse_attack
 from ..core.exchange import (EXCHANGES, Distillation, DistillSettings, Exchange, Mixed, SyntheticSamples,
                        SyntheticSettings, WeightGossip)
 from ..learning.datasets import Dataset, DatasetError, load_dataset
@@ -28,7 +28,7 @@ from ..learning.models import ARCHITECTURES, MIXED
 from ..learning.partition import PartitionError, parse_partition, partition
 from ..learning.probe import DEFAULT_SIZE, ProbeError, ProbeSet, load_probe, split_probe
 from ..learning.recipe import make_learner
-from ..core.node import Node
+from ..core.node import Node, sealed
 from ..core.reputation import Reputation
 from .topology import TopologyError, neighbours
 from .network import LinkModel, MemoryNetwork
@@ -238,10 +238,12 @@ def _simulate(config: SimulationConfig, on_round: Callable[[int, float], None] |
             labels = (lambda y, a=attack: a.poison_labels(y, data.num_classes)) if attack else (lambda y: y)
             learner = _learner(archs[i], config, data, index, seed, labels)
             exchange = _exchange(config, data, probe, index, seed, labels)
-        args = (identity, learner, network.attach(identity.peer_id), exchange)
+        attacker = Attacker(attack, context) if attack else None
+        transport = network.attach(identity.peer_id)
         num_classes = flower.num_classes if flower else data.num_classes
-        kwargs = {"num_classes": num_classes, "clock": clock, "reputation": Reputation(config.reputation)}
-        nodes.append(AttackerNode(*args, attack=attack, context=context, **kwargs) if attack else Node(*args, **kwargs))
+        nodes.append(Node(identity, learner, attacker.tap(transport) if attacker else transport, exchange,
+                          num_classes=num_classes, clock=clock, reputation=Reputation(config.reputation),
+                          outbound=attacker or sealed))
     context.honest = [n for i, n in enumerate(nodes) if i not in attackers]
     for node, nb in zip(nodes, adjacency):
         node.neighbours = [nodes[j].id for j in nb]
@@ -260,7 +262,8 @@ def _simulate(config: SimulationConfig, on_round: Callable[[int, float], None] |
             adversary(r, network, nodes)
         network.run_until((r + 1) * ROUND_MS)
         for i, node in enumerate(nodes):
-            node.fold()
+            if i not in attackers:  # an attacker's own model does not matter
+                node.fold()
             history[i].append(accuracy(node.learner))
             sent_per_round[i].append(dict(node.stats.sent_by_kind - before[i]))
         if on_round:
