@@ -50,3 +50,14 @@ def test_tables_are_bounded():
         gate.admit(f"peer{i}", 0.0)
         gate.strike(f"bad{i}", "malformed", 0.0)
     assert len(gate._peers) <= 100 and len(gate.blocked_until) <= 10
+
+
+def test_blocking_many_peers_leaves_a_bounded_log(caplog):
+    """Peer ids cost nothing: the transport's line per blocked peer is rate-limited (5 a minute)."""
+    import logging
+
+    from manymodels.node.p2p.libp2p import logger
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        for i in range(50):
+            logger.warning("blocked %s for %.0f s: its frames kept failing", f"peer{i}", 600)
+    assert len(caplog.records) == 5

@@ -65,10 +65,12 @@ from manymodels.protocol import MAX_ENVELOPE_BYTES, Identity
 
 from ..core.transport import Receiver
 from .gate import BLOCKED, OK, PeerGate
+from .logs import RateLimit
 from .service import TrioService
 from .upstream import BULK_MAX_FRAME, BULK_RECV_WINDOW, BufferedNoiseTransport, adopt_stream
 
 logger = logging.getLogger(__name__)
+logger.addFilter(RateLimit())  # a line per blocked peer, and peer ids cost nothing
 
 MSG_PROTOCOL = "/manymodels/msg/1.0.0"
 FRAME_HEADER = struct.Struct(">Q")

@@ -26,7 +26,7 @@ def quiet_clean_eof_warnings() -> None:
         dht_logger.addFilter(_CleanEofFilter())
 
 
-class _RateLimit(logging.Filter):
+class RateLimit(logging.Filter):
     """At most ``burst`` records per ``period`` seconds from each line of code that logs; then
     one line says how many were left out. py-libp2p logs a warning per failed provide or stream
     to a peer, which hostile or departed peers would turn into an unbounded log."""
@@ -54,7 +54,7 @@ class _RateLimit(logging.Filter):
 def bound_libp2p_logs() -> None:
     """py-libp2p's warnings (it installs no handler of its own) to stderr, rate-limited (idempotent)."""
     libp2p_logger = logging.getLogger("libp2p")
-    if not any(isinstance(f, _RateLimit) for h in libp2p_logger.handlers for f in h.filters):
+    if not any(isinstance(f, RateLimit) for h in libp2p_logger.handlers for f in h.filters):
         handler = logging.StreamHandler()
-        handler.addFilter(_RateLimit())
+        handler.addFilter(RateLimit())
         libp2p_logger.addHandler(handler)
