@@ -535,7 +535,8 @@ def churn(root: Path, args) -> dict:
         final = {h.name: status(h)[0] for h in homes}
         for name, s in final.items():
             if s:
-                print(f"  {name}: peers {s['peers']}, rejected {s['rejected']}, gate {s['gate']}")
+                print(f"  {name}: peers {s['peers']}, rejected {s['rejected']}, gate {s['gate']}, "
+                      f"announcements rejected {s['discovery']['announces_rejected']}")
     finally:
         for h in homes:
             stop(h)

@@ -394,6 +394,9 @@ def test_the_validator_never_raises_and_a_hijack_does_not_burn_the_authors_seque
     assert not discovery.announcements._validate(forwarder, None)  # anything at all: rejected, never raised
     assert dict(discovery.stats.rejected) == {ORIGIN_MISMATCH: 1, Reason.REPLAYED.value: 1, "validator_error": 1}
     assert discovery.stats.rejected_from == {"peer": 3}
+    # the hijack and the garbage strike the forwarder; the replay does not (its relay may have had
+    # another view of alice's sequence: it restarted, or heard her by another path first)
+    assert discovery.transport.gate.standing("peer", time.monotonic())["strikes"] == pytest.approx(2.0, abs=0.01)
     # keys are free, so the replay guard is bounded: beyond max_senders authors the least recently
     # heard is evicted, and an evicted author's old announcement is still a replay (the watermark)
     for i in range(3):

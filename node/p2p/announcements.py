@@ -10,7 +10,8 @@ recorded only after all of them, so a peer who re-publishes someone else's annou
 own id cannot burn the author's sequence number, and fresh keys relayed by one peer cannot churn
 the guard (its evictions raise the watermark that refuses evicted authors). A rejection is counted
 by reason (``stats.rejected``) and by forwarder (``stats.rejected_from``), and strikes the
-forwarder at the transport's gate: honest peers validate before they relay.
+forwarder at the transport's gate — honest peers validate before they relay — unless the reason is
+the author's standing here (replayed, stale, banned), which a relay with another view cannot know.
 
 Message ids are ``from_id + sha256(data)`` (``announce_msg_id``), so py-libp2p's validation cache
 can never vouch for other bytes under a known id; every node of the network must use the same
@@ -45,6 +46,11 @@ ORIGIN_MISMATCH = "origin_mismatch"  # the envelope's sender is not the gossipsu
 VALIDATOR_ERROR = "validator_error"  # anything else our validator tripped on
 PUSH_ERROR = "push_error"  # py-libp2p's own handling of a message raised (caught here)
 STREAM_ERROR = "stream_error"  # py-libp2p's pubsub or DHT stream handler raised on a peer's bytes (caught here)
+# Reasons about the author as this node knows it, not about the bytes: a relay that validated the
+# announcement against its own replay window (another state: it restarted, it saw other paths first)
+# or that does not ban the author is honest. Counted, not struck: under churn, striking them blocked
+# honest neighbours (gossip replays after a restart, hundreds per node).
+_AUTHOR_STANDING = frozenset({Reason.REPLAYED.value, Reason.STALE.value, Reason.BANNED.value})
 _MAX_PEER_COUNTS = 4096  # distinct forwarders kept in stats.rejected_from
 _MAX_VERIFIED = 256  # validated messages waiting for the delivery loop
 
@@ -182,7 +188,7 @@ class Announcements:
         if peer in by_peer or len(by_peer) < _MAX_PEER_COUNTS:
             by_peer[peer] += 1
         logger.debug("rejected an announcement forwarded by %s: %s", peer, reason)
-        if peer != "?":  # honest peers validate before they relay
+        if peer != "?" and reason not in _AUTHOR_STANDING:  # honest peers validate before they relay
             self.transport.strike(peer, reason)
         return False
 
