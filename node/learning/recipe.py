@@ -68,6 +68,10 @@ class LearnerRecipe:
     def to_json(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_json(cls, value: dict) -> LearnerRecipe:
+        return cls(**{**value, "hidden": tuple(value.get("hidden", DEFAULT_TRAINING.hidden))})
+
     @property
     def training(self) -> Training:
         return Training(tuple(self.hidden), self.optimizer, self.lr, self.momentum, self.weight_decay,
