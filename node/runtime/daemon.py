@@ -26,6 +26,7 @@ from manymodels.protocol import (MAX_ENVELOPE_BYTES, Announce, BlobRequest, Blob
 from .control import serve as serve_control
 from .inbound import Inbound
 from ..p2p.discovery import Discovery, DiscoveryConfig
+from ..core.exchange import Distillation, SyntheticSamples
 from ..learning.probe import ProbeSet
 from ..learning.recipe import LearnerRecipe
 from ..core.node import Node

@@ -1,8 +1,10 @@
 """Many nodes in one process over the memory transport; deterministic for a seed.
 
-Every simulation also trains each node alone (local-only) and one model per architecture on all
-the private data (pooled), so its report answers "many models vs one model vs alone" on held-out
-data."""
+The options are checked once (node/sim/spec.py); a world, the built-in datasets or a Flower client
+app, gives each node its learner and what its exchange is built from, and every node is built by
+node/spec.py's build_node, as in the daemon. Every simulation also trains each node alone
+(local-only) and one model per architecture on all the private data (pooled), so its report answers
+"many models vs one model vs alone" on held-out data."""
 from __future__ import annotations
 
 import hashlib
