@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-fast bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The pure and in-process tests (under a minute): leaves out those marked slow or multiprocess.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not multiprocess"
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,mnist1d,bench]'

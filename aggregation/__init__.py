@@ -1,14 +1,17 @@
 """Aggregation rules: arrays -> array. Pure functions over numpy (and Flower's numpy kernels).
 
-    rule = get_rule("trimmed:0.2")           # or "fedavg", "krum:1", "multikrum:1:3", "gossip:0.5", ...
+    rule = get_rule("trimmed:0.2")           # or "fedavg", "krum:1", "gossip:0.5", "flwr:FedAdam:eta=0.01", ...
     new_weights = rule(results, reference=own_weights)   # results: list of (update, weight)
     consensus = get_rule("logit-mean")(logits)            # logits: list of (n_probe, n_classes) arrays
     check_inputs("bulyan:1", n)              # None, or why the rule cannot work with n inputs
+    rule.client_config                       # what the rule adds to a client's fit config (FedProx's proximal_mu)
     list_rules()                             # every rule, JSON-ready
 
 An update is `NDArrays` (one ndarray per tensor, as in Flower). By convention the aggregating node passes
 its own weights both as `reference=` and as `results[0]`. Rules return new arrays and never modify or
 alias their inputs. Every problem with a spec or with inputs is a `RuleError` (a ValueError) saying why.
+A spec is parsed once, by `get_rule`; pass the Rule on. Flower's server strategies are rules under the
+prefix "flwr:" (flower.py adapts them; the registry parses and binds them like any other).
 
 Third-party rules
 -----------------
@@ -29,6 +32,7 @@ The object it loads is either
           needs_reference=True,                 # optional: refuse to run without reference=
           min_inputs=lambda lr: 1,              # optional: the fewest inputs, from the parameters
           example="sign-mean:0.01",             # optional: shown in error messages
+          client_params=("lr",),                # optional: parameters the clients get in their fit config
       )
 
   where a "weights" rule is `fn(results, reference, **params) -> NDArrays` and a "logits" rule is
@@ -41,8 +45,8 @@ Inputs are checked before `fn` runs (see `Rule.__call__`). Plugins are loaded wh
 fails to import or is malformed is listed by `list_rules()` with an "error", `get_rule` of it raises a
 RuleError with the reason, and the built-ins and other plugins keep working.
 """
-from .base import NDArrays, Results, RuleError
-from .registry import ENTRY_POINT_GROUP, Param, Rule, RuleSpec, after_bans, check_inputs, get_rule, list_rules
+from .base import NDArrays, Param, Results, RuleError, RuleSpec
+from .registry import ENTRY_POINT_GROUP, Rule, after_bans, check_inputs, get_rule, list_rules
 
 __all__ = [
     "ENTRY_POINT_GROUP",

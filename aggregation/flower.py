@@ -1,4 +1,4 @@
-"""Flower's server strategies as weights rules: `flwr:NAME[:key=value[:key=value...]]`.
+"""Flower's server strategies as weights rules: the adapter behind the registry's `flwr:NAME[:key=value...]`.
 
     get_rule("flwr:FedTrimmedAvg:beta=0.2")
     get_rule("flwr:Krum:num_malicious_clients=1")
@@ -15,15 +15,17 @@ previous call returned, keeping the optimizer's moments and round count, as a Fl
 them between rounds. Their state lives in the Rule object: build one Rule per node
 (`get_rule(spec)` returns a new one on every call) and never share it between nodes.
 
-FedProx aggregates as FedAvg; its proximal term runs in the client. `client_fit_config(rule)`
-gives what a Flower server would add to each client's fit config ({"proximal_mu": mu}), for the
-learner to send.
+FedProx aggregates as FedAvg; its proximal term runs in the client: its rule's `client_config` is
+what a Flower server would add to each client's fit config ({"proximal_mu": mu}), for the learner
+to send.
+
+`find(NAME)` gives the registry a `RuleSpec` (parameters written key=value); the registry parses the
+spec and binds the Rule. This module imports only base.py, never the registry.
 
 `import flwr` costs about a second: it happens when a rule first runs, never at import.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -31,15 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from .base import NDArrays, Results, RuleError
-from .registry import Param, Rule
+from .base import NDArrays, Param, Results, RuleError, RuleSpec
 
 PREFIX = "flwr:"
-
-
-def _one(**params: Any) -> int:
-    return 1
-
 
 _F = Param("num_malicious_clients", int, ">= 0", lambda v: v >= 0, default=0)
 _ETA = Param("eta", float, "> 0", lambda v: v > 0, default=0.1)
@@ -62,7 +58,7 @@ class Strategy:
     params: tuple[Param, ...]
     description: str
     stateful: bool = False  # keeps a server model between calls: one Rule per node
-    min_inputs: Callable[..., int] = _one
+    min_inputs: Callable[..., int] = lambda **params: 1
     min_inputs_text: str = ""
     client_params: tuple[str, ...] = ()  # sent to the clients in their fit config
     kwargs: Callable[[dict[str, Any]], dict[str, Any]] = dict  # constructor keywords from the params
@@ -120,60 +116,46 @@ UNSUPPORTED = {
 }
 
 
-def supported() -> str:
+def _supported() -> str:
     return ", ".join(PREFIX + name for name in STRATEGIES)
 
 
-def _usage(strategy: Strategy) -> str:
-    if not strategy.params:
-        return f"{PREFIX}{strategy.name} takes no parameters"
-    example = ":".join([PREFIX + strategy.name, *(f"{p.name}={p.default if p.default is not None else '<value>'}"
-                                                 for p in strategy.params)])
-    return f"{PREFIX}{strategy.name} takes {', '.join(p.describe() for p in strategy.params)}: {example}"
-
-
-def find(name: str) -> Strategy:
+def _strategy(name: str) -> Strategy:
     if name in STRATEGIES:
         return STRATEGIES[name]
     by_lower = {n.lower(): n for n in (*STRATEGIES, *UNSUPPORTED)}
     exact = by_lower.get(name.lower(), name)
     if exact in UNSUPPORTED:
         raise RuleError(f"Flower strategy {exact} is not supported as a rule ({UNSUPPORTED[exact]}); "
-                        f"supported: {supported()}")
+                        f"supported: {_supported()}")
     if exact in STRATEGIES:  # names are Flower's class names; any case is accepted
         return STRATEGIES[exact]
-    raise RuleError(f"unknown Flower strategy '{name}'; supported: {supported()}")
+    raise RuleError(f"unknown Flower strategy '{name}'; supported: {_supported()}")
 
 
-def _parse(strategy: Strategy, raw: list[str], text: str) -> dict[str, Any]:
-    by_name = {p.name: p for p in strategy.params}
-    given: dict[str, str] = {}
-    for item in raw:
-        key, eq, value = item.partition("=")
-        key = key.strip()
-        if not eq:
-            raise RuleError(f"rule '{text}': parameters are key=value; {_usage(strategy)}")
-        if key not in by_name:
-            raise RuleError(f"rule '{text}': {strategy.name} has no parameter {key!r}; {_usage(strategy)}")
-        if key in given:
-            raise RuleError(f"rule '{text}' sets {key} twice")
-        given[key] = value.strip()
-    values: dict[str, Any] = {}
-    for param in strategy.params:
-        if param.name not in given:
-            if param.default is None:
-                raise RuleError(f"rule '{text}' lacks parameter {param.name}; {_usage(strategy)}")
-            values[param.name] = param.default
-            continue
-        try:
-            value = param.type(given[param.name])
-        except ValueError:
-            raise RuleError(f"rule '{text}': {param.name}={given[param.name]!r} is not {param.type.__name__}; "
-                            f"{_usage(strategy)}") from None
-        if not (math.isfinite(value) and param.valid(value)):
-            raise RuleError(f"rule '{text}': {param.name}={value} is not {param.domain}; {_usage(strategy)}")
-        values[param.name] = value
-    return values
+def find(name: str) -> RuleSpec:
+    """The rule `flwr:NAME` (NAME in any case), with an aggregator of its own: the Rule bound from it
+    holds the strategy, and so its state."""
+    strategy = _strategy(name.strip())
+    return RuleSpec(
+        PREFIX + strategy.name, "weights", _Aggregate(strategy), strategy.params,
+        strategy.description + ("; node-local state: one rule per node" if strategy.stateful else ""),
+        needs_reference=strategy.stateful, min_inputs=strategy.min_inputs, min_inputs_text=strategy.min_inputs_text,
+        named_params=True, client_params=strategy.client_params,
+    )
+
+
+def definitions() -> list[RuleSpec]:
+    """Every supported strategy as a rule, for `list_rules()` (without importing flwr)."""
+    return [find(name) for name in STRATEGIES]
+
+
+def source() -> str:
+    """Where the strategies come from, for `list_rules()`: "flwr 1.42.0"."""
+    try:
+        return f"flwr {version('flwr')}"
+    except PackageNotFoundError:
+        return "flwr (not installed)"
 
 
 def _examples(weight: float) -> int | float:
@@ -218,50 +200,3 @@ class _Aggregate:
         # Float tensors keep their dtype (server optimizers compute in float64); ints come back float64.
         return [o.astype(a.dtype) if np.issubdtype(a.dtype, np.inexact) else o.astype(np.float64)
                 for o, a in zip(out, results[0][0])]
-
-
-def flower_rule(spec: str) -> Rule:
-    """The Rule for `flwr:NAME[:key=value...]`; a new one (with fresh state) on every call."""
-    name, *raw = spec.strip()[len(PREFIX):].split(":")
-    strategy = find(name.strip())
-    params = _parse(strategy, [r for r in raw if r.strip()], spec)
-    try:
-        min_inputs = strategy.min_inputs(**params)
-    except TypeError:
-        min_inputs = 1
-    canonical = ":".join([PREFIX + strategy.name, *(f"{k}={v}" for k, v in params.items())])
-    description = strategy.description + ("; node-local state: one rule per node" if strategy.stateful else "")
-    return Rule(spec=canonical, name=PREFIX + strategy.name, kind="weights", params=params,
-                needs_reference=strategy.stateful, min_inputs=min_inputs, description=description,
-                fn=_Aggregate(strategy), min_inputs_text=strategy.min_inputs_text)
-
-
-def is_stateful(rule: Rule) -> bool:
-    """True for a rule that keeps state between calls (one per node)."""
-    return rule.name.startswith(PREFIX) and STRATEGIES[rule.name[len(PREFIX):]].stateful
-
-
-def client_fit_config(rule: Rule) -> dict[str, Any]:
-    """What a Flower server would add to each client's fit config for this rule (FedProx: proximal_mu)."""
-    if not rule.name.startswith(PREFIX):
-        return {}
-    strategy = STRATEGIES[rule.name[len(PREFIX):]]
-    return {key: rule.params[key] for key in strategy.client_params}
-
-
-def list_flower_rules() -> list[dict[str, Any]]:
-    """Rows for `list_rules()`, without importing flwr."""
-    try:
-        source = f"flwr {version('flwr')}"
-    except PackageNotFoundError:
-        source = "flwr (not installed)"
-    return [{
-        "name": PREFIX + s.name,
-        "kind": "weights",
-        "params": [{"name": p.name, "type": p.type.__name__, "domain": p.domain, "default": p.default}
-                   for p in s.params],
-        "description": s.description + ("; node-local state: one rule per node" if s.stateful else ""),
-        "needs_reference": s.stateful,
-        "source": source,
-        "error": None,
-    } for s in STRATEGIES.values()]

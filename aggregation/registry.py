@@ -1,65 +1,21 @@
-"""Rules by name: spec parsing, input checks, built-ins and plugins from the `manymodels.rules` entry points."""
+"""Rules by name: the one place a rule spec is parsed; built-ins, Flower's strategies under `flwr:` (through
+the adapter in flower.py) and plugins from the `manymodels.rules` entry points; input checks."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 import numpy as np
 
+from . import flower
 from . import logits as _logits
 from . import weights as _weights
-from .base import NDArrays, RuleError
+from .base import NDArrays, Param, RuleError, RuleSpec
 
 ENTRY_POINT_GROUP = "manymodels.rules"
-FLOWER_PREFIX = "flwr:"  # "flwr:FedTrimmedAvg:beta=0.2": Flower's strategies, see aggregation/flower.py
 KINDS = ("weights", "logits")
-_COUNT = ("no", "one", "two", "three", "four")
-
-
-@dataclass(frozen=True)
-class Param:
-    """One positional parameter of a rule spec (`name:p1:p2`)."""
-
-    name: str
-    type: type  # int or float
-    domain: str  # the valid values in words, for messages: "in [0, 0.5)", ">= 0"
-    valid: Callable[[Any], bool] = lambda value: True
-    default: int | float | None = None  # None: the parameter is required
-
-    def describe(self) -> str:
-        default = "" if self.default is None else f", default {self.default}"
-        return f"{self.name} ({self.type.__name__} {self.domain}{default})"
-
-
-def _one(**params: Any) -> int:
-    return 1
-
-
-@dataclass(frozen=True)
-class RuleSpec:
-    """A rule as the registry knows it; a plugin's entry point loads to one of these."""
-
-    name: str
-    kind: str  # "weights" or "logits"
-    fn: Callable[..., Any]  # fn(results, reference, **params) or fn(logits, **params)
-    params: tuple[Param, ...] = ()
-    description: str = ""
-    needs_reference: bool = False
-    min_inputs: Callable[..., int] = _one  # called with the parameters as keywords
-    min_inputs_text: str = ""  # min_inputs as a formula for messages, e.g. "4f+3"
-    example: str = ""  # a valid spec for messages; by default the name and parameter names
-
-    def usage(self) -> str:
-        example = self.example or ":".join([self.name, *(f"<{p.name}>" for p in self.params)])
-        if not self.params:
-            return f"{self.name} takes no parameters: {example}"
-        plural = "s" if len(self.params) > 1 else ""
-        described = " and ".join(p.describe() for p in self.params)
-        count = _COUNT[len(self.params)] if len(self.params) < len(_COUNT) else len(self.params)
-        return f"{self.name} takes {count} parameter{plural} {described}: {example}"
 
 
 @dataclass(frozen=True)
@@ -67,14 +23,35 @@ class Rule:
     """A rule with its parameters bound; call it on inputs. Build one with `get_rule(spec)`."""
 
     spec: str  # canonical: every parameter written out, e.g. "gossip" -> "gossip:0.5"
-    name: str
-    kind: str
     params: dict[str, int | float] = field(hash=False)
-    needs_reference: bool
     min_inputs: int  # the fewest inputs (the node's own included) the rule works with
-    description: str
-    fn: Callable[..., Any] = field(repr=False, compare=False)
-    min_inputs_text: str = field(default="", repr=False, compare=False)
+    definition: RuleSpec = field(repr=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    @property
+    def kind(self) -> str:
+        return self.definition.kind
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.definition.needs_reference
+
+    @property
+    def description(self) -> str:
+        return self.definition.description
+
+    @property
+    def fn(self) -> Any:
+        return self.definition.fn
+
+    @property
+    def client_config(self) -> dict[str, Any]:
+        """What this rule adds to each client's fit config, as a Flower server would (FedProx:
+        {"proximal_mu": mu}); {} for a rule that runs on the aggregating side only."""
+        return {key: self.params[key] for key in self.definition.client_params}
 
     def __call__(self, inputs: list, reference: NDArrays | None = None) -> Any:
         """Weights rules: `rule(results, reference=None)`; logits rules: `rule(logits)`."""
@@ -122,7 +99,8 @@ def check_inputs(rule: Rule | str, n: int) -> str | None:
     if n < 1:
         return f"{rule.spec} got no inputs to aggregate"
     if n < rule.min_inputs:
-        formula = f"{rule.min_inputs_text} = " if rule.min_inputs_text else ""
+        text = rule.definition.min_inputs_text
+        formula = f"{text} = " if text else ""
         return f"{rule.spec} needs n >= {formula}{rule.min_inputs} inputs, got n={n}"
     return None
 
@@ -135,11 +113,10 @@ def after_bans(rule: Rule, banned: int) -> Rule:
     tolerate f of them among its inputs has at most f - banned left to tolerate, and so needs
     fewer inputs (Bulyan: 4f+3). Rules without a parameter named f are returned as they are."""
     f = rule.params.get("f")
-    if not banned or not isinstance(f, int) or not f or rule.spec.startswith(FLOWER_PREFIX):
+    if not banned or not isinstance(f, int) or not f:
         return rule
-    params = {**rule.params, "f": max(0, f - banned)}
     try:
-        return get_rule(":".join([rule.name, *(str(v) for v in params.values())]))
+        return _bind(rule.definition, {**rule.params, "f": max(0, f - banned)}, rule.spec)
     except RuleError:  # a plugin whose f may not go that low: keep it as it is
         return rule
 
@@ -235,51 +212,61 @@ def _find(name: str) -> RuleSpec:
     raise RuleError(f"unknown rule '{name}'; available: {available}")
 
 
-def _parse(spec: RuleSpec, raw: list[str], text: str) -> dict[str, int | float]:
-    if len(raw) > len(spec.params):
-        raise RuleError(f"rule '{text}' has too many parameters; {spec.usage()}")
-    values = {}
-    for i, param in enumerate(spec.params):
-        if i >= len(raw):
+def _given(definition: RuleSpec, raw: list[str], text: str) -> dict[str, str]:
+    """The parameters written in a spec, by name: by position, or key=value (`named_params`)."""
+    if not definition.named_params:
+        if len(raw) > len(definition.params):
+            raise RuleError(f"rule '{text}' has too many parameters; {definition.usage()}")
+        return {param.name: value for param, value in zip(definition.params, raw)}
+    names = {param.name for param in definition.params}
+    given: dict[str, str] = {}
+    for item in filter(str.strip, raw):
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq:
+            raise RuleError(f"rule '{text}': parameters are key=value; {definition.usage()}")
+        if key not in names:
+            raise RuleError(f"rule '{text}': {definition.name} has no parameter {key!r}; {definition.usage()}")
+        if key in given:
+            raise RuleError(f"rule '{text}' sets {key} twice")
+        given[key] = value.strip()
+    return given
+
+
+def _bind(definition: RuleSpec, given: dict[str, Any], text: str) -> Rule:
+    """The Rule with the given parameter values (written in `text`, or numbers), defaults for the
+    rest, each checked against its domain."""
+    params: dict[str, int | float] = {}
+    for param in definition.params:
+        if param.name not in given:
             if param.default is None:
-                raise RuleError(f"rule '{text}' lacks parameter {param.name}; {spec.usage()}")
-            values[param.name] = param.default
+                raise RuleError(f"rule '{text}' lacks parameter {param.name}; {definition.usage()}")
+            params[param.name] = param.default
             continue
         try:
-            value = param.type(raw[i])
+            value = param.type(given[param.name])
         except ValueError:
-            raise RuleError(f"rule '{text}': {param.name}={raw[i]!r} is not {param.type.__name__}; {spec.usage()}") from None
+            raise RuleError(f"rule '{text}': {param.name}={given[param.name]!r} is not {param.type.__name__}; "
+                            f"{definition.usage()}") from None
         if not (math.isfinite(value) and param.valid(value)):
-            raise RuleError(f"rule '{text}': {param.name}={value} is not {param.domain}; {spec.usage()}")
-        values[param.name] = value
-    return values
+            raise RuleError(f"rule '{text}': {param.name}={value} is not {param.domain}; {definition.usage()}")
+        params[param.name] = value
+    try:
+        min_inputs = definition.min_inputs(**params)
+    except Exception as exc:  # plugin code
+        raise RuleError(f"rule '{text}': min_inputs failed: {type(exc).__name__}: {exc}") from exc
+    return Rule(definition.write(params), params, min_inputs, definition)
 
 
 def get_rule(spec: str) -> Rule:
     """The rule named by `spec`: "name", "name:p1" or "name:p1:p2", e.g. "trimmed:0.2", "multikrum:2:5";
-    or a Flower strategy, "flwr:NAME[:key=value...]" (a new Rule on every call: some keep state)."""
-    if spec.strip().startswith(FLOWER_PREFIX):
-        from .flower import flower_rule
-
-        return flower_rule(spec)
-    name, *raw = spec.strip().split(":")
-    found = _find(name)
-    params = _parse(found, raw, spec)
-    try:
-        min_inputs = found.min_inputs(**params)
-    except Exception as exc:  # plugin code
-        raise RuleError(f"rule '{spec}': min_inputs failed: {type(exc).__name__}: {exc}") from exc
-    return Rule(
-        spec=":".join([name, *(str(v) for v in params.values())]),
-        name=name,
-        kind=found.kind,
-        params=params,
-        needs_reference=found.needs_reference,
-        min_inputs=min_inputs,
-        description=found.description,
-        fn=found.fn,
-        min_inputs_text=found.min_inputs_text,
-    )
+    or a Flower strategy, "flwr:NAME[:key=value...]" (a new Rule on every call: some keep state).
+    The one place a spec is parsed: everything else passes the Rule on."""
+    text = spec.strip()
+    prefix = flower.PREFIX if text.startswith(flower.PREFIX) else ""
+    name, *raw = text[len(prefix):].split(":")
+    definition = flower.find(name) if prefix else _find(name)
+    return _bind(definition, _given(definition, raw, spec), spec)
 
 
 def _describe(spec: RuleSpec | None, name: str, source: str, error: str | None = None) -> dict[str, Any]:
@@ -300,9 +287,9 @@ def _describe(spec: RuleSpec | None, name: str, source: str, error: str | None =
 def list_rules() -> list[dict[str, Any]]:
     """Every rule, JSON-ready: built-ins, Flower's strategies ("flwr:..."), then plugins; a plugin that
     cannot be used has an "error"."""
-    from .flower import list_flower_rules
-
-    rows = [_describe(spec, name, "builtin") for name, spec in BUILTINS.items()] + list_flower_rules()
+    rows = [_describe(spec, name, "builtin") for name, spec in BUILTINS.items()]
+    source = flower.source()
+    rows += [_describe(spec, spec.name, source) for spec in flower.definitions()]
     seen = set(BUILTINS)
     for ep in _plugins():
         if ep.name in seen:

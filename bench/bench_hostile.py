@@ -508,12 +508,12 @@ def churn(root: Path, args) -> dict:
         start_many([(h, [*recipe, "--partition-id", str(i), "--bootstrap", boot]) for i, h in enumerate(homes) if i])
         ids = {h.name: status(h)[0]["id"] for h in homes}
         first = {h.name: status(h)[0]["version"] for h in homes}
-        print(f"\nchurn: {n} daemons (logreg, period {period:.0f} s), {args.churn_rounds} rounds killing ~30 % with "
-              "SIGKILL and restarting them", flush=True)
-        print(f"{'round':>5} {'killed':>7} {'mean accuracy':>14} {'min version':>12} {'round s':>8}")
+        print(f"\nchurn: {n} daemons (logreg, period {period:.0f} s), {args.churn_rounds} rounds killing "
+              f"{args.churn_kill:.0%} with SIGKILL and restarting them", flush=True)
+        print(f"{'round':>5} {'killed':>7} {'mean accuracy':>14} {'min version':>12} {'mean peers':>11} {'round s':>8}")
         for r in range(args.churn_rounds):
             began = time.monotonic()
-            victims = rng.sample(homes, max(1, round(0.3 * n)))
+            victims = rng.sample(homes, round(args.churn_kill * n))
             for h in victims:
                 pid = daemon_pid(h)
                 if pid is not None:
@@ -529,9 +529,13 @@ def churn(root: Path, args) -> dict:
             ss = [status(h)[0] for h in homes]
             accs = [s["accuracy"] for s in ss if s and s["accuracy"] is not None]
             print(f"{r:5d} {len(victims):7d} {statistics.mean(accs) if accs else float('nan'):14.3f} "
-                  f"{min(s['version'] for s in ss if s):12d} {time.monotonic() - began:8.1f}", flush=True)
+                  f"{min(s['version'] for s in ss if s):12d} {statistics.mean(s['peers'] for s in ss if s):11.1f} "
+                  f"{time.monotonic() - began:8.1f}", flush=True)
         time.sleep(2 * period)
         final = {h.name: status(h)[0] for h in homes}
+        for name, s in final.items():
+            if s:
+                print(f"  {name}: peers {s['peers']}, rejected {s['rejected']}, gate {s['gate']}")
     finally:
         for h in homes:
             stop(h)
@@ -597,6 +601,7 @@ def main() -> None:
     parser.add_argument("--model", default="mlp", choices=["mlp", "logreg"])
     parser.add_argument("--churn-nodes", type=int, default=8)
     parser.add_argument("--churn-rounds", type=int, default=10)
+    parser.add_argument("--churn-kill", type=float, default=0.3, help="fraction of daemons killed each round")
     parser.add_argument("--split-periods", type=int, default=6)
     parser.add_argument("--heal-periods", type=int, default=10)
     parser.add_argument("--skip", default="", help="comma-separated: flood, churn, partition")

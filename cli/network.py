@@ -106,8 +106,6 @@ def start(
     from manymodels.node.runtime.daemon import Daemon
     from manymodels.node.p2p.libp2p import Libp2pTransport
 
-    from manymodels.node.runtime.worker import WorkerError
-
     daemon = Daemon(h, config)
 
     async def main():
@@ -119,20 +117,25 @@ def start(
         trio.run(main)
     except KeyboardInterrupt:
         pass
-    except (WorkerError, BaseExceptionGroup) as exc:  # e.g. a model that does not fit the dataset
-        error = _worker_error(exc)
+    except Exception as exc:
+        error = _startup_error(exc)
         if error is None:
             raise
-        raise UserError(f"the node's learner failed: {error}") from None
+        raise UserError(error) from None
 
 
-def _worker_error(exc: BaseException) -> BaseException | None:
-    """The WorkerError in what the daemon raised (trio wraps it in exception groups), if any."""
+def _startup_error(exc: BaseException) -> str | None:
+    """The line to show for a setup the daemon refused — a learner that failed (e.g. a model that
+    does not fit the dataset), a listen address in use — in what it raised (trio wraps it in
+    exception groups); None for anything else."""
     if isinstance(exc, BaseExceptionGroup):
-        return next((e for e in map(_worker_error, exc.exceptions) if e is not None), None)
+        return next((e for e in map(_startup_error, exc.exceptions) if e is not None), None)
+    from manymodels.node.runtime.listen import ListenError
     from manymodels.node.runtime.worker import WorkerError
 
-    return exc if isinstance(exc, WorkerError) else None
+    if isinstance(exc, WorkerError):
+        return f"the node's learner failed: {exc}"
+    return str(exc) if isinstance(exc, ListenError) else None
 
 
 def _app_spec(spec: str | None) -> str | None:

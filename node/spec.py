@@ -133,13 +133,11 @@ def hidden_text(hidden: tuple[int, ...]) -> str:
 
 
 def _check_client_app(spec: NodeSpec) -> None:
-    from manymodels.aggregation.flower import client_fit_config
-
     if spec.learner.client_app:
         if spec.exchange == "synthetic":
             raise SpecError("a Flower client keeps its data to itself: --exchange synthetic needs the built-in "
                             "datasets; use weights, distill or mixed with --client-app")
-    elif client_fit_config(spec.rule):
+    elif spec.rule.client_config:
         raise SpecError(f"{spec.rule.spec}: the proximal term runs in a Flower client's fit (it gets proximal_mu "
                         "in its fit config); it needs --client-app")
 

@@ -3,6 +3,24 @@
 Wire form (docs/PROTOCOL.md): a msgpack map {v, kind, sender, seq, ts, digest, sig, payload}.
 The signature covers DOMAIN_TAG + msgpack([v, kind, sender, seq, ts, digest]); `digest` is the
 SHA-256 of the payload bytes, so a large payload costs one hash, not a large signature.
+
+The receiver hands in its clock and, to refuse replays, its ReplayGuard:
+
+>>> import numpy as np
+>>> from manymodels.protocol import Identity, ReplayGuard, Weights, open_envelope, seal
+>>> alice, now, guard = Identity(bytes(32)), 1_700_000_000_000, ReplayGuard()
+>>> sealed = seal(alice, Weights("mlp", 1, 100, [np.ones(2, np.float32)]), seq=1, ts_ms=now)
+>>> message = open_envelope(sealed, now_ms=now, guard=guard)
+>>> message.kind, message.sender_id == alice.peer_id, message.payload.tensors[0].tolist()
+('weights', True, [1.0, 1.0])
+>>> open_envelope(sealed, now_ms=now, guard=guard)
+Traceback (most recent call last):
+...
+manymodels.protocol.errors.RejectedMessage: replayed: sequence 1 was already seen
+>>> open_envelope(sealed[:-1] + bytes([sealed[-1] ^ 1]), now_ms=now)  # one bit of the payload changed
+Traceback (most recent call last):
+...
+manymodels.protocol.errors.RejectedMessage: digest_mismatch: payload does not hash to the signed digest
 """
 from __future__ import annotations
 

@@ -1,4 +1,12 @@
-"""ndarrays on the wire as {dtype, shape, data}: an allow-list of little-endian dtypes, never pickle."""
+r"""ndarrays on the wire as {dtype, shape, data}: an allow-list of little-endian dtypes, never pickle.
+
+>>> import numpy as np
+>>> wire = encode_array(np.array([1.0, 2.0], dtype=">f4"))  # big-endian in memory
+>>> wire  # little-endian on the wire
+{'dtype': '<f4', 'shape': [2], 'data': b'\x00\x00\x80?\x00\x00\x00@'}
+>>> decode_array(wire).tolist()
+[1.0, 2.0]
+"""
 from __future__ import annotations
 
 import hashlib

@@ -8,9 +8,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "cli" in item.fixturenames:  # it starts the console script in a process of its own
+            item.add_marker(pytest.mark.multiprocess)
+
+
 @pytest.fixture
 def cli(tmp_path):
-    """Run the installed `manymodels` console script as a user would."""
+    """Run the installed `manymodels` console script as a user would (marks the test `multiprocess`)."""
     exe = Path(sys.executable).parent / "manymodels"
 
     def run(*args, timeout=120, env=None):

@@ -51,6 +51,7 @@ def test_rules_lists_the_registry_as_json(cli):
     assert {"fedavg", "median", "trimmed", "krum", "multikrum", "bulyan", "gossip", "clippedgossip"} <= names
 
 
+@pytest.mark.slow
 def test_simulate_writes_a_report_and_shows_the_table(cli, tmp_path):
     out = cli("simulate", "--nodes", "3", "--rounds", "2", "--model", "logreg", "--partition", "iid",
               "--report", tmp_path / "run.json")
@@ -62,6 +63,7 @@ def test_simulate_writes_a_report_and_shows_the_table(cli, tmp_path):
     assert shown.returncode == 0 and report["nodes"][0]["id"][-6:] in shown.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, text", [
     (["--rule", "krum:x"], "krum"),
     (["--rule", "unknown"], "unknown rule"),

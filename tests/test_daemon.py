@@ -14,6 +14,10 @@ import pytest
 
 from manymodels.node.runtime.control import NotRunning, request
 from manymodels.node.learning.recipe import LearnerRecipe
+from waiting import wait_until
+
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow,  # daemons in processes of their own
+              pytest.mark.usefixtures("one_torch_thread")]  # local-only baselines train as a worker does
 
 EXE = Path(sys.executable).parent / "manymodels"
 RECIPE = ["--dataset", "digits", "--partition", "dirichlet:0.1", "--num-partitions", "3", "--model", "mlp",
@@ -31,15 +35,7 @@ def status(home: Path) -> dict:
     return request(home / "control.sock", "status")
 
 
-def wait_for(predicate, what: str, timeout: float = 120.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
+wait_for = wait_until  # the name test_daemon_flower imports
 
 
 def stop(home: Path) -> None:
@@ -47,7 +43,15 @@ def stop(home: Path) -> None:
         request(home / "control.sock", "stop")
     except NotRunning:
         return
-    wait_for(lambda: not (home / "daemon.pid").exists(), "the daemon to exit", 60)
+    wait_until(lambda: not (home / "daemon.pid").exists(), "the daemon to exit", 60)
+
+
+def assert_provenance(home: Path, peers: set[str]) -> None:
+    """The saved provenance names what each fold took in: messages from these peers, by digest."""
+    provenance = json.loads((home / "state.json").read_text())["provenance"]
+    assert {p for entry in provenance for p in entry["folded"]} == peers
+    assert all(len(entry["digests"]) >= len(entry["folded"]) > 0 for entry in provenance)
+    assert all(len(bytes.fromhex(d)) == 32 for entry in provenance for d in entry["digests"])
 
 
 def local_only_accuracy(partition_id: int, epochs: int) -> float:
@@ -73,10 +77,13 @@ def network(tmp_path_factory):
 
 def test_daemons_joined_through_one_bootstrap_find_each_other_and_beat_local_only(network):
     # c only knows a; it must learn about b through peer exchange (and b about c)
-    wait_for(lambda: all(status(h)["peers"] == 2 for h in network), "every node to have two peers")
-    wait_for(lambda: all(status(h)["version"] >= 15 for h in network), "15 learning cycles on every node", 240)
+    wait_until(lambda: [status(h)["peers"] for h in network], "every node to have two peers",
+               until=lambda peers: all(n == 2 for n in peers))
+    wait_until(lambda: [status(h)["version"] for h in network], "15 learning cycles on every node", 240,
+               until=lambda versions: min(versions) >= 15)
     # announcements over gossipsub reach every node
-    wait_for(lambda: all(status(h)["discovery"]["announces_received"] > 0 for h in network), "announcements")
+    wait_until(lambda: [status(h)["discovery"]["announces_received"] for h in network], "announcements",
+               until=all)
     for i, home in enumerate(network):
         s = status(home)
         alone = local_only_accuracy(i, s["version"])
@@ -86,26 +93,29 @@ def test_daemons_joined_through_one_bootstrap_find_each_other_and_beat_local_onl
         assert sum(p["connected"] for p in peers) == 2
         assert all(p["offered"].get("weights") == "mlp" for p in peers)
         assert (s["pulled"] > 0) == (i != 1)  # b's weights came by pull, a's and c's by push
+        assert_provenance(home, {status(h)["id"] for h in network} - {s["id"]})
 
 
 def test_a_killed_daemon_restarts_with_its_id_and_its_last_model(network):
     home = network[2]
     before = status(home)
-    wait_for(lambda: status(home)["version"] > before["version"] + 1, "a saved cycle")
+    wait_until(lambda: status(home)["version"], "a saved cycle", until=lambda v: v > before["version"] + 1)
     os.kill(int((home / "daemon.pid").read_text()), signal.SIGKILL)
-    wait_for(lambda: subprocess.run(["kill", "-0", (home / "daemon.pid").read_text().strip()],
-                                    capture_output=True).returncode != 0, "the process to die", 30)
+    wait_until(lambda: subprocess.run(["kill", "-0", (home / "daemon.pid").read_text().strip()],
+                                      capture_output=True).returncode != 0, "the process to die", 30)
     saved = {h["version"]: h for h in json.loads((home / "state.json").read_text())["history"]}
     start(home)  # the saved config: same data, same bootstrap peer
     after = status(home)
     assert after["id"] == before["id"]
+    assert after["addrs"] == before["addrs"]  # its port kept: the peers that knew it can dial it again
     assert after["version"] >= max(saved)
-    history = wait_for(lambda: (lambda h: h if any(e.get("restored") for e in h) else None)(
-        json.loads((home / "state.json").read_text())["history"]), "the first save after the restart")
+    history = wait_until(lambda: json.loads((home / "state.json").read_text())["history"],
+                         "the first save after the restart",
+                         until=lambda history: any(e.get("restored") for e in history))
     restored = [e for e in history if e.get("restored")][-1]
     # the checkpoint came back: the restored model scores exactly what it scored when it was saved
     assert restored["accuracy"] == saved[restored["version"]]["accuracy"]
-    wait_for(lambda: status(home)["peers"] == 2, "the restarted node to rejoin")
+    wait_until(lambda: status(home)["peers"], "the restarted node to rejoin", until=lambda n: n == 2)
 
 
 def test_hostile_peer_messages_are_rejected_and_counted_and_the_network_keeps_working(network):
@@ -136,15 +146,15 @@ def test_hostile_peer_messages_are_rejected_and_counted_and_the_network_keeps_wo
                 transport.send(peer, data)
             await trio.sleep(2)
     trio.run(attack)
-    after = wait_for(lambda: (lambda s: s if sum(s["rejected"].values()) >= sum(before.values()) + 6 else None)(
-        status(network[0])), "the rejections to be counted", 30)
+    after = wait_until(lambda: status(network[0]), "the rejections to be counted", 30,
+                       until=lambda s: sum(s["rejected"].values()) >= sum(before.values()) + 6)
     gained = {k: v - before.get(k, 0) for k, v in after["rejected"].items()}
     assert gained == {"malformed": 1, "replayed": 1, "digest_mismatch": 1, "foreign_author": 1, "bad_signature": 1,
                       "stale": 1}
     hostile = [p for p in request(network[0] / "control.sock", "peers") if p["id"] == mallory.peer_id]
     assert hostile and hostile[0]["rejected"] == 6 and hostile[0]["strikes"] > 4  # six failures, decaying
     version = after["version"]
-    wait_for(lambda: status(network[0])["version"] >= version + 2, "learning to go on")
+    wait_until(lambda: status(network[0])["version"], "learning to go on", until=lambda v: v >= version + 2)
 
 
 def test_a_poisonous_peer_is_banned_by_reputation_and_then_rejected(network):
@@ -261,8 +271,9 @@ def test_daemons_on_separate_test_hosts(two_hosts, tmp_path):
         addr = [a for a in status(homes[0])["addrs"] if "10.77.0.1" in a][0]
         start(homes[1], *RECIPE, "--partition-id", "1", "--listen", "/ip4/10.77.0.2/tcp/4101",
               "--bootstrap", addr, prefix=("ip", "netns", "exec", two_hosts[1]))
-        wait_for(lambda: all(status(h)["peers"] == 1 and status(h)["messages_accepted"] >= 3 for h in homes),
-                 "the two hosts to exchange messages", 120)
+        wait_until(lambda: [(s["peers"], s["messages_accepted"]) for s in map(status, homes)],
+                   "the two hosts to exchange messages (peers, messages accepted)",
+                   until=lambda seen: all(peers == 1 and accepted >= 3 for peers, accepted in seen))
         peers = request(homes[1] / "control.sock", "peers")
         assert peers[0]["id"] == status(homes[0])["id"]
     finally:
@@ -279,7 +290,8 @@ def test_daemons_of_different_architectures_learn_from_each_other_by_distillatio
         addr = status(homes[0])["addrs"][0]
         for i, (home, model) in enumerate(zip(homes[1:], ("cnn", "forest")), start=1):
             start(home, *recipe, "--partition-id", str(i), "--model", model, "--bootstrap", addr)
-        wait_for(lambda: all(status(h)["version"] >= 12 for h in homes), "12 cycles on every node", 300)
+        wait_until(lambda: [status(h)["version"] for h in homes], "12 cycles on every node", 300,
+                   until=lambda versions: min(versions) >= 12)
         for i, (home, model) in enumerate(zip(homes, ("logreg", "cnn", "forest"))):
             s = status(home)
             recipe_alone = LearnerRecipe(dataset="digits", partition="dirichlet:0.1", partition_id=i,
@@ -291,6 +303,7 @@ def test_daemons_of_different_architectures_learn_from_each_other_by_distillatio
             assert s["refused"] == {} and sum(s["rejected"].values()) == 0
             offered = {p["offered"].get("logits") for p in request(home / "control.sock", "peers")}
             assert offered == {"logreg", "cnn", "forest"} - {model}
+            assert_provenance(home, {status(h)["id"] for h in homes} - {s["id"]})
     finally:
         for home in homes:
             stop(home)

@@ -41,7 +41,7 @@ def alone(app: str, partition_id: int):
                          seed=partition_id, init_seed=0, run_id=1)
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.multiprocess, pytest.mark.slow]
 
 
 def test_a_bad_client_app_is_one_clear_line_and_a_non_zero_exit(cli, tmp_path):
@@ -74,10 +74,10 @@ def test_the_rule_reaches_the_client_train_config_in_a_daemon(tmp_path):
     assert daemon._fit_config() == {"proximal_mu": 0.1}
     learner, data, probe, index = recipe.build(daemon._fit_config())
     assert data is None and probe is None and index is None  # the client loads its own data
-    assert learner.fit_config == {"proximal_mu": 0.1}
-    assert learner.context.node_config == {"partition-id": 2, "num-partitions": PARTITIONS}
-    assert learner.context.run_config == {"local-epochs": 1, "lr": 0.005}
-    assert learner.seed == 7 * 1_000_003 + 2 and learner.num_examples == 0
+    assert learner.client.fit_config == {"proximal_mu": 0.1}
+    assert learner.client.context.node_config == {"partition-id": 2, "num-partitions": PARTITIONS}
+    assert learner.client.context.run_config == {"local-epochs": 1, "lr": 0.005}
+    assert learner.client.seed == 7 * 1_000_003 + 2 and learner.num_examples == 0
     learner.fit(1)
     assert learner.num_examples > 0
     builtin = Daemon(Home(tmp_path / "builtin"), DaemonConfig(rule="flwr:FedProx:proximal_mu=0.1"))

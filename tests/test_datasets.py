@@ -159,6 +159,7 @@ def test_real_fashion_mnist(monkeypatch):
     assert np.all(np.bincount(ds.y_train) == 6000) and np.all(np.bincount(ds.y_test) == 1000)
 
 
+@pytest.mark.slow
 def test_mnist1d_loads_offline():
     pytest.importorskip("mnist1d", reason="pip install mnist1d")
     np.random.seed(123)

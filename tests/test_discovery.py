@@ -19,18 +19,19 @@ from libp2p.pubsub.pb import rpc_pb2  # noqa: E402
 from libp2p.pubsub.pubsub import Pubsub  # noqa: E402
 from libp2p.tools.anyio_service import background_trio_service  # noqa: E402
 
-from manymodels.node.p2p.discovery import (  # noqa: E402
+from manymodels.node.p2p.announcements import (  # noqa: E402
     ANNOUNCE_TOPIC,
     NOT_ANNOUNCE,
     ORIGIN_MISMATCH,
     PUSH_ERROR,
     STREAM_ERROR,
-    Discovery,
-    DiscoveryConfig,
     announce_msg_id,
 )
+from manymodels.node.p2p.discovery import Discovery, DiscoveryConfig  # noqa: E402
 from manymodels.node.p2p.libp2p import Libp2pTransport  # noqa: E402
 from manymodels.protocol import Announce, Hello, Identity, Reason, seal  # noqa: E402
+
+pytestmark = pytest.mark.slow
 
 FAST = DiscoveryConfig(heartbeat_interval=0.2, refresh_fast=0.5, refresh_slow=2.0)
 
@@ -387,20 +388,110 @@ def test_the_validator_never_raises_and_a_hijack_does_not_burn_the_authors_seque
 
     forwarder = type("Forwarder", (), {"to_base58": lambda self: "peer"})()
     data = announce(alice, 5)
-    assert not discovery._validate(forwarder, gossip(mallory, data))  # hijack: origin mismatch
-    assert discovery._validate(forwarder, gossip(alice, data))  # alice's own copy still passes
-    assert not discovery._validate(forwarder, gossip(alice, data))  # then it is a replay
-    assert not discovery._validate(forwarder, None)  # anything at all: rejected, never raised
+    assert not discovery.announcements._validate(forwarder, gossip(mallory, data))  # hijack: origin mismatch
+    assert discovery.announcements._validate(forwarder, gossip(alice, data))  # alice's own copy still passes
+    assert not discovery.announcements._validate(forwarder, gossip(alice, data))  # then it is a replay
+    assert not discovery.announcements._validate(forwarder, None)  # anything at all: rejected, never raised
     assert dict(discovery.stats.rejected) == {ORIGIN_MISMATCH: 1, Reason.REPLAYED.value: 1, "validator_error": 1}
     assert discovery.stats.rejected_from == {"peer": 3}
     # keys are free, so the replay guard is bounded: beyond max_senders authors the least recently
     # heard is evicted, and an evicted author's old announcement is still a replay (the watermark)
     for i in range(3):
         author = Identity.generate()
-        assert discovery._validate(forwarder, gossip(author, announce(author, 1, ts=now_ms() + 10 + i)))
+        assert discovery.announcements._validate(forwarder, gossip(author, announce(author, 1, ts=now_ms() + 10 + i)))
     assert len(discovery.guard.to_state()) <= 3  # two senders and the watermark entry
-    assert not discovery._validate(forwarder, gossip(alice, data))
+    assert not discovery.announcements._validate(forwarder, gossip(alice, data))
     assert discovery.stats.rejected[Reason.REPLAYED.value] == 2
+
+
+def signed_gossip(author: Identity, data: bytes):
+    """A gossipsub message on our topic authored (and signed, as strict_signing wants) by ``author``."""
+    from libp2p.pubsub.validators import PUBSUB_SIGNING_PREFIX
+
+    from manymodels.node.p2p.libp2p import key_pair_from_seed
+
+    keys = key_pair_from_seed(author.seed)
+    msg = rpc_pb2.Message(data=data, topicIDs=[ANNOUNCE_TOPIC], seqno=os.urandom(8),
+                          from_id=ID.from_pubkey(keys.public_key).to_bytes())
+    signature = keys.private_key.sign(PUBSUB_SIGNING_PREFIX.encode() + msg.SerializeToString())
+    msg.key, msg.signature = keys.public_key.serialize(), signature
+    return msg
+
+
+FLOOD_AUTHORS = 500
+FUTURE_MS = 4 * 60 * 1000  # within the clock skew allowed: an evicted author's ts raises the watermark this far
+
+
+def test_fresh_keys_relayed_by_one_peer_cannot_churn_the_replay_guard():
+    """One forwarder relays announcements by 500 fresh keys, stamped 4 minutes ahead. Without a
+    bound, they would evict every author from the guard (64 places here) and raise its watermark
+    into the future, so the honest peer's next announcement is refused as a replay (the control,
+    through the validator). With the gate's budget of new authors per forwarder, at most its burst
+    enter the guard, the rest are refused with a mild strike (which gets the flooder blocked), and
+    the honest peer's announcements keep arriving."""
+    from manymodels.node.p2p.gate import NEW_AUTHORS, GateConfig, PeerGate
+
+    flood = [Identity.generate() for _ in range(FLOOD_AUTHORS)]
+    config = DiscoveryConfig(heartbeat_interval=0.2, refresh_fast=0.5, refresh_slow=2.0, max_senders=64, dht=False)
+    burst, rate_per_s = int(GateConfig().new_authors_burst), GateConfig().new_authors_per_min / 60
+
+    # The control: the same flood through a validator whose gate lets any number of new authors in.
+    unbounded = Libp2pTransport(Identity.generate(), gate=PeerGate(GateConfig(new_authors_burst=1e9)))
+    control = Discovery(unbounded, config=config)
+    honest = Identity.generate()
+    forwarder = type("Forwarder", (), {"to_base58": lambda self: "flooder"})()
+    assert control.announcements._validate(forwarder, signed_gossip(honest, announce(honest, 1)))
+    for author in flood:
+        control.announcements._validate(forwarder, signed_gossip(author, announce(author, 1, ts=now_ms() + FUTURE_MS)))
+    assert not control.announcements._validate(forwarder, signed_gossip(honest, announce(honest, 2)))
+    assert control.stats.rejected == {Reason.REPLAYED.value: 1}
+
+    async def main():
+        victim, peer = Node(config), Node(config)
+        hostile = RawPeer()
+        async with AsyncExitStack() as stack:
+            await start(stack, victim, peer)
+            await hostile.start(stack)
+            await peer.transport.connect(victim.addr())
+            await hostile.transport.connect(victim.addr())
+            v_id = victim.transport.host.get_id()
+            await eventually(lambda: in_mesh(victim, peer) and in_mesh(peer, victim)
+                             and v_id in hostile.pubsub.peer_topics.get(ANNOUNCE_TOPIC, set()),
+                             "meshes and subscriptions")
+            assert peer.discovery.publish_announce(announce(peer.identity, 1))
+            await eventually(lambda: len(victim.got) == 1, "the honest peer's first announcement")
+
+            t0 = trio.current_time()
+            h_id, hostile_peer = hostile.transport.host.get_id(), hostile.identity.peer_id
+            gate = victim.transport.gate
+            for author in flood:
+                if gate.is_blocked(hostile_peer, time.monotonic()):
+                    break
+                try:
+                    await hostile.router.publish(h_id, signed_gossip(author, announce(author, 1, ts=now_ms() + FUTURE_MS)))
+                except Exception:  # noqa: BLE001 -- the victim let it go
+                    break
+                await trio.sleep(0.002)  # py-libp2p's outbound queue to a peer is bounded
+            await eventually(lambda: gate.is_blocked(hostile_peer, time.monotonic()), "the flooder to be blocked")
+            took = trio.current_time() - t0
+
+            assert peer.discovery.publish_announce(announce(peer.identity, 2, version=2))
+            assert peer.discovery.publish_announce(announce(peer.identity, 3, version=3))
+
+            def from_peer() -> list[int]:
+                return [m.seq for m in victim.got if m.sender_id == peer.id]
+            await eventually(lambda: len(from_peer()) == 3, "the honest peer's announcements after the flood")
+            assert from_peer() == [1, 2, 3]
+            admitted = sum(victim.discovery.guard.highest(a.public_key) is not None for a in flood)
+            assert len(victim.got) == 3 + admitted
+            assert admitted <= burst + int(rate_per_s * (trio.current_time() - t0)) + 1  # the burst and the rate
+            refused = victim.discovery.stats.rejected[NEW_AUTHORS]
+            assert refused >= 100 and gate.events["new_authors_refused"] == refused
+            assert victim.discovery.stats.rejected_from[hostile_peer] == refused
+            await eventually(lambda: hostile_peer not in victim.transport.connected_peers(), "the flooder to be let go")
+            print(f"\nflood of fresh authors: {admitted} admitted, {refused} refused, the flooder blocked "
+                  f"after {took:.2f} s; the honest peer's announcements kept arriving")
+    run(main, seconds=40)
 
 
 def test_mdns_finds_a_peer_on_the_lan_when_enabled():
@@ -426,7 +517,7 @@ def test_libp2p_warnings_are_rate_limited_per_line_of_code():
     import io
     import logging
 
-    from manymodels.node.p2p.discovery import bound_libp2p_logs
+    from manymodels.node.p2p.logs import bound_libp2p_logs
 
     bound_libp2p_logs()
     bound_libp2p_logs()  # idempotent: one handler

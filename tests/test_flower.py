@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from manymodels.aggregation import RuleError, check_inputs, get_rule, list_rules
-from manymodels.aggregation.flower import client_fit_config, is_stateful
 from manymodels.node.learning.flower import FlowerError, FlowerLearner, load_client_app, parse_run_config
 from manymodels.node.sim.simulator import ConfigError, SimulationConfig, run_simulation
 
@@ -21,7 +20,7 @@ MESSAGE_APP = f"{EXAMPLE}/client_app_message.py:app"
 NON_IID = dict(nodes=4, rounds=6, seed=0)
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 
 
 def _app_file(tmp_path, name, body):
@@ -63,8 +62,8 @@ def test_flower_simulation_is_deterministic_for_a_seed():
 def test_context_gives_partition_and_run_config():
     learners = [FlowerLearner(NUMPY_APP, partition_id=i, num_partitions=3, run_config="lr=0.05") for i in range(3)]
     for i, learner in enumerate(learners):
-        assert learner.context.node_config == {"partition-id": i, "num-partitions": 3}
-        assert learner.context.run_config == {"local-epochs": 1, "lr": 0.05}  # pyproject defaults, overridden
+        assert learner.client.context.node_config == {"partition-id": i, "num-partitions": 3}
+        assert learner.client.context.run_config == {"local-epochs": 1, "lr": 0.05}  # pyproject defaults, overridden
         assert learner.num_examples == 0 and learner.fit(1)["num-examples"] == learner.num_examples > 0
     assert len({learner.num_examples for learner in learners}) == 3
     assert sum(learner.num_examples for learner in learners) == 1438
@@ -128,7 +127,7 @@ def test_run_config_reaches_the_client_and_its_train_config(tmp_path):
             return Message(RecordDict({"metrics": metrics}), reply_to=msg)
     """)
     learner = FlowerLearner(f"{path}:app:Model", run_config='lr=0.1 opt="sgd"',
-                            fit_config=client_fit_config(get_rule("flwr:FedProx:proximal_mu=0.3")))
+                            fit_config=get_rule("flwr:FedProx:proximal_mu=0.3").client_config)
     learner.fit(2)
     module = sys.modules["recording_app"]
     assert module.seen[-1] == ({"lr": 0.1, "opt": "sgd"},
@@ -181,6 +180,34 @@ def test_arrays_a_client_returns_are_copied(tmp_path):
     mine = learner.get_weights()
     mine[0][...] = 99
     assert learner.get_weights()[0][0, 0] == 3  # get_weights hands out copies too
+
+
+def test_integer_tensors_travel_as_float64_and_reach_the_client_as_its_own_dtype(tmp_path):
+    path = _app_file(tmp_path, "int_app", """
+        import numpy as np
+        from flwr.client import ClientApp, NumPyClient
+
+        class CountingClient(NumPyClient):  # like BatchNorm's num_batches_tracked
+            def get_parameters(self, config):
+                return [np.zeros(2, dtype=np.float32), np.array(7, dtype=np.int64)]
+
+            def fit(self, parameters, config):
+                assert parameters[1].dtype == np.int64, parameters[1].dtype
+                return [parameters[0] + 1, parameters[1] + 1], 4, {}
+
+            def evaluate(self, parameters, config):
+                return 0.0, 1, {"accuracy": 0.0}
+
+        app = ClientApp(client_fn=lambda context: CountingClient().to_client())
+    """)
+    learner = FlowerLearner(f"{path}:app")
+    learner.fit(1)
+    weights = learner.get_weights()
+    assert weights[1].dtype == np.float64 and weights[1] == 8  # on the wire: float64
+    weights[1] = weights[1] + 0.4  # an average of counts need not be whole
+    learner.set_weights(weights)
+    learner.fit(1)
+    assert learner.get_weights()[1] == 9  # rounded back to the client's int64
 
 
 # --- distillation hooks -----------------------------------------------------------------------
@@ -314,7 +341,7 @@ def test_server_optimizers_keep_state_per_rule_like_a_flower_server():
     first, second = _inputs(seed=1), _inputs(seed=2)
     reference = first[0][0]
     rule = get_rule("flwr:FedAdam:eta=0.01")
-    assert is_stateful(rule) and rule.needs_reference and not is_stateful(get_rule("flwr:FedAvg"))
+    assert rule.needs_reference and not get_rule("flwr:FedAvg").needs_reference
     mine = [rule(first, reference=reference), rule(second, reference=second[0][0])]
 
     flower = FedAdam(initial_parameters=ndarrays_to_parameters(reference), eta=0.01)

@@ -1,5 +1,5 @@
 """The peer gate: pure bookkeeping of what a peer may cost, with the time handed in."""
-from manymodels.node.p2p.gate import BLOCKED, OK, THROTTLED, GateConfig, PeerGate
+from manymodels.node.p2p.gate import BLOCKED, NEW_AUTHORS, OK, THROTTLED, GateConfig, PeerGate
 
 
 def test_a_peer_whose_frames_keep_failing_is_throttled_then_blocked_then_let_back():
@@ -35,9 +35,29 @@ def test_serving_is_metered_in_bytes_per_peer():
     assert gate.may_serve("p", 1000, 1.0) and not gate.may_serve("p", 1000, 1.0)
 
 
+def test_new_announcement_authors_are_metered_per_forwarder():
+    gate = PeerGate(GateConfig(new_authors_per_min=16, new_authors_burst=32))
+    introduced = sum(gate.may_introduce("relay", 0.0) for _ in range(100))
+    assert introduced == 32 and gate.events["new_authors_refused"] == 68
+    assert gate.may_introduce("other", 0.0)  # per forwarder
+    assert sum(gate.may_introduce("relay", 60.0) for _ in range(100)) == 16  # sixteen a minute
+    assert gate.strike("relay", NEW_AUTHORS, 60.0) == OK and gate.standing("relay", 60.0)["strikes"] == 0.25  # mild
+
+
 def test_tables_are_bounded():
     gate = PeerGate(GateConfig(max_peers=100, max_blocked=10, block_at=0.5))
     for i in range(1000):
         gate.admit(f"peer{i}", 0.0)
         gate.strike(f"bad{i}", "malformed", 0.0)
     assert len(gate._peers) <= 100 and len(gate.blocked_until) <= 10
+
+
+def test_blocking_many_peers_leaves_a_bounded_log(caplog):
+    """Peer ids cost nothing: the transport's line per blocked peer is rate-limited (5 a minute)."""
+    import logging
+
+    from manymodels.node.p2p.libp2p import logger
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        for i in range(50):
+            logger.warning("blocked %s for %.0f s: its frames kept failing", f"peer{i}", 600)
+    assert len(caplog.records) == 5

@@ -6,6 +6,7 @@ import time
 
 import msgpack
 import numpy as np
+import pytest
 import trio
 
 from manymodels.aggregation import get_rule
@@ -17,6 +18,7 @@ from manymodels.node.p2p.gate import GateConfig, PeerGate
 from manymodels.node.p2p.libp2p import Libp2pTransport
 from manymodels.node.runtime.daemon import BLOB_CHUNK, DaemonNode, bind, largest_accepted
 from manymodels.protocol import Announce, BlobRequest, BlobResponse, Error, Identity, Weights, open_envelope, seal
+from waiting import async_wait_until, unchanged
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 MiB = 1 << 20
@@ -31,12 +33,6 @@ def victim_node(transport: Libp2pTransport) -> DaemonNode:
     learner = TorchLearner(build_model("logreg", (4,), 2, seed=0), x, np.zeros(4, np.int64), architecture="logreg")
     return DaemonNode(transport.identity, learner, transport, WeightGossip(get_rule("fedavg")), num_classes=2,
                       clock=now_ms, reputation=Reputation())
-
-
-async def wait_until(predicate, timeout: float = 20.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.02)
 
 
 def run(scenario, gate: GateConfig | None = None) -> None:
@@ -58,11 +54,13 @@ def weights(tensor_value: float) -> Weights:
     return Weights("logreg", 1, 10, [np.full((2, 4), tensor_value, np.float32), np.zeros(2, np.float32)])
 
 
+@pytest.mark.slow
 def test_the_frame_cap_is_the_largest_message_this_node_accepts():
     async def scenario(node, victim_t, attacker_t, mallory):
         assert victim_t.max_frame == largest_accepted(node) < BLOB_CHUNK + 8192  # a logreg's weights are tiny
         attacker_t.send(victim_t.address, b"\x80" * (9 * MiB + MiB // 2))  # 9.5 MiB of empty maps
-        await wait_until(lambda: victim_t.stats.rejected_oversize == 1)
+        await async_wait_until(lambda: victim_t.stats.rejected_oversize, "the oversize frame to be refused",
+                               until=lambda refused: refused == 1)
         assert victim_t.stats.bytes_received == 0  # refused from the header, never read
     run(scenario)
 
@@ -78,7 +76,8 @@ def test_amplification_frames_cost_no_more_than_their_size():
         for _ in range(5):
             for frame in frames:
                 attacker_t.send(victim_t.address, frame)
-        await wait_until(lambda: sum(node.stats.rejected.values()) + victim_t.stats.refused_by_gate >= 15)
+        await async_wait_until(lambda: sum(node.stats.rejected.values()) + victim_t.stats.refused_by_gate,
+                               "15 frames rejected or refused by the gate", until=lambda refused: refused >= 15)
         grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
         assert grown_mib < 64, f"{grown_mib:.0f} MiB for 45 MiB of hostile frames"
         assert set(node.stats.rejected) <= {"malformed", "schema"}
@@ -95,20 +94,23 @@ def test_one_connection_cannot_speak_for_other_identities_and_is_let_go():
             attacker_t.send(victim_t.address, seal(sybil, weights(-100.0), 1, now_ms()))
             if i % 20 == 19:
                 await trio.sleep(0.05)
-        await wait_until(lambda: victim_t.gate.is_blocked(mallory.peer_id, time.monotonic()))
+        await async_wait_until(lambda: victim_t.gate.is_blocked(mallory.peer_id, time.monotonic()),
+                               "the attacker to be blocked")
         assert node.stats.messages_accepted == 0
         # the first ten are verified (and refused); then the peer is throttled: dropped unread
         assert dict(node.stats.rejected) == {"foreign_author": node.stats.rejected["foreign_author"]}
         assert node.stats.rejected["foreign_author"] >= 10 and victim_t.stats.refused_by_gate > 0
         assert not node.exchange._inbox and not node.senders
-        await wait_until(lambda: mallory.peer_id not in victim_t.connected_peers())
+        await async_wait_until(victim_t.connected_peers, "the attacker's connection to close",
+                               until=lambda peers: mallory.peer_id not in peers)
         assert mallory.peer_id not in node.peers  # forgotten
         with trio.move_on_after(5):  # it may dial back: the connection is closed as it opens
             try:
                 await attacker_t.connect(victim_t.listen_addrs()[0])
             except ConnectionError:
                 pass
-        await wait_until(lambda: mallory.peer_id not in victim_t.connected_peers())
+        await async_wait_until(victim_t.connected_peers, "the attacker's connection to close",
+                               until=lambda peers: mallory.peer_id not in peers)
         attacker_t.send(victim_t.address, seal(mallory, weights(-100.0), 1, now_ms()))
         await trio.sleep(0.5)
         assert node.stats.messages_accepted == 0
@@ -131,7 +133,8 @@ def test_a_pulled_message_is_checked_for_author_and_replay():
                 attacker_t.send(peer, seal(mallory, BlobResponse(request.digest, 0, len(blob), blob), 100, now_ms()))
         attacker_t.set_receiver(answer)
         attacker_t.send(victim_t.address, own_old)  # pushed once: accepted
-        await wait_until(lambda: node.stats.messages_accepted == 1)
+        await async_wait_until(lambda: node.stats.messages_accepted, "the pushed message to be accepted",
+                               until=lambda accepted: accepted == 1)
         seq = 10
         for blob in (stolen, own_old):
             digest = open_envelope(blob, now_ms=now_ms()).digest
@@ -139,7 +142,8 @@ def test_a_pulled_message_is_checked_for_author_and_replay():
             seq += 1
             attacker_t.send(victim_t.address, seal(mallory, Announce(digest, "weights", "logreg", seq, 10, len(blob)),
                                                    seq, now_ms()))
-            await wait_until(lambda: (mallory.peer_id, "weights") in node.unpushed)
+            await async_wait_until(lambda: set(node.unpushed), "the announcement to be noted for a pull",
+                                   until=lambda unpushed: (mallory.peer_id, "weights") in unpushed)
             await node.pull_unpushed(period=5.0)
         assert node.pulled == 2
         assert node.stats.rejected["foreign_author"] == 1 and node.stats.rejected["replayed"] == 1
@@ -147,6 +151,7 @@ def test_a_pulled_message_is_checked_for_author_and_replay():
     run(scenario)
 
 
+@pytest.mark.slow
 def test_blob_requests_are_metered_and_do_not_use_up_sequence_numbers():
     """A 1 KiB request used to queue 4 MiB, unmetered, and burn a sequence number: 500 requests now
     get at most the gate's byte budget, the rest `busy`, and the victim's seq does not move."""
@@ -168,11 +173,8 @@ def test_blob_requests_are_metered_and_do_not_use_up_sequence_numbers():
             attacker_t.send(victim_t.address, seal(mallory, BlobRequest(digest, 0, BLOB_CHUNK), i + 1, now_ms()))
             if i % 50 == 49:
                 await trio.sleep(0.05)
-        seen = -1
-        with trio.fail_after(60):  # until the answers stop coming
-            while seen != answers["chunks"] + answers["busy"]:
-                seen = answers["chunks"] + answers["busy"]
-                await trio.sleep(1.5)
+        await async_wait_until(lambda: answers["chunks"] + answers["busy"], "the answers to stop coming", 60,
+                               until=unchanged(), interval=1.5)
         elapsed = time.monotonic() - started
         budget = (16 * MiB + 8 * MiB * elapsed) / BLOB_CHUNK + 1  # burst + rate of the config below
         assert 0 < answers["chunks"] <= budget, (answers, elapsed)
@@ -194,7 +196,8 @@ def test_garbage_gets_a_peer_blocked_while_an_honest_peer_is_served():
                         break
             assert victim_t.gate.is_blocked(mallory.peer_id, time.monotonic())
             honest.send(victim_t.address, seal(honest.identity, weights(2.0), 1, now_ms()))
-            await wait_until(lambda: node.stats.messages_accepted == 1)
+            await async_wait_until(lambda: node.stats.messages_accepted, "the honest message to be accepted",
+                                   until=lambda accepted: accepted == 1)
             assert list(node.exchange._inbox) == [honest.identity.public_key]
             assert victim_t.gate.events["blocked"] == 1 and mallory.peer_id not in node.peers
     run(scenario)
@@ -258,7 +261,8 @@ def test_a_peer_written_from_the_spec_alone_pulls_a_blob():
                 request = independent_seal(seed, "blob_request", i + 1, now_ms(),
                                            {"digest": {"bin": digest.hex()}, "offset": offset, "length": BLOB_CHUNK})
                 await stream.write(struct.pack(">Q", len(request["envelope"])) + request["envelope"])
-            await wait_until(lambda: len(chunks) == 2)
+            await async_wait_until(lambda: sorted(chunks), "both chunks' offsets",
+                                   until=lambda offsets: len(offsets) == 2)
             assert chunks[0] + chunks[BLOB_CHUNK] == sealed
             nursery.cancel_scope.cancel()
     trio.run(main)

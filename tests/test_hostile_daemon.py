@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 
 from manymodels.node.runtime.control import NotRunning, request
-from test_daemon import wait_for
+from waiting import WaitTimeout, wait_until
+
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]  # daemons and an attacker in processes of their own
 
 ROOT = Path(__file__).resolve().parents[1]
 EXE = Path(sys.executable).parent / "manymodels"
@@ -57,10 +59,8 @@ def stop(home: Path) -> None:
     pid = int(pid_file.read_text()) if pid_file.exists() else None
     try:
         request(home / "control.sock", "stop", timeout=10)
-        deadline = time.monotonic() + 20
-        while pid_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-    except (NotRunning, OSError):
+        wait_until(lambda: not pid_file.exists(), "the daemon to exit", 20, interval=0.1)
+    except (NotRunning, OSError, WaitTimeout):
         pass
     if pid is not None and pid_file.exists():  # did not stop in time: this test's own process
         try:
@@ -84,8 +84,9 @@ def pair(tmp_path):
 @pytest.mark.timeout(150)
 def test_a_daemon_under_a_flood_keeps_learning_from_its_honest_neighbour(pair):
     victim, honest = pair
-    wait_for(lambda: status(victim)[0]["peers"] == 1 and status(victim)[0]["version"] >= 2
-             and status(honest)[0]["version"] >= 2, "the two daemons to connect and learn", 60)
+    wait_until(lambda: (status(victim)[0]["peers"], status(victim)[0]["version"], status(honest)[0]["version"]),
+               "the two daemons to connect and learn (victim's peers, victim's and honest's versions)", 60,
+               until=lambda seen: seen[0] == 1 and min(seen[1:]) >= 2)
     honest_id = status(honest)[0]["id"]
     digest = next(r["digest"] for r in request(victim / "control.sock", "models", timeout=10) if r.get("local"))
     before = status(victim)[0]

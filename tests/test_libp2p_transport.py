@@ -28,6 +28,8 @@ from manymodels.node.p2p.libp2p import (  # noqa: E402
 )
 from manymodels.protocol import Hello, Identity, ReplayGuard, open_envelope, seal  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 MiB = 1 << 20
 
@@ -329,3 +331,28 @@ def test_buffered_noise_session_reassembles_messages_split_anywhere():
         with pytest.raises(Exception, match="decryption failed"):
             await session.read(5)
     run(main)
+
+
+def test_the_plumbing_refuses_a_py_libp2p_it_was_not_written_for(monkeypatch):
+    """upstream.py uses py-libp2p's private names: on another release, installing any of it
+    fails with one line that says which version is needed."""
+    import tomllib
+    from pathlib import Path
+
+    from manymodels.node.p2p import upstream
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert f"libp2p=={upstream.PINNED_VERSION}" in pyproject["project"]["dependencies"]
+    assert upstream.installed_version() == upstream.PINNED_VERSION  # what the other tests run on
+    upstream.require_pinned()
+
+    monkeypatch.setattr(upstream, "installed_version", lambda: "0.9.0")
+    installs = [lambda: trio.run(Libp2pTransport(Identity.generate()).run),  # a host with our Noise session
+                lambda: upstream.BufferedNoiseTransport(None),
+                lambda: upstream.guard_push_msg(object(), lambda: None),
+                lambda: upstream.adopt_stream(object())]
+    for install in installs:
+        with pytest.raises(upstream.UnsupportedLibp2p) as info:
+            install()
+        message = str(info.value)
+        assert "\n" not in message and "0.9.0" in message and f"libp2p=={upstream.PINNED_VERSION}" in message

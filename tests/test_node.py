@@ -72,7 +72,7 @@ def test_two_nodes_average_their_weights_over_signed_messages():
     a.publish()
     b.publish()
     assert network.run_until(1000) == 2
-    assert a.fold() and b.fold()
+    assert a.fold().changed and b.fold().changed
     for got_a, got_b, x, y in zip(a.learner.get_weights(), b.learner.get_weights(), wa, wb):
         np.testing.assert_allclose(got_a, (x + y) / 2, rtol=1e-6)
         np.testing.assert_allclose(got_b, (x + y) / 2, rtol=1e-6)
@@ -92,7 +92,7 @@ def test_a_peer_claiming_a_billion_examples_weighs_no_more_than_the_median_claim
     b.publish()
     c.publish()
     network.run_until(1000)
-    assert a.fold()
+    assert a.fold().changed
     # fedavg over claims (20, 20, 10**9) capped at the median, 20: an equal three-way mean
     for got, x, y, z in zip(a.learner.get_weights(), own, honest, poison):
         np.testing.assert_allclose(got, (x + y + z) / 3, rtol=1e-5)
@@ -113,7 +113,7 @@ def test_hostile_bytes_are_counted_by_reason_and_the_node_keeps_working():
     network.run_until(1000)
     assert dict(a.stats.rejected) == {"malformed": 2, "bad_signature": 1, "replayed": 1, "stale": 1}
     assert a.stats.messages_accepted == 2  # mallory's first copy and b's weights
-    assert a.fold()  # still folds what it got
+    assert a.fold().changed  # still folds what it got
 
 
 def test_memory_network_is_deterministic_and_models_loss_and_churn():

@@ -6,6 +6,7 @@ import math
 
 import msgpack
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -13,6 +14,8 @@ from manymodels.protocol import (ALLOWED_DTYPES, KINDS, Announce, BlobRequest, B
                                  Identity, Logits, Message, RejectedMessage, ReplayGuard, SyntheticBatch, Weights,
                                  decode_array, digest, open_envelope, seal)
 from manymodels.protocol.envelope import ENVELOPE_FIELDS, encode_payload, signed_bytes
+
+pytestmark = pytest.mark.slow  # hundreds of examples a test: 35 s in all (test_protocol and test_vectors stay fast)
 
 ALICE = Identity(bytes(range(32)))
 BOB = Identity(bytes(range(32, 64)))

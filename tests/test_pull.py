@@ -4,6 +4,7 @@ holder that answers wrongly makes the pull fail with a reason."""
 import time
 
 import numpy as np
+import pytest
 import trio
 
 from manymodels.aggregation import get_rule
@@ -14,6 +15,7 @@ from manymodels.node.learning.torch_learner import TorchLearner
 from manymodels.node.core.reputation import Reputation
 from manymodels.node.p2p.libp2p import Libp2pTransport
 from manymodels.protocol import BlobRequest, BlobResponse, Identity, Weights, open_envelope
+from waiting import async_wait_until
 
 
 def node(identity: Identity, transport: Libp2pTransport, cls=DaemonNode) -> DaemonNode:
@@ -48,8 +50,8 @@ def pull(holder_cls=DaemonNode, *, intruder: bool = False) -> dict:
                         await trio.sleep(0.01)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(interfere)
-                    while ids[2].peer_id not in puller.peers:  # the fakes are arriving
-                        await trio.sleep(0.01)
+                    await async_wait_until(lambda: set(puller.peers), "the intruder's fakes to arrive",
+                                           until=lambda peers: ids[2].peer_id in peers)
                     before = puller.peers[ids[2].peer_id]["accepted"]
                     out["fetched"] = await puller.fetch(ids[0].peer_id, digest)
                     out["fakes"] = puller.peers[ids[2].peer_id]["accepted"] - before
@@ -64,6 +66,7 @@ def pull(holder_cls=DaemonNode, *, intruder: bool = False) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_a_model_of_several_chunks_arrives_whole():
     out = pull()
     sealed, fetched = out["sealed"], out["fetched"]
@@ -71,6 +74,7 @@ def test_a_model_of_several_chunks_arrives_whole():
     assert open_envelope(fetched, now_ms=int(time.time() * 1000)).payload.tensors[0][-1] == int(2.5 * BLOB_CHUNK) // 4 - 1
 
 
+@pytest.mark.slow
 def test_only_the_peer_asked_answers_a_pull():
     out = pull(intruder=True)
     assert out["fakes"] > 0  # forged chunks for the same digest were verified and delivered meanwhile

@@ -3,9 +3,11 @@ never reach a rule, and reputation cuts off a persistently poisonous peer. Fixed
 import numpy as np
 import pytest
 
-from manymodels.node.sim.attacks import AttackerNode
+from manymodels.node.sim.attacks import Attacker
 from manymodels.node.sim.simulator import EPOCH_MS, ConfigError, SimulationConfig, run_simulation
 from manymodels.protocol import open_envelope
+
+pytestmark = pytest.mark.slow
 
 BASE = SimulationConfig(nodes=10, rounds=8, partition="dirichlet:0.5", model="mlp", seed=0)
 
@@ -96,9 +98,9 @@ def test_colluding_attackers_read_this_rounds_honest_models():
     checked = []
 
     def check(r, network, nodes):
-        honest = [n.learner.get_weights() for n in nodes if not isinstance(n, AttackerNode)]
+        honest = [n.learner.get_weights() for n in nodes if not isinstance(n.outbound, Attacker)]
         expected = [-0.5 * np.mean(layer, axis=0) for layer in zip(*honest)]
-        attackers = {n.id for n in nodes if isinstance(n, AttackerNode)}
+        attackers = {n.id for n in nodes if isinstance(n.outbound, Attacker)}
         for _, _, src, _, data in network._queue:
             if src in attackers:
                 sent = open_envelope(data, now_ms=EPOCH_MS + int(network.now_ms)).payload.tensors

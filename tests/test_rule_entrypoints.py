@@ -30,6 +30,7 @@ PLUGIN = """
         name="{p}scaled", kind="weights", fn=scaled_mean,
         params=(Param("scale", float, "> 0", lambda v: v > 0), Param("shift", int, "any", default=0)),
         description="scaled mean", min_inputs=lambda scale, shift: 2, example="{p}scaled:2.0",
+        client_params=("shift",),
     )
     LOGITS = RuleSpec(name="{p}max", kind="logits", fn=max_logit, description="elementwise max")
     MISNAMED = RuleSpec(name="other", kind="weights", fn=plain)
@@ -100,6 +101,7 @@ def test_get_rule_runs_plugins(plugin):
     results = [([np.array([1.0, 2.0])], 1), ([np.array([3.0, 6.0])], 5)]
     rule = get_rule(f"{plugin}scaled:2")
     assert rule.params == {"scale": 2.0, "shift": 0} and rule.spec == f"{plugin}scaled:2.0:0"
+    assert rule.client_config == {"shift": 0} and get_rule("fedavg").client_config == {}
     np.testing.assert_allclose(rule(results)[0], [4.0, 8.0])
     np.testing.assert_allclose(get_rule(f"{plugin}scaled:0.5:1")(results)[0], [2.0, 3.0])
     np.testing.assert_allclose(get_rule(f"{plugin}plain")(results)[0], [1.0, 2.0])

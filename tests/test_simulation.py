@@ -6,6 +6,8 @@ import pytest
 from manymodels.node.sim.simulator import EPOCH_MS, ConfigError, SimulationConfig, run_simulation
 from manymodels.protocol import Identity, Weights, seal
 
+pytestmark = pytest.mark.slow
+
 FAST = SimulationConfig(nodes=6, rounds=8, dataset="digits", partition="dirichlet:0.3", model="mlp", seed=3)
 
 

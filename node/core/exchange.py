@@ -1,6 +1,10 @@
 """What a node sends and what it does with what it receives. One class per kind of knowledge;
 the node calls publish -> (messages arrive: receive) -> fold, and trains with `extra()` samples.
 
+An exchange sees a `NodeView` of its node (the learner, the bans, a judge of peers), never the
+node itself, and answers it: `receive` returns the reason it refuses a message, `fold` returns a
+`Folded` (whose messages went in, what the fold refused); the node counts the refusals.
+
 Messages reach an exchange only after the protocol layer verified them. An exchange may still
 refuse one it cannot or will not use (other architecture, wrong shapes, a licence it does not
 accept); each refusal is counted by reason in `node.stats.refused`. The exchanges by `--exchange`
@@ -8,8 +12,8 @@ name, and how each is built from a node's spec: node/spec.py's EXCHANGES."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,11 +22,46 @@ from manymodels.protocol import Logits, Message, Payload, SyntheticBatch, Weight
 
 from ..learning.generator import NAME as GENERATOR_NAME
 from ..learning.generator import GaussianClassGenerator
-from ..learning.learner import Samples, log_soft_labels
+from ..learning.learner import Learner, Samples, log_soft_labels
 from ..learning.probe import ProbeSet
 
-if TYPE_CHECKING:
-    from .node import Node
+
+@dataclass(frozen=True)
+class NodeView:
+    """What an exchange sees of its node. `judge(own, contributions, min_scale)` scores peers'
+    contributions and may ban a peer: `banned` is the node's live set of banned keys, so a ban
+    made during a fold shows at once."""
+    id: str
+    learner: Learner
+    num_classes: int
+    tensor_specs: list[tuple[tuple[int, ...], np.dtype]]  # the learner's weights, as a peer's must be
+    banned: Set[bytes]
+    judge: Callable[..., None]
+    banned_neighbours: Callable[[], int]
+
+
+@dataclass(frozen=True)
+class Folded:
+    """What one fold did: the messages whose content went into the model, as (sender's peer id,
+    payload digest), and why the fold could not use what it held (a rule that cannot run on so
+    few inputs), one reason per refusal."""
+    changed: bool = False
+    inputs: tuple[tuple[str, bytes], ...] = ()
+    refused: tuple[str, ...] = ()
+
+    @property
+    def senders(self) -> list[str]:
+        return sorted({sender for sender, _ in self.inputs})
+
+    @staticmethod
+    def of(parts: list[Folded]) -> Folded:
+        """One fold made of several (a mixed exchange's parts), in order."""
+        return Folded(any(f.changed for f in parts), tuple(i for f in parts for i in f.inputs),
+                      tuple(r for f in parts for r in f.refused))
+
+
+def _inputs(messages: Iterable[Message]) -> tuple[tuple[str, bytes], ...]:
+    return tuple((m.sender_id, m.digest) for m in messages)
 
 
 def _flat(tensors: list[np.ndarray]) -> np.ndarray:
@@ -42,16 +81,16 @@ class Exchange(ABC):
     consumes: tuple[str, ...] = ()  # the payload kinds it folds
 
     @abstractmethod
-    def publish(self, node: Node) -> list[Payload]:
-        """Payloads to sign and send to every neighbour now."""
+    def publish(self, node: NodeView, version: int) -> list[Payload]:
+        """Payloads to sign and send to every neighbour now, as the node's model `version`."""
 
     @abstractmethod
-    def receive(self, node: Node, message: Message) -> None:
-        """Keep a verified message for the next fold, or count why it is refused."""
+    def receive(self, node: NodeView, message: Message) -> str | None:
+        """Keep a verified message for the next fold; or the reason it is refused."""
 
     @abstractmethod
-    def fold(self, node: Node) -> bool:
-        """Combine what was received into the node's learner; True if the model changed."""
+    def fold(self, node: NodeView) -> Folded:
+        """Combine what was received into the node's learner."""
 
     def extra(self) -> Samples | None:
         """Samples from peers to train on beside the private data."""
@@ -67,50 +106,51 @@ class WeightGossip(Exchange):
 
     def __init__(self, rule: Rule) -> None:
         self.rule = rule
-        self._inbox: dict[bytes, Weights] = {}
+        self._inbox: dict[bytes, Message] = {}  # the newest weights message per sender
         self._rules = {0: rule}  # the rule after k bans of neighbours (after_bans), by k
 
-    def publish(self, node: Node) -> list[Payload]:
+    def publish(self, node: NodeView, version: int) -> list[Payload]:
         learner = node.learner
         if not learner.supports_weights:
             return []
-        return [Weights(learner.architecture, node.version, learner.num_examples, learner.get_weights())]
+        return [Weights(learner.architecture, version, learner.num_examples, learner.get_weights())]
 
-    def receive(self, node: Node, message: Message) -> None:
+    def receive(self, node: NodeView, message: Message) -> str | None:
         payload = message.payload
         if not isinstance(payload, Weights):
-            return
+            return None
         if payload.model != node.learner.architecture or not node.learner.supports_weights:
-            return node.refuse("other_architecture")
+            return "other_architecture"
         if [(t.shape, t.dtype) for t in payload.tensors] != node.tensor_specs:
-            return node.refuse("tensor_mismatch")
+            return "tensor_mismatch"
         if not all(np.isfinite(t).all() for t in payload.tensors):
-            return node.refuse("non_finite")
+            return "non_finite"
         previous = self._inbox.get(message.sender)
-        if previous is None or payload.version >= previous.version:
-            self._inbox[message.sender] = payload
+        if previous is None or payload.version >= previous.payload.version:
+            self._inbox[message.sender] = message
+        return None
 
-    def fold(self, node: Node) -> bool:
+    def fold(self, node: NodeView) -> Folded:
         if not self._inbox:
-            return False
+            return Folded()
         inbox, self._inbox = self._inbox, {}  # one swap: a daemon's network thread may be adding
         own = node.learner.get_weights()
-        node.judge(_flat(own), {peer: _flat(w.tensors) for peer, w in inbox.items()})
-        inbox = {peer: w for peer, w in inbox.items() if peer not in node.banned}  # bans made just now too
+        node.judge(_flat(own), {peer: _flat(m.payload.tensors) for peer, m in inbox.items()})
+        inbox = {peer: m for peer, m in inbox.items() if peer not in node.banned}  # bans made just now too
         if not inbox:
-            return False
-        claims = capped_at_median([node.learner.num_examples, *(w.num_examples for w in inbox.values())])
-        results = list(zip([own, *(w.tensors for w in inbox.values())], claims.tolist()))
+            return Folded()
+        weights = [m.payload for m in inbox.values()]
+        claims = capped_at_median([node.learner.num_examples, *(w.num_examples for w in weights)])
+        results = list(zip([own, *(w.tensors for w in weights)], claims.tolist()))
         banned = node.banned_neighbours()
         if banned not in self._rules:
             self._rules[banned] = after_bans(self.rule, banned)
         try:
             merged = self._rules[banned](results, reference=own)
         except RuleError:  # too few inputs this round (loss, churn): keep the local model
-            node.refuse("rule_cannot_fold")
-            return False
+            return Folded(refused=("rule_cannot_fold",))
         node.learner.set_weights(merged)
-        return True
+        return Folded(True, _inputs(inbox.values()))
 
 
 @dataclass
@@ -139,42 +179,44 @@ class Distillation(Exchange):
     def __init__(self, settings: DistillSettings) -> None:
         self.settings = settings
         self._digest = settings.probe.digest
-        self._inbox: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}  # log soft labels, class counts
+        # per sender: log soft labels, class counts, and the message they came in
+        self._inbox: dict[bytes, tuple[np.ndarray, np.ndarray, Message]] = {}
 
-    def publish(self, node: Node) -> list[Payload]:
+    def publish(self, node: NodeView, version: int) -> list[Payload]:
         s = self.settings
         logits = node.learner.predict(s.probe.x).astype(s.wire_dtype)
-        return [Logits(self._digest, node.learner.architecture, node.version, s.temperature, logits,
+        return [Logits(self._digest, node.learner.architecture, version, s.temperature, logits,
                        list(s.class_counts))]
 
-    def receive(self, node: Node, message: Message) -> None:
+    def receive(self, node: NodeView, message: Message) -> str | None:
         payload = message.payload
         if not isinstance(payload, Logits):
-            return
+            return None
         if payload.probe != self._digest:
-            return node.refuse("other_probe_set")
+            return "other_probe_set"
         if payload.logits.shape != (len(self.settings.probe.x), node.num_classes):
-            return node.refuse("logits_shape")
+            return "logits_shape"
         logits = payload.logits.astype(np.float32)
         if not np.isfinite(logits).all():
-            return node.refuse("non_finite")
+            return "non_finite"
         # Normalised on arrival: architectures differ wildly in logit scale (a forest's log
         # probabilities vs an overconfident net's), and the rule must compare like with like.
         self._inbox[message.sender] = (log_soft_labels(logits, payload.temperature),
-                                       np.asarray(payload.class_counts, dtype=np.float64))
+                                       np.asarray(payload.class_counts, dtype=np.float64), message)
+        return None
 
-    def fold(self, node: Node) -> bool:
+    def fold(self, node: NodeView) -> Folded:
         if not self._inbox:
-            return False
+            return Folded()
         s = self.settings
         own = (log_soft_labels(node.learner.predict(s.probe.x), s.temperature),
                np.asarray(s.class_counts, dtype=np.float64))
         inbox, self._inbox = self._inbox, {}  # one swap: a daemon's network thread may be adding
-        node.judge(own[0], {peer: signal for peer, (signal, _) in inbox.items()})
+        node.judge(own[0], {peer: signal for peer, (signal, _, _) in inbox.items()})
         inbox = {peer: v for peer, v in inbox.items() if peer not in node.banned}  # bans made just now too
         if not inbox:
-            return False
-        signals, counts = zip(own, *inbox.values())
+            return Folded()
+        signals, counts = zip(own, *(v[:2] for v in inbox.values()))
         # scale each model's class counts down to its capped total: a liar claiming 10 000 of
         # every class cannot drown out the experts
         counts = np.stack(counts)  # (models, classes)
@@ -185,10 +227,9 @@ class Distillation(Exchange):
         try:
             consensus = s.rule([signal + w for signal, w in zip(signals, weight)])
         except RuleError:
-            node.refuse("rule_cannot_fold")
-            return False
+            return Folded(refused=("rule_cannot_fold",))
         node.learner.distill(s.probe.x, log_soft_labels(consensus, 1.0), s.temperature, s.epochs)
-        return True
+        return Folded(True, _inputs(message for _, _, message in inbox.values()))
 
 
 @dataclass
@@ -216,11 +257,11 @@ class SyntheticSamples(Exchange):
 
     def __init__(self, settings: SyntheticSettings) -> None:
         self.settings = settings
-        self._pool: dict[bytes, SyntheticBatch] = {}  # newest batch per peer
+        self._pool: dict[bytes, Message] = {}  # the newest batch per peer
         self._fresh: set[bytes] = set()  # peers whose batch arrived since the last fold
         self._own: SyntheticBatch | None = None  # the last batch published: the reference for judging
 
-    def publish(self, node: Node) -> list[Payload]:
+    def publish(self, node: NodeView, version: int) -> list[Payload]:
         s = self.settings
         x, y = s.generator.sample(s.per_class, s.rng)
         card = {"licence": s.licence, "consent": s.consent, "retention": s.retention,
@@ -230,7 +271,7 @@ class SyntheticSamples(Exchange):
         self._own = batch
         return [batch]
 
-    def refusal(self, node: Node, message: Message, batch: SyntheticBatch) -> str | None:
+    def refusal(self, node: NodeView, message: Message, batch: SyntheticBatch) -> str | None:
         """Why this batch must not be trained on, or None."""
         s = self.settings
         low, high = s.value_range
@@ -250,36 +291,38 @@ class SyntheticSamples(Exchange):
             return "label_set"
         return None
 
-    def receive(self, node: Node, message: Message) -> None:
+    def receive(self, node: NodeView, message: Message) -> str | None:
         batch = message.payload
         if not isinstance(batch, SyntheticBatch):
-            return
+            return None
         reason = self.refusal(node, message, batch)
         if reason:
-            return node.refuse(reason)
-        self._pool[message.sender] = batch
+            return reason
+        self._pool[message.sender] = message
         self.settings.cards.append({**batch.card, "digest": batch.card["digest"].hex(), "samples": len(batch.y)})
         del self.settings.cards[:-100]  # keep the latest provenance only
         self._fresh.add(message.sender)
+        return None
 
     def extra(self) -> Samples | None:
         if not self._pool:
             return None
-        batches = list(self._pool.values())
+        batches = [m.payload for m in self._pool.values()]
         return Samples(np.concatenate([b.x for b in batches]), np.concatenate([b.y for b in batches]),
                        self.settings.weight)
 
-    def fold(self, node: Node) -> bool:
+    def fold(self, node: NodeView) -> Folded:
         """New samples join the pool; they are trained on in the next local fit, with the
         private data (no extra epoch: every exchange gets the same training budget)."""
         fresh, self._fresh = self._fresh, set()
         if fresh and self._own is not None:
-            self._judge(node, {peer: self._pool[peer] for peer in fresh if peer in self._pool})
+            self._judge(node, {peer: self._pool[peer].payload for peer in fresh if peer in self._pool})
         for peer in node.banned & self._pool.keys():  # stop training on what a banned peer sent
             del self._pool[peer]
-        return bool(fresh)
+        inputs = _inputs(m for peer, m in self._pool.items() if peer in fresh)
+        return Folded(bool(inputs), inputs)
 
-    def _judge(self, node: Node, batches: dict[bytes, SyntheticBatch]) -> None:
+    def _judge(self, node: NodeView, batches: dict[bytes, SyntheticBatch]) -> None:
         """Score each peer's samples by how often this node's model agrees with their labels, per
         class this node knows (its own data has it). Honest samples of class c look like c to any
         model that knows c; a liar's labels do not. A class a peer did not send counts as typical."""
@@ -308,13 +351,12 @@ class Mixed(Exchange):
         self.parts = (weights, distill)
         self.consumes = weights.consumes + distill.consumes
 
-    def publish(self, node: Node) -> list[Payload]:
-        return [p for part in self.parts for p in part.publish(node)]
+    def publish(self, node: NodeView, version: int) -> list[Payload]:
+        return [p for part in self.parts for p in part.publish(node, version)]
 
-    def receive(self, node: Node, message: Message) -> None:
-        for part in self.parts:
-            part.receive(node, message)
+    def receive(self, node: NodeView, message: Message) -> str | None:
+        reasons = [part.receive(node, message) for part in self.parts]  # a part refuses only its own kind
+        return next((r for r in reasons if r), None)
 
-    def fold(self, node: Node) -> bool:
-        changed = [part.fold(node) for part in self.parts]  # weights first, then distillation
-        return any(changed)
+    def fold(self, node: NodeView) -> Folded:
+        return Folded.of([part.fold(node) for part in self.parts])  # weights first, then distillation

@@ -1,7 +1,9 @@
 """A node: identity, learner and exchange, talking only through a transport.
 
 Every inbound message is opened by the protocol layer (size, schema, signature, digest,
-replay, skew) before the exchange sees it; every rejection is counted by reason."""
+replay, skew) before the exchange sees it; every rejection is counted by reason. The exchange
+sees the node through a `NodeView`; what the node sends passes its outbound filter (`sealed`
+for an honest node; the simulator's attackers write their own)."""
 from __future__ import annotations
 
 import threading
@@ -14,7 +16,7 @@ import numpy as np
 from manymodels.protocol import (Identity, Message, Payload, Reason, RejectedMessage, ReplayGuard, open_envelope,
                                  peer_id, seal)
 
-from .exchange import Exchange
+from .exchange import Exchange, Folded, NodeView
 from ..learning.learner import Learner
 from .reputation import Reputation, outlier_ratios
 from .transport import Transport
@@ -37,15 +39,23 @@ class NodeStats:
 
 MAX_COUNTED_PEERS = 4096  # transport addresses kept in stats.rejected_from
 
+Outbound = Callable[["Node", list[Payload]], list[tuple[bytes, str]]]  # payloads -> (sealed bytes, kind) to send
+
+
+def sealed(node: Node, payloads: list[Payload]) -> list[tuple[bytes, str]]:
+    """The honest outbound filter: each payload signed once, sent as what it is."""
+    return [(node.seal(payload), payload.KIND) for payload in payloads]
+
 
 class Node:
     def __init__(self, identity: Identity, learner: Learner, transport: Transport, exchange: Exchange,
                  *, num_classes: int, clock: Callable[[], int], guard: ReplayGuard | None = None,
-                 reputation: Reputation | None = None) -> None:
+                 reputation: Reputation | None = None, outbound: Outbound = sealed) -> None:
         self.identity = identity
         self.learner = learner
         self.transport = transport
         self.exchange = exchange
+        self.outbound = outbound
         self.num_classes = num_classes
         self.clock = clock  # Unix time in ms; virtual in the simulator
         self.guard = guard or ReplayGuard()
@@ -58,6 +68,8 @@ class Node:
         self.on_reject: Callable[[str, str], None] = lambda sender_address, reason: None
         self._guard_lock = threading.Lock()  # seal() runs in the learning thread, verify() in the network's
         self.tensor_specs = [(w.shape, w.dtype) for w in learner.get_weights()]
+        self.view = NodeView(identity.peer_id, learner, num_classes, self.tensor_specs, self.banned, self.judge,
+                             self.banned_neighbours)
         transport.set_receiver(self.on_bytes)
 
     @property
@@ -67,11 +79,15 @@ class Node:
     def train(self, epochs: int) -> dict[str, float]:
         return self.learner.fit(epochs, extra=self.exchange.extra())
 
-    def publish(self) -> None:
-        """Sign what the exchange offers once each, and send the same bytes to every neighbour."""
+    def publication(self) -> list[tuple[bytes, str]]:
+        """The next version: what the exchange offers, through the outbound filter, as (bytes, kind)."""
         self.version += 1
-        for payload in self.exchange.publish(self):
-            self.send_to_neighbours(self.seal(payload), payload.KIND)
+        return self.outbound(self, self.exchange.publish(self.view, self.version))
+
+    def publish(self) -> None:
+        """Send the next version's messages, the same bytes to every neighbour."""
+        for data, kind in self.publication():
+            self.send_to_neighbours(data, kind)
 
     def send_to_neighbours(self, data: bytes, kind: str) -> None:
         for peer in self.neighbours:
@@ -121,7 +137,9 @@ class Node:
 
     def handle(self, sender_address: str, message: Message) -> None:
         """A verified message: the exchange's to keep (a daemon also answers blob requests here)."""
-        self.exchange.receive(self, message)
+        reason = self.exchange.receive(self.view, message)
+        if reason:
+            self.refuse(reason)
 
     def refuse(self, reason: str) -> None:
         self.stats.refused[reason] += 1
@@ -142,5 +160,9 @@ class Node:
         neighbours = set(self.neighbours)
         return sum(peer_id(key) in neighbours for key in self.banned)
 
-    def fold(self) -> bool:
-        return self.exchange.fold(self)
+    def fold(self) -> Folded:
+        """Fold what the exchange received into the model; what the fold refused is counted."""
+        folded = self.exchange.fold(self.view)
+        for reason in folded.refused:
+            self.refuse(reason)
+        return folded

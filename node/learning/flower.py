@@ -11,6 +11,9 @@ Every call goes through Flower's own `ClientApp.__call__` with Flower's own `Mes
 and `Context`, so the client runs exactly as under Flower's SuperNode. A Flower client keeps no
 model between messages (Flower's server holds it); here the learner holds the node's model, the
 arrays it sends in every train/evaluate message, and `fit` keeps the arrays the client returns.
+It speaks to the app through one of two adapters over `ClientAdapter` (the Context, seeding and
+message delivery): `NumPyClientAdapter` for (a) and (c), in the records Flower's compat layer makes
+of FitIns/EvaluateIns, and `MessageAdapter` for (b), in ArrayRecords and ConfigRecords.
 
 Conventions (docs/FLOWER.md says the same for users):
 * Context: `node_config = {"partition-id": i, "num-partitions": n}`, `run_config` = the defaults in
@@ -47,6 +50,7 @@ import sys
 import time
 import tomllib
 import traceback
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -307,7 +311,7 @@ def client_app_source(obj: Any, *, spec: str | None = None, module: ModuleType |
 
 
 # ---------------------------------------------------------------------------------------------
-# The learner
+# Helpers
 
 
 def _where(exc: BaseException) -> str:
@@ -349,44 +353,31 @@ def _quiet_flower() -> None:
         flwr_log.addFilter(_OnceFilter())
 
 
-class FlowerLearner(Learner):
-    """A node's learner backed by a Flower client app (see the module docstring)."""
+# ---------------------------------------------------------------------------------------------
+# The adapters: one per dialect of client app
 
-    def __init__(self, app: ClientAppSource | str | Any, *, partition_id: int = 0, num_partitions: int = 1,
-                 run_config: str | dict[str, Any] | None = None, fit_config: dict[str, Any] | None = None,
-                 seed: int = 0, init_seed: int | None = None, node_id: int | None = None, run_id: int = 1,
-                 node_config: dict[str, Any] | None = None, architecture: str | None = None,
-                 metric: str | None = None) -> None:
-        """`node_config` adds to partition-id/num-partitions (a daemon's `--node-config`, as Flower's
-        SuperNode takes it); `seed` seeds every client call, `init_seed` (default: seed) the first
-        model, so nodes given one init_seed start alike; `metric` names the accuracy metric."""
+
+class ClientAdapter(ABC):
+    """A client app and its Context, reached as Flower's SuperNode reaches it: every call is one
+    seeded Message through the ClientApp. A subclass speaks one dialect: how the learner's calls
+    become messages, and their replies arrays and metrics. Arrays go to the client in its own
+    dtypes with their names; they come back as (arrays, names or None where the dialect has none)."""
+
+    train_name = "train"  # what the dialect calls a train call, for messages
+
+    def __init__(self, source: ClientAppSource, run_config: dict[str, Any], fit_config: dict[str, Any], *,
+                 seed: int, node_id: int, run_id: int, node_config: dict[str, Any]) -> None:
         from flwr.app import Context, RecordDict
 
-        _quiet_flower()
-        if isinstance(app, str):
-            app = load_client_app(app)
-        self.source = app if isinstance(app, ClientAppSource) else client_app_source(app)
-        if not 0 <= partition_id < num_partitions:
-            raise FlowerError(f"partition-id {partition_id} is not in 0..{num_partitions - 1}")
-        self.run_config = self.source.run_config(run_config)
-        self.fit_config = dict(fit_config or {})
-        self.node_id = node_id if node_id is not None else partition_id + 1
-        self.context = Context(run_id=run_id, node_id=self.node_id, state=RecordDict(), run_config=self.run_config,
-                               node_config={"partition-id": partition_id, "num-partitions": num_partitions,
-                                            **(node_config or {})})
+        self.source = source
+        self.run_config = run_config
+        self.fit_config = fit_config
         self.seed = seed
-        self.metric = metric
-        self.num_examples = 0  # known after the first fit: the client reports it
+        self.context = Context(run_id=run_id, node_id=node_id, state=RecordDict(), run_config=run_config,
+                               node_config=node_config)  # one per learner: context.state persists, as in Flower
         self.rounds = 0  # train messages sent
         self._calls = itertools.count()
         self._message_ids = itertools.count(1)
-        self._keys, self._arrays = self._first_arrays(seed if init_seed is None else init_seed)
-        self._dtypes = [a.dtype for a in self._arrays]
-        layout = repr([(k, a.shape, a.dtype.str) for k, a in zip(self._keys, self._arrays)])
-        self.architecture = architecture or f"flower-{hashlib.sha256(layout.encode()).hexdigest()[:12]}"
-        self.supports_predict, self.supports_distill = self._hooks()
-
-    # --- Flower plumbing -----------------------------------------------------------------
 
     @contextmanager
     def _seeded(self, seed: int | None = None) -> Iterator[None]:
@@ -404,8 +395,9 @@ class FlowerLearner(Learner):
         """Deliver one message to the ClientApp, as a SuperNode would; the reply's content."""
         from flwr.app import DEFAULT_TTL, Message, Metadata
 
-        metadata = Metadata(run_id=self.context.run_id, message_id=f"{self.node_id}-{next(self._message_ids)}",
-                            src_node_id=0, dst_node_id=self.node_id, reply_to_message_id="",
+        node_id = self.context.node_id
+        metadata = Metadata(run_id=self.context.run_id, message_id=f"{node_id}-{next(self._message_ids)}",
+                            src_node_id=0, dst_node_id=node_id, reply_to_message_id="",
                             group_id=str(self.rounds), created_at=time.time(), ttl=DEFAULT_TTL,
                             message_type=message_type)
         message = Message(content=content, metadata=metadata)
@@ -419,75 +411,15 @@ class FlowerLearner(Learner):
                               f"{reply.error.code}: {reply.error.reason}")
         return reply.content
 
-    def _client(self):
-        """A fresh client from the client_fn (for the optional hooks), seeded like a message."""
-        with self._seeded():
-            client = self.source.client_fn(self.context)
-        return getattr(client, "numpy_client", client)
-
-    def _legacy(self) -> bool:
-        return self.source.kind != "message"
-
-    def _parameters(self):
-        from flwr.common import ndarrays_to_parameters
-
-        return ndarrays_to_parameters(self._client_arrays())
-
-    def _client_arrays(self) -> NDArrays:
-        """The arrays as the client expects them: its own dtypes."""
-        return [np.rint(a).astype(d) if d.kind in "biu" else a.astype(d, copy=False)
-                for a, d in zip(self._arrays, self._dtypes)]
-
-    def _record(self):
-        from flwr.app import Array, ArrayRecord
-
-        return ArrayRecord({k: Array(a) for k, a in zip(self._keys, self._client_arrays())})
-
     def _config(self, **extra: Any):
+        """The train/evaluate config: the run config, "server-round", the fit config, `extra`."""
         from flwr.app import ConfigRecord
 
         return ConfigRecord({**self.run_config, "server-round": self.rounds, **self.fit_config, **extra})
 
-    @staticmethod
-    def _one(records: dict, preferred: str, what: str, message_type: str):
-        if preferred in records:
-            return records[preferred]
-        if len(records) == 1:
-            return next(iter(records.values()))
-        raise FlowerError(f"the reply to {message_type} should hold one {what} (or one named {preferred!r}); "
-                          f"it holds {sorted(records) or 'none'}")
-
-    def _take(self, arrays: NDArrays, keys: list[str] | None, what: str) -> None:
-        """Keep arrays a client returned (copied), after checking they fit the model."""
-        if keys is not None and keys != self._keys:
-            if sorted(keys) != sorted(self._keys):
-                raise FlowerError(f"{what} returned arrays {keys}, the model has {self._keys}")
-            arrays = [arrays[keys.index(k)] for k in self._keys]
-        layout = [a.shape for a in self._arrays]
-        if [np.shape(a) for a in arrays] != layout:
-            raise FlowerError(f"{what} returned arrays shaped {[np.shape(a) for a in arrays]}; the model has {layout}")
-        self._arrays = [self._wire(a) for a in arrays]
-
-    @staticmethod
-    def _wire(array) -> np.ndarray:
-        """A copy in a dtype the protocol carries: floats stay, integers and bools become float64."""
-        a = np.array(array, copy=True)
-        return a if a.dtype.kind == "f" else a.astype(np.float64)
-
-    def _first_arrays(self, seed: int) -> tuple[list[str], NDArrays]:
-        arrays: list = []
-        if self._legacy():
-            from flwr.common import GetParametersIns, parameters_to_ndarrays
-            from flwr.compat.common.recorddict_compat import (getparametersins_to_recorddict,
-                                                              recorddict_to_getparametersres)
-
-            content = self._send("get_parameters", getparametersins_to_recorddict(GetParametersIns(config={})), seed)
-            arrays = parameters_to_ndarrays(recorddict_to_getparametersres(content, keep_input=False).parameters)
-            if arrays:
-                return [str(i) for i in range(len(arrays))], [self._wire(a) for a in arrays]
+    def _from_model(self, seed: int, why: str) -> tuple[list[str], NDArrays]:
+        """The first arrays from the app's model factory, for a client that gives none (`why`)."""
         if self.source.model is None:
-            why = ("its get_parameters returns no arrays" if self._legacy()
-                   else "a Message-API app has no get_parameters")
             raise FlowerError(f"{self.source.spec}: {why}, and its module has no {DEFAULT_MODEL} to build the first "
                               f"model from; name a zero-argument model factory: {self.source.spec}:MyModel")
         try:
@@ -498,16 +430,228 @@ class FlowerLearner(Learner):
         keys, arrays = _named_arrays(model)
         if not arrays:
             raise FlowerError(f"{self.source.model_name}() gave no arrays")
-        return keys, [self._wire(a) for a in arrays]
+        return keys, arrays
 
-    def _hooks(self) -> tuple[bool, bool]:
-        if not self._legacy():
-            funcs = self.source.app._registered_funcs
-            return PREDICT_TYPE in funcs, DISTILL_TYPE in funcs
+    def train(self, arrays: NDArrays, keys: list[str]) -> tuple[NDArrays, list[str] | None, dict[str, float]]:
+        """One train message, the next server round: the arrays it returns and its scalar metrics,
+        always with "num-examples"."""
+        self.rounds += 1
+        return self._train(arrays, keys)
+
+    @abstractmethod
+    def first_arrays(self, seed: int) -> tuple[list[str], NDArrays]:
+        """(names, arrays) of the first model: the client's, else the model factory's."""
+
+    @abstractmethod
+    def hooks(self) -> tuple[bool, bool]:
+        """Whether the client has the optional predict and distill hooks (FLOWER_HOOKS)."""
+
+    @abstractmethod
+    def _train(self, arrays: NDArrays, keys: list[str]) -> tuple[NDArrays, list[str] | None, dict[str, float]]:
+        """`train` after the round count."""
+
+    @abstractmethod
+    def evaluate(self, arrays: NDArrays, keys: list[str]) -> dict[str, float]:
+        """The client's scalar metrics on its own test data, with "loss" where it reports one."""
+
+    @abstractmethod
+    def predict(self, arrays: NDArrays, keys: list[str], x: np.ndarray) -> Any:
+        """The client's logits for x (the learner checks their shape)."""
+
+    @abstractmethod
+    def distill(self, arrays: NDArrays, keys: list[str], x: np.ndarray, target: np.ndarray,
+                settings: dict[str, Any]) -> tuple[NDArrays, list[str] | None]:
+        """The arrays after the client's distill hook; `settings`: temperature and epochs."""
+
+
+class NumPyClientAdapter(ClientAdapter):
+    """A client_fn's NumPyClient (or Client), in the records Flower's compat layer makes of
+    GetParametersIns, FitIns and EvaluateIns; the optional hooks run on a fresh client."""
+
+    train_name = "fit"
+
+    def first_arrays(self, seed: int) -> tuple[list[str], NDArrays]:
+        from flwr.common import GetParametersIns, parameters_to_ndarrays
+        from flwr.compat.common.recorddict_compat import getparametersins_to_recorddict, recorddict_to_getparametersres
+
+        content = self._send("get_parameters", getparametersins_to_recorddict(GetParametersIns(config={})), seed)
+        arrays = parameters_to_ndarrays(recorddict_to_getparametersres(content, keep_input=False).parameters)
+        if arrays:
+            return [str(i) for i in range(len(arrays))], arrays
+        return self._from_model(seed, "its get_parameters returns no arrays")
+
+    def _client(self):
+        """A fresh client from the client_fn (for the optional hooks), seeded like a message."""
+        with self._seeded():
+            client = self.source.client_fn(self.context)
+        return getattr(client, "numpy_client", client)
+
+    def hooks(self) -> tuple[bool, bool]:
         if self.source.client_fn is None:
             return False, False
         client = self._client()
         return callable(getattr(client, "predict", None)), callable(getattr(client, "distill", None))
+
+    def _ok(self, status, what: str) -> None:
+        from flwr.common import Code
+
+        if status.code != Code.OK:
+            raise FlowerError(f"client app {self.source.spec} {what} failed: {status.message}")
+
+    def _train(self, arrays: NDArrays, keys: list[str]) -> tuple[NDArrays, None, dict[str, float]]:
+        from flwr.common import FitIns, ndarrays_to_parameters, parameters_to_ndarrays
+        from flwr.compat.common.recorddict_compat import fitins_to_recorddict, recorddict_to_fitres
+
+        ins = FitIns(ndarrays_to_parameters(arrays), dict(self._config()))
+        res = recorddict_to_fitres(self._send("train", fitins_to_recorddict(ins, keep_input=True)), keep_input=False)
+        self._ok(res.status, "fit")
+        return (parameters_to_ndarrays(res.parameters), None,
+                {**_scalar_metrics(res.metrics), "num-examples": float(int(res.num_examples))})
+
+    def evaluate(self, arrays: NDArrays, keys: list[str]) -> dict[str, float]:
+        from flwr.common import EvaluateIns, ndarrays_to_parameters
+        from flwr.compat.common.recorddict_compat import evaluateins_to_recorddict, recorddict_to_evaluateres
+
+        ins = EvaluateIns(ndarrays_to_parameters(arrays), dict(self._config()))
+        res = recorddict_to_evaluateres(self._send("evaluate", evaluateins_to_recorddict(ins, keep_input=True)))
+        self._ok(res.status, "evaluate")
+        return {"loss": float(res.loss), "num-examples": float(res.num_examples), **_scalar_metrics(res.metrics)}
+
+    def predict(self, arrays: NDArrays, keys: list[str], x: np.ndarray) -> Any:
+        return self._client().predict(_copy(arrays), np.array(x, copy=True))
+
+    def distill(self, arrays: NDArrays, keys: list[str], x: np.ndarray, target: np.ndarray,
+                settings: dict[str, Any]) -> tuple[NDArrays, None]:
+        config = {**self.run_config, **self.fit_config, **settings}
+        new = self._client().distill(_copy(arrays), np.array(x, copy=True), np.array(target, copy=True), config)
+        return list(new), None
+
+
+class MessageAdapter(ClientAdapter):
+    """A Message-API ClientApp (`@app.train()`, `@app.evaluate()`, optionally `@app.query("predict")`
+    and `@app.train("distill")`): arrays travel by name in an ArrayRecord, settings in a ConfigRecord."""
+
+    def first_arrays(self, seed: int) -> tuple[list[str], NDArrays]:
+        return self._from_model(seed, "a Message-API app has no get_parameters")
+
+    def hooks(self) -> tuple[bool, bool]:
+        funcs = self.source.app._registered_funcs
+        return PREDICT_TYPE in funcs, DISTILL_TYPE in funcs
+
+    @staticmethod
+    def _record(arrays: NDArrays, keys: list[str]):
+        from flwr.app import Array, ArrayRecord
+
+        return ArrayRecord({k: Array(a) for k, a in zip(keys, arrays)})
+
+    @staticmethod
+    def _one(records: dict, preferred: str, what: str, message_type: str):
+        if preferred in records:
+            return records[preferred]
+        if len(records) == 1:
+            return next(iter(records.values()))
+        raise FlowerError(f"the reply to {message_type} should hold one {what} (or one named {preferred!r}); "
+                          f"it holds {sorted(records) or 'none'}")
+
+    def _arrays(self, content, message_type: str) -> tuple[NDArrays, list[str]]:
+        record = self._one(content.array_records, "arrays", "ArrayRecord", message_type)
+        return [a.numpy() for a in record.values()], list(record.keys())
+
+    def _metrics(self, content, message_type: str) -> dict[str, float]:
+        return _scalar_metrics(self._one(content.metric_records, "metrics", "MetricRecord", message_type))
+
+    def _train(self, arrays: NDArrays, keys: list[str]) -> tuple[NDArrays, list[str], dict[str, float]]:
+        from flwr.app import RecordDict
+
+        content = self._send("train", RecordDict({"arrays": self._record(arrays, keys), "config": self._config()}))
+        new, names = self._arrays(content, "train")
+        metrics = self._metrics(content, "train")
+        if "num-examples" not in metrics:
+            raise FlowerError(f"client app {self.source.spec}: the train reply's MetricRecord lacks 'num-examples' "
+                              "(Flower's strategies weigh updates by it)")
+        return new, names, metrics
+
+    def evaluate(self, arrays: NDArrays, keys: list[str]) -> dict[str, float]:
+        from flwr.app import RecordDict
+
+        content = self._send("evaluate", RecordDict({"arrays": self._record(arrays, keys), "config": self._config()}))
+        metrics = self._metrics(content, "evaluate")
+        loss = next((metrics[k] for k in ("loss", "eval_loss", "test_loss", "val_loss") if k in metrics), None)
+        if loss is not None:
+            metrics.setdefault("loss", loss)
+        return metrics
+
+    def predict(self, arrays: NDArrays, keys: list[str], x: np.ndarray) -> Any:
+        from flwr.app import Array, ArrayRecord, RecordDict
+
+        content = self._send(PREDICT_TYPE, RecordDict({
+            "arrays": self._record(arrays, keys), "inputs": ArrayRecord({"x": Array(np.ascontiguousarray(x))})}))
+        record = self._one(content.array_records, "predictions", "ArrayRecord", PREDICT_TYPE)
+        if "logits" not in record:
+            raise FlowerError(f"the reply to {PREDICT_TYPE} lacks an array 'logits'; it has {sorted(record)}")
+        return record["logits"].numpy()
+
+    def distill(self, arrays: NDArrays, keys: list[str], x: np.ndarray, target: np.ndarray,
+                settings: dict[str, Any]) -> tuple[NDArrays, list[str]]:
+        from flwr.app import Array, ArrayRecord, RecordDict
+
+        probe = ArrayRecord({"x": Array(np.ascontiguousarray(x)), "target": Array(np.ascontiguousarray(target))})
+        content = self._send(DISTILL_TYPE, RecordDict({"arrays": self._record(arrays, keys),
+                                                      "config": self._config(**settings), "probe": probe}))
+        return self._arrays(content, DISTILL_TYPE)
+
+
+# ---------------------------------------------------------------------------------------------
+# The learner
+
+
+class FlowerLearner(Learner):
+    """A node's learner backed by a Flower client app (see the module docstring): it holds the
+    node's model, and speaks to the client through the adapter for the app's dialect (`client`)."""
+
+    def __init__(self, app: ClientAppSource | str | Any, *, partition_id: int = 0, num_partitions: int = 1,
+                 run_config: str | dict[str, Any] | None = None, fit_config: dict[str, Any] | None = None,
+                 seed: int = 0, init_seed: int | None = None, node_id: int | None = None, run_id: int = 1,
+                 node_config: dict[str, Any] | None = None, architecture: str | None = None,
+                 metric: str | None = None) -> None:
+        """`node_config` adds to partition-id/num-partitions (a daemon's `--node-config`, as Flower's
+        SuperNode takes it); `seed` seeds every client call, `init_seed` (default: seed) the first
+        model, so nodes given one init_seed start alike; `metric` names the accuracy metric."""
+        _quiet_flower()
+        if isinstance(app, str):
+            app = load_client_app(app)
+        source = app if isinstance(app, ClientAppSource) else client_app_source(app)
+        if not 0 <= partition_id < num_partitions:
+            raise FlowerError(f"partition-id {partition_id} is not in 0..{num_partitions - 1}")
+        adapter = MessageAdapter if source.kind == "message" else NumPyClientAdapter
+        self.client: ClientAdapter = adapter(
+            source, source.run_config(run_config), dict(fit_config or {}), seed=seed,
+            node_id=node_id if node_id is not None else partition_id + 1, run_id=run_id,
+            node_config={"partition-id": partition_id, "num-partitions": num_partitions, **(node_config or {})})
+        self.metric = metric
+        self.num_examples = 0  # known after the first fit: the client reports it
+        self._keys, arrays = self.client.first_arrays(seed if init_seed is None else init_seed)
+        self._arrays = [_wire(a) for a in arrays]
+        self._dtypes = [np.asarray(a).dtype for a in arrays]  # the client's own: integers go back as integers
+        layout = repr([(k, a.shape, a.dtype.str) for k, a in zip(self._keys, self._arrays)])
+        self.architecture = architecture or f"flower-{hashlib.sha256(layout.encode()).hexdigest()[:12]}"
+        self.supports_predict, self.supports_distill = self.client.hooks()
+
+    def _client_arrays(self) -> NDArrays:
+        """The arrays as the client expects them: its own dtypes."""
+        return [np.rint(a).astype(d) if d.kind in "biu" else a.astype(d, copy=False)
+                for a, d in zip(self._arrays, self._dtypes)]
+
+    def _take(self, arrays: NDArrays, keys: list[str] | None, what: str) -> None:
+        """Keep arrays a client returned (copied), after checking they fit the model."""
+        if keys is not None and keys != self._keys:
+            if sorted(keys) != sorted(self._keys):
+                raise FlowerError(f"{what} returned arrays {keys}, the model has {self._keys}")
+            arrays = [arrays[keys.index(k)] for k in self._keys]
+        layout = [a.shape for a in self._arrays]
+        if [np.shape(a) for a in arrays] != layout:
+            raise FlowerError(f"{what} returned arrays shaped {[np.shape(a) for a in arrays]}; the model has {layout}")
+        self._arrays = [_wire(a) for a in arrays]
 
     # --- Learner ---------------------------------------------------------------------------
 
@@ -525,55 +669,15 @@ class FlowerLearner(Learner):
             raise FlowerError("a Flower client trains on its own data only; it cannot take extra samples")
         metrics: dict[str, float] = {}
         for _ in range(epochs):
-            self.rounds += 1
-            metrics = self._train()
+            arrays, keys, metrics = self.client.train(self._client_arrays(), self._keys)
+            self._take(arrays, keys, self.client.train_name)
+            self.num_examples = int(metrics["num-examples"])
         return metrics
-
-    def _train(self) -> dict[str, float]:
-        if self._legacy():
-            from flwr.common import Code, FitIns, parameters_to_ndarrays
-            from flwr.compat.common.recorddict_compat import fitins_to_recorddict, recorddict_to_fitres
-
-            config = dict(self._config())
-            content = self._send("train", fitins_to_recorddict(FitIns(self._parameters(), config), keep_input=True))
-            res = recorddict_to_fitres(content, keep_input=False)
-            if res.status.code != Code.OK:
-                raise FlowerError(f"client app {self.source.spec} fit failed: {res.status.message}")
-            self._take(parameters_to_ndarrays(res.parameters), None, "fit")
-            self.num_examples = int(res.num_examples)
-            return {**_scalar_metrics(res.metrics), "num-examples": float(self.num_examples)}
-        from flwr.app import RecordDict
-
-        content = self._send("train", RecordDict({"arrays": self._record(), "config": self._config()}))
-        record = self._one(content.array_records, "arrays", "ArrayRecord", "train")
-        self._take([a.numpy() for a in record.values()], list(record.keys()), "train")
-        metrics = dict(self._one(content.metric_records, "metrics", "MetricRecord", "train"))
-        if "num-examples" not in metrics:
-            raise FlowerError(f"client app {self.source.spec}: the train reply's MetricRecord lacks 'num-examples' "
-                              "(Flower's strategies weigh updates by it)")
-        self.num_examples = int(metrics["num-examples"])
-        return _scalar_metrics(metrics)
 
     def evaluate(self, x: np.ndarray | None = None, y: np.ndarray | None = None) -> dict[str, float]:
         """The client's evaluate on its own test data (x and y are ignored): its metrics, with
         "accuracy" picked as the module docstring says and "loss" when the client reports one."""
-        if self._legacy():
-            from flwr.common import Code, EvaluateIns
-            from flwr.compat.common.recorddict_compat import evaluateins_to_recorddict, recorddict_to_evaluateres
-
-            ins = EvaluateIns(self._parameters(), dict(self._config()))
-            res = recorddict_to_evaluateres(self._send("evaluate", evaluateins_to_recorddict(ins, keep_input=True)))
-            if res.status.code != Code.OK:
-                raise FlowerError(f"client app {self.source.spec} evaluate failed: {res.status.message}")
-            metrics = {"loss": float(res.loss), "num-examples": float(res.num_examples), **_scalar_metrics(res.metrics)}
-        else:
-            from flwr.app import RecordDict
-
-            content = self._send("evaluate", RecordDict({"arrays": self._record(), "config": self._config()}))
-            metrics = _scalar_metrics(self._one(content.metric_records, "metrics", "MetricRecord", "evaluate"))
-            loss = next((metrics[k] for k in ("loss", "eval_loss", "test_loss", "val_loss") if k in metrics), None)
-            if loss is not None:
-                metrics.setdefault("loss", loss)
+        metrics = self.client.evaluate(self._client_arrays(), self._keys)
         metrics["accuracy"] = metrics[self.accuracy_key(metrics)]
         return metrics
 
@@ -589,46 +693,32 @@ class FlowerLearner(Learner):
         fuzzy = sorted(k for k in metrics if "acc" in k.lower())
         if fuzzy:
             return fuzzy[0]
-        raise FlowerError(f"client app {self.source.spec}: evaluate returns no accuracy metric (one of "
+        raise FlowerError(f"client app {self.client.source.spec}: evaluate returns no accuracy metric (one of "
                           f"{', '.join(ACCURACY_KEYS)} or a name containing 'acc'); "
                           f"it returns {sorted(metrics) or 'none'}")
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         if not self.supports_predict:
-            raise FlowerError(f"client app {self.source.spec} cannot predict; add the optional hook:\n{FLOWER_HOOKS}")
-        if self._legacy():
-            logits = self._client().predict(_copy(self._client_arrays()), np.array(x, copy=True))
-        else:
-            from flwr.app import Array, ArrayRecord, RecordDict
-
-            content = self._send(PREDICT_TYPE, RecordDict({
-                "arrays": self._record(), "inputs": ArrayRecord({"x": Array(np.ascontiguousarray(x))})}))
-            record = self._one(content.array_records, "predictions", "ArrayRecord", PREDICT_TYPE)
-            if "logits" not in record:
-                raise FlowerError(f"the reply to {PREDICT_TYPE} lacks an array 'logits'; it has {sorted(record)}")
-            logits = record["logits"].numpy()
-        logits = np.array(logits, dtype=np.float32, copy=True)
+            raise FlowerError(f"client app {self.client.source.spec} cannot predict; add the optional hook:\n"
+                              f"{FLOWER_HOOKS}")
+        logits = np.array(self.client.predict(self._client_arrays(), self._keys, x), dtype=np.float32, copy=True)
         if logits.ndim != 2 or len(logits) != len(x):
             raise FlowerError(f"predict returned logits shaped {logits.shape}; expected ({len(x)}, num_classes)")
         return logits
 
     def distill(self, x: np.ndarray, target: np.ndarray, temperature: float, epochs: int) -> None:
         if not self.supports_distill:
-            raise FlowerError(f"client app {self.source.spec} cannot distill; add the optional hook:\n{FLOWER_HOOKS}")
+            raise FlowerError(f"client app {self.client.source.spec} cannot distill; add the optional hook:\n"
+                              f"{FLOWER_HOOKS}")
         settings = {"temperature": float(temperature), "epochs": int(epochs)}
-        if self._legacy():
-            config = {**self.run_config, **self.fit_config, **settings}
-            arrays = self._client().distill(_copy(self._client_arrays()), np.array(x, copy=True),
-                                            np.array(target, copy=True), config)
-            self._take(list(arrays), None, "distill")
-            return
-        from flwr.app import Array, ArrayRecord, RecordDict
+        arrays, keys = self.client.distill(self._client_arrays(), self._keys, x, target, settings)
+        self._take(arrays, keys, "distill")
 
-        probe = ArrayRecord({"x": Array(np.ascontiguousarray(x)), "target": Array(np.ascontiguousarray(target))})
-        content = self._send(DISTILL_TYPE, RecordDict({"arrays": self._record(), "config": self._config(**settings),
-                                                      "probe": probe}))
-        record = self._one(content.array_records, "arrays", "ArrayRecord", DISTILL_TYPE)
-        self._take([a.numpy() for a in record.values()], list(record.keys()), "distill")
+
+def _wire(array) -> np.ndarray:
+    """A copy in a dtype the protocol carries: floats stay, integers and bools become float64."""
+    a = np.array(array, copy=True)
+    return a if a.dtype.kind == "f" else a.astype(np.float64)
 
 
 def _named_arrays(model: Any) -> tuple[list[str], NDArrays]:

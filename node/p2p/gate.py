@@ -13,6 +13,10 @@ it reads a frame and by the daemon after it verified one. Per peer:
   costs a verification per frame, so its rate is bounded; frames over it are dropped and count.
 * **Serving** (answers to ``blob_request``) passes a byte bucket (``serve_bytes_per_s``, burst
   ``serve_burst``), so a 1 KiB request cannot make this node send more than its budget.
+* **New announcement authors** a peer relays (gossipsub's propagation source) pass a bucket
+  (``new_authors_per_min``, burst ``new_authors_burst``): fresh keys cost nothing, and each new
+  author takes a place in discovery's bounded replay guard, whose evictions raise its watermark.
+  An author over the rate is refused with a mild strike (``NEW_AUTHORS``) and never enters it.
 
 Tables are bounded (``max_peers``, least recently seen evicted; a blocked peer is kept until its
 block ends, up to ``max_blocked``)."""
@@ -25,7 +29,8 @@ MiB = 1 << 20
 # reasons an honest peer can cause now and then: a replay across lanes, a slow clock, a ban by
 # reputation, an offer bigger than this node takes (another architecture's weights), a burst
 # faster than this node verifies
-MILD = frozenset({"replayed", "stale", "banned", "unwanted_size", "inbound_busy"})
+NEW_AUTHORS = "new_authors"  # an announcement by a new author, over its forwarder's rate
+MILD = frozenset({"replayed", "stale", "banned", "unwanted_size", "inbound_busy", NEW_AUTHORS})
 OK, THROTTLED, BLOCKED = "ok", "throttled", "blocked"
 
 
@@ -39,6 +44,8 @@ class GateConfig:
     frame_burst: float = 200.0  # a pull of a 512 MiB model is 128 chunks in a row
     serve_bytes_per_s: float = 32 * MiB
     serve_burst: float = 128 * MiB
+    new_authors_per_min: float = 16.0
+    new_authors_burst: float = 32.0
     max_peers: int = 4096
     max_blocked: int = 65536
 
@@ -63,20 +70,22 @@ class _Peer:
     at: float
     frames: _Bucket
     serving: _Bucket
+    authors: _Bucket
 
 
 @dataclass
 class PeerGate:
     config: GateConfig = field(default_factory=GateConfig)
     blocked_until: OrderedDict = field(default_factory=OrderedDict)  # peer id -> time its block ends
-    events: Counter = field(default_factory=Counter)  # throttled, blocked, rate_limited, serve_refused
+    events: Counter = field(default_factory=Counter)  # throttled, blocked, rate_limited, serve_refused, ...
     _peers: OrderedDict = field(default_factory=OrderedDict)
 
     def _peer(self, peer: str, now: float) -> _Peer:
         c = self.config
         state = self._peers.pop(peer, None)
         if state is None:
-            state = _Peer(0.0, now, _Bucket(c.frame_burst, now), _Bucket(c.serve_burst, now))
+            state = _Peer(0.0, now, _Bucket(c.frame_burst, now), _Bucket(c.serve_burst, now),
+                          _Bucket(c.new_authors_burst, now))
             while len(self._peers) >= c.max_peers:
                 self._peers.popitem(last=False)
         else:  # strikes decay
@@ -132,6 +141,14 @@ class PeerGate:
         if self._peer(peer, now).serving.take(nbytes, c.serve_bytes_per_s, c.serve_burst, now):
             return True
         self.events["serve_refused"] += 1
+        return False
+
+    def may_introduce(self, peer: str, now: float) -> bool:
+        """May ``peer`` relay an announcement by an author this node has not heard from yet?"""
+        c = self.config
+        if self._peer(peer, now).authors.take(1, c.new_authors_per_min / 60.0, c.new_authors_burst, now):
+            return True
+        self.events["new_authors_refused"] += 1
         return False
 
     def standing(self, peer: str, now: float) -> dict:

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import logging
 import struct
-import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -66,10 +65,12 @@ from manymodels.protocol import MAX_ENVELOPE_BYTES, Identity
 
 from ..core.transport import Receiver
 from .gate import BLOCKED, OK, PeerGate
+from .logs import RateLimit
 from .service import TrioService
 from .upstream import BULK_MAX_FRAME, BULK_RECV_WINDOW, BufferedNoiseTransport, adopt_stream
 
 logger = logging.getLogger(__name__)
+logger.addFilter(RateLimit())  # a line per blocked peer, and peer ids cost nothing
 
 MSG_PROTOCOL = "/manymodels/msg/1.0.0"
 FRAME_HEADER = struct.Struct(">Q")
@@ -218,7 +219,7 @@ async def write_frame(stream, data: bytes, *, chunk_size: int = DEFAULT_CHUNK) -
 
 
 class Libp2pTransport(TrioService):
-    """The Transport interface (``address``, ``send``, ``set_receiver``) over a real libp2p host."""
+    """The Transport and PeerNetwork interfaces (node/core/transport.py) over a real libp2p host."""
 
     def __init__(self, identity: Identity, *, listen: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
                  max_frame: int = DEFAULT_MAX_FRAME, chunk_size: int = DEFAULT_CHUNK,
@@ -229,6 +230,7 @@ class Libp2pTransport(TrioService):
                  recv_window: int = BULK_RECV_WINDOW, yamux_frame: int = BULK_MAX_FRAME,
                  buffered_noise: bool = True, host_options: dict | None = None, gate: PeerGate | None = None,
                  write_timeout: float = 30.0) -> None:
+        super().__init__()
         self.identity = identity
         self.address: str = identity.peer_id
         self.max_frame = max_frame
@@ -252,12 +254,6 @@ class Libp2pTransport(TrioService):
         self._buffered_noise = buffered_noise
         self._host_options = dict(host_options or {})
         self._receiver: Receiver | None = None
-        self._nursery: trio.Nursery | None = None
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._thread: int | None = None
-        self._running = False
-        self._stop = trio.Event()
-        self._stopped = trio.Event()
         self._outboxes: dict[tuple[str, bool], _Outbox] = {}  # (peer id, small lane?) -> queue
         self._peer_ids: dict[str, ID] = {}
         self._inbound_reserved = 0  # bytes of frames being read right now, all peers together
@@ -270,59 +266,39 @@ class Libp2pTransport(TrioService):
 
     def send(self, peer: str, data: bytes) -> None:
         """Queue ``data`` for ``peer`` (a peer id); never blocks, never raises for a bad peer."""
-        if self._thread is not None and threading.get_ident() != self._thread:
-            token = self._token
-            try:
-                token.run_sync_soon(self._enqueue, peer, bytes(data))
-            except Exception:  # the run has ended
-                self.stats.dropped_not_running += 1
-            return
-        self._enqueue(peer, data)
+        data = data if isinstance(data, bytes) else bytes(data)  # it may cross to the trio thread
+        self.call_in_loop(self._enqueue, peer, data, ended=self._dropped_after_close)
 
-    # ---- lifecycle
+    def _dropped_after_close(self) -> None:
+        self.stats.dropped_not_running += 1
 
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Listen and serve until close() (or until cancelled). Use ``await nursery.start(t.run)``:
-        it returns once the host listens."""
-        if self.host is not None:
-            raise RuntimeError("a Libp2pTransport runs once")
+    # ---- lifecycle (TrioService: run, close, running, is_running)
+
+    async def _open(self, stack) -> None:
+        """The host, listening."""
         self.host = noise_only_host(self.identity.seed, self._listen, buffered_noise=self._buffered_noise,
                                     **self._host_options)
         if self.host.get_id().to_base58() != self.address:
             raise RuntimeError("libp2p derived a different peer id from our key")  # never, if keys agree
-        try:
-            async with self.host.run([multiaddr.Multiaddr(a) for a in self._listen]):
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    self._token = trio.lowlevel.current_trio_token()
-                    self._thread = threading.get_ident()
-                    self.host.set_stream_handler(MSG_PROTOCOL, self._on_msg_stream)
-                    self.host.get_network().register_notifee(_Bouncer(self))
-                    self._running = True
-                    task_status.started()
-                    try:
-                        await self._stop.wait()
-                    finally:
-                        self._running = False
-                        nursery.cancel_scope.cancel()
-                with trio.CancelScope(shield=True), trio.move_on_after(5):
-                    await self.host.close()
-        finally:
-            self._running = False
-            self._dropped_on_close()
-            self._stopped.set()
+        await stack.enter_async_context(self.host.run([multiaddr.Multiaddr(a) for a in self._listen]))
+        stack.push_async_callback(self._close_host)
 
-    async def close(self) -> None:
-        """Stop serving and close every connection; queued messages are dropped (counted)."""
-        self._stop.set()
-        if self.host is not None:
-            await self._stopped.wait()
+    def _start(self, nursery: trio.Nursery) -> None:
+        self.host.set_stream_handler(MSG_PROTOCOL, self._on_msg_stream)
+        self.host.get_network().register_notifee(_Bouncer(self))
 
-    # ---- what a daemon needs besides the interface
+    def _closed(self) -> None:
+        """Queued messages are dropped (counted)."""
+        for ob in self._outboxes.values():
+            self.stats.dropped_not_running += len(ob.queue)
+            ob.queue.clear()
+        self._outboxes.clear()
 
-    @property
-    def is_running(self) -> bool:
-        return self._running
+    async def _close_host(self) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            await self.host.close()
+
+    # ---- the PeerNetwork interface, and what the daemon needs besides
 
     def listen_addrs(self) -> list[str]:
         """Our full multiaddrs, each ending in /p2p/<our peer id>."""
@@ -385,12 +361,9 @@ class Libp2pTransport(TrioService):
     def strike(self, peer: str, reason: str) -> None:
         """A frame from ``peer`` failed (the receiver's verdict): count it; block the peer if due.
         May be called from another thread (a verifier's)."""
-        if self._thread is not None and threading.get_ident() != self._thread:
-            try:
-                self._token.run_sync_soon(self.strike, peer, reason)
-            except Exception:  # noqa: BLE001 -- the run has ended
-                pass
-            return
+        self.call_in_loop(self._strike, peer, reason)
+
+    def _strike(self, peer: str, reason: str) -> None:
         if self.gate.strike(peer, reason, time.monotonic()) == BLOCKED:
             self._block(peer)
 
@@ -510,12 +483,6 @@ class Libp2pTransport(TrioService):
                 await _quietly(stream.reset())
                 if not reused:
                     return _WRITE_FAILED
-
-    def _dropped_on_close(self) -> None:
-        for ob in self._outboxes.values():
-            self.stats.dropped_not_running += len(ob.queue)
-            ob.queue.clear()
-        self._outboxes.clear()
 
     # ---- internals: inbound
 

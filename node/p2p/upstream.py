@@ -1,5 +1,12 @@
-"""Throughput fixes for py-libp2p 0.8.1, as subclasses (nothing in site-packages is patched).
+"""Everything that depends on py-libp2p's internals, for exactly the version we pin
+(``PINNED_VERSION``, as in pyproject.toml). Installing any of it on another version raises
+:class:`UnsupportedLibp2p` with one line that says so: the private names used here
+(``_write_frame``, ``_finalize_stream_locked``, ``_auto_tune_and_send_window_update``,
+``_read_data_body``, ``_yamux_data_read_timeout``, ``_handle_dead_peer``,
+``_get_providers_from_peer_with_closers``, the provider store's tables) may change in any release.
+Nothing in site-packages is patched: subclasses, and wrappers on our own instances.
 
+**Throughput** (libp2p.py's hosts and streams).
 On loopback (bench/bench_transfer.py), a bare py-libp2p stream moves 100-150 MB/s, 5-15 % of a
 raw trio socket. The cipher is not the reason (ChaCha20-Poly1305 runs at 1.7-3 GB/s here);
 profiling shows per-frame Python overhead and copies:
@@ -28,7 +35,7 @@ profiling shows per-frame Python overhead and copies:
 What is left (see bench_transfer.py --profile) is mostly C: the two cipher passes, the socket
 calls, joining Noise messages and the final message, and the copy into the yamux stream buffer.
 
-Upstream changes that would make this file unnecessary: a configurable yamux max frame size;
+Upstream changes that would make this part unnecessary: a configurable yamux max frame size;
 ``MuxerMultistream.new_conn`` honouring the class given in ``muxer_opt`` for yamux (it hard-codes
 ``Yamux``); a ``Yamux.stream_class`` attribute (streams are built inline in ``open_stream`` and
 ``handle_incoming``); an event instead of ``sleep(0.01)`` polling for window credit; a buffered
@@ -36,11 +43,24 @@ Noise reader. Until then a bulk stream is *adopted* (:func:`adopt_stream`): the 
 object of one of our own protocol streams is given the subclass, and its connection (when it runs
 over our Noise session) the BulkYamux reader, which behaves the same for every protocol. Streams of
 other protocols (identify, ping, pubsub, DHT) keep upstream's stream class.
+
+**Guards** (discovery's pubsub and DHT). py-libp2p runs stream handlers and ``push_msg`` as
+service tasks, and a task that raises stops its service -- for a stream handler the swarm, the
+whole host. A peer's bytes make them raise (an RPC that does not parse: protobuf's DecodeError; a
+message ``key`` that does not deserialize), so :func:`guard_stream_handler` and
+:func:`guard_push_msg` wrap them and count instead.
+
+**DHT provider records**: :func:`providers_from_peer` (one peer's answer, which py-libp2p's own
+``find_providers`` skips once it holds a record) and :func:`stop_providing`.
 """
 from __future__ import annotations
 
+import functools
+import importlib.metadata
+import logging
 import struct
 from collections import deque
+from collections.abc import Callable
 
 import trio
 from libp2p.io.exceptions import ConnectionClosedError, IncompleteReadError
@@ -59,6 +79,9 @@ from libp2p.stream_muxer.yamux.yamux import (
 )
 
 
+logger = logging.getLogger(__name__)
+
+PINNED_VERSION = "0.8.1"  # the py-libp2p release this module is written against (pyproject.toml pins it)
 NOISE_MAX_PLAINTEXT = 65535 - 16  # Noise message limit minus the Poly1305 tag
 NOISE_READ_SIZE = 1 << 20  # bytes asked of the socket per recv
 BULK_MAX_FRAME = 1 << 20  # largest yamux DATA frame a bulk stream writes
@@ -67,6 +90,25 @@ WINDOW_WAIT_TIMEOUT = 60.0  # a sender gives up after this long without any wind
 _CLOSE_POLL = 0.25  # how often a window-starved sender checks that the stream still lives
 
 _HEADER = struct.Struct(YAMUX_HEADER_FORMAT)
+
+
+class UnsupportedLibp2p(RuntimeError):
+    """The installed py-libp2p is not the release this module's plumbing is written for."""
+
+
+@functools.cache
+def installed_version() -> str:
+    return importlib.metadata.version("libp2p")
+
+
+def require_pinned() -> None:
+    """Raise UnsupportedLibp2p unless the installed py-libp2p is ``PINNED_VERSION``. Called by
+    everything here that installs plumbing (a Noise transport, a pubsub guard, ...)."""
+    version = installed_version()
+    if version != PINNED_VERSION:
+        raise UnsupportedLibp2p(f"py-libp2p {version} is installed, but manymodels' libp2p plumbing "
+                                f"(node/p2p/upstream.py) is written for {PINNED_VERSION} only: "
+                                f"pip install libp2p=={PINNED_VERSION}")
 
 
 # --------------------------------------------------------------------------- Noise
@@ -207,6 +249,10 @@ class BufferedNoiseSession(SecureSession):
 class BufferedNoiseTransport(NoiseTransport):
     """``/noise`` (XX) exactly as py-libp2p does it, with :class:`BufferedNoiseSession` after the
     handshake. Use it in ``new_host(sec_opt={NOISE_PROTOCOL_ID: BufferedNoiseTransport(...)})``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        require_pinned()
+        super().__init__(*args, **kwargs)
 
     @staticmethod
     def _wrap(session):
@@ -362,6 +408,7 @@ def adopt_connection(muxed_conn) -> bool:
 
 def adopt_stream(net_stream, *, max_frame: int | None = None) -> BulkYamuxStream | None:
     """Give a libp2p stream's yamux stream the bulk behaviour; None if it is not yamux."""
+    require_pinned()
     muxed = getattr(net_stream, "muxed_stream", None)
     adopt_connection(getattr(muxed, "conn", None))
     if type(muxed) is YamuxStream:
@@ -375,3 +422,81 @@ def adopt_stream(net_stream, *, max_frame: int | None = None) -> BulkYamuxStream
     if max_frame is not None:
         muxed.max_frame = max(1, min(max_frame, MAX_WINDOW_SIZE))
     return muxed
+
+
+# --------------------------------------------------------------------------- pubsub and DHT
+
+
+def guard_stream_handler(host, protocols, handler, on_error: Callable[[], None], cleanup=None) -> None:
+    """Register ``handler`` for ``protocols`` wrapped so that nothing it raises escapes (it would
+    stop the swarm: the whole host). A stream whose handler raised is reset, the error counted
+    (``on_error()``) and ``cleanup(stream)`` called."""
+    require_pinned()
+
+    async def guarded(stream) -> None:
+        try:
+            await handler(stream)
+        except trio.Cancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            on_error()
+            logger.debug("a %s stream handler raised %s: %s", protocols, type(exc).__name__, exc)
+            try:
+                await stream.reset()
+            except Exception:  # noqa: BLE001
+                pass
+            if cleanup is not None:
+                try:
+                    cleanup(stream)
+                except Exception:  # noqa: BLE001
+                    pass
+
+    for protocol in protocols:
+        host.set_stream_handler(protocol, guarded)
+
+
+def guard_pubsub(host, pubsub, protocols, on_push_error: Callable[[], None],
+                 on_stream_error: Callable[[], None]) -> None:
+    """A pubsub whose ``push_msg`` and stream handler (for ``protocols``) never raise; a peer
+    whose pubsub stream failed is dropped from pubsub's tables, as py-libp2p does when a stream
+    ends normally."""
+    guard_push_msg(pubsub, on_push_error)
+
+    def dead(stream) -> None:
+        pubsub._handle_dead_peer(stream.muxed_conn.peer_id)
+    guard_stream_handler(host, protocols, pubsub.stream_handler, on_stream_error, dead)
+
+
+def guard_push_msg(pubsub, on_error: Callable[[], None]) -> None:
+    """This pubsub instance's ``push_msg`` (run for each received message as a service task)
+    swallows and counts what it raises instead of stopping the pubsub service."""
+    require_pinned()
+    push_msg = pubsub.push_msg
+
+    async def guarded(msg_forwarder, msg) -> None:
+        try:
+            await push_msg(msg_forwarder, msg)
+        except trio.Cancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            on_error()
+            logger.debug("pubsub push_msg from %s raised %s: %s", msg_forwarder, type(exc).__name__, exc)
+
+    pubsub.push_msg = guarded
+
+
+async def providers_from_peer(dht, peer_id, key: bytes) -> list:
+    """The provider records (PeerInfo) one peer answers for a DHT key."""
+    require_pinned()
+    providers, _closer = await dht.provider_store._get_providers_from_peer_with_closers(peer_id, key)
+    return providers
+
+
+def stop_providing(dht, key: bytes) -> None:
+    """Stop re-announcing a DHT key and drop our own record for it; records already out expire."""
+    require_pinned()
+    store = dht.provider_store
+    store.providing_keys.discard(key)
+    records = store.providers.get(key)
+    if records is not None:
+        records.pop(str(dht.local_peer_id), None)

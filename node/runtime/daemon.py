@@ -25,6 +25,7 @@ from manymodels.protocol import (MAX_ENVELOPE_BYTES, Announce, BlobRequest, Blob
 
 from .control import serve as serve_control
 from .inbound import Inbound
+from .listen import listen_addrs
 from ..p2p.discovery import Discovery, DiscoveryConfig
 from ..core.exchange import Distillation, SyntheticSamples
 from ..learning.probe import ProbeSet
@@ -317,8 +318,9 @@ class Daemon:
         self.provenance: list[dict] = []
         self.stopping = trio.Event()
         self.discovery: Discovery | None = None
-        self._dials: list[float] = []
-        self.inbound: Inbound | None = None  # when peer-exchange dials happened (the last minute's)
+        self._dials: list[float] = []  # when peer-exchange dials happened (the last minute's)
+        self.inbound: Inbound | None = None
+        self.listening: list[str] = []  # our multiaddrs, saved so that a restart keeps its ports
 
     # --- construction -----------------------------------------------------------------------
     @functools.cached_property
@@ -338,9 +340,7 @@ class Daemon:
         server would; nothing for the built-in learners."""
         if not self.config.recipe.client_app:
             return {}
-        from manymodels.aggregation.flower import client_fit_config
-
-        return client_fit_config(self.spec.rule)
+        return self.spec.rule.client_config
 
     def _restore(self, node: DaemonNode) -> None:
         state = self.home.read_json(self.home.state_file, {})
@@ -368,6 +368,7 @@ class Daemon:
         self.home.write_json(self.home.state_file, {
             "seq": node.seq,
             "version": node.version,
+            "listening": self.listening,
             "replay": {k.hex(): [h, format(seen, "x")] for k, (h, seen) in node.guard.to_state().items()},
             "peers": list(node.peers.values()),
             "provenance": self.provenance[-100:],
@@ -385,14 +386,14 @@ class Daemon:
     def _train(self, node: DaemonNode) -> list[tuple[bytes, str]]:
         """Train, and seal what to publish (sending stays on the loop)."""
         node.train(self.spec.local_epochs)
-        node.version += 1
-        return [(node.seal(payload), payload.KIND) for payload in node.exchange.publish(node)]
+        return node.publication()
 
     def _fold(self, node: DaemonNode) -> None:
         """Fold what arrived during the period, evaluate the result, and save it."""
-        inputs = sorted(peer_id(p) for p in node.senders - node.banned)
-        if node.fold():
-            self.provenance.append({"version": node.version, "time": now_ms(), "folded": inputs})
+        folded = node.fold()
+        if folded.changed:
+            self.provenance.append({"version": node.version, "time": now_ms(), "folded": folded.senders,
+                                    "digests": [digest.hex() for _, digest in folded.inputs]})
         accuracy = node.learner.evaluate_test()["accuracy"]
         self.history.append({"version": node.version, "time": now_ms(), "accuracy": round(accuracy, 4)})
         self.save(node)
@@ -538,13 +539,15 @@ class Daemon:
         """Run until `stop`. `transport_factory(identity, listen=[...])` gives the transport.
         The network comes up (and joins its bootstrap peers) while the worker process starts."""
         atomic_write(self.home.pid_file, f"{os.getpid()}\n".encode())
-        transport = transport_factory(self.identity, listen=self.config.listen)
+        listening_before = self.home.read_json(self.home.state_file, {}).get("listening", [])
+        transport = transport_factory(self.identity, listen=listen_addrs(self.config.listen, listening_before))
         learner = None
         try:
             discovery_config = DiscoveryConfig(mdns=self.config.mdns)
             async with transport.running(), Discovery(transport, config=discovery_config).running() as discovery, \
                     trio.open_nursery() as nursery:
                 self.discovery = discovery
+                self.listening = transport.listen_addrs()
                 for addr in self.config.bootstrap:
                     try:
                         await transport.connect(addr)
@@ -560,6 +563,7 @@ class Daemon:
                 discovery.on_announce = node.on_announce
                 discovery.on_peer = lambda peer, addrs: node.peer(peer).update(addrs=sorted(addrs)[:8])
                 node.discovered = lambda addrs: nursery.start_soon(self._dial, node, transport, list(addrs))
+                node.discovered([a for p in node.peers.values() for a in p["addrs"][:2]])  # back after a restart
                 await nursery.start(serve_control, self.home.socket,
                                     lambda request: self._control(node, transport, request))
                 nursery.start_soon(self._cycles, node, transport)

@@ -1,5 +1,6 @@
-"""Adversaries for the simulator. Each attack is a small class; an attacker is an ordinary node
-(own identity, neighbours, learner) whose outgoing messages the attack writes.
+"""Adversaries for the simulator. Each attack is a small class; an attacker is an honest node
+(own identity, neighbours, learner) with an `Attacker` as its outbound filter: the attack writes
+what the node sends, and sees what it receives first (`observe`, through `Attacker.tap`).
 
 Model-poisoning attacks rewrite the payloads the node would honestly send (`poison`); data
 poisoning changes its training labels (`poison_labels`); protocol attacks send bytes that the
@@ -17,6 +18,7 @@ import numpy as np
 from manymodels.protocol import Logits, Payload, SyntheticBatch, Weights
 
 from ..core.node import Node
+from ..core.transport import Receiver, Transport
 
 
 @dataclass
@@ -46,6 +48,9 @@ class Attack:
     def messages(self, node: Node, payloads: list[Payload], ctx: AttackContext) -> list[bytes]:
         """The signed bytes this attacker sends this round (by default: its poisoned payloads)."""
         return [node.seal(self.poison(payload, node, ctx)) for payload in payloads]
+
+    def observe(self, sender_address: str, data: bytes) -> None:
+        """Raw bytes the attacker's node received, before it verifies them."""
 
 
 class GaussianNoise(Attack):
@@ -168,8 +173,14 @@ class Forged(Attack):
 class Replay(Attack):
     name, description = "replay", "re-send honest messages it received earlier, byte for byte"
 
+    def __init__(self) -> None:
+        self.captured: dict[str, bytes] = {}  # the latest message from each sender
+
+    def observe(self, sender_address, data):
+        self.captured[sender_address] = data
+
     def messages(self, node, payloads, ctx):
-        return list(node.captured.values())
+        return list(self.captured.values())
 
 
 class Stale(Attack):
@@ -201,26 +212,35 @@ def parse_attack(spec: str) -> tuple[str, float]:
     return name, value
 
 
-class AttackerNode(Node):
-    """A node whose outgoing messages its attack writes. It keeps the raw bytes of the latest
-    message from each sender, for replay."""
+@dataclass
+class Attacker:
+    """An attack as a node's outbound filter (`Node(..., outbound=attacker)`): it rewrites what the
+    node would honestly send."""
+    attack: Attack
+    context: AttackContext
 
-    def __init__(self, *args, attack: Attack, context: AttackContext, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.attack = attack
-        self.context = context
-        self.captured: dict[str, bytes] = {}
+    def __call__(self, node: Node, payloads: list[Payload]) -> list[tuple[bytes, str]]:
+        return [(data, "attack") for data in self.attack.messages(node, payloads, self.context)]
 
-    def on_bytes(self, sender_address: str, data: bytes) -> None:
-        self.captured[sender_address] = data
-        super().on_bytes(sender_address, data)
-
-    def publish(self) -> None:
-        self.version += 1
-        for data in self.attack.messages(self, self.exchange.publish(self), self.context):
-            self.send_to_neighbours(data, "attack")
-
-    def fold(self) -> bool:
-        return False  # an attacker's own model does not matter
+    def tap(self, transport: Transport) -> Transport:
+        """The node's transport, with the attack seeing every inbound message first."""
+        return _Tapped(transport, self.attack)
 
 
+@dataclass
+class _Tapped:
+    transport: Transport
+    attack: Attack
+
+    @property
+    def address(self) -> str:
+        return self.transport.address
+
+    def send(self, peer: str, data: bytes) -> None:
+        self.transport.send(peer, data)
+
+    def set_receiver(self, receiver: Receiver) -> None:
+        def observed(sender_address: str, data: bytes) -> None:
+            self.attack.observe(sender_address, data)
+            receiver(sender_address, data)
+        self.transport.set_receiver(observed)

@@ -1,13 +1,20 @@
 """A deterministic in-memory network for the simulator: virtual time, latency with jitter,
-bandwidth, random loss and offline nodes (churn), all drawn from one seeded generator."""
+bandwidth, random loss and offline nodes (churn), all drawn from one seeded generator.
+
+A ``MemoryTransport`` is both a ``Transport`` and a ``PeerNetwork`` (node/core/transport.py): it
+listens at ``/memory/<address>``; ``connect`` links two online nodes (both ways). Delivery does not
+depend on links: the simulator's topology decides who sends to whom."""
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..core.transport import Receiver
+
+MEMORY_PREFIX = "/memory/"
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,7 @@ class MemoryNetwork:
         self._offline: set[str] = set()
         self._queue: list[tuple[float, int, str, str, bytes]] = []
         self._counter = 0  # ties in delivery time resolve in send order
+        self._links: dict[str, set[str]] = {}
         self.dropped = 0
 
     def attach(self, address: str) -> MemoryTransport:
@@ -42,7 +50,7 @@ class MemoryNetwork:
         (self._offline.discard if online else self._offline.add)(address)
 
     def _send(self, src: str, dst: str, data: bytes) -> None:
-        if dst not in self._receivers or src in self._offline or self._rng.random() < self.link.loss:
+        if dst == src or dst not in self._receivers or src in self._offline or self._rng.random() < self.link.loss:
             self.dropped += 1
             return
         delay = (self.link.latency_ms + self._rng.uniform(0, self.link.jitter_ms)
@@ -66,13 +74,49 @@ class MemoryNetwork:
         return delivered
 
 
+    def _link(self, a: str, b: str) -> None:
+        if b not in self._receivers or b in self._offline:
+            raise ConnectionError(f"no node listens at {MEMORY_PREFIX}{b}")
+        self._links.setdefault(a, set()).add(b)
+        self._links.setdefault(b, set()).add(a)
+
+    def _linked(self, address: str) -> list[str]:
+        if address in self._offline:
+            return []
+        return sorted(p for p in self._links.get(address, ()) if p not in self._offline)
+
+
 @dataclass
 class MemoryTransport:
     network: MemoryNetwork
     address: str
+    known_addrs: dict[str, list[str]] = field(default_factory=dict)  # peer -> where it listens
 
     def send(self, peer: str, data: bytes) -> None:
         self.network._send(self.address, peer, data)
 
     def set_receiver(self, receiver: Receiver) -> None:
         self.network._receivers[self.address] = receiver
+
+    async def connect(self, address: str) -> str:
+        if not address.startswith(MEMORY_PREFIX) or len(address) == len(MEMORY_PREFIX):
+            raise ValueError(f"not a {MEMORY_PREFIX} address: {address!r}")
+        peer = address[len(MEMORY_PREFIX):]
+        if peer == self.address:
+            raise ValueError("that address is this node's own")
+        self.network._link(self.address, peer)
+        self.add_peer_addrs(peer, [address])
+        return peer
+
+    def connected_peers(self) -> list[str]:
+        return self.network._linked(self.address)
+
+    def listen_addrs(self) -> list[str]:
+        return [MEMORY_PREFIX + self.address]
+
+    def add_peer_addrs(self, peer: str, addrs: Sequence[str]) -> None:
+        known = self.known_addrs.setdefault(peer, [])
+        known.extend(a for a in addrs if a not in known)
+
+    def peer_addrs(self, peer: str) -> list[str]:
+        return list(self.known_addrs.get(peer, ()))

@@ -18,11 +18,10 @@ import numpy as np
 import torch
 
 from manymodels.aggregation import check_inputs
-from manymodels.aggregation.flower import client_fit_config
 from manymodels.protocol import Identity, peer_id
 
-from .attacks import ATTACKS, Attack, AttackContext, AttackerNode
-from ..core.node import Node
+from .attacks import ATTACKS, Attack, AttackContext, Attacker
+from ..core.node import Node, sealed
 from ..learning.datasets import DatasetError, load_dataset
 from ..learning.generator import GaussianClassGenerator
 from ..learning.learner import Learner
@@ -104,8 +103,10 @@ def _build_nodes(spec: SimulationSpec, node_spec: NodeSpec, world: _DatasetWorld
         identity = node_identity(c.seed, i)
         attack = ATTACKS[spec.attackers[i]]() if i in spec.attackers else None
         learner, data = world.member(i, attack)
-        kind = {"node_class": AttackerNode, "attack": attack, "context": context} if attack else {}
-        nodes.append(build_node(node_spec, identity, learner, network.attach(identity.peer_id), clock, data, **kind))
+        attacker = Attacker(attack, context) if attack else None
+        transport = network.attach(identity.peer_id)
+        nodes.append(build_node(node_spec, identity, learner, attacker.tap(transport) if attacker else transport,
+                                clock, data, outbound=attacker or sealed))
     context.honest = [n for i, n in enumerate(nodes) if i not in spec.attackers]
     for node, nb in zip(nodes, spec.adjacency):
         node.neighbours = [nodes[j].id for j in nb]
@@ -131,7 +132,8 @@ def _rounds(spec: SimulationSpec, nodes: list[Node], network: MemoryNetwork, con
             adversary(r, network, nodes)
         network.run_until((r + 1) * ROUND_MS)
         for i, node in enumerate(nodes):
-            node.fold()
+            if i not in spec.attackers:  # an attacker's own model does not matter
+                node.fold()
             history[i].append(world.accuracy(node.learner))
             sent_per_round[i].append(dict(node.stats.sent_by_kind - before[i]))
         if on_round:
@@ -269,7 +271,7 @@ class _FlowerWorld:
         config = self.config = spec.config
         self.source = load_client_app(config.client_app)
         self.run_config = self.source.run_config(config.run_config)
-        self.fit_config = client_fit_config(spec.node.rule)
+        self.fit_config = spec.node.rule.client_config
 
         def learner(i: int, n: int, seed: int) -> FlowerLearner:
             return FlowerLearner(self.source, partition_id=i, num_partitions=n, run_config=self.run_config,

@@ -1,0 +1,61 @@
+"""Where a daemon listens: the configured multiaddrs, an ephemeral TCP port (0) kept from the last
+run, and a port that another process listens on refused before the host starts.
+
+A restarted node must come back at the address its peers and their bootstrap lists hold, or the
+network cannot find it again (under churn it splinters: every restart a new port). py-libp2p opens
+its TCP listeners with SO_REUSEPORT (for hole punching), so a second process binding a port that is
+taken succeeds and the kernel splits the connections between the two: hence the probe, which binds
+without SO_REUSEPORT and so fails exactly when someone listens there (TIME_WAIT leftovers of a
+killed daemon do not count: SO_REUSEADDR)."""
+from __future__ import annotations
+
+import errno
+import socket
+
+_FAMILIES = {"ip4": socket.AF_INET, "ip6": socket.AF_INET6}
+
+
+class ListenError(ValueError):
+    """A configured listen address cannot be used."""
+
+
+def tcp_parts(addr: str) -> tuple[str, str, int] | None:
+    """("ip4"|"ip6", host, port) of a /ipX/<host>/tcp/<port>[/...] multiaddr, else None."""
+    parts = addr.split("/")
+    if len(parts) < 5 or parts[0] or parts[1] not in _FAMILIES or parts[3] != "tcp" or not parts[4].isdigit():
+        return None
+    return parts[1], parts[2], int(parts[4])
+
+
+def port_in_use(proto: str, host: str, port: int) -> bool:
+    """Does a socket already listen on host:port?"""
+    with socket.socket(_FAMILIES[proto], socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return True
+            raise ListenError(f"cannot listen on {host} port {port}: {exc.strerror.lower()}") from None
+    return False
+
+
+def listen_addrs(configured: list[str], bound_before: list[str]) -> list[str]:
+    """The addresses to listen on. An explicit port that is taken is an error; port 0 becomes the
+    port this node had last time (`bound_before`: its listen addresses then), when that is free."""
+    out = []
+    for addr in configured:
+        parts = tcp_parts(addr)
+        if parts is None:
+            out.append(addr)
+            continue
+        proto, host, port = parts
+        if port_in_use(proto, host, port):  # port 0 never is; an address not on this machine raises
+            raise ListenError(f"{host} port {port} is in use by another process (listen {addr})")
+        if port:
+            out.append(addr)
+            continue
+        before = [p[2] for p in map(tcp_parts, bound_before) if p and p[:2] == (proto, host) and p[2]]
+        again = next((p for p in before if not port_in_use(proto, host, p)), None)
+        out.append(addr if again is None else f"/{proto}/{host}/tcp/{again}")
+    return out
