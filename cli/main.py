@@ -12,13 +12,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .errors import UserError
+from .learner_options import (BatchSizeOption, HiddenOption, LrOption, MomentumOption, OptimizerOption,
+                              ShuffleOption, WeightDecayOption, training_options)
+from .network import register
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Peer-to-peer many-model learning over signed messages.")
+register(app)  # the network commands
 console = Console()
-
-
-class UserError(Exception):
-    """A mistake the user can fix: printed as one line, exit code 2."""
 
 
 def _print_json(obj) -> None:
@@ -46,6 +48,13 @@ def simulate(
         help="A licence to accept on received synthetic data (repeatable).")] = None,
     topology: Annotated[str, typer.Option(help="full, ring or random:K.")] = "full",
     local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 1,
+    hidden: HiddenOption = None,
+    optimizer: OptimizerOption = None,
+    lr: LrOption = None,
+    momentum: MomentumOption = None,
+    weight_decay: WeightDecayOption = None,
+    batch_size: BatchSizeOption = None,
+    shuffle: ShuffleOption = None,
     seed: Annotated[int, typer.Option(help="Same seed, same numbers.")] = 0,
     loss: Annotated[float, typer.Option(help="Probability that a message is lost.")] = 0.0,
     attack: Annotated[Optional[list[str]], typer.Option(
@@ -63,16 +72,21 @@ def simulate(
     """Run a local network of nodes that learn from each other over signed messages."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from manymodels.node.sim.simulator import ConfigError, SimulationConfig, run_simulation
     from manymodels.node.runtime.store import atomic_write
+    from manymodels.node.sim.simulator import SimulationConfig, run_simulation
+    from manymodels.node.spec import SpecError
 
-    config = SimulationConfig(
-        nodes=nodes, rounds=rounds, dataset=dataset, partition=partition, model=model, exchange=exchange,
-        rule=rule, logit_rule=logit_rule, topology=topology, local_epochs=local_epochs, seed=seed, loss=loss,
-        probe_size=probe_size, probe_file=str(probe) if probe else None, temperature=temperature,
-        synthetic_weight=synthetic_weight, licence=licence, attacks=tuple(attack or ()), reputation=reputation,
-        client_app=client_app, run_config=" ".join(run_config or ()),
-        **({"accept_licences": tuple(accept_licence)} if accept_licence else {}))
+    try:
+        config = SimulationConfig(
+            nodes=nodes, rounds=rounds, dataset=dataset, partition=partition, model=model, exchange=exchange,
+            rule=rule, logit_rule=logit_rule, topology=topology, local_epochs=local_epochs, seed=seed, loss=loss,
+            probe_size=probe_size, probe_file=str(probe) if probe else None, temperature=temperature,
+            synthetic_weight=synthetic_weight, licence=licence, attacks=tuple(attack or ()), reputation=reputation,
+            client_app=client_app, run_config=" ".join(run_config or ()),
+            **training_options(hidden, optimizer, lr, momentum, weight_decay, batch_size, shuffle),
+            **({"accept_licences": tuple(accept_licence)} if accept_licence else {}))
+    except SpecError as exc:
+        raise UserError(str(exc)) from None
     with Progress(TextColumn("[bold]simulating"), BarColumn(), MofNCompleteColumn(), TextColumn("rounds"),
                   TextColumn("{task.fields[acc]}"), TimeElapsedColumn(), console=Console(stderr=True),
                   transient=True, disable=json_out) as progress:
@@ -80,7 +94,7 @@ def simulate(
         try:
             result = run_simulation(config, on_round=lambda r, acc: progress.update(
                 task, completed=r, acc=f"mean accuracy {acc:.3f}"))
-        except ConfigError as exc:
+        except SpecError as exc:
             raise UserError(str(exc)) from None
     if report is not None:
         atomic_write(report, (json.dumps(result, indent=2) + "\n").encode(), mode=0o644)  # a report is for sharing
@@ -218,10 +232,6 @@ def rules(json_out: Annotated[bool, typer.Option("--json", help="Print as JSON."
         table.add_row(r["name"], r.get("kind", ""), params, r.get("description", r.get("error", "")), r.get("source", ""))
     console.print(table)
 
-
-from .network import register  # noqa: E402  (the network commands, registered on the same app)
-
-register(app)
 
 
 def main() -> None:

@@ -13,6 +13,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .errors import UserError
+from .learner_options import (BatchSizeOption, HiddenOption, LrOption, MomentumOption, OptimizerOption,
+                              ShuffleOption, WeightDecayOption, training_options)
+
 node_app = typer.Typer(no_args_is_help=True, help="Run a node daemon: start, status, stop.")
 console = Console(soft_wrap=True)
 HomeOption = Annotated[Path, typer.Option("--home", help="The node's home directory.")]
@@ -22,8 +26,6 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print as JSON.")]
 def _request(home: Path, cmd: str, **args):
     from manymodels.node.runtime.control import ControlError, NotRunning, request
     from manymodels.node.runtime.store import Home
-
-    from .main import UserError
 
     try:
         return request(Home(home).socket, cmd, timeout=120, **args)
@@ -54,13 +56,20 @@ def start(
     partition_id: Annotated[Optional[int], typer.Option(help="Which partition this node holds.")] = None,
     num_partitions: Annotated[Optional[int], typer.Option(help="How many partitions the data is split into.")] = None,
     model: Annotated[Optional[str], typer.Option(help="logreg, mlp, mlp-wide, cnn or forest.")] = None,
+    hidden: HiddenOption = None,
+    optimizer: OptimizerOption = None,
+    lr: LrOption = None,
+    momentum: MomentumOption = None,
+    weight_decay: WeightDecayOption = None,
+    batch_size: BatchSizeOption = None,
+    shuffle: ShuffleOption = None,
     exchange: Annotated[Optional[str], typer.Option(help="weights, distill, synthetic or mixed.")] = None,
     rule: Annotated[Optional[str], typer.Option(help="Weights rule; see `manymodels rules`.")] = None,
     period: Annotated[Optional[float], typer.Option(help="Seconds between learning cycles.")] = None,
     reputation: Annotated[Optional[float], typer.Option(
-        min=0.0, max=1.0, help="Stop accepting a peer whose reputation falls below this (0: never).")] = None,
+        help="Stop accepting a peer whose reputation (0..1) falls below this (0: never).")] = None,
     push_limit: Annotated[Optional[int], typer.Option(
-        min=0, help="Messages larger than this (bytes) are announced to the neighbours, who pull the newest "
+        help="Messages larger than this (bytes) are announced to the neighbours, who pull the newest "
                     "before each fold; smaller ones are pushed.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="The network's seed (data split, initial model).")] = None,
     client_app: Annotated[Optional[str], typer.Option(
@@ -76,13 +85,18 @@ def start(
     (options given again override the saved config)."""
     from manymodels.node.runtime.store import Home
 
-    from .main import UserError
+    from manymodels.node.spec import SpecError
 
     h = Home(home)
+    try:
+        training = training_options(hidden, optimizer, lr, momentum, weight_decay, batch_size, shuffle)
+    except SpecError as exc:
+        raise UserError(str(exc)) from None
     config = _config(h, listen=listen, bootstrap=bootstrap, dataset=dataset, partition=partition,
                      partition_id=partition_id, num_partitions=num_partitions, model=model, exchange=exchange,
-                     rule=rule, period=period, reputation=reputation, push_limit=push_limit, seed=seed, client_app=_app_spec(client_app),
-                     run_config=None if run_config is None else " ".join(run_config), mdns=mdns)
+                     rule=rule, period=period, reputation=reputation, push_limit=push_limit, seed=seed,
+                     client_app=_app_spec(client_app), run_config=None if run_config is None else " ".join(run_config),
+                     mdns=mdns, **training)
     if _running(h):
         raise UserError(f"a node is already running in {h.path}")
     if detach:
@@ -128,8 +142,6 @@ def _app_spec(spec: str | None) -> str | None:
     """--client-app with its FILE.py made absolute (so a restart from elsewhere finds it) and checked
     to exist; MODULE:ATTR resolves from the directory the node first started in (recipe.app_dir).
     Importing the app happens in the worker process: flwr and torch stay out of this one."""
-    from .main import UserError
-
     if spec is None or not spec.strip():
         return spec
     spec = spec.strip()
@@ -153,57 +165,30 @@ def _running(h) -> bool:
 
 
 def _config(h, **options):
-    from manymodels.aggregation import RuleError, get_rule
-    from manymodels.node.runtime.daemon import DaemonConfig
-    from manymodels.node.core.exchange import EXCHANGES
+    """The saved config with the options given over it, checked, and saved again."""
     from manymodels.node.learning.recipe import LearnerRecipe
-
-    from .main import UserError
+    from manymodels.node.runtime.daemon import DaemonConfig
+    from manymodels.node.spec import SpecError
 
     saved = h.read_json(h.config_file, None)
     config = DaemonConfig.from_json(saved) if saved else DaemonConfig()
-    recipe_fields = {"dataset", "partition", "partition_id", "num_partitions", "model", "seed", "client_app",
-                     "run_config"}
+    recipe_fields = set(LearnerRecipe.__dataclass_fields__)
     recipe = {k: v for k, v in options.items() if k in recipe_fields and v is not None}
     if options.get("client_app") is not None:  # MODULE:ATTR resolves from here, after a restart too
         recipe["app_dir"] = "" if ".py:" in options["client_app"] else str(Path.cwd())
     daemon = {k: v for k, v in options.items() if k not in recipe_fields and v is not None}
-    config = DaemonConfig(**{**config.to_json(), **daemon, "recipe": LearnerRecipe(**{**config.recipe.to_json(), **recipe})})
+    config = DaemonConfig(**{**config.to_json(), **daemon,
+                             "recipe": LearnerRecipe.from_json({**config.recipe.to_json(), **recipe})})
     try:
-        get_rule(config.rule)
-    except RuleError as exc:
+        config.node_spec()
+    except SpecError as exc:
         raise UserError(str(exc)) from None
-    if config.exchange not in EXCHANGES:
-        raise UserError(f"unknown exchange {config.exchange!r}; available: {', '.join(EXCHANGES)}")
-    if not config.period > 0:  # saved, a period <= 0 would stop every later start (or spin)
-        raise UserError(f"--period must be a positive number of seconds, got {config.period}")
-    if not 0 <= config.recipe.partition_id < config.recipe.num_partitions:
-        raise UserError(f"--partition-id must be in 0..{config.recipe.num_partitions - 1}")
-    _check_client_app(config)
     h.path.mkdir(parents=True, exist_ok=True, mode=0o700)
     h.write_json(h.config_file, config.to_json())
     return config
 
 
-def _check_client_app(config) -> None:
-    from manymodels.aggregation import get_rule
-
-    from .main import UserError
-
-    if not config.recipe.client_app:
-        if config.recipe.run_config:
-            raise UserError("--run-config is the run config of a Flower client; give --client-app too")
-        if get_rule(config.rule).client_config:
-            raise UserError(f"{config.rule}: the proximal term runs in a Flower client's fit (it gets proximal_mu "
-                            "in its fit config); it needs --client-app")
-    elif config.exchange != "weights":
-        raise UserError(f"a daemon runs a Flower client with --exchange weights (--exchange {config.exchange} needs "
-                        "the built-in datasets, or the simulator's --probe for a client's distill hooks)")
-
-
 def _detach(h) -> None:
-    from .main import UserError
-
     log = open(h.log_file, "ab")
     start = log.tell()
     # main() of the imported module, not `-m`: run as __main__ it would not catch the UserError this module raises
@@ -292,8 +277,6 @@ def pull(peer: Annotated[str, typer.Argument(help="The peer id to pull from, or 
          digest: Annotated[str, typer.Argument(help="The payload digest (hex), as `models` shows it.")],
          home: HomeOption, json_out: JsonOption = False) -> None:
     """Pull a model (a signed message) from a peer by digest; it is verified before it is kept."""
-    from .main import UserError
-
     try:
         bytes.fromhex(digest)
     except ValueError:

@@ -7,7 +7,8 @@ node itself, and answers it: `receive` returns the reason it refuses a message, 
 
 Messages reach an exchange only after the protocol layer verified them. An exchange may still
 refuse one it cannot or will not use (other architecture, wrong shapes, a licence it does not
-accept); each refusal is counted by reason in `node.stats.refused`."""
+accept); each refusal is counted by reason in `node.stats.refused`. The exchanges by `--exchange`
+name, and how each is built from a node's spec: node/spec.py's EXCHANGES."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -359,6 +360,3 @@ class Mixed(Exchange):
 
     def fold(self, node: NodeView) -> Folded:
         return Folded.of([part.fold(node) for part in self.parts])  # weights first, then distillation
-
-
-EXCHANGES = ("weights", "distill", "synthetic", "mixed")

@@ -12,9 +12,12 @@ def _logreg(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes))
 
 
-def _mlp(input_shape: tuple[int, ...], num_classes: int, hidden: int = 128) -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), hidden), nn.ReLU(),
-                         nn.Linear(hidden, num_classes))
+def _mlp(input_shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...] = (128,)) -> nn.Module:
+    sizes = (math.prod(input_shape), *hidden)
+    layers: list[nn.Module] = [nn.Flatten()]
+    for width_in, width_out in zip(sizes, sizes[1:]):
+        layers += [nn.Linear(width_in, width_out), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(sizes[-1], num_classes))
 
 
 def _cnn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
@@ -31,7 +34,7 @@ def _cnn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
 MODELS: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {
     "logreg": _logreg,
     "mlp": _mlp,
-    "mlp-wide": lambda shape, classes: _mlp(shape, classes, hidden=512),
+    "mlp-wide": lambda shape, classes: _mlp(shape, classes, hidden=(512,)),
     "cnn": _cnn,
 }
 # Every architecture a node can run: the torch models plus a scikit-learn forest (node.learning.forest).
@@ -40,10 +43,14 @@ ARCHITECTURES = (*MODELS, "forest")
 MIXED = ("logreg", "mlp", "mlp-wide", "cnn", "forest")
 
 
-def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
-    """The same (name, shape, classes, seed) always gives the same initial parameters."""
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed: int,
+                hidden: tuple[int, ...] | None = None) -> nn.Module:
+    """The same (name, shape, classes, seed, hidden) always gives the same initial parameters;
+    `hidden`: the hidden layer sizes of `mlp` (by default one layer of 128)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        if name == "mlp" and hidden is not None:
+            return _mlp(tuple(input_shape), num_classes, tuple(hidden))
         return MODELS[name](tuple(input_shape), num_classes)

@@ -1,6 +1,7 @@
 """A recipe for one node's learner: which data (a partition of an offline dataset), which
-architecture, which seeds; or a Flower client app (`client_app`), which loads its own data.
-Plain JSON, so a daemon can hand it to its worker process and keep it in its home directory."""
+architecture and how it trains (`Training`: hidden sizes, optimizer, batches), which seeds; or a
+Flower client app (`client_app`), which loads its own data. Plain JSON, so a daemon can hand it to
+its worker process and keep it in its home directory."""
 from __future__ import annotations
 
 import sys
@@ -13,10 +14,16 @@ from .datasets import Dataset, load_dataset
 from .learner import Learner
 from .partition import partition
 from .probe import DEFAULT_SIZE, ProbeSet, split_probe
+from .training import DEFAULT_TRAINING, Training
+
+
+def node_seed(network_seed: int, index: int) -> int:
+    """The seed of node `index` (its data order, its generator) in a network seeded `network_seed`."""
+    return network_seed * 1_000_003 + index
 
 
 def make_learner(arch: str, x: np.ndarray, y: np.ndarray, data: Dataset, *, init_seed: int, seed: int,
-                 lr: float = 1e-2, batch_size: int = 32) -> Learner:
+                 training: Training = DEFAULT_TRAINING) -> Learner:
     """A learner of architecture `arch` on (x, y). Learners of one architecture built with one
     `init_seed` start from the same parameters, as decentralised SGD assumes."""
     # Imported here: a daemon imports this module but builds learners only in its worker process,
@@ -29,8 +36,8 @@ def make_learner(arch: str, x: np.ndarray, y: np.ndarray, data: Dataset, *, init
         return ForestLearner(x, y, data.num_classes, seed=seed)
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown model {arch!r}; available: {', '.join(ARCHITECTURES)}")
-    module = build_model(arch, data.input_shape, data.num_classes, seed=init_seed)
-    return TorchLearner(module, x, y, architecture=arch, lr=lr, batch_size=batch_size, seed=seed)
+    module = build_model(arch, data.input_shape, data.num_classes, seed=init_seed, hidden=training.hidden)
+    return TorchLearner(module, x, y, architecture=arch, training=training, seed=seed)
 
 
 @dataclass(frozen=True)
@@ -41,19 +48,38 @@ class LearnerRecipe:
     num_partitions: int = 1
     model: str = "mlp"
     seed: int = 0  # the network's seed: same data split and same initial parameters everywhere
-    lr: float = 1e-2
-    batch_size: int = 32
+    # how the model trains, as in Training (flat here: config.json stays plain and old ones still load)
+    hidden: tuple[int, ...] = DEFAULT_TRAINING.hidden
+    optimizer: str = DEFAULT_TRAINING.optimizer
+    lr: float = DEFAULT_TRAINING.lr
+    momentum: float = DEFAULT_TRAINING.momentum
+    weight_decay: float = DEFAULT_TRAINING.weight_decay
+    batch_size: int = DEFAULT_TRAINING.batch_size
+    shuffle: bool = DEFAULT_TRAINING.shuffle
     probe_size: int = DEFAULT_SIZE
     # A Flower client app as the learner (docs/FLOWER.md): FILE.py:ATTR (an absolute path, so a restart
     # from another directory finds it) or MODULE:ATTR, importable from `app_dir`. It gets partition_id
     # of num_partitions in its Context's node_config and loads its own data: dataset, partition, model,
-    # lr, batch_size and probe_size are then unused.
+    # the training fields and probe_size are then unused.
     client_app: str = ""
     run_config: str = ""  # its context.run_config overrides, "k=v k2=v2" as `flwr run --run-config`
     app_dir: str = ""  # where `node start` ran: MODULE:ATTR resolves from there, as under Flower
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, value: dict) -> LearnerRecipe:
+        return cls(**{**value, "hidden": tuple(value.get("hidden", DEFAULT_TRAINING.hidden))})
+
+    @property
+    def training(self) -> Training:
+        return Training(tuple(self.hidden), self.optimizer, self.lr, self.momentum, self.weight_decay,
+                        self.batch_size, self.shuffle)
+
+    @property
+    def node_seed(self) -> int:
+        return node_seed(self.seed, self.partition_id)
 
     def data(self) -> tuple[Dataset, ProbeSet, np.ndarray]:
         """The dataset (probe set removed), the probe set, and this node's training indices."""
@@ -72,8 +98,7 @@ class LearnerRecipe:
             return self.flower_learner(fit_config), None, None, None
         data, probe, index = self.data()
         learner = make_learner(self.model, data.x_train[index], data.y_train[index], data, init_seed=self.seed,
-                               seed=self.seed * 1_000_003 + self.partition_id, lr=self.lr,
-                               batch_size=self.batch_size)
+                               seed=self.node_seed, training=self.training)
         return learner, data, probe, index
 
     def flower_learner(self, fit_config: dict[str, Any] | None = None) -> Learner:
@@ -85,4 +110,4 @@ class LearnerRecipe:
             sys.path.insert(0, self.app_dir)
         return FlowerLearner(self.client_app, partition_id=self.partition_id, num_partitions=self.num_partitions,
                              run_config=self.run_config, fit_config=fit_config,
-                             seed=self.seed * 1_000_003 + self.partition_id, init_seed=self.seed, run_id=self.seed + 1)
+                             seed=self.node_seed, init_seed=self.seed, run_id=self.seed + 1)

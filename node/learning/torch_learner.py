@@ -1,4 +1,4 @@
-"""TorchLearner: any nn.Module with a private (x, y) training set."""
+"""TorchLearner: any nn.Module with a private (x, y) training set, trained as its `Training` says."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,6 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .learner import Learner, NDArrays, Samples
+from .training import Training
 
 
 def _tensor(a, dtype) -> torch.Tensor:
@@ -18,14 +19,19 @@ def _tensor(a, dtype) -> torch.Tensor:
 
 class TorchLearner(Learner):
     def __init__(self, module: nn.Module, x: np.ndarray, y: np.ndarray, *, architecture: str,
-                 lr: float = 1e-2, batch_size: int = 32, seed: int = 0) -> None:
+                 training: Training = Training(), seed: int = 0) -> None:
         self.module = module
         self.architecture = architecture
         self.x = _tensor(x, np.float32)
         self.y = _tensor(y, np.int64)
         self.num_examples = len(self.y)
-        self.batch_size = batch_size
-        self.optimizer = torch.optim.Adam(module.parameters(), lr=lr)
+        self.batch_size = training.batch_size
+        self.shuffle = training.shuffle
+        if training.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(module.parameters(), lr=training.lr, momentum=training.momentum,
+                                             weight_decay=training.weight_decay)
+        else:
+            self.optimizer = torch.optim.Adam(module.parameters(), lr=training.lr, weight_decay=training.weight_decay)
         self._generator = torch.Generator().manual_seed(seed)
 
     def get_weights(self) -> NDArrays:
@@ -40,16 +46,16 @@ class TorchLearner(Learner):
             if tuple(array.shape) != tuple(current.shape):
                 raise ValueError(f"{self.architecture}.{name} is {tuple(current.shape)}, got {tuple(array.shape)}")
             new[name] = torch.tensor(np.array(array, copy=True), dtype=current.dtype)
-        # Adam's moments are kept across a merge: cleared, every first step after a merge moves each
+        # The optimizer's state (Adam's moments, SGD's momentum) is kept across a merge: cleared, every first step after a merge moves each
         # parameter by about lr, which on digits cost 4 points (weights, α=0.1) to 37 (mixed).
         self.module.load_state_dict(new)
 
     def _epochs(self, x: torch.Tensor, epochs: int, loss_of) -> float:
-        """Mini-batch Adam over x for `epochs`; loss_of(batch indices, logits) -> scalar loss."""
+        """Mini-batch steps over x for `epochs`; loss_of(batch indices, logits) -> scalar loss."""
         self.module.train()
         total, batches = 0.0, 0
         for _ in range(epochs):
-            order = torch.randperm(len(x), generator=self._generator)
+            order = torch.randperm(len(x), generator=self._generator) if self.shuffle else torch.arange(len(x))
             for start in range(0, len(x), self.batch_size):
                 idx = order[start:start + self.batch_size]
                 self.optimizer.zero_grad()

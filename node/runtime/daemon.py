@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import trio
 
-from manymodels.aggregation import get_rule
 from manymodels.protocol.envelope import ENVELOPE_OVERHEAD
 from manymodels.protocol import (MAX_ENVELOPE_BYTES, Announce, BlobRequest, BlobResponse, Error, Hello, Message,
                                  PeerExchange, ReplayGuard, Weights, open_envelope, peer_id)
@@ -28,12 +27,11 @@ from .control import serve as serve_control
 from .inbound import Inbound
 from .listen import listen_addrs
 from ..p2p.discovery import Discovery, DiscoveryConfig
-from ..core.exchange import (Distillation, DistillSettings, Exchange, Mixed, SyntheticSamples, SyntheticSettings,
-                       WeightGossip)
+from ..core.exchange import Distillation, SyntheticSamples
 from ..learning.probe import ProbeSet
 from ..learning.recipe import LearnerRecipe
 from ..core.node import Node
-from ..core.reputation import Reputation
+from ..spec import NodeData, NodeSpec, SpecError, build_node
 from .store import Home, atomic_write
 from .worker import WorkerLearner
 
@@ -75,7 +73,19 @@ class DaemonConfig:
 
     @classmethod
     def from_json(cls, value: dict) -> DaemonConfig:
-        return cls(**{**value, "recipe": LearnerRecipe(**value["recipe"])})
+        return cls(**{**value, "recipe": LearnerRecipe.from_json(value["recipe"])})
+
+    def node_spec(self) -> NodeSpec:
+        """The node this config runs, checked; a SpecError is one line for the user."""
+        if not self.period > 0:  # saved, a period <= 0 would stop every later start (or spin)
+            raise SpecError(f"--period must be a positive number of seconds, got {self.period:g}")
+        if self.push_limit < 0:
+            raise SpecError(f"--push-limit must be at least 0 bytes, got {self.push_limit}")
+        if self.recipe.client_app and self.exchange != "weights":
+            raise SpecError(f"a daemon runs a Flower client with --exchange weights (--exchange {self.exchange} "
+                            "needs the built-in datasets, or the simulator's --probe for a client's distill hooks)")
+        return NodeSpec.parse(self.recipe, exchange=self.exchange, rule=self.rule, logit_rule=self.logit_rule,
+                              reputation=self.reputation, local_epochs=self.local_epochs)
 
 
 def now_ms() -> int:
@@ -313,26 +323,24 @@ class Daemon:
         self.listening: list[str] = []  # our multiaddrs, saved so that a restart keeps its ports
 
     # --- construction -----------------------------------------------------------------------
-    def _exchange(self, learner: WorkerLearner) -> Exchange:
-        c = self.config
-        weights = WeightGossip(get_rule(c.rule))
-        if c.exchange == "weights":
-            return weights
-        if c.exchange == "synthetic":  # the generator lives in the worker, with the private data
-            return SyntheticSamples(SyntheticSettings(learner, np.random.default_rng(), learner.input_shape,
-                                                      learner.value_range))
-        if c.exchange not in ("distill", "mixed"):
-            raise ValueError(f"unknown exchange {c.exchange!r}; the daemon runs weights, distill, synthetic, mixed")
-        probe = ProbeSet(f"{c.recipe.dataset}:{c.recipe.probe_size}", learner.probe_x())
-        distill = Distillation(DistillSettings(probe, get_rule(c.logit_rule), learner.class_counts))
-        return distill if c.exchange == "distill" else Mixed(weights, distill)
+    @functools.cached_property
+    def spec(self) -> NodeSpec:
+        return self.config.node_spec()
+
+    def _node_data(self, learner: WorkerLearner) -> NodeData:
+        """What the exchange is built from: the worker holds the private data, the probe set and the
+        generator (the learner samples through it)."""
+        recipe = self.config.recipe
+        return NodeData(learner.num_classes, learner.class_counts,
+                        lambda: ProbeSet(f"{recipe.dataset}:{recipe.probe_size}", learner.probe_x()),
+                        lambda: learner, learner.input_shape, learner.value_range, np.random.default_rng())
 
     def _fit_config(self) -> dict:
         """What the rule adds to a Flower client's train config (FedProx's proximal_mu), as a Flower
         server would; nothing for the built-in learners."""
         if not self.config.recipe.client_app:
             return {}
-        return get_rule(self.config.rule).client_config
+        return self.spec.rule.client_config
 
     def _restore(self, node: DaemonNode) -> None:
         state = self.home.read_json(self.home.state_file, {})
@@ -377,7 +385,7 @@ class Daemon:
 
     def _train(self, node: DaemonNode) -> list[tuple[bytes, str]]:
         """Train, and seal what to publish (sending stays on the loop)."""
-        node.train(self.config.local_epochs)
+        node.train(self.spec.local_epochs)
         return node.publication()
 
     def _fold(self, node: DaemonNode) -> None:
@@ -547,9 +555,8 @@ class Daemon:
                         print(f"bootstrap {addr}: {exc}", flush=True)
                 discovery.kick()  # the DHT learns the rest of the network through them
                 learner = await trio.to_thread.run_sync(WorkerLearner, self.config.recipe, self._fit_config())
-                node = DaemonNode(self.identity, learner, transport, self._exchange(learner),
-                                  num_classes=learner.num_classes, clock=now_ms,
-                                  reputation=Reputation(self.config.reputation))
+                node = build_node(self.spec, self.identity, learner, transport, now_ms, self._node_data(learner),
+                                  node_class=DaemonNode)
                 await trio.to_thread.run_sync(self._restore, node)
                 self.inbound = bind(node, transport, nursery, discovery)
                 discovery.banned = node.banned

@@ -105,7 +105,7 @@ def _serve(conn, recipe: dict, fit_config: dict) -> None:
 
     torch.set_num_threads(1)
     try:
-        server = _Server(LearnerRecipe(**recipe), fit_config)
+        server = _Server(LearnerRecipe.from_json(recipe), fit_config)
         conn.send_bytes(_pack({"ok": True, "result": server.info()}))
     except Exception as exc:  # the parent shows this one line to the user
         conn.send_bytes(_pack({"ok": False, "error": f"{type(exc).__name__}: {exc}"}))

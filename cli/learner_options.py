@@ -1,0 +1,28 @@
+"""The learner's training options, one declaration for `simulate` and `node start`. Every default is
+None, "not given": `simulate` then trains as node.learning.training.Training's defaults say, and
+`node start` keeps the saved config's value."""
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+HiddenOption = Annotated[Optional[str], typer.Option(
+    help="Hidden layer sizes of the mlp model, comma-separated: 64,32 is two layers.", show_default="128")]
+OptimizerOption = Annotated[Optional[str], typer.Option(help="adam or sgd.", show_default="adam")]
+LrOption = Annotated[Optional[float], typer.Option(help="Learning rate.", show_default="0.01")]
+MomentumOption = Annotated[Optional[float], typer.Option(help="SGD's momentum, in [0, 1).", show_default="0")]
+WeightDecayOption = Annotated[Optional[float], typer.Option(help="L2 weight decay.", show_default="0")]
+BatchSizeOption = Annotated[Optional[int], typer.Option(help="Mini-batch size.", show_default="32")]
+ShuffleOption = Annotated[Optional[bool], typer.Option(
+    "--shuffle/--no-shuffle", help="A fresh order of the examples every epoch.", show_default="shuffle")]
+
+
+def training_options(hidden: str | None, optimizer: str | None, lr: float | None, momentum: float | None,
+                     weight_decay: float | None, batch_size: int | None, shuffle: bool | None) -> dict:
+    """The options given, as learner recipe fields (checked later, with the rest of the spec)."""
+    from manymodels.node.spec import hidden_sizes
+
+    given = {"hidden": None if hidden is None else hidden_sizes(hidden), "optimizer": optimizer, "lr": lr,
+             "momentum": momentum, "weight_decay": weight_decay, "batch_size": batch_size, "shuffle": shuffle}
+    return {k: v for k, v in given.items() if v is not None}
