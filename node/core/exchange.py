@@ -11,6 +11,8 @@ accept); each refusal is counted by reason in `node.stats.refused`. The exchange
 name, and how each is built from a node's spec: node/spec.py's EXCHANGES."""
 from __future__ import annotations
 
+import math
+
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass, field
@@ -96,6 +98,10 @@ class Exchange(ABC):
         """Samples from peers to train on beside the private data."""
         return None
 
+    @abstractmethod
+    def largest_payload(self, node: NodeView) -> int:
+        """Bytes of the largest payload this exchange can fold (what a node caps its frames by)."""
+
 
 class WeightGossip(Exchange):
     """Asynchronous weight gossip: fold the newest weights from each peer of the same
@@ -114,6 +120,13 @@ class WeightGossip(Exchange):
         if not learner.supports_weights:
             return []
         return [Weights(learner.architecture, version, learner.num_examples, learner.get_weights())]
+
+    def largest_payload(self, node: NodeView) -> int:
+        """Exactly the node's own tensors (a peer's must match them), plus their headers."""
+        if not node.learner.supports_weights:
+            return 0
+        return sum(math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype in node.tensor_specs) \
+            + 64 * len(node.tensor_specs)
 
     def receive(self, node: NodeView, message: Message) -> str | None:
         payload = message.payload
@@ -187,6 +200,10 @@ class Distillation(Exchange):
         logits = node.learner.predict(s.probe.x).astype(s.wire_dtype)
         return [Logits(self._digest, node.learner.architecture, version, s.temperature, logits,
                        list(s.class_counts))]
+
+    def largest_payload(self, node: NodeView) -> int:
+        """One row per probe input, float64 at most, and the class counts."""
+        return len(self.settings.probe.x) * node.num_classes * 8 + 16 * node.num_classes
 
     def receive(self, node: NodeView, message: Message) -> str | None:
         payload = message.payload
@@ -270,6 +287,11 @@ class SyntheticSamples(Exchange):
         card["digest"] = batch.content_digest()
         self._own = batch
         return [batch]
+
+    def largest_payload(self, node: NodeView) -> int:
+        """The sample cap, float64 at most, with a label each."""
+        s = self.settings
+        return s.max_samples * (math.prod(s.input_shape) + 1) * 8
 
     def refusal(self, node: NodeView, message: Message, batch: SyntheticBatch) -> str | None:
         """Why this batch must not be trained on, or None."""
@@ -360,3 +382,6 @@ class Mixed(Exchange):
 
     def fold(self, node: NodeView) -> Folded:
         return Folded.of([part.fold(node) for part in self.parts])  # weights first, then distillation
+
+    def largest_payload(self, node: NodeView) -> int:
+        return max(part.largest_payload(node) for part in self.parts)

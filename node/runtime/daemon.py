@@ -10,7 +10,6 @@ at shutdown, so a restarted daemon resumes with the same id and model."""
 from __future__ import annotations
 
 import functools
-import math
 import os
 import random
 import time
@@ -27,7 +26,6 @@ from .control import serve as serve_control
 from .inbound import Inbound
 from .listen import listen_addrs
 from ..p2p.discovery import Discovery, DiscoveryConfig
-from ..core.exchange import Distillation, SyntheticSamples
 from ..learning.probe import ProbeSet
 from ..learning.recipe import LearnerRecipe
 from ..core.node import Node
@@ -596,20 +594,9 @@ def bind(node: DaemonNode, transport, nursery: trio.Nursery, discovery: Discover
 
 def largest_accepted(node: Node) -> int:
     """The largest frame this node reads: a pulled chunk, or the largest knowledge message its
-    exchange folds, bounded by what that message can hold (weights: exactly its own model's
-    tensors; logits: one row per probe input; synthetic: the exchange's sample cap)."""
-    largest = BLOB_CHUNK
-    consumes = node.exchange.consumes
-    if "weights" in consumes and node.learner.supports_weights:
-        largest = max(largest, sum(math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype in node.tensor_specs)
-                      + 64 * len(node.tensor_specs))
-    for part in getattr(node.exchange, "parts", (node.exchange,)):
-        if isinstance(part, Distillation):
-            largest = max(largest, len(part.settings.probe.x) * node.num_classes * 8 + 16 * node.num_classes)
-        if isinstance(part, SyntheticSamples):
-            s = part.settings
-            largest = max(largest, s.max_samples * (math.prod(s.input_shape) + 1) * 8)
-    return largest + ENVELOPE_OVERHEAD + 4096
+    exchange folds (weights: exactly its own model's tensors; logits: one row per probe input;
+    synthetic: the exchange's sample cap)."""
+    return max(BLOB_CHUNK, node.exchange.largest_payload(node.view)) + ENVELOPE_OVERHEAD + 4096
 
 
 def _hex(text: str) -> bytes:
