@@ -35,9 +35,6 @@ def status(home: Path) -> dict:
     return request(home / "control.sock", "status")
 
 
-wait_for = wait_until  # the name test_daemon_flower imports
-
-
 def stop(home: Path) -> None:
     try:
         request(home / "control.sock", "stop")

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_daemon import EXE, status, stop, wait_for
+from test_daemon import EXE, status, stop
+from waiting import wait_until as wait_for
 
 from manymodels.node.runtime.control import request
 from manymodels.node.runtime.store import Home

@@ -30,6 +30,7 @@ from manymodels.node.p2p.announcements import (  # noqa: E402
 from manymodels.node.p2p.discovery import Discovery, DiscoveryConfig  # noqa: E402
 from manymodels.node.p2p.libp2p import Libp2pTransport  # noqa: E402
 from manymodels.protocol import Announce, Hello, Identity, Reason, seal  # noqa: E402
+from waiting import async_wait_until  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -51,10 +52,7 @@ def now_ms() -> int:
 async def eventually(predicate, what: str, timeout: float = 10.0) -> float:
     """Wait until predicate() holds; returns the seconds it took."""
     start = trio.current_time()
-    while not predicate():
-        if trio.current_time() - start > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await trio.sleep(0.02)
+    await async_wait_until(predicate, what, timeout)
     return trio.current_time() - start
 
 

@@ -450,6 +450,7 @@ def test_loading_errors_are_one_line(tmp_path):
         run_simulation(SimulationConfig(client_app=NUMPY_APP, exchange="synthetic"))
 
 
+@pytest.mark.multiprocess  # a fresh interpreter
 def test_importing_the_cli_and_the_adapter_does_not_import_flower():
     code = ("import sys, manymodels.cli.main, manymodels.node.learning.flower, manymodels.aggregation.flower, "
             "manymodels.node.sim.simulator; assert 'flwr' not in sys.modules, 'flwr imported'")

@@ -27,6 +27,7 @@ from manymodels.node.p2p.libp2p import (  # noqa: E402
     noise_only_host,
 )
 from manymodels.protocol import Hello, Identity, ReplayGuard, open_envelope, seal  # noqa: E402
+from waiting import async_wait_until  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -61,11 +62,7 @@ class Inbox:
 
 
 async def eventually(predicate, what: str, timeout: float = 10.0) -> None:
-    deadline = trio.current_time() + timeout
-    while not predicate():
-        if trio.current_time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await trio.sleep(0.02)
+    await async_wait_until(predicate, what, timeout)
 
 
 def free_port() -> int:
