@@ -511,6 +511,7 @@ def churn(root: Path, args) -> dict:
         print(f"\nchurn: {n} daemons (logreg, period {period:.0f} s), {args.churn_rounds} rounds killing "
               f"{args.churn_kill:.0%} with SIGKILL and restarting them", flush=True)
         print(f"{'round':>5} {'killed':>7} {'mean accuracy':>14} {'min version':>12} {'mean peers':>11} {'round s':>8}")
+        curve = []
         for r in range(args.churn_rounds):
             began = time.monotonic()
             victims = rng.sample(homes, round(args.churn_kill * n))
@@ -528,6 +529,7 @@ def churn(root: Path, args) -> dict:
             time.sleep(period)
             ss = [status(h)[0] for h in homes]
             accs = [s["accuracy"] for s in ss if s and s["accuracy"] is not None]
+            curve.append(statistics.mean(accs) if accs else float("nan"))
             print(f"{r:5d} {len(victims):7d} {statistics.mean(accs) if accs else float('nan'):14.3f} "
                   f"{min(s['version'] for s in ss if s):12d} {statistics.mean(s['peers'] for s in ss if s):11.1f} "
                   f"{time.monotonic() - began:8.1f}", flush=True)
@@ -542,7 +544,13 @@ def churn(root: Path, args) -> dict:
             stop(h)
     stuck = [k for k, s in final.items() if s is None or s["version"] <= first[k]]
     changed = [k for k, s in final.items() if s is not None and s["id"] != ids[k]]
-    verdicts = {f"no node stuck ({stuck or 'all advanced'})": not stuck, f"no id changed ({changed or 'none'})": not changed}
+    blocked = sum(s["gate"].get("blocked", 0) for s in final.values() if s)
+    half = len(curve) // 2
+    rising = statistics.mean(curve[half:]) > statistics.mean(curve[:half])
+    verdicts = {f"no node stuck ({stuck or 'all advanced'})": not stuck, f"no id changed ({changed or 'none'})": not changed,
+                f"no honest peer blocked ({blocked})": not blocked,
+                f"accuracy rises: first half of the rounds {statistics.mean(curve[:half]):.3f} -> second half "
+                f"{statistics.mean(curve[half:]):.3f}": rising}
     for what, ok in verdicts.items():
         print(f"  [{'ok' if ok else 'MISSED'}] {what}")
     return verdicts
