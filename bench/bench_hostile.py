@@ -545,12 +545,11 @@ def churn(root: Path, args) -> dict:
     stuck = [k for k, s in final.items() if s is None or s["version"] <= first[k]]
     changed = [k for k, s in final.items() if s is not None and s["id"] != ids[k]]
     blocked = sum(s["gate"].get("blocked", 0) for s in final.values() if s)
-    half = len(curve) // 2
-    rising = statistics.mean(curve[half:]) > statistics.mean(curve[:half])
+    half = max(1, len(curve) // 2)
+    early, late = statistics.mean(curve[:half]), statistics.mean(curve[half:] or curve)
     verdicts = {f"no node stuck ({stuck or 'all advanced'})": not stuck, f"no id changed ({changed or 'none'})": not changed,
                 f"no honest peer blocked ({blocked})": not blocked,
-                f"accuracy rises: first half of the rounds {statistics.mean(curve[:half]):.3f} -> second half "
-                f"{statistics.mean(curve[half:]):.3f}": rising}
+                f"accuracy rises: first half of the rounds {early:.3f} -> second half {late:.3f}": late > early}
     for what, ok in verdicts.items():
         print(f"  [{'ok' if ok else 'MISSED'}] {what}")
     return verdicts
