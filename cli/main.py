@@ -151,11 +151,11 @@ def report(
     csv: Annotated[Optional[Path], typer.Option(help="Write one row per round and node here.")] = None,
 ) -> None:
     """Show a simulation report: its config, nodes and rounds; or write it as JSON, CSV, PNG or HTML."""
-    from manymodels.node.sim.spec import SimulationConfig
-
     from . import report as view
 
-    result, defaults = view.load(file), SimulationConfig().to_report()
+    result = view.load(file)
+    from manymodels.node.sim.spec import SimulationConfig  # torch: after a bad file is refused
+    defaults = SimulationConfig().to_report()
     if json_out:
         _print_json(view.to_json(result, defaults))
     elif not (plot or html or csv):
