@@ -266,7 +266,11 @@ def _accuracy(v) -> str:
 
 
 def size(n: int) -> str:
-    """Bytes for people: 532 B, 12.3 KB, 4.5 MB."""
+    """Bytes for people.
+
+    >>> size(532), size(12_345), size(4_500_000)
+    ('532 B', '12.3 KB', '4.5 MB')
+    """
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
