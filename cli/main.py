@@ -145,7 +145,8 @@ def _size(n: int) -> str:
 @app.command()
 def report(
     file: Annotated[Path, typer.Argument(help="A report written by `simulate --report`.")],
-    json_out: Annotated[bool, typer.Option("--json", help="Print the config, summary, rounds and nodes as JSON.")] = False,
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="Print the config, summary, rounds and nodes as JSON.")] = False,
     plot: Annotated[Optional[Path], typer.Option(help="Draw accuracy and bytes per round into this PNG.")] = None,
     html: Annotated[Optional[Path], typer.Option(help="Write one self-contained HTML page here.")] = None,
     csv: Annotated[Optional[Path], typer.Option(help="Write one row per round and node here.")] = None,

@@ -37,6 +37,7 @@ def load(path: Path) -> dict:
 
 
 def _not_a_report(report) -> str | None:
+    """Why `report` cannot be shown, or None: the keys every view reads, with their shapes."""
     if not isinstance(report, dict):
         return "not a JSON object"
     missing = [k for k in ("config", "summary", "nodes") if k not in report]
@@ -44,12 +45,15 @@ def _not_a_report(report) -> str | None:
         return f"no {', '.join(missing)}"
     if not isinstance(report["nodes"], list) or not report["nodes"]:
         return "no nodes"
+    if not isinstance(report["config"], dict) or not isinstance(report["summary"], dict):
+        return "its config or summary is not an object"
     if any(k not in report["summary"] for k in _SUMMARY_KEYS):
         return "its summary has no accuracies"
     for i, node in enumerate(report["nodes"]):
         if not isinstance(node, dict) or any(k not in node for k in _NODE_KEYS):
             return f"node {i} lacks one of {', '.join(_NODE_KEYS)}"
-        if len(node["history"]) != len(report["nodes"][0]["history"]) or not node["history"]:
+        if not isinstance(node["history"], list) or not node["history"] \
+                or len(node["history"]) != len(report["nodes"][0]["history"]):
             return f"node {i}'s accuracy history is empty or of another length"
     return None
 
@@ -69,8 +73,8 @@ def rounds(report: dict) -> list[dict]:
         accuracies = [n["history"][r] for n in honest]
         sent: dict[str, int] = {}
         for n in nodes:
-            for kind, size in _sent_in_round(n, r).items():
-                sent[kind] = sent.get(kind, 0) + size
+            for kind, n_bytes in _sent_in_round(n, r).items():
+                sent[kind] = sent.get(kind, 0) + n_bytes
         series.append({"round": r + 1, "mean_accuracy": round(sum(accuracies) / len(accuracies), 6),
                        "min_accuracy": min(accuracies), "max_accuracy": max(accuracies),
                        "bytes_sent_by_kind": dict(sorted(sent.items()))})
@@ -135,11 +139,13 @@ def plot_png(report: dict) -> bytes:
     fig = Figure(figsize=(10, 8 if sent else 5), dpi=100, layout="constrained")
     axes = fig.subplots(2 if sent else 1, 1, sharex=True, squeeze=False)[:, 0]
     acc = axes[0]
+    honest_colours = [f"C{k}" for k in range(10) if k != 3]  # C3 is the default cycle's red
     labelled = set()
-    for n in report["nodes"]:
-        role = "attackers" if n.get("attack") else "nodes"
+    for i, n in enumerate(report["nodes"]):
+        role = "attackers" if n.get("attack") else "nodes"  # attackers red and dashed; honest nodes never red
         acc.plot(x, n["history"], linewidth=1, alpha=0.7, linestyle="--" if n.get("attack") else "-",
-                 color="tab:red" if n.get("attack") else None, label=None if role in labelled else role)
+                 color="tab:red" if n.get("attack") else honest_colours[i % len(honest_colours)],
+                 label=None if role in labelled else role)
         labelled.add(role)
     acc.plot(x, [s["mean_accuracy"] for s in series], color="black", linewidth=3, label="network mean")
     acc.axhline(summary["mean_local_only_accuracy"], color="grey", linestyle=":", linewidth=2,
