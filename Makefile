@@ -11,7 +11,7 @@ $(PY):
 
 # torch is pinned in pyproject to the CPU build that lies on disk here; pip takes it offline.
 $(STAMP): $(PY) pyproject.toml
-	$(PY) -m pip install --quiet -e '.[test,mnist1d]'
+	$(PY) -m pip install --quiet -e '.[test,mnist1d,report]'
 	touch $(STAMP)
 
 demo: $(STAMP)
