@@ -9,10 +9,24 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
+# Debian packages the tests use: Fashion-MNIST (a dataset test) and chromium (renders the HTML
+# report). Installed where apt-get can (root, Debian); elsewhere those tests skip and say why.
+DEBS := dataset-fashion-mnist chromium
+DEBS_STAMP := $(VENV)/.debs
+
 # torch is pinned in pyproject to the CPU build that lies on disk here; pip takes it offline.
-$(STAMP): $(PY) pyproject.toml
+$(STAMP): $(PY) pyproject.toml $(DEBS_STAMP)
 	$(PY) -m pip install --quiet -e '.[test,mnist1d,report]'
 	touch $(STAMP)
+
+$(DEBS_STAMP): $(PY)
+	@if [ -d /usr/share/datasets/fashion-mnist ] && command -v chromium >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get install -y -qq --no-install-recommends $(DEBS) || \
+		 (apt-get update -qq && apt-get install -y -qq --no-install-recommends $(DEBS))) >/dev/null \
+		|| echo "could not install $(DEBS): the tests that need them will skip"; \
+	else echo "no apt-get (or not root): $(DEBS) not installed; the tests that need them will skip"; fi
+	touch $(DEBS_STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/manymodels simulate --nodes 8 --rounds 20 --dataset digits --partition dirichlet:0.5 --report run.json

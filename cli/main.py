@@ -16,6 +16,7 @@ from .errors import UserError
 from .learner_options import (BatchSizeOption, HiddenOption, LrOption, MomentumOption, OptimizerOption,
                               ShuffleOption, WeightDecayOption, training_options)
 from .network import register
+from .report import size
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Peer-to-peer many-model learning over signed messages.")
@@ -113,7 +114,7 @@ def _show_report(result: dict) -> None:
     for n in result["nodes"]:
         model = f"{n['model']} [red]{n['attack']}[/]" if n.get("attack") else n["model"]
         table.add_row(n["id"][-6:], model, str(n["num_examples"]), f"{n['final_accuracy']:.3f}",
-                      f"{n['local_only_accuracy']:.3f}", _size(n["bytes_sent"]), _size(n["bytes_received"]),
+                      f"{n['local_only_accuracy']:.3f}", size(n["bytes_sent"]), size(n["bytes_received"]),
                       str(n["rejected_messages"]) + (f" ({len(n['banned'])} banned)" if n.get("banned") else ""))
     console.print(table)
     s = result["summary"]
@@ -132,14 +133,6 @@ def _show_report(result: dict) -> None:
         f"alone {s['mean_local_only_accuracy']:.3f} | one pooled model {s['pooled_accuracy']:.3f}"
         + (f" | {s['wall_seconds']:.1f} s" if "wall_seconds" in s else "")  # the golden reports leave it out
     )
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return ""
 
 
 @app.command()
