@@ -35,7 +35,7 @@ def _show_version(value: bool) -> None:
 @app.callback()
 def _options(version: Annotated[bool, typer.Option(
         "--version", "-V", callback=_show_version, is_eager=True, help="Print the version and exit.")] = False) -> None:
-    pass
+    """The options before a command (the app's help is Typer(help=...)'s)."""
 
 
 def _simulate_defaults() -> dict[str, str]:

@@ -321,12 +321,17 @@ def _full_digest(home: Path, digest: str) -> str:
         raise UserError(f"{digest!r} is not a digest: up to {2 * DIGEST_SIZE} hex digits")
     if len(text) == 2 * DIGEST_SIZE:
         return text
-    matches = sorted({m["digest"] for m in _request(home, "models") if (m["digest"] or "").startswith(text)})
+    return digest_with_prefix(text, [m["digest"] for m in _request(home, "models") if m["digest"]])
+
+
+def digest_with_prefix(prefix: str, known: list[str]) -> str:
+    """The one digest in `known` that starts with `prefix`; none, or more than one, is a UserError."""
+    matches = sorted({d for d in known if d.startswith(prefix)})
     if not matches:
-        raise UserError(f"digest prefix {text} matches no model the node knows (see `manymodels models`); "
+        raise UserError(f"digest prefix {prefix} matches no model the node knows (see `manymodels models`); "
                         "a model only the DHT knows is pulled by its whole digest")
     if len(matches) > 1:
-        raise UserError(f"digest prefix {text} matches {len(matches)} models: {', '.join(matches)}")
+        raise UserError(f"digest prefix {prefix} matches {len(matches)} models: {', '.join(matches)}")
     return matches[0]
 
 
