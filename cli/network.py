@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .errors import UserError
 from .help_defaults import shown, with_defaults
@@ -62,7 +63,8 @@ def _start_defaults() -> dict[str, str]:
     from manymodels.node.runtime.daemon import DaemonConfig
 
     config = DaemonConfig().to_json()
-    return {name: f"{shown(value, name)}, or the saved value" for name, value in {**config, **config["recipe"]}.items()}
+    values = {**config.pop("recipe"), **config}
+    return {name: f"{shown(value, name)}, or the saved value" for name, value in values.items()}
 
 
 @node_app.command(cls=with_defaults(_start_defaults))
@@ -71,7 +73,8 @@ def start(
     listen: Annotated[Optional[list[str]], typer.Option(
         help="Multiaddr to listen on (repeatable). The default is loopback: only this machine can connect; "
              "/ip4/0.0.0.0/tcp/PORT listens on every interface.")] = None,
-    bootstrap: Annotated[Optional[list[str]], typer.Option(help="A peer's multiaddr to join through (repeatable).")] = None,
+    bootstrap: Annotated[Optional[list[str]], typer.Option(
+        help="A peer's multiaddr, ending in /p2p/<peer id>, to join through (repeatable).")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="digits, fashion-mnist or mnist1d.")] = None,
     partition: Annotated[Optional[str], typer.Option(help="iid, dirichlet:ALPHA or shards:K.")] = None,
     partition_id: Annotated[Optional[int], typer.Option(help="Which partition this node holds.")] = None,
@@ -340,7 +343,7 @@ def _said_after_a_second(line: str):
     """Say `line` on stderr when the block still runs after a second: a spinner on a terminal, else
     the line itself (a pipe or a log shows it once)."""
     err = Console(stderr=True, soft_wrap=True, highlight=False)
-    spinner = err.status(line) if err.is_terminal else None
+    spinner = err.status(Text(line)) if err.is_terminal else None
     lock, done = threading.Lock(), []
 
     def say() -> None:
