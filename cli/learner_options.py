@@ -7,15 +7,22 @@ from typing import Annotated, Optional
 
 import typer
 
+from manymodels.node.learning.training import DEFAULT_TRAINING as T  # a dataclass, no torch
+
+from .help_defaults import shown
+
 HiddenOption = Annotated[Optional[str], typer.Option(
-    help="Hidden layer sizes of the mlp model, comma-separated: 64,32 is two layers.", show_default="128")]
-OptimizerOption = Annotated[Optional[str], typer.Option(help="adam or sgd.", show_default="adam")]
-LrOption = Annotated[Optional[float], typer.Option(help="Learning rate.", show_default="0.01")]
-MomentumOption = Annotated[Optional[float], typer.Option(help="SGD's momentum, in [0, 1).", show_default="0")]
-WeightDecayOption = Annotated[Optional[float], typer.Option(help="L2 weight decay.", show_default="0")]
-BatchSizeOption = Annotated[Optional[int], typer.Option(help="Mini-batch size.", show_default="32")]
+    help="Hidden layer sizes of the mlp model, comma-separated: 64,32 is two layers.", show_default=shown(T.hidden))]
+OptimizerOption = Annotated[Optional[str], typer.Option(help="adam or sgd.", show_default=T.optimizer)]
+LrOption = Annotated[Optional[float], typer.Option(help="Learning rate.", show_default=shown(T.lr))]
+MomentumOption = Annotated[Optional[float], typer.Option(
+    help="SGD's momentum, in [0, 1).", show_default=shown(T.momentum))]
+WeightDecayOption = Annotated[Optional[float], typer.Option(
+    help="L2 weight decay.", show_default=shown(T.weight_decay))]
+BatchSizeOption = Annotated[Optional[int], typer.Option(help="Mini-batch size.", show_default=shown(T.batch_size))]
 ShuffleOption = Annotated[Optional[bool], typer.Option(
-    "--shuffle/--no-shuffle", help="A fresh order of the examples every epoch.", show_default="shuffle")]
+    "--shuffle/--no-shuffle", help="A fresh order of the examples every epoch.",
+    show_default=shown(T.shuffle, "shuffle"))]
 
 
 def training_options(hidden: str | None, optimizer: str | None, lr: float | None, momentum: float | None,

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import UserError
+from .help_defaults import shown, with_defaults
 from .learner_options import (BatchSizeOption, HiddenOption, LrOption, MomentumOption, OptimizerOption,
                               ShuffleOption, WeightDecayOption, training_options)
 from .network import register
@@ -24,11 +25,32 @@ register(app)  # the network commands
 console = Console()
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        sys.stdout.write(f"manymodels {version('manymodels')}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option(
+        "--version", "-V", callback=_show_version, is_eager=True, help="Print the version and exit.")] = False) -> None:
+    """The options before a command (the app's help is Typer(help=...)'s)."""
+
+
+def _simulate_defaults() -> dict[str, str]:
+    """The defaults of `simulate`'s options that are None, "not given", in its signature."""
+    from manymodels.node.sim.spec import SimulationConfig
+
+    return {"accept_licence": shown(SimulationConfig.accept_licences)}
+
+
 def _print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2) + "\n")
 
 
-@app.command()
+@app.command(cls=with_defaults(_simulate_defaults))
 def simulate(
     nodes: Annotated[int, typer.Option(help="How many nodes.")] = 8,
     rounds: Annotated[int, typer.Option(help="Gossip rounds.")] = 20,

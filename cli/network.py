@@ -3,17 +3,22 @@ from __future__ import annotations
 
 import json
 import os
+import string
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .errors import UserError
+from .help_defaults import shown, with_defaults
 from .learner_options import (BatchSizeOption, HiddenOption, LrOption, MomentumOption, OptimizerOption,
                               ShuffleOption, WeightDecayOption, training_options)
 
@@ -21,6 +26,8 @@ node_app = typer.Typer(no_args_is_help=True, help="Run a node daemon: start, sta
 console = Console(soft_wrap=True)
 HomeOption = Annotated[Path, typer.Option("--home", help="The node's home directory.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print as JSON.")]
+WideOption = Annotated[bool, typer.Option("--wide", help="Never truncate a cell (ids, digests), however wide the "
+                                                         "table gets; otherwise a truncated cell ends in '…'.")]
 
 
 def _request(home: Path, cmd: str, **args):
@@ -42,15 +49,32 @@ def _out(value, as_json: bool, show) -> None:
         show(value)
 
 
+def _show_table(table: Table, wide: bool) -> None:
+    """A table as wide as the terminal (a cell cut short ends in '…'), or with --wide as wide as its cells."""
+    (Console(soft_wrap=True, width=1 << 16) if wide else console).print(table)
+
+
 def _ago(ms: int) -> str:
     return "never" if not ms else f"{max(0, time.time() - ms / 1000):.0f} s ago"
 
 
-@node_app.command()
+def _start_defaults() -> dict[str, str]:
+    """What `node start` runs with for an option neither given nor saved: DaemonConfig's defaults."""
+    from manymodels.node.runtime.daemon import DaemonConfig
+
+    config = DaemonConfig().to_json()
+    values = {**config.pop("recipe"), **config}
+    return {name: f"{shown(value, name)}, or the saved value" for name, value in values.items()}
+
+
+@node_app.command(cls=with_defaults(_start_defaults))
 def start(
     home: HomeOption,
-    listen: Annotated[Optional[list[str]], typer.Option(help="Multiaddr to listen on (repeatable).")] = None,
-    bootstrap: Annotated[Optional[list[str]], typer.Option(help="A peer's multiaddr to join through (repeatable).")] = None,
+    listen: Annotated[Optional[list[str]], typer.Option(
+        help="Multiaddr to listen on (repeatable). The default is loopback: only this machine can connect; "
+             "/ip4/0.0.0.0/tcp/PORT listens on every interface.")] = None,
+    bootstrap: Annotated[Optional[list[str]], typer.Option(
+        help="A peer's multiaddr, ending in /p2p/<peer id>, to join through (repeatable).")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="digits, fashion-mnist or mnist1d.")] = None,
     partition: Annotated[Optional[str], typer.Option(help="iid, dirichlet:ALPHA or shards:K.")] = None,
     partition_id: Annotated[Optional[int], typer.Option(help="Which partition this node holds.")] = None,
@@ -168,7 +192,7 @@ def _config(h, **options):
     """The saved config with the options given over it, checked, and saved again."""
     from manymodels.node.learning.recipe import LearnerRecipe
     from manymodels.node.runtime.daemon import DaemonConfig
-    from manymodels.node.spec import SpecError
+    from manymodels.node.spec import SpecError, check_bootstrap
 
     saved = h.read_json(h.config_file, None)
     config = DaemonConfig.from_json(saved) if saved else DaemonConfig()
@@ -181,6 +205,8 @@ def _config(h, **options):
                              "recipe": LearnerRecipe.from_json({**config.recipe.to_json(), **recipe})})
     try:
         config.node_spec()
+        for addr in config.bootstrap:
+            check_bootstrap(addr)
     except SpecError as exc:
         raise UserError(str(exc)) from None
     h.path.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -238,7 +264,7 @@ def stop(home: HomeOption) -> None:
     console.print(f"stopped {result['stopping']}", highlight=False)
 
 
-def peers(home: HomeOption, json_out: JsonOption = False) -> None:
+def peers(home: HomeOption, json_out: JsonOption = False, wide: WideOption = False) -> None:
     """Peers this node knows: id, addresses, last seen, what they offered, messages rejected."""
     def show(rows):
         table = Table(title="peers")
@@ -249,7 +275,7 @@ def peers(home: HomeOption, json_out: JsonOption = False) -> None:
             reputation = "banned" if p["banned"] else ("-" if p["reputation"] is None else f"{p['reputation']:.2f}")
             table.add_row(p["id"], "yes" if p["connected"] else "no", _ago(p["last_seen"]), offered,
                           str(p["accepted"]), str(p["rejected"]), reputation)
-        console.print(table)
+        _show_table(table, wide)
     _out(_request(home, "peers"), json_out, show)
 
 
@@ -258,7 +284,7 @@ def connect(multiaddr: Annotated[str, typer.Argument(help="/ip4/.../tcp/.../p2p/
     console.print(f"connected to {_request(home, 'connect', addr=multiaddr)['connected']}", highlight=False)
 
 
-def models(home: HomeOption, json_out: JsonOption = False) -> None:
+def models(home: HomeOption, json_out: JsonOption = False, wide: WideOption = False) -> None:
     """The local model and the models peers have offered, with their digests."""
     def show(rows):
         table = Table(title="models")
@@ -268,23 +294,77 @@ def models(home: HomeOption, json_out: JsonOption = False) -> None:
             size = f"{m['bytes']}" if "bytes" in m else "-"
             table.add_row(("(this node) " if m.get("local") else "") + m["peer"], m["model"], str(m["version"]),
                           m["digest"] or "-", size)
-        console.print(table)
+        _show_table(table, wide)
     _out(_request(home, "models"), json_out, show)
 
 
 def pull(peer: Annotated[str, typer.Argument(help="The peer id to pull from, or 'any': whoever announced it or "
                                                   "provides it in the DHT.")],
-         digest: Annotated[str, typer.Argument(help="The payload digest (hex), as `models` shows it.")],
+         digest: Annotated[str, typer.Argument(help="The payload digest (hex), as `models` shows it, or the start "
+                                                    "of it that only one model the node knows has.")],
          home: HomeOption, json_out: JsonOption = False) -> None:
     """Pull a model (a signed message) from a peer by digest; it is verified before it is kept."""
-    try:
-        bytes.fromhex(digest)
-    except ValueError:
-        raise UserError(f"{digest!r} is not a hex digest") from None
+    digest = _full_digest(home, digest)
 
     def show(r: dict) -> None:
         console.print(f"pulled {r['kind']} by {r['author']} ({r['bytes']} bytes) -> {r['path']}", highlight=False)
-    _out(_request(home, "pull", peer=peer, digest=digest), json_out, show)
+    source = "whoever holds it" if peer in ("", "any") else peer
+    with _said_after_a_second(f"pulling {digest} from {source}…"):
+        pulled = _request(home, "pull", peer=peer, digest=digest)
+    _out(pulled, json_out, show)
+
+
+def _full_digest(home: Path, digest: str) -> str:
+    """`digest` when it is a whole one; else the one digest that starts with it among the models the
+    node knows (its own, its peers' announcements: what `models` lists)."""
+    from manymodels.protocol.messages import DIGEST_SIZE
+
+    text = digest.strip().lower()
+    if not text or len(text) > 2 * DIGEST_SIZE or not set(text) <= set(string.hexdigits.lower()):
+        raise UserError(f"{digest!r} is not a digest: up to {2 * DIGEST_SIZE} hex digits")
+    if len(text) == 2 * DIGEST_SIZE:
+        return text
+    return digest_with_prefix(text, [m["digest"] for m in _request(home, "models") if m["digest"]])
+
+
+def digest_with_prefix(prefix: str, known: list[str]) -> str:
+    """The one digest in `known` that starts with `prefix`; none, or more than one, is a UserError."""
+    matches = sorted({d for d in known if d.startswith(prefix)})
+    if not matches:
+        raise UserError(f"digest prefix {prefix} matches no model the node knows (see `manymodels models`); "
+                        "a model only the DHT knows is pulled by its whole digest")
+    if len(matches) > 1:
+        raise UserError(f"digest prefix {prefix} matches {len(matches)} models: {', '.join(matches)}")
+    return matches[0]
+
+
+@contextmanager
+def _said_after_a_second(line: str):
+    """Say `line` on stderr when the block still runs after a second: a spinner on a terminal, else
+    the line itself (a pipe or a log shows it once)."""
+    err = Console(stderr=True, soft_wrap=True, highlight=False)
+    spinner = err.status(Text(line)) if err.is_terminal else None
+    lock, done = threading.Lock(), []
+
+    def say() -> None:
+        with lock:  # not once the block has ended: a spinner started after stop() would stay
+            if done:
+                return
+            if spinner:
+                spinner.start()
+            else:
+                err.print(line, markup=False)
+    timer = threading.Timer(1.0, say)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        with lock:
+            done.append(True)
+        timer.cancel()
+        if spinner:
+            spinner.stop()
 
 
 def register(app: typer.Typer) -> None:

@@ -132,6 +132,22 @@ def hidden_text(hidden: tuple[int, ...]) -> str:
     return ",".join(map(str, hidden))
 
 
+def check_bootstrap(addr: str) -> None:
+    """A `--bootstrap` address must be a multiaddr that ends in the peer's id (/p2p/<peer id>): Noise
+    checks the key behind it, so the node dials whom it means to. Checked before it is saved."""
+    import multiaddr  # py-libp2p's; light, unlike libp2p itself
+
+    try:
+        parts = [p.name for p in multiaddr.Multiaddr(addr).protocols()]
+    except ValueError as exc:  # multiaddr's errors are ValueErrors; a /p2p value that is no peer id among them
+        raise SpecError(f"--bootstrap {addr!r} is not a multiaddr ({getattr(exc, 'message', exc)})") from None
+    if parts[-1:] != ["p2p"]:
+        raise SpecError(f"--bootstrap {addr} has no /p2p/<peer id> at the end; a node prints its full address "
+                        "when it starts (`manymodels node status` shows it)")
+    if len(parts) == 1:
+        raise SpecError(f"--bootstrap {addr} says whom but not where: give the peer's address before /p2p/")
+
+
 def _check_client_app(spec: NodeSpec) -> None:
     if spec.learner.client_app:
         if spec.exchange == "synthetic":

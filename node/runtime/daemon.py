@@ -218,7 +218,7 @@ class DaemonNode(Node):
         """The sealed message with this payload digest, from `peer`, in chunks with up to `window`
         requests in flight (not yet verified: the caller opens the envelope); `size`: as announced."""
         if wanted in self.pulls:
-            raise ValueError(f"{wanted.hex()[:16]}… is being pulled already")
+            raise ValueError(f"{wanted.hex()} is being pulled already")
         send, receive = trio.open_memory_channel(2 * window)
         self.pulls[wanted] = (peer, send)
         chunks: dict[int, bytes] = {}
@@ -234,7 +234,7 @@ class DaemonNode(Node):
                 while pending:
                     chunk = await receive.receive()
                     if isinstance(chunk, Error):
-                        raise ValueError(f"{peer} does not hold {wanted.hex()[:16]}… any more ({chunk.code})")
+                        raise ValueError(f"{peer} does not hold {wanted.hex()} any more ({chunk.code})")
                     if chunk.offset not in pending or (total is not None and chunk.total != total):
                         raise ValueError("the peer sent a chunk that was not asked for")
                     if chunk.total > MAX_ENVELOPE_BYTES:
@@ -250,7 +250,7 @@ class DaemonNode(Node):
                         ahead += BLOB_CHUNK
                         ask(ahead)
         except trio.TooSlowError:
-            raise ValueError(f"{peer} did not serve {wanted.hex()[:16]}… within {PULL_TIMEOUT} s") from None
+            raise ValueError(f"{peer} did not serve {wanted.hex()} within {PULL_TIMEOUT} s") from None
         finally:
             del self.pulls[wanted]
         return b"".join(chunks[offset] for offset in sorted(chunks))
@@ -509,13 +509,13 @@ class Daemon:
             candidates += await self.discovery.find_providers(wanted)
         candidates = [p for p in dict.fromkeys(candidates) if p != node.id][:PULL_CANDIDATES]
         if not candidates:
-            raise ValueError(f"no peer is known to hold {wanted.hex()[:16]}…")
+            raise ValueError(f"no peer is known to hold {wanted.hex()}")
         errors = []
         for candidate in candidates:
             try:
                 return await self._pull(node, candidate, wanted)
             except ValueError as exc:
-                errors.append(f"{candidate[-8:]}: {exc}")
+                errors.append(f"{candidate}: {exc}")
         raise ValueError("; ".join(errors))
 
     async def _pull(self, node: DaemonNode, peer: str, wanted: bytes) -> dict:
