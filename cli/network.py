@@ -192,6 +192,7 @@ def _config(h, **options):
     """The saved config with the options given over it, checked, and saved again."""
     from manymodels.node.learning.recipe import LearnerRecipe
     from manymodels.node.runtime.daemon import DaemonConfig
+    from manymodels.node.runtime.listen import ListenError, check_listen
     from manymodels.node.spec import SpecError, check_bootstrap
 
     saved = h.read_json(h.config_file, None)
@@ -207,7 +208,9 @@ def _config(h, **options):
         config.node_spec()
         for addr in config.bootstrap:
             check_bootstrap(addr)
-    except SpecError as exc:
+        for addr in config.listen:
+            check_listen(addr)
+    except (SpecError, ListenError) as exc:
         raise UserError(str(exc)) from None
     h.path.mkdir(parents=True, exist_ok=True, mode=0o700)
     h.write_json(h.config_file, config.to_json())

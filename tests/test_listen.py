@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from manymodels.node.runtime.listen import ListenError, listen_addrs, port_in_use
+from manymodels.node.runtime.listen import ListenError, check_listen, listen_addrs, port_in_use
 
 
 @pytest.fixture
@@ -54,3 +54,13 @@ def test_node_start_on_a_port_in_use_is_one_line(cli, tmp_path, taken):
     assert out.returncode == 2, out.stderr
     assert f"port {taken} is in use" in out.stderr and "Traceback" not in out.stderr
     assert out.stderr.strip().count("\n") == 0
+
+
+def test_a_listen_address_this_machine_cannot_have_is_refused_before_it_is_saved(cli, tmp_path):
+    with pytest.raises(ListenError, match="not a multiaddr"):
+        check_listen("/ip4/127.0.0.1/tcp")
+    check_listen("/ip4/127.0.0.1/tcp/0")
+    home = tmp_path / "n"
+    out = cli("node", "start", "--home", home, "--listen", "/ip4/192.0.2.1/tcp/4005", "--detach")
+    assert out.returncode == 2 and "cannot listen on 192.0.2.1" in out.stderr, out.stderr
+    assert out.stderr.strip().count("\n") == 0 and not (home / "config.json").exists()

@@ -40,6 +40,20 @@ def port_in_use(proto: str, host: str, port: int) -> bool:
     return False
 
 
+def check_listen(addr: str) -> None:
+    """A `--listen` address this machine can have: a multiaddr and, for TCP, one of this machine's
+    IPs. Checked before it is saved; whether its port is free is checked at each start."""
+    import multiaddr  # py-libp2p's; light, unlike libp2p itself
+
+    try:
+        multiaddr.Multiaddr(addr)
+    except ValueError as exc:
+        raise ListenError(f"--listen {addr!r} is not a multiaddr ({getattr(exc, 'message', exc)})") from None
+    parts = tcp_parts(addr)
+    if parts is not None:
+        port_in_use(parts[0], parts[1], 0)  # raises if the host is not this machine's
+
+
 def listen_addrs(configured: list[str], bound_before: list[str]) -> list[str]:
     """The addresses to listen on. An explicit port that is taken is an error; port 0 becomes the
     port this node had last time (`bound_before`: its listen addresses then), when that is free."""
