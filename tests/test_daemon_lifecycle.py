@@ -68,8 +68,8 @@ def test_ctrl_c_stops_a_foreground_daemon_with_one_line_and_exit_0(tmp_path):
     lines = (out + err).splitlines()
     assert daemon.returncode == 0, out + err
     assert "Traceback" not in out + err
-    stopped = [line for line in lines if re.fullmatch(STAMP + r" INFO node: \S+ stopped at version (\d+) \(state saved\)",
-                                                      line)]
+    stopped = [line for line in lines
+               if re.fullmatch(STAMP + r" INFO node: \S+ stopped at version (\d+) \(state saved\)", line)]
     assert len(stopped) == 1, lines
     assert int(stopped[0].rsplit("version ", 1)[1].split()[0]) == saved_version(home) >= 3
     periods = [line for line in lines if PERIOD_LINE.fullmatch(line)]

@@ -144,8 +144,8 @@ class WorkerLearner(Learner):
         context = multiprocessing.get_context("spawn")  # no fork of a process with threads
         self._conn, child = context.Pipe()
         log_level = logging.getLogger("manymodels").getEffectiveLevel()  # as the daemon's
-        self._process = context.Process(target=_serve, args=(child, recipe.to_json(), dict(fit_config or {}), log_level),
-                                        daemon=True, name="manymodels-worker")
+        self._process = context.Process(target=_serve, daemon=True, name="manymodels-worker",
+                                        args=(child, recipe.to_json(), dict(fit_config or {}), log_level))
         self._process.start()
         child.close()
         info = self._reply()
