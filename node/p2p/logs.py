@@ -1,5 +1,6 @@
-"""py-libp2p's logging, bounded: it installs no handler of its own and logs a warning per failed
-provide or stream to a peer, which hostile or departed peers would turn into an unbounded log."""
+"""py-libp2p's logging, bounded: it logs a warning per failed provide or stream to a peer, which
+hostile or departed peers would turn into an unbounded log, and INFO lines on loggers it sets to
+INFO itself; its records reach the daemon's handler at WARNING and rate-limited."""
 from __future__ import annotations
 
 import logging

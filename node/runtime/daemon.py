@@ -31,6 +31,7 @@ from ..p2p.discovery import Discovery, DiscoveryConfig
 from ..p2p.logs import bound_libp2p_logs
 from ..learning.probe import ProbeSet
 from ..learning.recipe import LearnerRecipe
+from ..core.exchange import Folded
 from ..core.node import Node
 from ..spec import NodeData, NodeSpec, SpecError, build_node
 from .store import Home, atomic_write
@@ -403,7 +404,7 @@ class Daemon:
         self.save(node)
         log.info("%s", self._period(node, folded, accuracy))
 
-    def _period(self, node: DaemonNode, folded, accuracy: float) -> str:
+    def _period(self, node: DaemonNode, folded: Folded, accuracy: float) -> str:
         """One line for the period just folded: what went into the model and from whom (peer ids
         by their last 8 characters), the accuracy, the bytes, and the period's rejections by reason."""
         s = node.stats
