@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import string
 import subprocess
 import sys
@@ -104,9 +105,12 @@ def start(
     mdns: Annotated[Optional[bool], typer.Option("--mdns/--no-mdns",
                                                  help="Find peers on the local network by multicast DNS.")] = None,
     detach: Annotated[bool, typer.Option(help="Run in the background; print the id and addresses.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug lines too (this run only).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log warnings and errors only (this run only).")] = False,
 ) -> None:
     """Start a node. The first start creates the identity and config in HOME; later starts reuse them
-    (options given again override the saved config)."""
+    (options given again override the saved config). It logs to stderr (detached: HOME/daemon.log),
+    a line per period; Ctrl-C or SIGTERM stops it after it has saved its state."""
     from manymodels.node.runtime.store import Home
 
     from manymodels.node.spec import SpecError
@@ -123,20 +127,30 @@ def start(
                      mdns=mdns, **training)
     if _running(h):
         raise UserError(f"a node is already running in {h.path}")
+    verbosity = ["--verbose"] * verbose + ["--quiet"] * quiet
     if detach:
-        return _detach(h)
+        return _detach(h, verbosity)
+    import logging
+
     import trio
 
+    from manymodels.node.runtime import logs
     from manymodels.node.runtime.daemon import Daemon
     from manymodels.node.p2p.libp2p import Libp2pTransport
 
+    logs.configure(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     daemon = Daemon(h, config)
 
+    async def stop_on_signal(signals) -> None:
+        async for _ in signals:
+            daemon.stopping.set()
+
     async def main():
-        async with trio.open_nursery() as nursery:
-            node = await nursery.start(daemon.run, Libp2pTransport)
-            console.print(f"node {node.id} listening on {' '.join(node.transport.listen_addrs())}", highlight=False)
-            sys.stdout.flush()  # a log file or pipe must see the address now, not at exit
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stop_on_signal, signals)
+                await daemon.run(Libp2pTransport)
+                nursery.cancel_scope.cancel()
     try:
         trio.run(main)
     except KeyboardInterrupt:
@@ -217,12 +231,12 @@ def _config(h, **options):
     return config
 
 
-def _detach(h) -> None:
+def _detach(h, verbosity: list[str]) -> None:
     log = open(h.log_file, "ab")
     start = log.tell()
     # main() of the imported module, not `-m`: run as __main__ it would not catch the UserError this module raises
     process = subprocess.Popen([sys.executable, "-c", "from manymodels.cli.main import main; main()",
-                                "node", "start", "--home", str(h.path)],
+                                "node", "start", "--home", str(h.path), *verbosity],
                                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + 120
@@ -256,15 +270,38 @@ def status(home: HomeOption, json_out: JsonOption = False) -> None:
     _out(_request(home, "status"), json_out, show)
 
 
+STOP_TIMEOUT = 60  # seconds: the node finishes the learning step under way, saves, stops its worker
+
+
 @node_app.command()
 def stop(home: HomeOption) -> None:
-    """Stop a running node (it saves its state first)."""
+    """Stop a running node: it saves its state first; this returns once its process has exited."""
+    from manymodels.node.runtime.store import Home
+
+    pid_file = Home(home).pid_file
+    pid = int(pid_file.read_text()) if pid_file.exists() else None
     result = _request(home, "stop")
-    socket = Path(home) / "control.sock"
-    deadline = time.monotonic() + 30
-    while socket.exists() and time.monotonic() < deadline:
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while pid is not None and _alive(pid):
+        if time.monotonic() > deadline:
+            raise UserError(f"node {result['stopping']} (pid {pid}) was asked to stop but has not exited "
+                            f"after {STOP_TIMEOUT} s")
         time.sleep(0.1)
     console.print(f"stopped {result['stopping']}", highlight=False)
+
+
+def _alive(pid: int) -> bool:
+    """Whether the process runs (a zombie, exited but not yet reaped by its parent, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def peers(home: HomeOption, json_out: JsonOption = False, wide: WideOption = False) -> None:

@@ -1,5 +1,6 @@
-"""py-libp2p's logging, bounded: it installs no handler of its own and logs a warning per failed
-provide or stream to a peer, which hostile or departed peers would turn into an unbounded log."""
+"""py-libp2p's logging, bounded: it logs a warning per failed provide or stream to a peer, which
+hostile or departed peers would turn into an unbounded log, and INFO lines on loggers it sets to
+INFO itself; its records reach the daemon's handler at WARNING and rate-limited."""
 from __future__ import annotations
 
 import logging
@@ -51,10 +52,24 @@ class RateLimit(logging.Filter):
         return window[1] <= self.burst
 
 
+class _ThroughRoot(logging.Handler):
+    """py-libp2p's records at WARNING (it sets INFO on some of its loggers: two auto-connector lines
+    a second), rate-limited, on to the root logger's handlers (the daemon's one format), or to
+    stderr where none is set up."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.addFilter(RateLimit())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        for handler in logging.getLogger().handlers or [logging.lastResort]:
+            if handler is not None and record.levelno >= handler.level:
+                handler.handle(record)
+
+
 def bound_libp2p_logs() -> None:
-    """py-libp2p's warnings (it installs no handler of its own) to stderr, rate-limited (idempotent)."""
+    """py-libp2p's records through ``_ThroughRoot`` only (idempotent)."""
     libp2p_logger = logging.getLogger("libp2p")
-    if not any(isinstance(f, RateLimit) for h in libp2p_logger.handlers for f in h.filters):
-        handler = logging.StreamHandler()
-        handler.addFilter(RateLimit())
-        libp2p_logger.addHandler(handler)
+    if not any(isinstance(h, _ThroughRoot) for h in libp2p_logger.handlers):
+        libp2p_logger.addHandler(_ThroughRoot())
+        libp2p_logger.propagate = False

@@ -10,9 +10,11 @@ at shutdown, so a restarted daemon resumes with the same id and model."""
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import random
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -26,8 +28,10 @@ from .control import serve as serve_control
 from .inbound import Inbound
 from .listen import listen_addrs
 from ..p2p.discovery import Discovery, DiscoveryConfig
+from ..p2p.logs import bound_libp2p_logs
 from ..learning.probe import ProbeSet
 from ..learning.recipe import LearnerRecipe
+from ..core.exchange import Folded
 from ..core.node import Node
 from ..spec import NodeData, NodeSpec, SpecError, build_node
 from .store import Home, atomic_write
@@ -48,6 +52,8 @@ SERVE_QUEUE_PER_PEER = PULL_WINDOW * BLOB_CHUNK  # blob bytes waiting to be sent
 SERVE_QUEUE_TOTAL = 256 << 20  # ... and to all peers together
 SEQ_MARGIN = 10_000  # sequence numbers a crash may have used since the last save
 DIALS_PER_MINUTE = 8  # addresses learnt from other peers that this node dials
+
+log = logging.getLogger("manymodels.node")
 
 
 @dataclass
@@ -272,7 +278,7 @@ class DaemonNode(Node):
             try:
                 self.handle(author, message)
             except Exception as exc:  # noqa: BLE001 -- as the transport's receiver: log, count, go on
-                print(f"handling a message pulled from {author}: {type(exc).__name__}: {exc}", flush=True)
+                log.warning("handling a message pulled from %s: %s: %s", author, type(exc).__name__, exc)
                 self.refuse("pull_not_handled")
 
         with trio.move_on_after(max(period, 1.0)):
@@ -319,6 +325,7 @@ class Daemon:
         self._dials: list[float] = []  # when peer-exchange dials happened (the last minute's)
         self.inbound: Inbound | None = None
         self.listening: list[str] = []  # our multiaddrs, saved so that a restart keeps its ports
+        self._counted = (0, 0, Counter(), Counter())  # bytes sent, received, rejected, refused: at the last fold
 
     # --- construction -----------------------------------------------------------------------
     @functools.cached_property
@@ -395,6 +402,23 @@ class Daemon:
         accuracy = node.learner.evaluate_test()["accuracy"]
         self.history.append({"version": node.version, "time": now_ms(), "accuracy": round(accuracy, 4)})
         self.save(node)
+        log.info("%s", self._period(node, folded, accuracy))
+
+    def _period(self, node: DaemonNode, folded: Folded, accuracy: float) -> str:
+        """One line for the period just folded: what went into the model and from whom (peer ids
+        by their last 8 characters), the accuracy, the bytes, and the period's rejections by reason."""
+        s = node.stats
+        # copies: the verifier thread counts while this runs
+        now = (s.bytes_sent, s.bytes_received, Counter(dict(s.rejected)), Counter(dict(s.refused)))
+        before, self._counted = self._counted, now
+        folds = (f"folded {len(folded.inputs)} from {', '.join(p[-8:] for p in folded.senders)}" if folded.inputs
+                 else "folded nothing")
+        parts = [f"version {node.version}: {folds}", f"accuracy {accuracy:.3f}",
+                 f"sent {_size(now[0] - before[0])}, received {_size(now[1] - before[1])}"]
+        for name, counts in (("rejected", now[2] - before[2]), ("refused", now[3] - before[3])):
+            if counts:
+                parts.append(f"{name} " + ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items())))
+        return "; ".join(parts)
 
     async def _cycles(self, node: DaemonNode, transport) -> None:
         """train -> publish -> let the period pass while messages arrive -> fold, evaluate, save."""
@@ -536,6 +560,7 @@ class Daemon:
     async def run(self, transport_factory, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Run until `stop`. `transport_factory(identity, listen=[...])` gives the transport.
         The network comes up (and joins its bootstrap peers) while the worker process starts."""
+        bound_libp2p_logs()  # from its first record: the DHT is not the first part to log
         atomic_write(self.home.pid_file, f"{os.getpid()}\n".encode())
         listening_before = self.home.read_json(self.home.state_file, {}).get("listening", [])
         transport = transport_factory(self.identity, listen=listen_addrs(self.config.listen, listening_before))
@@ -550,7 +575,7 @@ class Daemon:
                     try:
                         await transport.connect(addr)
                     except (ValueError, ConnectionError) as exc:  # a bootstrap peer may be down
-                        print(f"bootstrap {addr}: {exc}", flush=True)
+                        log.warning("bootstrap %s: %s", addr, exc)
                 discovery.kick()  # the DHT learns the rest of the network through them
                 learner = await trio.to_thread.run_sync(WorkerLearner, self.config.recipe, self._fit_config())
                 node = build_node(self.spec, self.identity, learner, transport, now_ms, self._node_data(learner),
@@ -566,9 +591,11 @@ class Daemon:
                                     lambda request: self._control(node, transport, request))
                 nursery.start_soon(self._cycles, node, transport)
                 task_status.started(node)
+                log.info("%s listening on %s", node.id, " ".join(transport.listen_addrs()))
                 await self.stopping.wait()
                 nursery.cancel_scope.cancel()
             await trio.to_thread.run_sync(self.save, node)
+            log.info("%s stopped at version %d (state saved)", node.id, node.version)
         finally:
             if learner is not None:
                 learner.close()
@@ -604,6 +631,10 @@ def _hex(text: str) -> bytes:
         return bytes.fromhex(text)
     except ValueError:
         return b""
+
+
+def _size(n: int) -> str:
+    return f"{n} B" if n < 1000 else f"{n / 1000:.1f} kB" if n < 10**6 else f"{n / 10**6:.1f} MB"
 
 
 def _version() -> str:

@@ -5,7 +5,10 @@ Requests and replies cross the pipe as msgpack with ndarrays in the wire format 
 manymodels.protocol (no pickle), through `Connection.send_bytes` / `recv_bytes`."""
 from __future__ import annotations
 
+import logging
 import multiprocessing
+import signal
+import sys
 from typing import Any
 
 import msgpack
@@ -15,6 +18,7 @@ from manymodels.protocol import decode_array, encode_array
 
 from ..learning.learner import Learner, NDArrays, Samples
 from ..learning.recipe import LearnerRecipe
+from . import logs
 
 _ND = "__ndarray__"
 
@@ -100,12 +104,19 @@ class _Server:
         return self.learner.evaluate(self.data.x_test, self.data.y_test)
 
 
-def _serve(conn, recipe: dict, fit_config: dict) -> None:
+def _serve(conn, recipe: dict, fit_config: dict, log_level: int) -> None:
+    # The worker shares the daemon's process group, so a Ctrl-C in the terminal (or a SIGTERM to the
+    # group) reaches it too: the daemon stops it once it has saved the model the worker holds.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logs.configure(log_level)
     import torch
 
     torch.set_num_threads(1)
     try:
         server = _Server(LearnerRecipe.from_json(recipe), fit_config)
+        if "flwr" in sys.modules:  # a Flower client app: its log lines in our format
+            logs.adopt("flwr")
         conn.send_bytes(_pack({"ok": True, "result": server.info()}))
     except Exception as exc:  # the parent shows this one line to the user
         conn.send_bytes(_pack({"ok": False, "error": f"{type(exc).__name__}: {exc}"}))
@@ -132,8 +143,9 @@ class WorkerLearner(Learner):
         """`fit_config`: what the rule adds to a Flower client's train config (FedProx's proximal_mu)."""
         context = multiprocessing.get_context("spawn")  # no fork of a process with threads
         self._conn, child = context.Pipe()
-        self._process = context.Process(target=_serve, args=(child, recipe.to_json(), dict(fit_config or {})),
-                                        daemon=True, name="manymodels-worker")
+        log_level = logging.getLogger("manymodels").getEffectiveLevel()  # as the daemon's
+        self._process = context.Process(target=_serve, daemon=True, name="manymodels-worker",
+                                        args=(child, recipe.to_json(), dict(fit_config or {}), log_level))
         self._process.start()
         child.close()
         info = self._reply()

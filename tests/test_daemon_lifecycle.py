@@ -1,0 +1,113 @@
+"""A daemon that says what it does, driven through the installed command: a timestamped log line per
+period, -q to silence it, and Ctrl-C (a real SIGINT to the terminal's process group) or SIGTERM
+stopping it cleanly: one line, exit 0, state saved, worker gone; `node stop` returns once the
+process has exited."""
+import glob
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from manymodels.node.runtime.control import NotRunning, request
+from waiting import wait_until
+
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
+
+EXE = Path(sys.executable).parent / "manymodels"
+RECIPE = ["--dataset", "digits", "--model", "logreg", "--period", "1"]
+STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+PERIOD_LINE = re.compile(STAMP + r" INFO node: version (\d+): folded (nothing|\d+ from .+); accuracy 0\.\d{3}; "
+                         r"sent \d+(\.\d)? k?B, received \d+(\.\d)? k?B")
+
+
+def version(home: Path) -> int:
+    try:
+        return request(home / "control.sock", "status", timeout=5)["version"]
+    except (NotRunning, OSError):  # not up yet
+        return -1
+
+
+def workers(pid: int) -> list[int]:
+    """The learner's worker processes `pid` started (from a trio thread: every thread's children);
+    not multiprocessing's resource tracker, which exits on its own once its pipe closes."""
+    return [int(c) for path in glob.glob(f"/proc/{pid}/task/*/children") for c in Path(path).read_text().split()
+            if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def saved_version(home: Path) -> int:
+    return json.loads((home / "state.json").read_text())["version"]
+
+
+def test_ctrl_c_stops_a_foreground_daemon_with_one_line_and_exit_0(tmp_path):
+    home = tmp_path / "a"
+    # a session of its own: SIGINT to its process group is what a terminal's Ctrl-C sends
+    daemon = subprocess.Popen([str(EXE), "node", "start", "--home", str(home), *RECIPE], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_until(lambda: version(home), "three learning cycles", 90, until=lambda v: v >= 3, interval=0.2)
+        worker = workers(daemon.pid)
+        assert len(worker) == 1, "the daemon runs its learner in a worker process"
+        os.killpg(daemon.pid, signal.SIGINT)
+        out, err = daemon.communicate(timeout=30)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.communicate()
+    lines = (out + err).splitlines()
+    assert daemon.returncode == 0, out + err
+    assert "Traceback" not in out + err
+    stopped = [line for line in lines
+               if re.fullmatch(STAMP + r" INFO node: \S+ stopped at version (\d+) \(state saved\)", line)]
+    assert len(stopped) == 1, lines
+    assert int(stopped[0].rsplit("version ", 1)[1].split()[0]) == saved_version(home) >= 3
+    periods = [line for line in lines if PERIOD_LINE.fullmatch(line)]
+    assert len(periods) >= 2, lines
+    assert len(lines) <= len(periods) + 3, lines  # listening, the periods, stopped: nothing else
+    assert gone(worker[0])
+
+
+def test_sigterm_stops_a_detached_daemon_which_logs_a_line_per_period(tmp_path):
+    home = tmp_path / "b"
+    started = subprocess.run([str(EXE), "node", "start", "--home", str(home), "--detach", *RECIPE],
+                             capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stderr
+    pid = int((home / "daemon.pid").read_text())
+    wait_until(lambda: version(home), "three learning cycles", 60, until=lambda v: v >= 3, interval=0.2)
+    worker = workers(pid)
+    os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: gone(pid), "the daemon to exit", 30, interval=0.1)
+    log = (home / "daemon.log").read_text().splitlines()
+    assert "Traceback" not in "\n".join(log)
+    assert re.fullmatch(STAMP + r" INFO node: \S+ listening on /ip4/127\.0\.0\.1/tcp/\d+/p2p/\S+", log[0]), log
+    assert len([line for line in log if PERIOD_LINE.fullmatch(line)]) >= 2, log
+    assert re.fullmatch(STAMP + rf" INFO node: \S+ stopped at version {saved_version(home)} \(state saved\)",
+                        log[-1]), log
+    assert len(worker) == 1 and gone(worker[0])
+
+
+def test_quiet_daemon_logs_no_period_lines_and_node_stop_returns_when_it_has_exited(tmp_path):
+    home = tmp_path / "c"
+    started = subprocess.run([str(EXE), "node", "start", "--home", str(home), "--detach", "-q", *RECIPE],
+                             capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stderr
+    pid = int((home / "daemon.pid").read_text())
+    wait_until(lambda: version(home), "three learning cycles", 60, until=lambda v: v >= 3, interval=0.2)
+    stopped = subprocess.run([str(EXE), "node", "stop", "--home", str(home)], capture_output=True, text=True,
+                             timeout=90)
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stdout.startswith("stopped ")
+    assert gone(pid)  # already, when `node stop` returned
+    assert saved_version(home) >= 3
+    assert (home / "daemon.log").read_text() == ""  # -q: warnings only, and there were none
