@@ -100,10 +100,14 @@ def test_a_killed_daemon_restarts_with_its_id_and_its_last_model(network):
     os.kill(int((home / "daemon.pid").read_text()), signal.SIGKILL)
     wait_until(lambda: subprocess.run(["kill", "-0", (home / "daemon.pid").read_text().strip()],
                                       capture_output=True).returncode != 0, "the process to die", 30)
-    saved = {h["version"]: h for h in json.loads((home / "state.json").read_text())["history"]}
+    state = json.loads((home / "state.json").read_text())
+    saved = {h["version"]: h for h in state["history"]}
     start(home)  # the saved config: same data, same bootstrap peer
     after = status(home)
     assert after["id"] == before["id"]
+    # the counters run on from the saved state, not from zero
+    assert after["messages_accepted"] >= state["stats"]["messages_accepted"] > 0
+    assert after["bytes_sent"] >= state["stats"]["bytes_sent"] > 0 and after["pulled"] >= state["stats"]["pulled"]
     assert after["addrs"] == before["addrs"]  # its port kept: the peers that knew it can dial it again
     assert after["version"] >= max(saved)
     history = wait_until(lambda: json.loads((home / "state.json").read_text())["history"],

@@ -189,3 +189,21 @@ def test_replies_do_not_use_up_sequence_numbers():
         a.seal(BlobResponse(bytes(32), offset, 100, b"x"))
         a.seal(Error("not_found", "00"))
     assert a.seq == before
+
+
+def test_node_stats_survive_a_json_round_trip_and_keep_counting():
+    import json
+
+    from manymodels.node.core.node import NodeStats
+    stats = NodeStats(bytes_sent=10, bytes_received=20, messages_accepted=3)
+    stats.rejected["replayed"] += 2
+    stats.sent_by_kind["weights"] += 1
+    stats.rejected_from["peer"] += 2  # per connection: not kept
+    again = NodeStats()
+    again.restore(json.loads(json.dumps(stats.to_json())))
+    assert (again.bytes_sent, again.bytes_received, again.messages_accepted) == (10, 20, 3)
+    assert again.rejected == {"replayed": 2} and again.sent_by_kind == {"weights": 1} and not again.rejected_from
+    again.rejected["replayed"] += 1  # Counters again, not dicts
+    assert again.rejected_total == 3
+    again.restore({})  # a state saved before counters were kept changes nothing
+    assert again.messages_accepted == 3

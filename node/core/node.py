@@ -36,6 +36,18 @@ class NodeStats:
     def rejected_total(self) -> int:
         return sum(self.rejected.values())
 
+    # what a daemon keeps across restarts (rejected_from is per connection: not kept)
+    KEPT = ("bytes_sent", "bytes_received", "messages_accepted", "sent_by_kind", "rejected", "refused")
+
+    def to_json(self) -> dict:
+        return {name: getattr(self, name) for name in self.KEPT}
+
+    def restore(self, value: dict) -> None:
+        """Take the counters of a to_json() (a restarted daemon's saved state); missing ones stay."""
+        for name in self.KEPT:
+            if name in value:
+                setattr(self, name, Counter(value[name]) if isinstance(value[name], dict) else int(value[name]))
+
 
 MAX_COUNTED_PEERS = 4096  # transport addresses kept in stats.rejected_from
 

@@ -32,7 +32,7 @@ from ..p2p.logs import bound_libp2p_logs
 from ..learning.probe import ProbeSet
 from ..learning.recipe import LearnerRecipe
 from ..core.exchange import Folded
-from ..core.node import Node
+from ..core.node import Node, NodeStats
 from ..spec import NodeData, NodeSpec, SpecError, build_node
 from .store import Home, atomic_write
 from .worker import WorkerLearner
@@ -325,7 +325,7 @@ class Daemon:
         self._dials: list[float] = []  # when peer-exchange dials happened (the last minute's)
         self.inbound: Inbound | None = None
         self.listening: list[str] = []  # our multiaddrs, saved so that a restart keeps its ports
-        self._counted = (0, 0, Counter(), Counter())  # bytes sent, received, rejected, refused: at the last fold
+        self._counted = _counts(NodeStats())  # at the last fold (or the start)
 
     # --- construction -----------------------------------------------------------------------
     @functools.cached_property
@@ -358,6 +358,9 @@ class Daemon:
         node.peers = {p["id"]: p for p in state.get("peers", [])}
         self.provenance = state.get("provenance", [])
         self.history = state.get("history", [])
+        node.stats.restore(state.get("stats", {}))  # counters run on across restarts
+        node.pulled = state.get("stats", {}).get("pulled", 0)
+        self._counted = _counts(node.stats)
         checkpoint = self.home.load_checkpoint()
         if checkpoint is not None and checkpoint.model == node.learner.architecture:
             node.learner.set_weights(checkpoint.tensors)
@@ -378,6 +381,7 @@ class Daemon:
             "peers": list(node.peers.values()),
             "provenance": self.provenance[-100:],
             "history": self.history[-1000:],
+            "stats": {**node.stats.to_json(), "pulled": node.pulled},
         })
 
     # --- the learning cycle, in a thread ------------------------------------------------------
@@ -407,9 +411,7 @@ class Daemon:
     def _period(self, node: DaemonNode, folded: Folded, accuracy: float) -> str:
         """One line for the period just folded: what went into the model and from whom (peer ids
         by their last 8 characters), the accuracy, the bytes, and the period's rejections by reason."""
-        s = node.stats
-        # copies: the verifier thread counts while this runs
-        now = (s.bytes_sent, s.bytes_received, Counter(dict(s.rejected)), Counter(dict(s.refused)))
+        now = _counts(node.stats)
         before, self._counted = self._counted, now
         folds = (f"folded {len(folded.inputs)} from {', '.join(p[-8:] for p in folded.senders)}" if folded.inputs
                  else "folded nothing")
@@ -624,6 +626,12 @@ def largest_accepted(node: Node) -> int:
     exchange folds (weights: exactly its own model's tensors; logits: one row per probe input;
     synthetic: the exchange's sample cap)."""
     return max(BLOB_CHUNK, node.exchange.largest_payload(node.view)) + ENVELOPE_OVERHEAD + 4096
+
+
+def _counts(stats: NodeStats) -> tuple[int, int, Counter, Counter]:
+    """Bytes sent and received, rejections and refusals by reason: what the period line counts.
+    Copies: the verifier thread counts while this runs."""
+    return stats.bytes_sent, stats.bytes_received, Counter(dict(stats.rejected)), Counter(dict(stats.refused))
 
 
 def _hex(text: str) -> bytes:
