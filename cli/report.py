@@ -14,6 +14,8 @@ from pathlib import Path
 
 from rich.table import Table
 
+from manymodels.node.runtime.logs import size
+
 from .errors import UserError
 
 # what the tables read; the rest (bytes per round, rejections by reason, bans) is shown when present
@@ -269,16 +271,3 @@ def _value(v) -> str:
 
 def _accuracy(v) -> str:
     return "" if v is None else f"{v:.3f}"
-
-
-def size(n: int) -> str:
-    """Bytes for people.
-
-    >>> size(532), size(12_345), size(4_500_000)
-    ('532 B', '12.3 KB', '4.5 MB')
-    """
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return ""

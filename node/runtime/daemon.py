@@ -27,6 +27,7 @@ from manymodels.protocol import (MAX_ENVELOPE_BYTES, Announce, BlobRequest, Blob
 from .control import serve as serve_control
 from .inbound import Inbound
 from .listen import listen_addrs
+from .logs import size
 from ..p2p.discovery import Discovery, DiscoveryConfig
 from ..p2p.logs import bound_libp2p_logs
 from ..learning.probe import ProbeSet
@@ -416,7 +417,7 @@ class Daemon:
         folds = (f"folded {len(folded.inputs)} from {', '.join(p[-8:] for p in folded.senders)}" if folded.inputs
                  else "folded nothing")
         parts = [f"version {node.version}: {folds}", f"accuracy {accuracy:.3f}",
-                 f"sent {_size(now[0] - before[0])}, received {_size(now[1] - before[1])}"]
+                 f"sent {size(now[0] - before[0])}, received {size(now[1] - before[1])}"]
         for name, counts in (("rejected", now[2] - before[2]), ("refused", now[3] - before[3])):
             if counts:
                 parts.append(f"{name} " + ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items())))
@@ -639,10 +640,6 @@ def _hex(text: str) -> bytes:
         return bytes.fromhex(text)
     except ValueError:
         return b""
-
-
-def _size(n: int) -> str:
-    return f"{n} B" if n < 1000 else f"{n / 1000:.1f} kB" if n < 10**6 else f"{n / 10**6:.1f} MB"
 
 
 def _version() -> str:

@@ -1,7 +1,8 @@
 """How a daemon's processes log: one format (time, level, logger, message) on stderr, which is the
 terminal for a foreground node and HOME/daemon.log for a detached one; set once when `node start`
 runs, and the same in its worker process. Our loggers log at the level asked (-v: DEBUG, -q:
-WARNING); libraries at WARNING (py-libp2p's also rate-limited: node/p2p/logs.py)."""
+WARNING); libraries at WARNING (py-libp2p's also rate-limited: node/p2p/logs.py). `size` writes
+bytes for people, in the log and in the CLI's tables alike."""
 from __future__ import annotations
 
 import logging
@@ -38,3 +39,15 @@ def adopt(name: str) -> None:
         library.removeHandler(handler)
     library.setLevel(logging.WARNING)
     library.propagate = True
+
+
+def size(n: int) -> str:
+    """Bytes for people.
+
+    >>> size(532), size(12_345), size(4_500_000)
+    ('532 B', '12.3 KB', '4.5 MB')
+    """
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
