@@ -348,8 +348,8 @@ class Daemon:
             return {}
         return self.spec.rule.client_config
 
-    def _restore(self, node: DaemonNode) -> None:
-        state = self.home.read_json(self.home.state_file, {})
+    def _restore(self, node: DaemonNode, state: dict) -> None:
+        """Take up where the saved `state` (state.json, and the checkpoint) left off."""
         # Resume above the last saved sequence number, with a margin for messages sent after the
         # last save, and at least at the clock in ms: peers' replay windows remember what they saw.
         node.seq = max(state.get("seq", 0) + SEQ_MARGIN, now_ms())
@@ -565,8 +565,9 @@ class Daemon:
         The network comes up (and joins its bootstrap peers) while the worker process starts."""
         bound_libp2p_logs()  # from its first record: the DHT is not the first part to log
         atomic_write(self.home.pid_file, f"{os.getpid()}\n".encode())
-        listening_before = self.home.read_json(self.home.state_file, {}).get("listening", [])
-        transport = transport_factory(self.identity, listen=listen_addrs(self.config.listen, listening_before))
+        state = self.home.read_json(self.home.state_file, {})
+        listen = listen_addrs(self.config.listen, state.get("listening", []))
+        transport = transport_factory(self.identity, listen=listen)
         learner = None
         try:
             discovery_config = DiscoveryConfig(mdns=self.config.mdns)
@@ -583,7 +584,7 @@ class Daemon:
                 learner = await trio.to_thread.run_sync(WorkerLearner, self.config.recipe, self._fit_config())
                 node = build_node(self.spec, self.identity, learner, transport, now_ms, self._node_data(learner),
                                   node_class=DaemonNode)
-                await trio.to_thread.run_sync(self._restore, node)
+                await trio.to_thread.run_sync(self._restore, node, state)
                 self.inbound = bind(node, transport, nursery, discovery)
                 discovery.banned = node.banned
                 discovery.on_announce = node.on_announce
