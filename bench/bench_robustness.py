@@ -70,12 +70,13 @@ def concrete(template: str, f: int, n: int, tau: float | None) -> str:
 
 def simulate(job: dict) -> dict:
     """One simulation (in a worker process): its honest summary and who banned whom."""
-    from manymodels.node.sim.simulator import ConfigError, SimulationConfig, run_simulation
+    from manymodels.node.sim.simulator import SimulationConfig, run_simulation
+    from manymodels.node.spec import SpecError
 
     started = time.perf_counter()
     try:
         report = run_simulation(SimulationConfig(**job["config"]))
-    except ConfigError as exc:
+    except SpecError as exc:
         return {**job, "skipped": str(exc)}
     bad = {a["id"] for a in report["attackers"]}
     honest = [n for n in report["nodes"] if n["attack"] is None]

@@ -11,7 +11,8 @@ import pytest
 
 from manymodels.aggregation import RuleError, check_inputs, get_rule, list_rules
 from manymodels.node.learning.flower import FlowerError, FlowerLearner, load_client_app, parse_run_config
-from manymodels.node.sim.simulator import ConfigError, SimulationConfig, run_simulation
+from manymodels.node.sim.simulator import SimulationConfig, run_simulation
+from manymodels.node.spec import SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "flower_client"
@@ -376,9 +377,9 @@ def test_unknown_or_unsupported_strategy_is_a_clear_error():
         get_rule("flwr:FedProx")
     assert get_rule("flwr:fedtrimmedavg").spec == "flwr:FedTrimmedAvg:beta=0.2"
     assert "needs n >= 4f+3 = 7" in check_inputs("flwr:Bulyan:num_malicious_clients=1", 6)
-    with pytest.raises(ConfigError, match="unknown Flower strategy 'Nope'"):
+    with pytest.raises(SpecError, match="unknown Flower strategy 'Nope'"):
         run_simulation(SimulationConfig(rule="flwr:Nope", rounds=1))
-    with pytest.raises(ConfigError, match="proximal term runs in a Flower client.*needs --client-app"):
+    with pytest.raises(SpecError, match="proximal term runs in a Flower client.*needs --client-app"):
         run_simulation(SimulationConfig(rule="flwr:FedProx:proximal_mu=0.1", rounds=1))
 
 
@@ -440,13 +441,13 @@ def test_loading_errors_are_one_line(tmp_path):
     learner = FlowerLearner(f"{crash}:app")
     with pytest.raises(FlowerError, match=r"failed on train: KeyError: 'local-epochs' \(crash_app.py:\d+\)"):
         learner.fit(1)
-    with pytest.raises(ConfigError, match="failed on train: KeyError"):
+    with pytest.raises(SpecError, match="failed on train: KeyError"):
         run_simulation(SimulationConfig(client_app=f"{crash}:app", nodes=2, rounds=1))
-    with pytest.raises(ConfigError, match="--run-config is the run config of a Flower client; give --client-app too"):
+    with pytest.raises(SpecError, match="--run-config is the run config of a Flower client; give --client-app too"):
         run_simulation(SimulationConfig(run_config="lr=0.1", rounds=1))
-    with pytest.raises(ConfigError, match="labelflip poisons the simulator's dataset"):
+    with pytest.raises(SpecError, match="labelflip poisons the simulator's dataset"):
         run_simulation(SimulationConfig(client_app=NUMPY_APP, attacks=("labelflip:0.25",)))
-    with pytest.raises(ConfigError, match="--exchange synthetic needs the built-in datasets"):
+    with pytest.raises(SpecError, match="--exchange synthetic needs the built-in datasets"):
         run_simulation(SimulationConfig(client_app=NUMPY_APP, exchange="synthetic"))
 
 

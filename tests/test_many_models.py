@@ -12,7 +12,8 @@ from manymodels.node.learning.models import build_model
 from manymodels.node.learning.probe import ProbeError, load_probe, split_probe
 from manymodels.node.learning.torch_learner import TorchLearner
 from manymodels.node.core.node import Node
-from manymodels.node.sim.simulator import ConfigError, SimulationConfig, run_simulation
+from manymodels.node.sim.simulator import SimulationConfig, run_simulation
+from manymodels.node.spec import SpecError
 from manymodels.node.sim.network import MemoryNetwork
 from manymodels.protocol import Identity, Logits, SyntheticBatch, seal
 
@@ -209,5 +210,5 @@ def test_probe_digest_is_stable_and_user_probe_files_are_checked(digits, tmp_pat
     ({"exchange": "mixed", "rule": "krum:1", "model": "mlp,cnn", "nodes": 6}, "2 same-architecture neighbours"),
 ])
 def test_many_model_configuration_errors(change, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(SpecError, match=message):
         run_simulation(SimulationConfig(**{**HETERO.__dict__, "rounds": 1, **change}))

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from manymodels.node.sim.attacks import Attacker
-from manymodels.node.sim.simulator import EPOCH_MS, ConfigError, SimulationConfig, run_simulation
+from manymodels.node.sim.simulator import EPOCH_MS, SimulationConfig, run_simulation
+from manymodels.node.spec import SpecError
 from manymodels.protocol import open_envelope
 
 pytestmark = pytest.mark.slow
@@ -113,7 +114,7 @@ def test_colluding_attackers_read_this_rounds_honest_models():
 
 
 def test_rules_that_cannot_work_with_the_neighbour_count_say_so_at_start():
-    with pytest.raises(ConfigError, match=r"bulyan:2 needs n >= 4f\+3 = 11 inputs, got n=10"):
+    with pytest.raises(SpecError, match=r"bulyan:2 needs n >= 4f\+3 = 11 inputs, got n=10"):
         run(rule="bulyan:2", rounds=1)
-    with pytest.raises(ConfigError, match="no honest node"):
+    with pytest.raises(SpecError, match="no honest node"):
         run(attacks=("gaussian:0.5", "signflip:0.5"), rounds=1)

@@ -3,7 +3,8 @@ import copy
 
 import pytest
 
-from manymodels.node.sim.simulator import EPOCH_MS, ConfigError, SimulationConfig, run_simulation
+from manymodels.node.sim.simulator import EPOCH_MS, SimulationConfig, run_simulation
+from manymodels.node.spec import SpecError
 from manymodels.protocol import Identity, Weights, seal
 
 pytestmark = pytest.mark.slow
@@ -93,5 +94,5 @@ def test_hostile_peer_is_rejected_counted_and_the_network_still_learns():
     ({"rule": "krum:2", "topology": "ring"}, "krum"),
 ])
 def test_bad_configuration_is_one_clear_error(change, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(SpecError, match=message):
         run_simulation(SimulationConfig(**{**FAST.__dict__, **change, "rounds": 1}))

@@ -36,7 +36,6 @@ from .spec import SimulationConfig, SimulationSpec
 EPOCH_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 ROUND_MS = 1_000
 
-ConfigError = SpecError  # a simulation that cannot run as asked; the message is one line for the user
 Adversary = Callable[[int, MemoryNetwork, list[Node]], None]
 History = list[list[float]]  # per node, its accuracy after each round
 
@@ -57,7 +56,7 @@ def run_simulation(config: SimulationConfig, on_round: Callable[[int, float], No
     try:
         return _simulate(spec, on_round, adversary)
     except FlowerError as exc:  # the client app cannot load or run: one line for the user
-        raise ConfigError(str(exc)) from exc
+        raise SpecError(str(exc)) from exc
 
 
 def _simulate(spec: SimulationSpec, on_round: Callable[[int, float], None] | None,
@@ -89,7 +88,7 @@ def _check_rules(spec: NodeSpec, archs: list[str], adjacency: list[list[int]]) -
         for rule, n, what in checks:
             problem = check_inputs(rule, n)
             if problem:
-                raise ConfigError(f"node {i} ({archs[i]}) has {n - 1} {what}neighbours: {problem}")
+                raise SpecError(f"node {i} ({archs[i]}) has {n - 1} {what}neighbours: {problem}")
 
 
 def _build_nodes(spec: SimulationSpec, node_spec: NodeSpec, world: _DatasetWorld | _FlowerWorld,
@@ -224,7 +223,7 @@ class _DatasetWorld:
                 self.probe = load_probe(c.probe_file, self.data.input_shape)
             self.parts = partition(self.data.y_train, c.nodes, c.partition, seed=c.seed)
         except (DatasetError, PartitionError, ProbeError) as exc:
-            raise ConfigError(str(exc)) from None
+            raise SpecError(str(exc)) from None
         self.num_classes, self.test_examples = self.data.num_classes, int(len(self.data.y_test))
         self.value_range = (float(self.data.x_train.min()), float(self.data.x_train.max()))
 
@@ -234,7 +233,7 @@ class _DatasetWorld:
             return make_learner(arch, data.x_train[index], data.y_train[index] if y is None else y, data,
                                 init_seed=self.spec.config.seed, seed=seed, training=self.spec.node.learner.training)
         except ValueError as exc:  # e.g. a CNN on a dataset that is not images
-            raise ConfigError(str(exc)) from None
+            raise SpecError(str(exc)) from None
 
     def member(self, i: int, attack: Attack | None) -> tuple[Learner, NodeData]:
         """Node i's learner and data; a data-poisoning attacker's class counts and generator describe
@@ -296,14 +295,14 @@ class _FlowerWorld:
                        f"--exchange {config.exchange} falls back to weight exchange")
             self.exchange = "weights"
         elif not config.probe_file:
-            raise ConfigError("distillation with a Flower client needs --probe FILE.npy: public inputs shaped as "
+            raise SpecError("distillation with a Flower client needs --probe FILE.npy: public inputs shaped as "
                               "the client's predict hook takes them")
         else:
             try:
                 shape = np.load(config.probe_file, mmap_mode="r", allow_pickle=False).shape[1:]
                 self.probe = load_probe(config.probe_file, tuple(shape))
             except (OSError, ValueError, ProbeError) as exc:
-                raise ConfigError(f"cannot read probe set {config.probe_file}: {exc}") from None
+                raise SpecError(f"cannot read probe set {config.probe_file}: {exc}") from None
             self.num_classes = int(first.predict(self.probe.x[:1]).shape[1])
 
     def _warn(self, text: str) -> None:
