@@ -116,6 +116,8 @@ def start(
     from manymodels.node.spec import SpecError
 
     h = Home(home)
+    if _running(h):  # before anything is saved: a running node's config stays as it runs
+        raise UserError(f"a node is already running in {h.path}")
     try:
         training = training_options(hidden, optimizer, lr, momentum, weight_decay, batch_size, shuffle)
     except SpecError as exc:
@@ -125,8 +127,6 @@ def start(
                      rule=rule, period=period, reputation=reputation, push_limit=push_limit, seed=seed,
                      client_app=_app_spec(client_app), run_config=None if run_config is None else " ".join(run_config),
                      mdns=mdns, **training)
-    if _running(h):
-        raise UserError(f"a node is already running in {h.path}")
     verbosity = ["--verbose"] * verbose + ["--quiet"] * quiet
     if detach:
         return _detach(h, verbosity)

@@ -198,6 +198,10 @@ def test_cli_network_commands(network, cli):
     home = network[0]
     out = cli("node", "status", "--home", home, "--json")
     assert out.returncode == 0 and json.loads(out.stdout)["id"].startswith("12D3KooW")
+    config = (home / "config.json").read_bytes()
+    again = cli("node", "start", "--home", home, "--period", "7")
+    assert again.returncode == 2 and "already running" in again.stderr
+    assert (home / "config.json").read_bytes() == config  # the running node's config is left as it runs
     models = json.loads(cli("models", "--home", home, "--json").stdout)
     remote = sorted((m for m in models if not m.get("local")), key=lambda m: -m["received"])
     assert len(remote) >= 2
