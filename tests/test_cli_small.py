@@ -164,8 +164,11 @@ def read_more(fd: int, read: list[bytes]) -> str:
 
 
 @pytest.mark.slow
-def test_a_bad_bootstrap_leaves_a_saved_config_as_it_was(cli, network):
+def test_a_bad_bootstrap_leaves_a_saved_config_as_it_was(cli, network, tmp_path):
+    home = tmp_path / "stopped"  # a node's home with its saved config, the node not running
+    home.mkdir()
     config = (network[0] / "config.json").read_bytes()
-    out = cli("node", "start", "--home", network[0], "--bootstrap", "/ip4/127.0.0.1/tcp/4001", "--period", "3")
+    (home / "config.json").write_bytes(config)
+    out = cli("node", "start", "--home", home, "--bootstrap", "/ip4/127.0.0.1/tcp/4001", "--period", "3")
     assert out.returncode == 2 and "has no /p2p/<peer id>" in out.stderr, out.stderr
-    assert (network[0] / "config.json").read_bytes() == config
+    assert (home / "config.json").read_bytes() == config
