@@ -59,8 +59,8 @@ def _ago(ms: int) -> str:
     return "never" if not ms else f"{max(0, time.time() - ms / 1000):.0f} s ago"
 
 
-def _start_defaults() -> dict[str, str]:
-    """What `node start` runs with for an option neither given nor saved: DaemonConfig's defaults."""
+def start_defaults() -> dict[str, str]:
+    """What `node start` (and `up`) runs with for an option neither given nor saved: DaemonConfig's defaults."""
     from manymodels.node.runtime.daemon import DaemonConfig
 
     config = DaemonConfig().to_json()
@@ -68,7 +68,7 @@ def _start_defaults() -> dict[str, str]:
     return {name: f"{shown(value, name)}, or the saved value" for name, value in values.items()}
 
 
-@node_app.command(cls=with_defaults(_start_defaults))
+@node_app.command(cls=with_defaults(start_defaults))
 def start(
     home: HomeOption,
     listen: Annotated[Optional[list[str]], typer.Option(
@@ -116,20 +116,22 @@ def start(
     from manymodels.node.spec import SpecError
 
     h = Home(home)
-    if _running(h):  # before anything is saved: a running node's config stays as it runs
+    if running(h):  # before anything is saved: a running node's config stays as it runs
         raise UserError(f"a node is already running in {h.path}")
     try:
         training = training_options(hidden, optimizer, lr, momentum, weight_decay, batch_size, shuffle)
     except SpecError as exc:
         raise UserError(str(exc)) from None
-    config = _config(h, listen=listen, bootstrap=bootstrap, dataset=dataset, partition=partition,
-                     partition_id=partition_id, num_partitions=num_partitions, model=model, exchange=exchange,
-                     rule=rule, period=period, reputation=reputation, push_limit=push_limit, seed=seed,
-                     client_app=_app_spec(client_app), run_config=None if run_config is None else " ".join(run_config),
-                     mdns=mdns, **training)
+    config = save_config(h, listen=listen, bootstrap=bootstrap, dataset=dataset, partition=partition,
+                         partition_id=partition_id, num_partitions=num_partitions, model=model, exchange=exchange,
+                         rule=rule, period=period, reputation=reputation, push_limit=push_limit, seed=seed,
+                         client_app=_app_spec(client_app),
+                         run_config=None if run_config is None else " ".join(run_config), mdns=mdns, **training)
     verbosity = ["--verbose"] * verbose + ["--quiet"] * quiet
     if detach:
-        return _detach(h, verbosity)
+        s, pid = spawn(h, verbosity)
+        console.print(f"node {s['id']} listening on {' '.join(s['addrs'])} (pid {pid})", highlight=False)
+        return
     import logging
 
     import trio
@@ -192,7 +194,8 @@ def _app_spec(spec: str | None) -> str | None:
     return f"{path.resolve()}{spec[at + 3:]}"
 
 
-def _running(h) -> bool:
+def running(h) -> bool:
+    """Whether a node answers on the control socket of home `h`."""
     from manymodels.node.runtime.control import ControlError, NotRunning, request
 
     try:
@@ -202,7 +205,7 @@ def _running(h) -> bool:
         return False
 
 
-def _config(h, **options):
+def save_config(h, **options):
     """The saved config with the options given over it, checked, and saved again."""
     from manymodels.node.learning.recipe import LearnerRecipe
     from manymodels.node.runtime.daemon import DaemonConfig
@@ -231,14 +234,16 @@ def _config(h, **options):
     return config
 
 
-def _detach(h, verbosity: list[str]) -> None:
-    log = open(h.log_file, "ab")
-    start = log.tell()
-    # main() of the imported module, not `-m`: run as __main__ it would not catch the UserError this module raises
-    process = subprocess.Popen([sys.executable, "-c", "from manymodels.cli.main import main; main()",
-                                "node", "start", "--home", str(h.path), *verbosity],
-                               stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+def spawn(h, verbosity: list[str]) -> tuple[dict, int]:
+    """Start the node of home `h` (its saved config) in a process of its own; once it answers, its
+    status and pid. A node that exits first, or does not answer within 120 s, is a UserError."""
+    with open(h.log_file, "ab") as log:  # the child holds it open; `up` spawns many, this process keeps none
+        start = log.tell()
+        # main() of the imported module, not `-m`: run as __main__ it would not catch the UserError this module raises
+        process = subprocess.Popen([sys.executable, "-c", "from manymodels.cli.main import main; main()",
+                                    "node", "start", "--home", str(h.path), *verbosity],
+                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:  # its own one-line error, if it printed one
@@ -247,10 +252,7 @@ def _detach(h, verbosity: list[str]) -> None:
             raise UserError((said[-1][len("error: "):] + f" (see {h.log_file})") if said else
                             f"the node exited at start (code {process.returncode}); see {h.log_file}")
         try:
-            status = _request(h.path, "status")
-            console.print(f"node {status['id']} listening on {' '.join(status['addrs'])} (pid {process.pid})",
-                          highlight=False)
-            return
+            return _request(h.path, "status"), process.pid
         except UserError:
             time.sleep(0.3)
     raise UserError(f"the node did not answer within 120 s; see {h.log_file}")
@@ -276,6 +278,11 @@ STOP_TIMEOUT = 60  # seconds: the node finishes the learning step under way, sav
 @node_app.command()
 def stop(home: HomeOption) -> None:
     """Stop a running node: it saves its state first; this returns once its process has exited."""
+    console.print(f"stopped {stop_node(home)}", highlight=False)
+
+
+def stop_node(home: Path) -> str:
+    """Stop the node running in `home` and wait until its process has exited; its id."""
     from manymodels.node.runtime.store import Home
 
     pid_file = Home(home).pid_file
@@ -287,7 +294,7 @@ def stop(home: HomeOption) -> None:
             raise UserError(f"node {result['stopping']} (pid {pid}) was asked to stop but has not exited "
                             f"after {STOP_TIMEOUT} s")
         time.sleep(0.1)
-    console.print(f"stopped {result['stopping']}", highlight=False)
+    return result["stopping"]
 
 
 def _alive(pid: int) -> bool:
