@@ -94,7 +94,7 @@ def up(
             _stop(homes)  # the nodes started before the one that failed
             raise
         stopped = _stop(homes)
-    console.print(f"stopped {stopped} nodes in {home_root} (each saved its state)", highlight=False)
+    console.print(f"stopped {_nodes(stopped)} in {home_root} (each saved its state)", highlight=False)
 
 
 def down(home_root: HomeRootOption) -> None:
@@ -103,7 +103,7 @@ def down(home_root: HomeRootOption) -> None:
     Each saves its state; this returns once they have all exited."""
     homes = _held(home_root.expanduser().absolute())
     stopped = _stop(homes)
-    console.print(f"stopped {stopped} nodes in {home_root}" if stopped else f"no node was running in {home_root}",
+    console.print(f"stopped {_nodes(stopped)} in {home_root}" if stopped else f"no node was running in {home_root}",
                   highlight=False)
 
 
@@ -123,15 +123,19 @@ def _held(root: Path) -> list[Path]:
 
 
 def _homes(home_root: Path, nodes: int) -> list[Path]:
-    """HOME-ROOT/node-0 … node-(N-1); refused when HOME-ROOT holds other nodes or one of them runs."""
+    """HOME-ROOT/node-0 … node-(N-1). Refused when HOME-ROOT holds a network of another size (node i's
+    data is partition i of N: another N would give every node other data) or one of its nodes runs.
+    Fewer homes than N, as a start cut short leaves, are fine."""
+    from manymodels.node.runtime.store import Home
+
     root = home_root.expanduser().absolute()
     homes = [root / f"node-{i}" for i in range(nodes)]
     held = _held(root)
-    if held and held != homes:  # node i's partition is i of N: another N would reshuffle every node's data
-        raise UserError(f"{home_root} holds the homes of {len(held)} nodes ({held[0].name} … {held[-1].name}); "
-                        f"`up {len(held)}` restarts them, or choose another --home-root")
-    from manymodels.node.runtime.store import Home
-
+    sizes = {Home(home).read_json(Home(home).config_file, {}).get("recipe", {}).get("num_partitions") for home in held}
+    if sizes - {nodes, None} or not set(held) <= set(homes):
+        size = max(sizes - {None}, default=len(held))
+        raise UserError(f"{home_root} holds a network of {_nodes(size)} ({held[0].name} … {held[-1].name}); "
+                        f"`up {size}` restarts it, or choose another --home-root")
     for home in homes:
         if running(Home(home)):
             raise UserError(f"{home.name} in {home_root} is already running; "
@@ -213,7 +217,7 @@ def _statuses(homes: list[Path]) -> list[dict | None]:
 def _table(homes: list[Path], statuses: list[dict | None], caption: str) -> Table:
     """One row per node; its id by its last 8 characters, as the daemons' period lines name peers. No
     outer edge: the table fits 80 columns."""
-    table = Table(title=f"{len(homes)} nodes in {homes[0].parent}", caption=f"{time.strftime('%H:%M:%S')}, {caption}",
+    table = Table(title=f"{_nodes(len(homes))} in {homes[0].parent}", caption=f"{time.strftime('%H:%M:%S')}, {caption}",
                   show_edge=False, pad_edge=False)
     for column in ("home", "id", "model", "version", "accuracy", "peers", "accepted", "rejected"):
         table.add_column(column, justify="left" if column in ("home", "id", "model") else "right")
@@ -225,6 +229,10 @@ def _table(homes: list[Path], statuses: list[dict | None], caption: str) -> Tabl
         table.add_row(home.name, s["id"][-8:], s["model"], str(s["version"]), accuracy, str(s["peers"]),
                       str(s["messages_accepted"]), str(sum(s["rejected"].values())))
     return table
+
+
+def _nodes(count: int) -> str:
+    return f"{count} node" + "s" * (count != 1)
 
 
 @contextmanager

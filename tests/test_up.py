@@ -80,7 +80,7 @@ def test_up_runs_a_network_in_one_live_table_ctrl_c_stops_it_and_up_restarts_it(
     assert_stopped_and_saved(root, pids, [s["version"] for s in seen])
 
     refused = cli("up", "2", "--home-root", root)  # partition i of 2 is not the data node i learnt from
-    assert refused.returncode == 2 and refused.stderr.startswith(f"error: {root} holds the homes of 3 nodes")
+    assert refused.returncode == 2 and refused.stderr.startswith(f"error: {root} holds a network of 3 nodes")
     again = cli("up", "3", "--home-root", root, "--detach", timeout=180)
     assert again.returncode == 0, again.stderr
     assert statuses(root)[0]["peers"] >= 1 and [s["id"] for s in statuses(root)] == ids
@@ -88,6 +88,20 @@ def test_up_runs_a_network_in_one_live_table_ctrl_c_stops_it_and_up_restarts_it(
     down = cli("down", "--home-root", root)
     assert down.returncode == 0 and down.stdout == f"stopped 3 nodes in {root}\n", down.stdout + down.stderr
     assert_stopped_and_saved(root, pids, [0, 0, 0])
+
+
+@pytest.mark.slow
+def test_a_node_that_fails_to_start_is_named_and_the_nodes_started_before_it_are_stopped(tmp_path, cli):
+    pytest.importorskip("mnist1d", reason="the dataset whose 1-d inputs the cnn model refuses: pip install mnist1d")
+    root = tmp_path / "net"
+    result = cli("up", "2", "--home-root", root, "--dataset", "mnist1d", "--model", "logreg,cnn", "--period", "1",
+                 timeout=180)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: node-1: the node's learner failed: ValueError: model cnn needs image "
+                                    "input") and len(result.stderr.splitlines()) == 1, result.stderr
+    started = re.fullmatch(r"node-0: node \S+ listening on \S+ \(pid (\d+)\)", result.stdout.strip())
+    assert started, result.stdout
+    assert_stopped_and_saved(root, [int(started[1])], [0])
 
 
 @pytest.mark.parametrize("nodes", [0, 65])
