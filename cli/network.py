@@ -104,7 +104,15 @@ def start(
         help='The Flower client\'s run config, "key=value key=value" as `flwr run --run-config` takes it.')] = None,
     mdns: Annotated[Optional[bool], typer.Option("--mdns/--no-mdns",
                                                  help="Find peers on the local network by multicast DNS.")] = None,
-    detach: Annotated[bool, typer.Option(help="Run in the background; print the id and addresses.")] = False,
+    detach: Annotated[bool, typer.Option(
+        help="Run in the background: return once the node listens, printing its id and addresses (the "
+             "learner then loads for a few seconds; `node status` says when it runs).")] = False,
+    wait: Annotated[bool, typer.Option(
+        help="With --detach: return only once the learner has loaded, so that a learner that cannot start "
+             "(a client app that fails, a model that does not fit the data) is reported here.")] = False,
+    log_file: Annotated[Optional[Path], typer.Option(
+        help="Log to this file (appended) instead of stderr, or of HOME/daemon.log when detached (this run "
+             "only).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug lines too (this run only).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log warnings and errors only (this run only).")] = False,
 ) -> None:
@@ -116,6 +124,8 @@ def start(
     from manymodels.node.spec import SpecError
 
     h = Home(home)
+    if wait and not detach:
+        raise UserError("--wait goes with --detach (a node in the foreground runs until stopped)")
     if _running(h):  # before anything is saved: a running node's config stays as it runs
         raise UserError(f"a node is already running in {h.path}")
     try:
@@ -128,8 +138,11 @@ def start(
                      client_app=_app_spec(client_app), run_config=None if run_config is None else " ".join(run_config),
                      mdns=mdns, **training)
     verbosity = ["--verbose"] * verbose + ["--quiet"] * quiet
+    log_path = h.log_file if log_file is None and detach else log_file
     if detach:
-        return _detach(h, verbosity)
+        return _detach(h, verbosity, log_path.resolve(), wait)
+    if log_path is not None:
+        _log_to(log_path)
     import logging
 
     import trio
@@ -231,8 +244,23 @@ def _config(h, **options):
     return config
 
 
-def _detach(h, verbosity: list[str]) -> None:
-    log = open(h.log_file, "ab")
+def _log_to(path: Path) -> None:
+    """This process's stderr, and so its log and its worker's, appended to `path` from here on."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    except OSError as exc:
+        raise UserError(f"--log-file {path}: {exc.strerror}") from None
+    os.dup2(fd, sys.stderr.fileno())
+    os.close(fd)
+
+
+def _detach(h, verbosity: list[str], log_path: Path, wait: bool) -> None:
+    """Start the node in a process of its own that logs to `log_path`; return once it listens (or,
+    with `wait`, runs its learner), or say in one line why it exited."""
+    try:
+        log = open(log_path, "ab")
+    except OSError as exc:
+        raise UserError(f"--log-file {log_path}: {exc.strerror}") from None
     start = log.tell()
     # main() of the imported module, not `-m`: run as __main__ it would not catch the UserError this module raises
     process = subprocess.Popen([sys.executable, "-c", "from manymodels.cli.main import main; main()",
@@ -242,25 +270,29 @@ def _detach(h, verbosity: list[str]) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:  # its own one-line error, if it printed one
-            said = [line for line in h.log_file.read_bytes()[start:].decode(errors="replace").splitlines()
+            said = [line for line in log_path.read_bytes()[start:].decode(errors="replace").splitlines()
                     if line.startswith("error: ")]
-            raise UserError((said[-1][len("error: "):] + f" (see {h.log_file})") if said else
-                            f"the node exited at start (code {process.returncode}); see {h.log_file}")
+            raise UserError((said[-1][len("error: "):] + f" (see {log_path})") if said else
+                            f"the node exited at start (code {process.returncode}); see {log_path}")
         try:
             status = _request(h.path, "status")
-            console.print(f"node {status['id']} listening on {' '.join(status['addrs'])} (pid {process.pid})",
-                          highlight=False)
-            return
         except UserError:
-            time.sleep(0.3)
-    raise UserError(f"the node did not answer within 120 s; see {h.log_file}")
+            status = None
+        if status is not None and (status["state"] == "running" or not wait):
+            loading = "; its learner is loading" if status["state"] == "loading" else ""
+            console.print(f"node {status['id']} listening on {' '.join(status['addrs'])} (pid {process.pid})"
+                          f"{loading}", highlight=False)
+            return
+        time.sleep(0.3)
+    raise UserError(f"the node did not {'run' if wait else 'answer'} within 120 s; see {log_path}")
 
 
 @node_app.command()
 def status(home: HomeOption, json_out: JsonOption = False) -> None:
     """Show a running node's id, addresses, model and counters."""
     def show(s):
-        console.print(f"node {s['id']}  ({s['model']}, {s['exchange']}, rule {s['rule']})", highlight=False)
+        loading = "; loading its learner" if s["state"] == "loading" else ""
+        console.print(f"node {s['id']}  ({s['model']}, {s['exchange']}, rule {s['rule']}){loading}", highlight=False)
         console.print(f"listening on {' '.join(s['addrs'])}", highlight=False)
         accuracy = "-" if s["accuracy"] is None else f"{s['accuracy']:.3f}"
         console.print(f"{s['peers']} peers connected; model version {s['version']}, held-out accuracy {accuracy}; "
