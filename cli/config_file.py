@@ -37,7 +37,7 @@ _KINDS = ((click.types.BoolParamType, (bool,), "true or false"),
 
 def key_of(param: click.Option) -> str:
     """The option's key in a file: its long name without `--` (`--json` for `json_out` is `json`)."""
-    return next(opt for opt in param.opts if opt.startswith("--"))[2:]
+    return next((opt[2:] for opt in param.opts if opt.startswith("--")), param.name.replace("_", "-"))
 
 
 def _load(ctx: click.Context, param: click.Parameter, file: Path | None) -> None:
@@ -91,10 +91,10 @@ def _naming_the_file(ctx: click.Context, file: Path, options: list[click.Option]
 
 def _value(ctx: click.Context, file: Path, key: str, option: click.Option, value):
     """`value` from the file for `option`, checked: its TOML kind, then click's own conversion."""
-    kinds, expected = next(((k, e) for t, k, e in _KINDS if isinstance(option.type, t)), ((object,), ""))
+    kinds, expected = next(((k, e) for t, k, e in _KINDS if isinstance(option.type, t)), (None, ""))
     items = value if option.multiple and isinstance(value, list) else [value]
-    wrong = [v for v in items if not isinstance(v, kinds) or (isinstance(v, bool) and bool not in kinds)]
-    if wrong or (option.multiple and not isinstance(value, list)):
+    if kinds is not None and (option.multiple and not isinstance(value, list) or any(
+            not isinstance(v, kinds) or isinstance(v, bool) and bool not in kinds for v in items)):
         shown = json.dumps(value, default=str)
         raise UserError(f"{file}: {key} = {shown} should be " +
                         (f"an array of: {expected}" if option.multiple else expected) + " (see `--help`)")
@@ -128,5 +128,5 @@ def save(ctx: click.Context, file: Path, leave_out: set[str]) -> None:
         if isinstance(option.type, click.Path):
             value = [os.path.abspath(v) for v in value] if option.multiple else os.path.abspath(value)
         table[key_of(option)] = list(value) if option.multiple else value
-    text = f"# manymodels {ctx.info_name} --config {file.name}\n" + tomli_w.dumps(table)
+    text = f"# the options of a run, to run it again: {ctx.command_path} --config {file}\n" + tomli_w.dumps(table)
     atomic_write(file, text.encode(), mode=0o644)
