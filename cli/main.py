@@ -14,6 +14,8 @@ from rich.table import Table
 
 from manymodels.node.runtime.logs import size
 
+from .config_file import ConfigOption
+from .config_file import save as save_options
 from .errors import UserError
 from .help_defaults import shown, with_defaults
 from .learner_options import (BatchSizeOption, HiddenOption, LrOption, MomentumOption, OptimizerOption,
@@ -53,6 +55,7 @@ def _print_json(obj) -> None:
 
 @app.command(cls=with_defaults(_simulate_defaults))
 def simulate(
+    ctx: typer.Context,
     nodes: Annotated[int, typer.Option(help="How many nodes.")] = 8,
     rounds: Annotated[int, typer.Option(help="Gossip rounds.")] = 20,
     dataset: Annotated[str, typer.Option(help="digits, fashion-mnist or mnist1d.")] = "digits",
@@ -92,6 +95,9 @@ def simulate(
         help='The Flower client\'s run config, "key=value key=value" as `flwr run --run-config` takes it.')] = None,
     report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    save_config: Annotated[Optional[Path], typer.Option(metavar="FILE.toml", help=
+        "Write this run's options (all but --report and --json) to a file for --config, then run as usual.")] = None,
+    config: ConfigOption = None,
 ) -> None:
     """Run a local network of nodes that learn from each other over signed messages."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -111,6 +117,9 @@ def simulate(
             **({"accept_licences": tuple(accept_licence)} if accept_licence else {}))
     except SpecError as exc:
         raise UserError(str(exc)) from None
+    if save_config is not None:
+        save_options(ctx, save_config, leave_out={"report", "json", "save-config"})
+        Console(stderr=True).print(f"options written to {save_config}", highlight=False)
     with Progress(TextColumn("[bold]simulating"), BarColumn(), MofNCompleteColumn(), TextColumn("rounds"),
                   TextColumn("{task.fields[acc]}"), TimeElapsedColumn(), console=Console(stderr=True),
                   transient=True, disable=json_out) as progress:

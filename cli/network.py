@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .config_file import ConfigOption
 from .errors import UserError
 from .help_defaults import shown, with_defaults
 from .learner_options import (BatchSizeOption, HiddenOption, LrOption, MomentumOption, OptimizerOption,
@@ -115,6 +116,7 @@ def start(
              "only).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug lines too (this run only).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log warnings and errors only (this run only).")] = False,
+    config: ConfigOption = None,
 ) -> None:
     """Start a node. The first start creates the identity and config in HOME; later starts reuse them
     (options given again override the saved config). It logs to stderr (detached: HOME/daemon.log),
