@@ -117,12 +117,14 @@ def simulate(
             **({"accept_licences": tuple(accept_licence)} if accept_licence else {}))
     except SpecError as exc:
         raise UserError(str(exc)) from None
+    err = Console(stderr=True)
     if save_config is not None:
         save_options(ctx, save_config, leave_out={"report", "json", "save-config"})
-        Console(stderr=True).print(f"options written to {save_config}", highlight=False)
+        err.print(f"options written to {save_config}", highlight=False)
+    # on a terminal only: elsewhere it would be drawn once, at the end, and leave an empty line
     with Progress(TextColumn("[bold]simulating"), BarColumn(), MofNCompleteColumn(), TextColumn("rounds"),
-                  TextColumn("{task.fields[acc]}"), TimeElapsedColumn(), console=Console(stderr=True),
-                  transient=True, disable=json_out) as progress:
+                  TextColumn("{task.fields[acc]}"), TimeElapsedColumn(), console=err,
+                  transient=True, disable=json_out or not err.is_terminal) as progress:
         task = progress.add_task("rounds", total=rounds, acc="")
         try:
             result = run_simulation(config, on_round=lambda r, acc: progress.update(
@@ -277,10 +279,17 @@ def rules(json_out: Annotated[bool, typer.Option("--json", help="Print as JSON."
     for column in ("name", "kind", "parameters", "description", "source"):
         table.add_column(column)
     for r in listed:
-        params = " ".join(f"{p['name']}={p.get('default', '')}" for p in r.get("params", []))
+        params = " ".join(_param(p) for p in r.get("params", []))
         table.add_row(r["name"], r.get("kind", ""), params, r.get("description", r.get("error", "")), r.get("source", ""))
     console.print(table)
 
+
+def _param(p: dict) -> str:
+    """`beta=0.2` for a parameter with a default; a required one (default None) as its type and domain:
+    `beta: float in [0, 0.5)`."""
+    if p.get("default") is not None:
+        return f"{p['name']}={p['default']}"
+    return f"{p['name']}: {p['type']} {p['domain']}".rstrip()
 
 
 def main() -> None:
