@@ -119,8 +119,8 @@ def start(
     config: ConfigOption = None,
 ) -> None:
     """Start a node. The first start creates the identity and config in HOME; later starts reuse them
-    (options given again override the saved config). It logs to stderr (detached: HOME/daemon.log),
-    a line per period; Ctrl-C or SIGTERM stops it after it has saved its state."""
+    (options given again override the saved config). It logs to stderr (detached: HOME/daemon.log;
+    or --log-file), a line per period; Ctrl-C or SIGTERM stops it after it has saved its state."""
     from manymodels.node.runtime.store import Home
 
     from manymodels.node.spec import SpecError
