@@ -104,6 +104,9 @@ def start(
         help='The Flower client\'s run config, "key=value key=value" as `flwr run --run-config` takes it.')] = None,
     mdns: Annotated[Optional[bool], typer.Option("--mdns/--no-mdns",
                                                  help="Find peers on the local network by multicast DNS.")] = None,
+    metrics: Annotated[Optional[str], typer.Option(
+        help="Serve Prometheus metrics at http://HOST:PORT/metrics; :PORT or PORT serves on loopback "
+             "(127.0.0.1), 'off' serves none.")] = None,
     detach: Annotated[bool, typer.Option(help="Run in the background; print the id and addresses.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug lines too (this run only).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log warnings and errors only (this run only).")] = False,
@@ -126,7 +129,7 @@ def start(
                      partition_id=partition_id, num_partitions=num_partitions, model=model, exchange=exchange,
                      rule=rule, period=period, reputation=reputation, push_limit=push_limit, seed=seed,
                      client_app=_app_spec(client_app), run_config=None if run_config is None else " ".join(run_config),
-                     mdns=mdns, **training)
+                     mdns=mdns, metrics=_metrics(metrics), **training)
     verbosity = ["--verbose"] * verbose + ["--quiet"] * quiet
     if detach:
         return _detach(h, verbosity)
@@ -192,6 +195,11 @@ def _app_spec(spec: str | None) -> str | None:
     return f"{path.resolve()}{spec[at + 3:]}"
 
 
+def _metrics(address: str | None) -> str | None:
+    """--metrics as saved: 'off' (or nothing) is "" (none); its HOST:PORT is checked by _config."""
+    return None if address is None else "" if address.strip().lower() in ("", "off") else address.strip()
+
+
 def _running(h) -> bool:
     from manymodels.node.runtime.control import ControlError, NotRunning, request
 
@@ -206,7 +214,7 @@ def _config(h, **options):
     """The saved config with the options given over it, checked, and saved again."""
     from manymodels.node.learning.recipe import LearnerRecipe
     from manymodels.node.runtime.daemon import DaemonConfig
-    from manymodels.node.runtime.listen import ListenError, check_listen
+    from manymodels.node.runtime.listen import ListenError, check_listen, check_metrics
     from manymodels.node.spec import SpecError, check_bootstrap
 
     saved = h.read_json(h.config_file, None)
@@ -224,6 +232,8 @@ def _config(h, **options):
             check_bootstrap(addr)
         for addr in config.listen:
             check_listen(addr)
+        if config.metrics:
+            check_metrics(config.metrics)
     except (SpecError, ListenError) as exc:
         raise UserError(str(exc)) from None
     h.path.mkdir(parents=True, exist_ok=True, mode=0o700)
