@@ -22,6 +22,7 @@ from .errors import UserError
 from .help_defaults import shown, with_defaults
 from .learner_options import (BatchSizeOption, HiddenOption, LrOption, MomentumOption, OptimizerOption,
                               ShuffleOption, WeightDecayOption, training_options)
+from .watch import peers_table, status_lines, status_view, watch
 
 node_app = typer.Typer(no_args_is_help=True, help="Run a node daemon: start, status, stop.")
 console = Console(soft_wrap=True)
@@ -53,10 +54,6 @@ def _out(value, as_json: bool, show) -> None:
 def _show_table(table: Table, wide: bool) -> None:
     """A table as wide as the terminal (a cell cut short ends in '…'), or with --wide as wide as its cells."""
     (Console(soft_wrap=True, width=1 << 16) if wide else console).print(table)
-
-
-def _ago(ms: int) -> str:
-    return "never" if not ms else f"{max(0, time.time() - ms / 1000):.0f} s ago"
 
 
 def _start_defaults() -> dict[str, str]:
@@ -267,17 +264,22 @@ def _detach(h, verbosity: list[str]) -> None:
 
 
 @node_app.command()
-def status(home: HomeOption, json_out: JsonOption = False) -> None:
-    """Show a running node's id, addresses, model and counters."""
-    def show(s):
-        console.print(f"node {s['id']}  ({s['model']}, {s['exchange']}, rule {s['rule']})", highlight=False)
-        console.print(f"listening on {' '.join(s['addrs'])}", highlight=False)
-        accuracy = "-" if s["accuracy"] is None else f"{s['accuracy']:.3f}"
-        console.print(f"{s['peers']} peers connected; model version {s['version']}, held-out accuracy {accuracy}; "
-                      f"{s['messages_accepted']} messages accepted ({s['pulled']} pulled by digest), "
-                      f"{sum(s['rejected'].values())} rejected; "
-                      f"up {s['uptime_s']:.0f} s", highlight=False)
-    _out(_request(home, "status"), json_out, show)
+def status(home: HomeOption, json_out: JsonOption = False,
+           live: Annotated[bool, typer.Option("--watch", help=(
+               "A live view with the counters by reason and the peers, redrawn every --interval seconds until "
+               "Ctrl-C (exit 0) or until the node stops (one line, exit 0). Not with --json."))] = False,
+           interval: Annotated[float, typer.Option(help="Seconds between redraws of --watch.")] = 2.0) -> None:
+    """Show a running node's id, addresses, model and counters; --watch keeps them on screen, live."""
+    def show(s: dict) -> None:
+        for line in status_lines(s):
+            console.print(line, highlight=False)
+    if not live:
+        return _out(_request(home, "status"), json_out, show)
+    if json_out:
+        raise UserError("--watch is a live view for people; --json prints the status once (leave out one of them)")
+    if not interval > 0:
+        raise UserError(f"--interval must be a positive number of seconds, got {interval:g}")
+    watch(lambda: status_view(_request(home, "status"), _request(home, "peers")), interval, console)
 
 
 STOP_TIMEOUT = 60  # seconds: the node finishes the learning step under way, saves, stops its worker
@@ -316,17 +318,7 @@ def _alive(pid: int) -> bool:
 
 def peers(home: HomeOption, json_out: JsonOption = False, wide: WideOption = False) -> None:
     """Peers this node knows: id, addresses, last seen, what they offered, messages rejected."""
-    def show(rows):
-        table = Table(title="peers")
-        for column in ("peer", "connected", "last seen", "offered", "accepted", "rejected", "reputation"):
-            table.add_column(column)
-        for p in rows:
-            offered = ", ".join(f"{k} {v}".strip() for k, v in p["offered"].items())
-            reputation = "banned" if p["banned"] else ("-" if p["reputation"] is None else f"{p['reputation']:.2f}")
-            table.add_row(p["id"], "yes" if p["connected"] else "no", _ago(p["last_seen"]), offered,
-                          str(p["accepted"]), str(p["rejected"]), reputation)
-        _show_table(table, wide)
-    _out(_request(home, "peers"), json_out, show)
+    _out(_request(home, "peers"), json_out, lambda rows: _show_table(peers_table(rows), wide))
 
 
 def connect(multiaddr: Annotated[str, typer.Argument(help="/ip4/.../tcp/.../p2p/<peer id>")], home: HomeOption) -> None:
