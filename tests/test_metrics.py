@@ -7,12 +7,14 @@ import socket
 import urllib.request
 
 import pytest
+import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from manymodels.cli.errors import UserError
 from manymodels.cli.network import _config, _metrics
 from manymodels.node.runtime.daemon import DaemonConfig
 from manymodels.node.runtime.listen import ListenError, check_metrics, metrics_address, port_in_use
+from manymodels.node.runtime.metrics import Metrics
 from manymodels.node.runtime.store import Home
 from test_daemon import start, status, stop
 from waiting import wait_until
@@ -50,6 +52,13 @@ def test_a_metrics_address_must_be_free_and_this_machines(taken):
         check_metrics(f":{taken}")
     with pytest.raises(ListenError, match="^--metrics 192.0.2.1:9464: cannot listen on 192.0.2.1 port 9464"):
         check_metrics("192.0.2.1:9464")
+
+
+def test_a_port_taken_after_the_check_is_one_line_when_the_daemon_serves(taken):
+    async def serve() -> None:
+        Metrics().serve(f"127.0.0.1:{taken}", daemon=None, node=None, transport=None)
+    with pytest.raises(ListenError, match=f"cannot serve on 127.0.0.1 port {taken}: address already in use$"):
+        trio.run(serve)
 
 
 def test_metrics_off_is_saved_as_none(tmp_path):
