@@ -23,6 +23,7 @@ from .errors import UserError
 from .help_defaults import shown, with_defaults
 from .learner_options import (BatchSizeOption, HiddenOption, LrOption, MomentumOption, OptimizerOption,
                               ShuffleOption, WeightDecayOption, training_options)
+from .watch import peers_table, status_lines, status_view, watch
 
 node_app = typer.Typer(no_args_is_help=True, help="Run a node daemon: start, status, stop.")
 console = Console(soft_wrap=True)
@@ -54,10 +55,6 @@ def _out(value, as_json: bool, show) -> None:
 def _show_table(table: Table, wide: bool) -> None:
     """A table as wide as the terminal (a cell cut short ends in '…'), or with --wide as wide as its cells."""
     (Console(soft_wrap=True, width=1 << 16) if wide else console).print(table)
-
-
-def _ago(ms: int) -> str:
-    return "never" if not ms else f"{max(0, time.time() - ms / 1000):.0f} s ago"
 
 
 def _start_defaults() -> dict[str, str]:
@@ -105,6 +102,9 @@ def start(
         help='The Flower client\'s run config, "key=value key=value" as `flwr run --run-config` takes it.')] = None,
     mdns: Annotated[Optional[bool], typer.Option("--mdns/--no-mdns",
                                                  help="Find peers on the local network by multicast DNS.")] = None,
+    metrics: Annotated[Optional[str], typer.Option(
+        help="Serve Prometheus metrics at http://HOST:PORT/metrics; :PORT or PORT serves on loopback "
+             "(127.0.0.1), 'off' serves none.")] = None,
     detach: Annotated[bool, typer.Option(
         help="Run in the background: return once the node listens, printing its id and addresses (the "
              "learner then loads for a few seconds; `node status` says when it runs).")] = False,
@@ -138,7 +138,7 @@ def start(
                      partition_id=partition_id, num_partitions=num_partitions, model=model, exchange=exchange,
                      rule=rule, period=period, reputation=reputation, push_limit=push_limit, seed=seed,
                      client_app=_app_spec(client_app), run_config=None if run_config is None else " ".join(run_config),
-                     mdns=mdns, **training)
+                     mdns=mdns, metrics=_metrics(metrics), **training)
     verbosity = ["--verbose"] * verbose + ["--quiet"] * quiet
     log_path = h.log_file if log_file is None and detach else log_file
     if detach:
@@ -207,6 +207,11 @@ def _app_spec(spec: str | None) -> str | None:
     return f"{path.resolve()}{spec[at + 3:]}"
 
 
+def _metrics(address: str | None) -> str | None:
+    """--metrics as saved: 'off' (or nothing) is "" (none); its HOST:PORT is checked by _config."""
+    return None if address is None else "" if address.strip().lower() in ("", "off") else address.strip()
+
+
 def _running(h) -> bool:
     from manymodels.node.runtime.control import ControlError, NotRunning, request
 
@@ -221,7 +226,7 @@ def _config(h, **options):
     """The saved config with the options given over it, checked, and saved again."""
     from manymodels.node.learning.recipe import LearnerRecipe
     from manymodels.node.runtime.daemon import DaemonConfig
-    from manymodels.node.runtime.listen import ListenError, check_listen
+    from manymodels.node.runtime.listen import ListenError, check_listen, check_metrics
     from manymodels.node.spec import SpecError, check_bootstrap
 
     saved = h.read_json(h.config_file, None)
@@ -239,6 +244,8 @@ def _config(h, **options):
             check_bootstrap(addr)
         for addr in config.listen:
             check_listen(addr)
+        if config.metrics:
+            check_metrics(config.metrics)
     except (SpecError, ListenError) as exc:
         raise UserError(str(exc)) from None
     h.path.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -290,18 +297,25 @@ def _detach(h, verbosity: list[str], log_path: Path, wait: bool) -> None:
 
 
 @node_app.command()
-def status(home: HomeOption, json_out: JsonOption = False) -> None:
-    """Show a running node's id, addresses, model and counters."""
-    def show(s):
-        loading = "; loading its learner" if s["state"] == "loading" else ""
-        console.print(f"node {s['id']}  ({s['model']}, {s['exchange']}, rule {s['rule']}){loading}", highlight=False)
-        console.print(f"listening on {' '.join(s['addrs'])}", highlight=False)
-        accuracy = "-" if s["accuracy"] is None else f"{s['accuracy']:.3f}"
-        console.print(f"{s['peers']} peers connected; model version {s['version']}, held-out accuracy {accuracy}; "
-                      f"{s['messages_accepted']} messages accepted ({s['pulled']} pulled by digest), "
-                      f"{sum(s['rejected'].values())} rejected; "
-                      f"up {s['uptime_s']:.0f} s", highlight=False)
-    _out(_request(home, "status"), json_out, show)
+def status(home: HomeOption, json_out: JsonOption = False,
+           live: Annotated[bool, typer.Option("--watch", help=(
+               "A live view with the counters by reason and the peers, redrawn every --interval seconds until "
+               "Ctrl-C (exit 0) or until the node stops (one line, exit 0). Not with --json."))] = False,
+           interval: Annotated[float, typer.Option(help="Seconds between redraws of --watch.")] = 2.0) -> None:
+    """Show a running node's id, addresses, model and counters; --watch keeps them on screen, live."""
+    def show(s: dict) -> None:
+        for line in status_lines(s):
+            console.print(line, highlight=False)
+    if not live:
+        return _out(_request(home, "status"), json_out, show)
+    if json_out:
+        raise UserError("--watch is a live view for people; --json prints the status once (leave out one of them)")
+    if not interval > 0:
+        raise UserError(f"--interval must be a positive number of seconds, got {interval:g}")
+    def view():
+        s = _request(home, "status")  # peers waits for the learner: asked once it runs
+        return status_view(s, _request(home, "peers") if s["state"] == "running" else None)
+    watch(view, interval, console)
 
 
 STOP_TIMEOUT = 60  # seconds: the node finishes the learning step under way, saves, stops its worker
@@ -340,17 +354,7 @@ def _alive(pid: int) -> bool:
 
 def peers(home: HomeOption, json_out: JsonOption = False, wide: WideOption = False) -> None:
     """Peers this node knows: id, addresses, last seen, what they offered, messages rejected."""
-    def show(rows):
-        table = Table(title="peers")
-        for column in ("peer", "connected", "last seen", "offered", "accepted", "rejected", "reputation"):
-            table.add_column(column)
-        for p in rows:
-            offered = ", ".join(f"{k} {v}".strip() for k, v in p["offered"].items())
-            reputation = "banned" if p["banned"] else ("-" if p["reputation"] is None else f"{p['reputation']:.2f}")
-            table.add_row(p["id"], "yes" if p["connected"] else "no", _ago(p["last_seen"]), offered,
-                          str(p["accepted"]), str(p["rejected"]), reputation)
-        _show_table(table, wide)
-    _out(_request(home, "peers"), json_out, show)
+    _out(_request(home, "peers"), json_out, lambda rows: _show_table(peers_table(rows), wide))
 
 
 def connect(multiaddr: Annotated[str, typer.Argument(help="/ip4/.../tcp/.../p2p/<peer id>")], home: HomeOption) -> None:

@@ -28,6 +28,7 @@ from .control import serve as serve_control
 from .inbound import Inbound
 from .listen import listen_addrs
 from .logs import size
+from .metrics import Metrics
 from ..p2p.discovery import Discovery, DiscoveryConfig
 from ..p2p.logs import bound_libp2p_logs
 from ..learning.probe import ProbeSet
@@ -75,6 +76,7 @@ class DaemonConfig:
     # A message larger than this is announced to the neighbours, not pushed: each pulls the newest
     # one by digest when it is about to fold, so a 100 MB model crosses a link once per fold at most.
     push_limit: int = 1 << 20
+    metrics: str = ""  # HOST:PORT to serve Prometheus metrics on ("": none)
 
     def to_json(self) -> dict:
         return {**asdict(self), "recipe": self.recipe.to_json()}
@@ -335,6 +337,7 @@ class Daemon:
         self.learner: WorkerLearner | None = None
         self.node: DaemonNode | None = None  # once the learner has loaded
         self.ready = trio.Event()  # ... which this says
+        self.metrics = Metrics()
 
     # --- construction -----------------------------------------------------------------------
     @functools.cached_property
@@ -408,13 +411,14 @@ class Daemon:
 
     def _fold(self, node: DaemonNode) -> None:
         """Fold what arrived during the period, evaluate the result, and save it."""
-        folded = node.fold()
-        if folded.changed:
-            self.provenance.append({"version": node.version, "time": now_ms(), "folded": folded.senders,
-                                    "digests": [digest.hex() for _, digest in folded.inputs]})
-        accuracy = node.learner.evaluate_test()["accuracy"]
-        self.history.append({"version": node.version, "time": now_ms(), "accuracy": round(accuracy, 4)})
-        self.save(node)
+        with self.metrics.fold_seconds.time():
+            folded = node.fold()
+            if folded.changed:
+                self.provenance.append({"version": node.version, "time": now_ms(), "folded": folded.senders,
+                                        "digests": [digest.hex() for _, digest in folded.inputs]})
+            accuracy = node.learner.evaluate_test()["accuracy"]
+            self.history.append({"version": node.version, "time": now_ms(), "accuracy": round(accuracy, 4)})
+            self.save(node)
         log.info("%s", self._period(node, folded, accuracy))
 
     def _period(self, node: DaemonNode, folded: Folded, accuracy: float) -> str:
@@ -615,6 +619,7 @@ class Daemon:
             await trio.to_thread.run_sync(self.save, node)
             log.info("%s stopped at version %d (state saved)", node.id, node.version)
         finally:
+            self.metrics.stop()
             if self.learner is not None:
                 self.learner.close()
             self.home.pid_file.unlink(missing_ok=True)
@@ -632,6 +637,7 @@ class Daemon:
         discovery.on_peer = lambda peer, addrs: node.peer(peer).update(addrs=sorted(addrs)[:8])
         node.discovered = lambda addrs: nursery.start_soon(self._dial, node, transport, list(addrs))
         node.discovered([a for p in node.peers.values() for a in p["addrs"][:2]])  # back after a restart
+        self.metrics.serve(self.config.metrics, self, node, transport)
         self.node = node
         self.ready.set()
         log.info("%s runs %s (%s, rule %s)", node.id, node.learner.architecture, self.config.exchange,
