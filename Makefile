@@ -14,9 +14,9 @@ $(PY):
 DEBS := dataset-fashion-mnist chromium
 DEBS_STAMP := $(VENV)/.debs
 
-# torch is pinned in pyproject to the CPU build that lies on disk here; pip takes it offline.
-$(STAMP): $(PY) pyproject.toml $(DEBS_STAMP)
-	$(PY) -m pip install --quiet -e '.[test,mnist1d,report]'
+# constraints.txt pins torch to the CPU build that lies on disk here (pip takes it offline) and flwr.
+$(STAMP): $(PY) pyproject.toml constraints.txt $(DEBS_STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,mnist1d,report]'
 	touch $(STAMP)
 
 $(DEBS_STAMP): $(PY)
@@ -39,7 +39,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not multiprocess"
 
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[test,mnist1d,bench]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,mnist1d,bench]'
 	$(PY) bench/bench_demo.py
 	$(PY) bench/bench_scale.py
 	$(PY) bench/bench_aggregation.py

@@ -14,6 +14,8 @@ from rich.table import Table
 
 from manymodels.node.runtime.logs import size
 
+from .config_file import ConfigOption
+from .config_file import save as save_options
 from .errors import UserError
 from .help_defaults import shown, with_defaults
 from .learner_options import (BatchSizeOption, HiddenOption, LrOption, MomentumOption, OptimizerOption,
@@ -54,6 +56,7 @@ def _print_json(obj) -> None:
 
 @app.command(cls=with_defaults(_simulate_defaults))
 def simulate(
+    ctx: typer.Context,
     nodes: Annotated[int, typer.Option(help="How many nodes.")] = 8,
     rounds: Annotated[int, typer.Option(help="Gossip rounds.")] = 20,
     dataset: Annotated[str, typer.Option(help="digits, fashion-mnist or mnist1d.")] = "digits",
@@ -93,6 +96,9 @@ def simulate(
         help='The Flower client\'s run config, "key=value key=value" as `flwr run --run-config` takes it.')] = None,
     report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    save_config: Annotated[Optional[Path], typer.Option(metavar="FILE.toml", help=
+        "Write this run's options (all but --report and --json) to a file for --config, then run as usual.")] = None,
+    config: ConfigOption = None,
 ) -> None:
     """Run a local network of nodes that learn from each other over signed messages."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -112,9 +118,14 @@ def simulate(
             **({"accept_licences": tuple(accept_licence)} if accept_licence else {}))
     except SpecError as exc:
         raise UserError(str(exc)) from None
+    err = Console(stderr=True)
+    if save_config is not None:
+        save_options(ctx, save_config, leave_out={"report", "json", "save-config"})
+        err.print(f"options written to {save_config}", highlight=False)
+    # on a terminal only: elsewhere it would be drawn once, at the end, and leave an empty line
     with Progress(TextColumn("[bold]simulating"), BarColumn(), MofNCompleteColumn(), TextColumn("rounds"),
-                  TextColumn("{task.fields[acc]}"), TimeElapsedColumn(), console=Console(stderr=True),
-                  transient=True, disable=json_out) as progress:
+                  TextColumn("{task.fields[acc]}"), TimeElapsedColumn(), console=err,
+                  transient=True, disable=json_out or not err.is_terminal) as progress:
         task = progress.add_task("rounds", total=rounds, acc="")
         try:
             result = run_simulation(config, on_round=lambda r, acc: progress.update(
@@ -269,10 +280,17 @@ def rules(json_out: Annotated[bool, typer.Option("--json", help="Print as JSON."
     for column in ("name", "kind", "parameters", "description", "source"):
         table.add_column(column)
     for r in listed:
-        params = " ".join(f"{p['name']}={p.get('default', '')}" for p in r.get("params", []))
+        params = " ".join(_param(p) for p in r.get("params", []))
         table.add_row(r["name"], r.get("kind", ""), params, r.get("description", r.get("error", "")), r.get("source", ""))
     console.print(table)
 
+
+def _param(p: dict) -> str:
+    """`beta=0.2` for a parameter with a default; a required one (default None) as its type and domain:
+    `beta: float in [0, 0.5)`."""
+    if p.get("default") is not None:
+        return f"{p['name']}={p['default']}"
+    return f"{p['name']}: {p['type']} {p['domain']}".rstrip()
 
 
 def main() -> None:

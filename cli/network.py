@@ -18,10 +18,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .config_file import ConfigOption
 from .errors import UserError
 from .help_defaults import shown, with_defaults
 from .learner_options import (BatchSizeOption, HiddenOption, LrOption, MomentumOption, OptimizerOption,
                               ShuffleOption, WeightDecayOption, training_options)
+from .watch import peers_table, status_lines, status_view, watch
 
 node_app = typer.Typer(no_args_is_help=True, help="Run a node daemon: start, status, stop.")
 console = Console(soft_wrap=True)
@@ -53,10 +55,6 @@ def _out(value, as_json: bool, show) -> None:
 def _show_table(table: Table, wide: bool) -> None:
     """A table as wide as the terminal (a cell cut short ends in '…'), or with --wide as wide as its cells."""
     (Console(soft_wrap=True, width=1 << 16) if wide else console).print(table)
-
-
-def _ago(ms: int) -> str:
-    return "never" if not ms else f"{max(0, time.time() - ms / 1000):.0f} s ago"
 
 
 def start_defaults() -> dict[str, str]:
@@ -104,34 +102,50 @@ def start(
         help='The Flower client\'s run config, "key=value key=value" as `flwr run --run-config` takes it.')] = None,
     mdns: Annotated[Optional[bool], typer.Option("--mdns/--no-mdns",
                                                  help="Find peers on the local network by multicast DNS.")] = None,
-    detach: Annotated[bool, typer.Option(help="Run in the background; print the id and addresses.")] = False,
+    metrics: Annotated[Optional[str], typer.Option(
+        help="Serve Prometheus metrics at http://HOST:PORT/metrics; :PORT or PORT serves on loopback "
+             "(127.0.0.1), 'off' serves none.")] = None,
+    detach: Annotated[bool, typer.Option(
+        help="Run in the background: return once the node listens, printing its id and addresses (the "
+             "learner then loads for a few seconds; `node status` says when it runs).")] = False,
+    wait: Annotated[bool, typer.Option(
+        help="With --detach: return only once the learner has loaded, so that a learner that cannot start "
+             "(a client app that fails, a model that does not fit the data) is reported here.")] = False,
+    log_file: Annotated[Optional[Path], typer.Option(
+        help="Log to this file (appended) instead of stderr, or of HOME/daemon.log when detached (this run "
+             "only).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug lines too (this run only).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log warnings and errors only (this run only).")] = False,
+    config: ConfigOption = None,
 ) -> None:
     """Start a node. The first start creates the identity and config in HOME; later starts reuse them
-    (options given again override the saved config). It logs to stderr (detached: HOME/daemon.log),
-    a line per period; Ctrl-C or SIGTERM stops it after it has saved its state."""
+    (options given again override the saved config). It logs to stderr (detached: HOME/daemon.log;
+    or --log-file), a line per period; Ctrl-C or SIGTERM stops it after it has saved its state."""
     from manymodels.node.runtime.store import Home
 
     from manymodels.node.spec import SpecError
 
     h = Home(home)
+    if wait and not detach:
+        raise UserError("--wait goes with --detach (a node in the foreground runs until stopped)")
     if running(h):  # before anything is saved: a running node's config stays as it runs
         raise UserError(f"a node is already running in {h.path}")
     try:
         training = training_options(hidden, optimizer, lr, momentum, weight_decay, batch_size, shuffle)
     except SpecError as exc:
         raise UserError(str(exc)) from None
-    config = save_config(h, listen=listen, bootstrap=bootstrap, dataset=dataset, partition=partition,
-                         partition_id=partition_id, num_partitions=num_partitions, model=model, exchange=exchange,
-                         rule=rule, period=period, reputation=reputation, push_limit=push_limit, seed=seed,
-                         client_app=_app_spec(client_app),
-                         run_config=None if run_config is None else " ".join(run_config), mdns=mdns, **training)
+    config = update_config(h, listen=listen, bootstrap=bootstrap, dataset=dataset, partition=partition,
+                           partition_id=partition_id, num_partitions=num_partitions, model=model, exchange=exchange,
+                           rule=rule, period=period, reputation=reputation, push_limit=push_limit, seed=seed,
+                           client_app=_app_spec(client_app), mdns=mdns, metrics=_metrics(metrics),
+                           run_config=None if run_config is None else " ".join(run_config), **training)
     verbosity = ["--verbose"] * verbose + ["--quiet"] * quiet
+    log_path = h.log_file if log_file is None and detach else log_file
     if detach:
-        s, pid = spawn(h, verbosity)
-        console.print(f"node {s['id']} listening on {' '.join(s['addrs'])} (pid {pid})", highlight=False)
+        console.print(started(*spawn(h, verbosity, log_path.resolve(), wait)), highlight=False)
         return
+    if log_path is not None:
+        _log_to(log_path)
     import logging
 
     import trio
@@ -194,6 +208,11 @@ def _app_spec(spec: str | None) -> str | None:
     return f"{path.resolve()}{spec[at + 3:]}"
 
 
+def _metrics(address: str | None) -> str | None:
+    """--metrics as saved: 'off' (or nothing) is "" (none); its HOST:PORT is checked by update_config."""
+    return None if address is None else "" if address.strip().lower() in ("", "off") else address.strip()
+
+
 def running(h) -> bool:
     """Whether a node answers on the control socket of home `h`."""
     from manymodels.node.runtime.control import ControlError, NotRunning, request
@@ -205,11 +224,11 @@ def running(h) -> bool:
         return False
 
 
-def save_config(h, **options):
+def update_config(h, **options):
     """The saved config with the options given over it, checked, and saved again."""
     from manymodels.node.learning.recipe import LearnerRecipe
     from manymodels.node.runtime.daemon import DaemonConfig
-    from manymodels.node.runtime.listen import ListenError, check_listen
+    from manymodels.node.runtime.listen import ListenError, check_listen, check_metrics
     from manymodels.node.spec import SpecError, check_bootstrap
 
     saved = h.read_json(h.config_file, None)
@@ -227,6 +246,8 @@ def save_config(h, **options):
             check_bootstrap(addr)
         for addr in config.listen:
             check_listen(addr)
+        if config.metrics:
+            check_metrics(config.metrics)
     except (SpecError, ListenError) as exc:
         raise UserError(str(exc)) from None
     h.path.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -234,10 +255,25 @@ def save_config(h, **options):
     return config
 
 
-def spawn(h, verbosity: list[str]) -> tuple[dict, int]:
-    """Start the node of home `h` (its saved config) in a process of its own; once it answers, its
-    status and pid. A node that exits first, or does not answer within 120 s, is a UserError."""
-    with open(h.log_file, "ab") as log:  # the child holds it open; `up` spawns many, this process keeps none
+def _log_to(path: Path) -> None:
+    """This process's stderr, and so its log and its worker's, appended to `path` from here on."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    except OSError as exc:
+        raise UserError(f"--log-file {path}: {exc.strerror}") from None
+    os.dup2(fd, sys.stderr.fileno())
+    os.close(fd)
+
+
+def spawn(h, verbosity: list[str], log_path: Path, wait: bool) -> tuple[dict, int]:
+    """Start the node of home `h` (its saved config) in a process of its own that logs to `log_path`;
+    once it listens (or, with `wait`, runs its learner), its status and pid. One that exits first
+    is a UserError in one line: why it exited."""
+    try:
+        log = open(log_path, "ab")
+    except OSError as exc:
+        raise UserError(f"--log-file {log_path}: {exc.strerror}") from None
+    with log:  # the child holds it open; `up` spawns many, this process keeps none
         start = log.tell()
         # main() of the imported module, not `-m`: run as __main__ it would not catch the UserError this module raises
         process = subprocess.Popen([sys.executable, "-c", "from manymodels.cli.main import main; main()",
@@ -247,29 +283,46 @@ def spawn(h, verbosity: list[str]) -> tuple[dict, int]:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:  # its own one-line error, if it printed one
-            said = [line for line in h.log_file.read_bytes()[start:].decode(errors="replace").splitlines()
+            said = [line for line in log_path.read_bytes()[start:].decode(errors="replace").splitlines()
                     if line.startswith("error: ")]
-            raise UserError((said[-1][len("error: "):] + f" (see {h.log_file})") if said else
-                            f"the node exited at start (code {process.returncode}); see {h.log_file}")
+            raise UserError((said[-1][len("error: "):] + f" (see {log_path})") if said else
+                            f"the node exited at start (code {process.returncode}); see {log_path}")
         try:
-            return _request(h.path, "status"), process.pid
+            status = _request(h.path, "status")
         except UserError:
-            time.sleep(0.3)
-    raise UserError(f"the node did not answer within 120 s; see {h.log_file}")
+            status = None
+        if status is not None and (status["state"] == "running" or not wait):
+            return status, process.pid
+        time.sleep(0.3)
+    raise UserError(f"the node did not {'run' if wait else 'answer'} within 120 s; see {log_path}")
+
+
+def started(s: dict, pid: int) -> str:
+    """The line that says a detached node has started: its id, addresses and pid."""
+    loading = "; its learner is loading" if s["state"] == "loading" else ""
+    return f"node {s['id']} listening on {' '.join(s['addrs'])} (pid {pid}){loading}"
 
 
 @node_app.command()
-def status(home: HomeOption, json_out: JsonOption = False) -> None:
-    """Show a running node's id, addresses, model and counters."""
-    def show(s):
-        console.print(f"node {s['id']}  ({s['model']}, {s['exchange']}, rule {s['rule']})", highlight=False)
-        console.print(f"listening on {' '.join(s['addrs'])}", highlight=False)
-        accuracy = "-" if s["accuracy"] is None else f"{s['accuracy']:.3f}"
-        console.print(f"{s['peers']} peers connected; model version {s['version']}, held-out accuracy {accuracy}; "
-                      f"{s['messages_accepted']} messages accepted ({s['pulled']} pulled by digest), "
-                      f"{sum(s['rejected'].values())} rejected; "
-                      f"up {s['uptime_s']:.0f} s", highlight=False)
-    _out(_request(home, "status"), json_out, show)
+def status(home: HomeOption, json_out: JsonOption = False,
+           live: Annotated[bool, typer.Option("--watch", help=(
+               "A live view with the counters by reason and the peers, redrawn every --interval seconds until "
+               "Ctrl-C (exit 0) or until the node stops (one line, exit 0). Not with --json."))] = False,
+           interval: Annotated[float, typer.Option(help="Seconds between redraws of --watch.")] = 2.0) -> None:
+    """Show a running node's id, addresses, model and counters; --watch keeps them on screen, live."""
+    def show(s: dict) -> None:
+        for line in status_lines(s):
+            console.print(line, highlight=False)
+    if not live:
+        return _out(_request(home, "status"), json_out, show)
+    if json_out:
+        raise UserError("--watch is a live view for people; --json prints the status once (leave out one of them)")
+    if not interval > 0:
+        raise UserError(f"--interval must be a positive number of seconds, got {interval:g}")
+    def view():
+        s = _request(home, "status")  # peers waits for the learner: asked once it runs
+        return status_view(s, _request(home, "peers") if s["state"] == "running" else None)
+    watch(view, interval, console)
 
 
 STOP_TIMEOUT = 60  # seconds: the node finishes the learning step under way, saves, stops its worker
@@ -313,17 +366,7 @@ def _alive(pid: int) -> bool:
 
 def peers(home: HomeOption, json_out: JsonOption = False, wide: WideOption = False) -> None:
     """Peers this node knows: id, addresses, last seen, what they offered, messages rejected."""
-    def show(rows):
-        table = Table(title="peers")
-        for column in ("peer", "connected", "last seen", "offered", "accepted", "rejected", "reputation"):
-            table.add_column(column)
-        for p in rows:
-            offered = ", ".join(f"{k} {v}".strip() for k, v in p["offered"].items())
-            reputation = "banned" if p["banned"] else ("-" if p["reputation"] is None else f"{p['reputation']:.2f}")
-            table.add_row(p["id"], "yes" if p["connected"] else "no", _ago(p["last_seen"]), offered,
-                          str(p["accepted"]), str(p["rejected"]), reputation)
-        _show_table(table, wide)
-    _out(_request(home, "peers"), json_out, show)
+    _out(_request(home, "peers"), json_out, lambda rows: _show_table(peers_table(rows), wide))
 
 
 def connect(multiaddr: Annotated[str, typer.Argument(help="/ip4/.../tcp/.../p2p/<peer id>")], home: HomeOption) -> None:

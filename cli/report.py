@@ -67,25 +67,33 @@ def changed_config(config: dict, defaults: dict) -> dict:
 
 
 def rounds(report: dict) -> list[dict]:
-    """One entry per round: the honest nodes' mean, min and max accuracy and the bytes all nodes sent, by kind."""
+    """One entry per round: the honest nodes' mean, min and max accuracy, the messages they rejected in
+    the round (by reason) and the peers they had banned by its end; the bytes all nodes sent, by kind."""
     nodes = report["nodes"]
     honest = [n for n in nodes if not n.get("attack")] or nodes
     series = []
     for r in range(len(nodes[0]["history"])):
         accuracies = [n["history"][r] for n in honest]
-        sent: dict[str, int] = {}
-        for n in nodes:
-            for kind, n_bytes in _sent_in_round(n, r).items():
-                sent[kind] = sent.get(kind, 0) + n_bytes
         series.append({"round": r + 1, "mean_accuracy": round(sum(accuracies) / len(accuracies), 6),
                        "min_accuracy": min(accuracies), "max_accuracy": max(accuracies),
-                       "bytes_sent_by_kind": dict(sorted(sent.items()))})
+                       "bytes_sent_by_kind": _summed(_in_round(n, "bytes_sent_per_round", r, {}) for n in nodes),
+                       "rejected_by_reason": _summed(_in_round(n, "rejected_per_round", r, {}) for n in honest),
+                       "banned": sum(_in_round(n, "banned_per_round", r, 0) for n in honest)})
     return series
 
 
-def _sent_in_round(node: dict, r: int) -> dict[str, int]:
-    per_round = node.get("bytes_sent_per_round") or []
-    return per_round[r] if r < len(per_round) else {}
+def _in_round(node: dict, key: str, r: int, missing):
+    """A node's `key` series at round r (a report from before the series existed has none)."""
+    per_round = node.get(key) or []
+    return per_round[r] if r < len(per_round) else missing
+
+
+def _summed(counts) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for count in counts:
+        for key, n in count.items():
+            total[key] = total.get(key, 0) + n
+    return dict(sorted(total.items()))
 
 
 def node_rows(report: dict) -> list[dict]:
@@ -110,23 +118,27 @@ def to_json(report: dict, defaults: dict) -> dict:
 
 
 def to_csv(report: dict) -> str:
-    """One row per (round, node): its accuracy and the bytes it sent that round, in all and by kind."""
+    """One row per (round, node): its accuracy, the bytes it sent that round (in all and by kind), the
+    messages it rejected that round and the peers it had banned by its end."""
     kinds = sorted({k for n in report["nodes"] for per in n.get("bytes_sent_per_round") or [] for k in per})
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["round", "node", "id", "model", "attack", "accuracy", "bytes_sent",
-                     *(f"bytes_sent_{k}" for k in kinds)])
+                     *(f"bytes_sent_{k}" for k in kinds), "rejected", "banned"])
     for r in range(len(report["nodes"][0]["history"])):
         for i, n in enumerate(report["nodes"]):
-            sent = _sent_in_round(n, r)
+            sent = _in_round(n, "bytes_sent_per_round", r, {})
             writer.writerow([r + 1, i, n["id"], n["model"], n.get("attack") or "", n["history"][r],
-                             sum(sent.values()), *(sent.get(k, 0) for k in kinds)])
+                             sum(sent.values()), *(sent.get(k, 0) for k in kinds),
+                             sum(_in_round(n, "rejected_per_round", r, {}).values()),
+                             _in_round(n, "banned_per_round", r, 0)])
     return out.getvalue()
 
 
 def plot_png(report: dict) -> bytes:
     """Accuracy per round of every node (thin), the honest mean (thick), local-only and pooled as
-    reference lines; below, the bytes all nodes sent per round, by kind, when the report has them."""
+    reference lines; below, the bytes all nodes sent per round, by kind, when the report has them, and
+    the honest nodes' rejections and bans per round when there were any."""
     try:
         import matplotlib
     except ImportError:
@@ -137,9 +149,11 @@ def plot_png(report: dict) -> bytes:
 
     series, summary = rounds(report), report["summary"]
     x = [s["round"] for s in series]
-    sent = any(s["bytes_sent_by_kind"] for s in series)
-    fig = Figure(figsize=(10, 8 if sent else 5), dpi=100, layout="constrained")
-    axes = fig.subplots(2 if sent else 1, 1, sharex=True, squeeze=False)[:, 0]
+    panels = [draw for draw, shown in ((_plot_bytes, any(s["bytes_sent_by_kind"] for s in series)),
+                                       (_plot_rejections, any(s["rejected_by_reason"] or s["banned"] for s in series)))
+              if shown]
+    fig = Figure(figsize=(10, 5 + 3 * len(panels)), dpi=100, layout="constrained")
+    axes = fig.subplots(1 + len(panels), 1, sharex=True, squeeze=False)[:, 0]
     acc = axes[0]
     honest_colours = [f"C{k}" for k in range(10) if k != 3]  # C3 is the default cycle's red
     labelled = set()
@@ -157,8 +171,8 @@ def plot_png(report: dict) -> bytes:
     acc.set(ylabel="held-out accuracy", title="accuracy per round")
     acc.grid(alpha=0.3)
     acc.legend(fontsize="small", loc="lower right")
-    if sent:
-        _plot_bytes(axes[1], x, series)
+    for ax, draw in zip(axes[1:], panels):
+        draw(ax, x, series)
     axes[-1].set_xlabel("round")
     axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
     out = io.BytesIO()
@@ -174,6 +188,20 @@ def _plot_bytes(ax, x: list[int], series: list[dict]) -> None:
         ax.bar(x, mb, bottom=bottom, label=kind)
         bottom = [b + m for b, m in zip(bottom, mb)]
     ax.set(ylabel="MB sent (all nodes)", title="bytes sent per round, by kind")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize="small")
+
+
+def _plot_rejections(ax, x: list[int], series: list[dict]) -> None:
+    """Stacked bars: the messages honest nodes rejected per round, one colour per reason; a line: the
+    peers they had banned by the end of each round (their sum: one attacker banned by 3 nodes is 3)."""
+    bottom = [0] * len(x)
+    for reason in sorted({k for s in series for k in s["rejected_by_reason"]}):
+        counts = [s["rejected_by_reason"].get(reason, 0) for s in series]
+        ax.bar(x, counts, bottom=bottom, label=f"rejected: {reason}")
+        bottom = [b + c for b, c in zip(bottom, counts)]
+    ax.plot(x, [s["banned"] for s in series], color="black", marker="o", label="bans (sum over nodes)")
+    ax.set(ylabel="messages / bans", title="rejections per round, by reason, and bans")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize="small")
 
@@ -196,11 +224,12 @@ def rounds_table(report: dict, most: int = 20) -> Table:
     shown = series[::step] if series[::step][-1] is series[-1] else [*series[::step], series[-1]]
     table = Table(title="rounds (honest nodes)", caption=f"alone {s['mean_local_only_accuracy']:.3f} | "
                                                         f"one pooled model {s['pooled_accuracy']:.3f}")
-    for column in ("round", "mean", "min", "max", "sent"):
+    for column in ("round", "mean", "min", "max", "sent", "rejected", "banned"):
         table.add_column(column, justify="right")
     for r in shown:
         table.add_row(str(r["round"]), f"{r['mean_accuracy']:.3f}", f"{r['min_accuracy']:.3f}",
-                      f"{r['max_accuracy']:.3f}", size(sum(r["bytes_sent_by_kind"].values())))
+                      f"{r['max_accuracy']:.3f}", size(sum(r["bytes_sent_by_kind"].values())),
+                      str(sum(r["rejected_by_reason"].values())), str(r["banned"]))
     return table
 
 

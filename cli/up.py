@@ -1,12 +1,11 @@
 """`manymodels up N` and `down`: a local network in one command. `up` starts N node daemons on
-loopback, as `node start --detach` would (network.py's save_config and spawn), node i in
+loopback, as `node start --detach` would (network.py's update_config and spawn), node i in
 HOME-ROOT/node-i holding partition i of N, all joined through node-0; it shows one live table of them
 until Ctrl-C or SIGTERM, and then stops them all as `node stop` does (each saves its state)."""
 from __future__ import annotations
 
 import re
 import signal
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -15,14 +14,14 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.live import Live
 from rich.table import Table
 
 from .errors import UserError
 from .help_defaults import with_defaults
 from .learner_options import (BatchSizeOption, HiddenOption, LrOption, MomentumOption, OptimizerOption,
                               ShuffleOption, WeightDecayOption, training_options)
-from .network import running, save_config, spawn, start_defaults, stop_node
+from .network import running, spawn, start_defaults, started, stop_node, update_config
+from .watch import watch
 
 MAX_NODES = 64
 AT_ONCE = 8  # nodes started, polled or stopped at the same time (each start imports torch in a worker)
@@ -84,11 +83,12 @@ def up(
         try:
             _start(homes, options)
             if detach:
-                console.print(_table(homes, _statuses(homes), f"running in the background; `manymodels down "
-                                                              f"--home-root {home_root}` stops them"))
+                console.print(_table(homes, _statuses(homes)))
+                console.print(f"running in the background; `manymodels down --home-root {home_root}` stops them",
+                              highlight=False)
                 return
-            _watch(homes, interval)
-        except KeyboardInterrupt:
+            watch(lambda: _table(homes, _statuses(homes)), interval, console)  # until Ctrl-C
+        except KeyboardInterrupt:  # while they start
             pass
         except UserError:
             _stop(homes)  # the nodes started before the one that failed
@@ -164,12 +164,11 @@ def _start_node(home: Path, options: dict, bootstrap: list[str] | None) -> dict:
 
     h = Home(home)
     try:
-        save_config(h, bootstrap=bootstrap, **options)
-        status, pid = spawn(h, [])
+        update_config(h, bootstrap=bootstrap, **options)
+        status, pid = spawn(h, [], h.log_file, wait=True)  # a learner that cannot start is reported here
     except UserError as exc:
         raise UserError(f"{home.name}: {exc}") from None
-    console.print(f"{home.name}: node {status['id']} listening on {' '.join(status['addrs'])} (pid {pid})",
-                  highlight=False)
+    console.print(f"{home.name}: {started(status, pid)}", highlight=False)
     return status
 
 
@@ -187,19 +186,6 @@ def _stop(homes: list[Path]) -> int:
         return sum(pool.map(stop, homes))
 
 
-def _watch(homes: list[Path], interval: float) -> None:
-    """Redraw the table every `interval` seconds until Ctrl-C (a KeyboardInterrupt)."""
-    caption = f"every {interval:g} s; Ctrl-C stops them all"
-    try:
-        with Live(_table(homes, _statuses(homes), caption), console=console, auto_refresh=False) as live:
-            while True:
-                time.sleep(interval)
-                live.update(_table(homes, _statuses(homes), caption), refresh=True)
-    finally:
-        if not console.is_terminal:  # a file gets the last table only, which Live leaves without its newline
-            console.line()
-
-
 def _statuses(homes: list[Path]) -> list[dict | None]:
     """Each node's "status"; None for one that does not answer."""
     from manymodels.node.runtime.control import ControlError, NotRunning, request
@@ -214,11 +200,10 @@ def _statuses(homes: list[Path]) -> list[dict | None]:
         return list(pool.map(status, homes))
 
 
-def _table(homes: list[Path], statuses: list[dict | None], caption: str) -> Table:
+def _table(homes: list[Path], statuses: list[dict | None]) -> Table:
     """One row per node; its id by its last 8 characters, as the daemons' period lines name peers. No
     outer edge: the table fits 80 columns."""
-    table = Table(title=f"{_nodes(len(homes))} in {homes[0].parent}", caption=f"{time.strftime('%H:%M:%S')}, {caption}",
-                  show_edge=False, pad_edge=False)
+    table = Table(title=f"{_nodes(len(homes))} in {homes[0].parent}", show_edge=False, pad_edge=False)
     for column in ("home", "id", "model", "version", "accuracy", "peers", "accepted", "rejected"):
         table.add_column(column, justify="left" if column in ("home", "id", "model") else "right")
     for home, s in zip(homes, statuses):

@@ -1,5 +1,6 @@
 """The console script as a user runs it: one clear line and a non-zero exit for mistakes."""
 import json
+import re
 import stat
 
 import pytest
@@ -51,6 +52,13 @@ def test_rules_lists_the_registry_as_json(cli):
     assert {"fedavg", "median", "trimmed", "krum", "multikrum", "bulyan", "gossip", "clippedgossip"} <= names
 
 
+def test_rules_table_shows_a_required_parameter_by_its_domain_and_a_default_by_its_value(cli):
+    out = cli("rules", env={"COLUMNS": "300"})
+    assert out.returncode == 0 and "None" not in out.stdout
+    assert "beta: float in [0, 0.5)" in out.stdout and "f: int >= 0" in out.stdout
+    assert re.search(r"flwr:FedTrimmedAvg\s.*beta=0\.2", out.stdout), out.stdout
+
+
 @pytest.mark.slow
 def test_simulate_writes_a_report_and_shows_the_table(cli, tmp_path):
     out = cli("simulate", "--nodes", "3", "--rounds", "2", "--model", "logreg", "--partition", "iid",
@@ -70,10 +78,11 @@ def test_simulate_writes_a_report_and_shows_the_table(cli, tmp_path):
     (["--partition", "dirichlet:abc"], "bad partition spec"),
     (["--topology", "random:99"], "random:K"),
     (["--dataset", "fashion-mnist"], "apt-get install dataset-fashion-mnist"),
+    (["--nodes", "0"], "--nodes, --rounds and --local-epochs must be at least 1"),
 ])
 def test_simulate_mistakes_are_one_line(cli, tmp_path, args, text):
     # An empty data folder stands in for a machine without the optional Debian package.
     out = cli("simulate", "--rounds", "1", *args, env={"MANYMODELS_FASHION_MNIST_DIR": str(tmp_path)})
     assert out.returncode == 2, (out.stdout, out.stderr)
     assert text in out.stderr
-    assert out.stderr.strip().count("\n") == 0 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1  # one line: no empty one before it

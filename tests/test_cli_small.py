@@ -104,9 +104,11 @@ def test_models_json_and_wide_tables_hold_full_digests_and_ids(cli, network):
 
 @pytest.mark.slow
 def test_pull_takes_a_unique_digest_prefix_and_says_clearly_when_it_matches_nothing(cli, network):
-    remote = next(m for m in known_models(cli, network[0]) if not m.get("local"))
-    pulled = cli("pull", "any", remote["digest"][:12].upper(), "--home", network[0], "--json")
-    assert pulled.returncode == 0, pulled.stderr
+    def pull_newest() -> tuple[dict, subprocess.CompletedProcess]:
+        remote = next(m for m in known_models(cli, network[0]) if not m.get("local"))
+        return remote, cli("pull", "any", remote["digest"][:12].upper(), "--home", network[0], "--json")
+    # the peer's model changes every period (1 s here): a digest listed a moment ago may be superseded
+    remote, pulled = wait_until(pull_newest, "a pull by prefix", 30, until=lambda r: r[1].returncode == 0)
     result = json.loads(pulled.stdout)  # a progress line, if any, went to stderr
     assert result["digest"] == remote["digest"] and result["author"] == remote["peer"]
     none = cli("pull", "any", "0123456789abcdef", "--home", network[0])

@@ -55,7 +55,7 @@ def test_a_bad_client_app_is_one_clear_line_and_a_non_zero_exit(cli, tmp_path):
         ([f"{app}:app", "--exchange", "distill"], "--exchange weights"),
     ]
     for i, (args, expected) in enumerate(cases):
-        out = cli("node", "start", "--home", tmp_path / f"bad{i}", "--detach", "--client-app", *args)
+        out = cli("node", "start", "--home", tmp_path / f"bad{i}", "--detach", "--wait", "--client-app", *args)
         assert out.returncode != 0, args
         assert expected in out.stderr and "Traceback" not in out.stderr, out.stderr
         assert out.stderr.strip().count("\n") == 0, out.stderr

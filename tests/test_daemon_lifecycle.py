@@ -74,21 +74,25 @@ def test_ctrl_c_stops_a_foreground_daemon_with_one_line_and_exit_0(tmp_path):
     assert int(stopped[0].rsplit("version ", 1)[1].split()[0]) == saved_version(home) >= 3
     periods = [line for line in lines if PERIOD_LINE.fullmatch(line)]
     assert len(periods) >= 2, lines
-    assert len(lines) <= len(periods) + 3, lines  # listening, the periods, stopped: nothing else
+    assert len(lines) <= len(periods) + 3, lines  # listening, the learner running, the periods, stopped
     assert gone(worker[0])
 
 
 def test_sigterm_stops_a_detached_daemon_which_logs_a_line_per_period(tmp_path):
+    """--detach returns once the node listens, its learner still loading (the worker imports torch:
+    seconds); the control socket already answers `status`, and --log-file puts the log elsewhere."""
     home = tmp_path / "b"
-    started = subprocess.run([str(EXE), "node", "start", "--home", str(home), "--detach", *RECIPE],
-                             capture_output=True, text=True, timeout=120)
+    started = subprocess.run([str(EXE), "node", "start", "--home", str(home), "--detach", "--log-file", "b.log",
+                              *RECIPE], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert started.returncode == 0, started.stderr
+    assert started.stdout.rstrip().endswith("; its learner is loading"), started.stdout
     pid = int((home / "daemon.pid").read_text())
     wait_until(lambda: version(home), "three learning cycles", 60, until=lambda v: v >= 3, interval=0.2)
     worker = workers(pid)
     os.kill(pid, signal.SIGTERM)
     wait_until(lambda: gone(pid), "the daemon to exit", 30, interval=0.1)
-    log = (home / "daemon.log").read_text().splitlines()
+    assert not (home / "daemon.log").exists()
+    log = (tmp_path / "b.log").read_text().splitlines()
     assert "Traceback" not in "\n".join(log)
     assert re.fullmatch(STAMP + r" INFO node: \S+ listening on /ip4/127\.0\.0\.1/tcp/\d+/p2p/\S+", log[0]), log
     assert len([line for line in log if PERIOD_LINE.fullmatch(line)]) >= 2, log
@@ -111,3 +115,29 @@ def test_quiet_daemon_logs_no_period_lines_and_node_stop_returns_when_it_has_exi
     assert gone(pid)  # already, when `node stop` returned
     assert saved_version(home) >= 3
     assert (home / "daemon.log").read_text() == ""  # -q: warnings only, and there were none
+
+
+def test_a_foreground_daemon_logs_to_its_log_file_and_nothing_to_the_terminal(tmp_path):
+    home, log_file = tmp_path / "d", tmp_path / "d.log"
+    daemon = subprocess.Popen([str(EXE), "node", "start", "--home", str(home), "--log-file", str(log_file), *RECIPE],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_until(lambda: version(home), "two learning cycles", 90, until=lambda v: v >= 2, interval=0.2)
+        os.killpg(daemon.pid, signal.SIGINT)
+        out, err = daemon.communicate(timeout=30)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.communicate()
+    assert daemon.returncode == 0 and out + err == ""
+    log = log_file.read_text().splitlines()
+    assert "listening on" in log[0] and "stopped at version" in log[-1], log
+    assert any(PERIOD_LINE.fullmatch(line) for line in log), log
+
+
+def test_a_period_too_small_for_the_peers_rate_limits_is_refused_before_it_is_saved(cli, tmp_path):
+    home = tmp_path / "e"
+    for period in ("-1", "0", "0.05"):
+        out = cli("node", "start", "--home", home, "--period", period, "--detach")
+        assert out.returncode == 2 and out.stderr.startswith("error: --period must be at least 0.5 s"), out.stderr
+        assert out.stderr.count("\n") == 1 and not (home / "config.json").exists()

@@ -154,6 +154,18 @@ def test_the_round_mean_counts_honest_nodes_only():
     assert view.rounds(report)[-1]["mean_accuracy"] == report["summary"]["mean_accuracy"]
 
 
+def test_rejections_and_bans_per_round_are_the_honest_nodes_sums():
+    report = view.load(GOLDEN / "attack-median.json")
+    series = view.rounds(report)
+    assert [s["banned"] for s in series] == [0, 0, 0, 4, 6]  # by the end of each round, over 6 honest nodes
+    assert [s["rejected_by_reason"] for s in series] == [{}, {}, {}, {}, {"banned": 4}]
+    assert sum(sum(s["rejected_by_reason"].values()) for s in series) == report["summary"]["rejected_messages"]
+    rows = list(csv.DictReader(io.StringIO(view.to_csv(report))))
+    assert sum(int(row["rejected"]) for row in rows) == 4
+    assert [int(row["banned"]) for row in rows if row["round"] == "5"] == [1, 0, 1, 1, 1, 0, 0, 2]
+    assert _png_size(view.plot_png(report)) == (1000, 1100)  # accuracy, bytes, and rejections with bans
+
+
 def test_changed_config_lists_what_differs_from_the_defaults():
     report = view.load(GOLDEN / "attack-median.json")
     changed = view.changed_config(report["config"], SimulationConfig().to_report())

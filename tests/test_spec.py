@@ -62,8 +62,9 @@ def test_simulation_only_checks(config, message):
 
 
 @pytest.mark.parametrize("config, message", [
-    (DaemonConfig(period=-1), "--period must be a positive number of seconds, got -1"),
-    (DaemonConfig(period=0), "--period must be a positive number of seconds, got 0"),
+    (DaemonConfig(period=-1), "--period must be at least 0.5 s"),
+    (DaemonConfig(period=0), "got 0"),
+    (DaemonConfig(period=0.01), "got 0.01"),
     (DaemonConfig(push_limit=-1), "--push-limit must be at least 0"),
     (DaemonConfig(recipe=LearnerRecipe(partition_id=3, num_partitions=3)), "--partition-id must be in 0..2"),
     (DaemonConfig(recipe=LearnerRecipe(client_app="app.py:app"), exchange="distill"), "--exchange weights"),

@@ -28,6 +28,7 @@ from .control import serve as serve_control
 from .inbound import Inbound
 from .listen import listen_addrs
 from .logs import size
+from .metrics import Metrics
 from ..p2p.discovery import Discovery, DiscoveryConfig
 from ..p2p.logs import bound_libp2p_logs
 from ..learning.probe import ProbeSet
@@ -53,6 +54,9 @@ SERVE_QUEUE_PER_PEER = PULL_WINDOW * BLOB_CHUNK  # blob bytes waiting to be sent
 SERVE_QUEUE_TOTAL = 256 << 20  # ... and to all peers together
 SEQ_MARGIN = 10_000  # sequence numbers a crash may have used since the last save
 DIALS_PER_MINUTE = 8  # addresses learnt from other peers that this node dials
+# Each period sends every neighbour up to 4 frames (hello, peer list, knowledge); a peer admits 20 a
+# second from one connection (GateConfig.frames_per_s) before it strikes. 0.5 s keeps under half that.
+MIN_PERIOD = 0.5
 
 log = logging.getLogger("manymodels.node")
 
@@ -72,6 +76,7 @@ class DaemonConfig:
     # A message larger than this is announced to the neighbours, not pushed: each pulls the newest
     # one by digest when it is about to fold, so a 100 MB model crosses a link once per fold at most.
     push_limit: int = 1 << 20
+    metrics: str = ""  # HOST:PORT to serve Prometheus metrics on ("": none)
 
     def to_json(self) -> dict:
         return {**asdict(self), "recipe": self.recipe.to_json()}
@@ -82,8 +87,9 @@ class DaemonConfig:
 
     def node_spec(self) -> NodeSpec:
         """The node this config runs, checked; a SpecError is one line for the user."""
-        if not self.period > 0:  # saved, a period <= 0 would stop every later start (or spin)
-            raise SpecError(f"--period must be a positive number of seconds, got {self.period:g}")
+        if not self.period >= MIN_PERIOD:  # saved, a period <= 0 would stop every later start (or spin)
+            raise SpecError(f"--period must be at least {MIN_PERIOD:g} s (each period sends every neighbour up "
+                            f"to 4 messages, and peers admit 20 a second), got {self.period:g}")
         if self.push_limit < 0:
             raise SpecError(f"--push-limit must be at least 0 bytes, got {self.push_limit}")
         if self.recipe.client_app and self.exchange != "weights":
@@ -327,6 +333,11 @@ class Daemon:
         self.inbound: Inbound | None = None
         self.listening: list[str] = []  # our multiaddrs, saved so that a restart keeps its ports
         self._counted = _counts(NodeStats())  # at the last fold (or the start)
+        self.saved: dict = {}  # state.json as the last run left it
+        self.learner: WorkerLearner | None = None
+        self.node: DaemonNode | None = None  # once the learner has loaded
+        self.ready = trio.Event()  # ... which this says
+        self.metrics = Metrics()
 
     # --- construction -----------------------------------------------------------------------
     @functools.cached_property
@@ -400,13 +411,14 @@ class Daemon:
 
     def _fold(self, node: DaemonNode) -> None:
         """Fold what arrived during the period, evaluate the result, and save it."""
-        folded = node.fold()
-        if folded.changed:
-            self.provenance.append({"version": node.version, "time": now_ms(), "folded": folded.senders,
-                                    "digests": [digest.hex() for _, digest in folded.inputs]})
-        accuracy = node.learner.evaluate_test()["accuracy"]
-        self.history.append({"version": node.version, "time": now_ms(), "accuracy": round(accuracy, 4)})
-        self.save(node)
+        with self.metrics.fold_seconds.time():
+            folded = node.fold()
+            if folded.changed:
+                self.provenance.append({"version": node.version, "time": now_ms(), "folded": folded.senders,
+                                        "digests": [digest.hex() for _, digest in folded.inputs]})
+            accuracy = node.learner.evaluate_test()["accuracy"]
+            self.history.append({"version": node.version, "time": now_ms(), "accuracy": round(accuracy, 4)})
+            self.save(node)
         log.info("%s", self._period(node, folded, accuracy))
 
     def _period(self, node: DaemonNode, folded: Folded, accuracy: float) -> str:
@@ -476,23 +488,15 @@ class Daemon:
                 pass  # stale or unreachable: another peer may know better
 
     # --- control commands ----------------------------------------------------------------------
-    async def _control(self, node: DaemonNode, transport, request: dict):
+    async def _control(self, transport, request: dict):
         cmd = request["cmd"]
         if cmd == "status":
-            return {"id": node.id, "addrs": transport.listen_addrs(), "peers": len(transport.connected_peers()),
-                    "model": node.learner.architecture, "exchange": self.config.exchange, "rule": self.config.rule,
-                    "version": node.version, "accuracy": self.history[-1]["accuracy"] if self.history else None,
-                    "uptime_s": round((now_ms() - self.started) / 1000, 1), "home": str(self.home.path),
-                    "messages_accepted": node.stats.messages_accepted,
-                    "rejected": dict(node.stats.rejected), "refused": dict(node.stats.refused),
-                    "bytes_sent": node.stats.bytes_sent, "bytes_received": node.stats.bytes_received,
-                    "pulled": node.pulled,
-                    "gate": {**transport.gate.events, "blocked_now": transport.gate.blocked_count(time.monotonic()),
-                             "inbound_dropped": self.inbound.dropped if self.inbound else 0},
-                    "discovery": self._discovery_status()}
+            return self._status(transport)
         if cmd == "stop":
             self.stopping.set()
-            return {"stopping": node.id}
+            return {"stopping": self.identity.peer_id}
+        await self.ready.wait()  # the other commands need the node: they wait while the learner loads
+        node = self.node
         if cmd == "peers":
             connected = set(transport.connected_peers())
             return [{**p, "connected": p["id"] in connected, "rejected": node.stats.rejected_from[p["id"]],
@@ -513,6 +517,31 @@ class Daemon:
         if cmd == "pull":
             return await self._pull_from_any(node, request.get("peer"), bytes.fromhex(request["digest"]))
         raise ValueError(f"unknown command {cmd!r}")
+
+    def _status(self, transport) -> dict:
+        """What `node status` shows. While the learner loads ("state": "loading"), the numbers are
+        the saved state's: counters, version and accuracy as the last run left them."""
+        node = self.node
+        if node is None:
+            stats = NodeStats()
+            stats.restore(self.saved.get("stats", {}))
+            recipe = self.config.recipe
+            model, version = recipe.client_app or recipe.model, self.saved.get("version", 0)
+            pulled, history = self.saved.get("stats", {}).get("pulled", 0), self.saved.get("history", [])
+        else:
+            stats, model, version, pulled, history = (node.stats, node.learner.architecture, node.version,
+                                                      node.pulled, self.history)
+        return {"id": self.identity.peer_id, "state": "running" if node else "loading",
+                "addrs": transport.listen_addrs(), "peers": len(transport.connected_peers()),
+                "model": model, "exchange": self.config.exchange, "rule": self.config.rule, "version": version,
+                "accuracy": history[-1]["accuracy"] if history else None,
+                "uptime_s": round((now_ms() - self.started) / 1000, 1), "home": str(self.home.path),
+                "messages_accepted": stats.messages_accepted, "rejected": dict(stats.rejected),
+                "refused": dict(stats.refused), "bytes_sent": stats.bytes_sent, "bytes_received": stats.bytes_received,
+                "pulled": pulled,
+                "gate": {**transport.gate.events, "blocked_now": transport.gate.blocked_count(time.monotonic()),
+                         "inbound_dropped": self.inbound.dropped if self.inbound else 0},
+                "discovery": self._discovery_status()}
 
     def _discovery_status(self) -> dict | None:
         d = self.discovery
@@ -560,50 +589,60 @@ class Daemon:
                 "path": str(path)}
 
     # --- run --------------------------------------------------------------------------------
-    async def run(self, transport_factory, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Run until `stop`. `transport_factory(identity, listen=[...])` gives the transport.
-        The network comes up (and joins its bootstrap peers) while the worker process starts."""
+    async def run(self, transport_factory) -> None:
+        """Run until `stop`. `transport_factory(identity, listen=[...])` gives the transport. The
+        network comes up, and the control socket answers `status`, before the worker process has
+        loaded the learner (seconds: it imports torch); the other commands wait for it."""
         bound_libp2p_logs()  # from its first record: the DHT is not the first part to log
         atomic_write(self.home.pid_file, f"{os.getpid()}\n".encode())
-        state = self.home.read_json(self.home.state_file, {})
-        listen = listen_addrs(self.config.listen, state.get("listening", []))
+        self.saved = self.home.read_json(self.home.state_file, {})
+        listen = listen_addrs(self.config.listen, self.saved.get("listening", []))
         transport = transport_factory(self.identity, listen=listen)
-        learner = None
         try:
             discovery_config = DiscoveryConfig(mdns=self.config.mdns)
             async with transport.running(), Discovery(transport, config=discovery_config).running() as discovery, \
                     trio.open_nursery() as nursery:
                 self.discovery = discovery
                 self.listening = transport.listen_addrs()
+                await nursery.start(serve_control, self.home.socket, lambda request: self._control(transport, request))
+                log.info("%s listening on %s", self.identity.peer_id, " ".join(self.listening))
                 for addr in self.config.bootstrap:
                     try:
                         await transport.connect(addr)
                     except (ValueError, ConnectionError) as exc:  # a bootstrap peer may be down
                         log.warning("bootstrap %s: %s", addr, exc)
                 discovery.kick()  # the DHT learns the rest of the network through them
-                learner = await trio.to_thread.run_sync(WorkerLearner, self.config.recipe, self._fit_config())
-                node = build_node(self.spec, self.identity, learner, transport, now_ms, self._node_data(learner),
-                                  node_class=DaemonNode)
-                await trio.to_thread.run_sync(self._restore, node, state)
-                self.inbound = bind(node, transport, nursery, discovery)
-                discovery.banned = node.banned
-                discovery.on_announce = node.on_announce
-                discovery.on_peer = lambda peer, addrs: node.peer(peer).update(addrs=sorted(addrs)[:8])
-                node.discovered = lambda addrs: nursery.start_soon(self._dial, node, transport, list(addrs))
-                node.discovered([a for p in node.peers.values() for a in p["addrs"][:2]])  # back after a restart
-                await nursery.start(serve_control, self.home.socket,
-                                    lambda request: self._control(node, transport, request))
+                node = await self._load(transport, discovery, nursery)
                 nursery.start_soon(self._cycles, node, transport)
-                task_status.started(node)
-                log.info("%s listening on %s", node.id, " ".join(transport.listen_addrs()))
                 await self.stopping.wait()
                 nursery.cancel_scope.cancel()
             await trio.to_thread.run_sync(self.save, node)
             log.info("%s stopped at version %d (state saved)", node.id, node.version)
         finally:
-            if learner is not None:
-                learner.close()
+            self.metrics.stop()
+            if self.learner is not None:
+                self.learner.close()
             self.home.pid_file.unlink(missing_ok=True)
+
+    async def _load(self, transport, discovery: Discovery, nursery: trio.Nursery) -> DaemonNode:
+        """Start the worker, build the node on it, take up the saved state, and put it behind the
+        transport's trust boundary; then the commands that need the node are answered."""
+        self.learner = await trio.to_thread.run_sync(WorkerLearner, self.config.recipe, self._fit_config())
+        node = build_node(self.spec, self.identity, self.learner, transport, now_ms, self._node_data(self.learner),
+                          node_class=DaemonNode)
+        await trio.to_thread.run_sync(self._restore, node, self.saved)
+        self.inbound = bind(node, transport, nursery, discovery)
+        discovery.banned = node.banned
+        discovery.on_announce = node.on_announce
+        discovery.on_peer = lambda peer, addrs: node.peer(peer).update(addrs=sorted(addrs)[:8])
+        node.discovered = lambda addrs: nursery.start_soon(self._dial, node, transport, list(addrs))
+        node.discovered([a for p in node.peers.values() for a in p["addrs"][:2]])  # back after a restart
+        self.metrics.serve(self.config.metrics, self, node, transport)
+        self.node = node
+        self.ready.set()
+        log.info("%s runs %s (%s, rule %s)", node.id, node.learner.architecture, self.config.exchange,
+                 self.config.rule)
+        return node
 
 
 def bind(node: DaemonNode, transport, nursery: trio.Nursery, discovery: Discovery | None = None) -> Inbound:

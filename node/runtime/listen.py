@@ -6,10 +6,14 @@ network cannot find it again (under churn it splinters: every restart a new port
 its TCP listeners with SO_REUSEPORT (for hole punching), so a second process binding a port that is
 taken succeeds and the kernel splits the connections between the two: hence the probe, which binds
 without SO_REUSEPORT and so fails exactly when someone listens there (TIME_WAIT leftovers of a
-killed daemon do not count: SO_REUSEADDR)."""
+killed daemon do not count: SO_REUSEADDR).
+
+The daemon's Prometheus endpoint (`--metrics HOST:PORT`) is checked the same way: a host of this
+machine (loopback when none is given), a port nobody listens on."""
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 
 _FAMILIES = {"ip4": socket.AF_INET, "ip6": socket.AF_INET6}
@@ -52,6 +56,33 @@ def check_listen(addr: str) -> None:
     parts = tcp_parts(addr)
     if parts is not None:
         port_in_use(parts[0], parts[1], 0)  # raises if the host is not this machine's
+
+
+def metrics_address(value: str) -> tuple[str, str, int]:
+    """("ip4"|"ip6", host, port) of a `--metrics` address: HOST:PORT ([HOST]:PORT for IPv6), or
+    :PORT or PORT for loopback."""
+    host, _, port = value.strip().rpartition(":")
+    host = host.removeprefix("[").removesuffix("]") or "127.0.0.1"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        ip = None
+    if ip is None or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ListenError(f"--metrics {value!r} is not HOST:PORT with an IP address and a port "
+                          "(e.g. 127.0.0.1:9464, or :9464 on loopback)")
+    return ("ip4" if ip.version == 4 else "ip6"), str(ip), int(port)
+
+
+def check_metrics(value: str) -> None:
+    """A `--metrics` address this machine can serve on now: checked before it is saved, and at
+    each start (its port is taken while the node runs)."""
+    proto, host, port = metrics_address(value)
+    try:
+        taken = port_in_use(proto, host, port)
+    except ListenError as exc:  # not this machine's address
+        raise ListenError(f"--metrics {value}: {exc}") from None
+    if taken:
+        raise ListenError(f"--metrics {value}: {host} port {port} is in use by another process")
 
 
 def listen_addrs(configured: list[str], bound_before: list[str]) -> list[str]:

@@ -37,7 +37,10 @@ EPOCH_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 ROUND_MS = 1_000
 
 Adversary = Callable[[int, MemoryNetwork, list[Node]], None]
-History = list[list[float]]  # per node, its accuracy after each round
+# per node, what each round did: "history" (its accuracy after the round), "bytes_sent_per_round"
+# and "rejected_per_round" (by kind, by reason: what this round added) and "banned_per_round" (how
+# many peers it had banned by then)
+Series = list[dict[str, list]]
 
 
 def node_identity(seed: int, index: int) -> Identity:
@@ -68,8 +71,8 @@ def _simulate(spec: SimulationSpec, on_round: Callable[[int, float], None] | Non
     _check_rules(node_spec, world.archs, spec.adjacency)
     network = MemoryNetwork(seed=spec.config.seed, link=LinkModel(loss=spec.config.loss))
     nodes, context = _build_nodes(spec, node_spec, world, network)
-    history, sent_per_round = _rounds(spec, nodes, network, context, world, on_round, adversary)
-    report = _report(spec, world, nodes, history, sent_per_round, _baselines(spec, world))
+    series = _rounds(spec, nodes, network, context, world, on_round, adversary)
+    report = _report(spec, world, nodes, series, _baselines(spec, world))
     report["summary"].update(messages_dropped=network.dropped, test_examples=world.test_examples,
                              wall_seconds=round(time.perf_counter() - started, 3))
     if world.warnings:
@@ -114,14 +117,14 @@ def _build_nodes(spec: SimulationSpec, node_spec: NodeSpec, world: _DatasetWorld
 
 def _rounds(spec: SimulationSpec, nodes: list[Node], network: MemoryNetwork, context: AttackContext,
             world: _DatasetWorld | _FlowerWorld, on_round: Callable[[int, float], None] | None,
-            adversary: Adversary | None) -> tuple[History, list[list[dict[str, int]]]]:
-    """train -> publish -> deliver -> fold, every round; each node's accuracy and bytes sent by kind."""
+            adversary: Adversary | None) -> Series:
+    """train -> publish -> deliver -> fold, every round; what each round did to each node."""
     attackers = spec.attackers
-    history: History = [[] for _ in nodes]
-    sent_per_round: list[list[dict[str, int]]] = [[] for _ in nodes]
+    series: Series = [{"history": [], "bytes_sent_per_round": [], "rejected_per_round": [], "banned_per_round": []}
+                      for _ in nodes]
     for r in range(spec.config.rounds):
         context.round = r
-        before = [Counter(node.stats.sent_by_kind) for node in nodes]
+        before = [(Counter(node.stats.sent_by_kind), Counter(node.stats.rejected)) for node in nodes]
         for node in nodes:
             node.train(spec.node.local_epochs)
         # attackers publish last, so the colluding ones (ALIE, IPM, Sybil) read this round's honest models
@@ -133,11 +136,14 @@ def _rounds(spec: SimulationSpec, nodes: list[Node], network: MemoryNetwork, con
         for i, node in enumerate(nodes):
             if i not in spec.attackers:  # an attacker's own model does not matter
                 node.fold()
-            history[i].append(world.accuracy(node.learner))
-            sent_per_round[i].append(dict(node.stats.sent_by_kind - before[i]))
+            series[i]["history"].append(world.accuracy(node.learner))
+            series[i]["bytes_sent_per_round"].append(dict(node.stats.sent_by_kind - before[i][0]))
+            series[i]["rejected_per_round"].append(dict(sorted((node.stats.rejected - before[i][1]).items())))
+            series[i]["banned_per_round"].append(len(node.banned))
         if on_round:
-            on_round(r + 1, float(np.mean([history[i][-1] for i in range(len(nodes)) if i not in attackers])))
-    return history, sent_per_round
+            honest = [series[i]["history"][-1] for i in range(len(nodes)) if i not in attackers]
+            on_round(r + 1, float(np.mean(honest)))
+    return series
 
 
 def _baselines(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld) -> tuple[list[float], dict[str, float]]:
@@ -157,8 +163,8 @@ def _baselines(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld) -> tup
     return local_only, pooled
 
 
-def _report(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, nodes: list[Node], history: History,
-            sent_per_round: list[list[dict[str, int]]], baselines: tuple[list[float], dict[str, float]]) -> dict:
+def _report(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, nodes: list[Node], series: Series,
+            baselines: tuple[list[float], dict[str, float]]) -> dict:
     """The report; the caller adds the network's and the run's own numbers to its summary."""
     (local_only, pooled), archs, attackers = baselines, world.archs, spec.attackers
     per_node = [{
@@ -167,20 +173,22 @@ def _report(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, nodes: li
         "attack": attackers.get(i),
         "num_examples": node.learner.num_examples,
         "neighbours": len(node.neighbours),
-        "final_accuracy": history[i][-1],
+        "final_accuracy": series[i]["history"][-1],
         "local_only_accuracy": local_only[i],
         "pooled_accuracy": pooled[archs[i]],
         "bytes_sent": node.stats.bytes_sent,
         "bytes_received": node.stats.bytes_received,
         "bytes_sent_by_kind": dict(node.stats.sent_by_kind),
-        "bytes_sent_per_round": sent_per_round[i],
+        "bytes_sent_per_round": series[i]["bytes_sent_per_round"],
         "messages_accepted": node.stats.messages_accepted,
         "rejected_messages": node.stats.rejected_total,
         "rejected_by_reason": dict(sorted(node.stats.rejected.items())),
         "refused_by_reason": dict(sorted(node.stats.refused.items())),
         "reputation": {peer_id(p): round(v, 4) for p, v in sorted(node.reputation.scores.items())},
         "banned": sorted(peer_id(p) for p in node.banned),
-        "history": history[i],
+        "rejected_per_round": series[i]["rejected_per_round"],
+        "banned_per_round": series[i]["banned_per_round"],
+        "history": series[i]["history"],
     } for i, node in enumerate(nodes)]
     honest = [n for n in per_node if n["attack"] is None]
     probe = world.probe
