@@ -11,7 +11,7 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from manymodels.cli.errors import UserError
-from manymodels.cli.network import _config, _metrics
+from manymodels.cli.network import _metrics, update_config
 from manymodels.node.runtime.daemon import DaemonConfig
 from manymodels.node.runtime.listen import ListenError, check_metrics, metrics_address, port_in_use
 from manymodels.node.runtime.metrics import Metrics
@@ -64,12 +64,12 @@ def test_a_port_taken_after_the_check_is_one_line_when_the_daemon_serves(taken):
 def test_metrics_off_is_saved_as_none(tmp_path):
     home = Home(tmp_path / "n")
     port = free_port()
-    assert _config(home, metrics=_metrics(f" :{port}")).metrics == f":{port}"
-    assert _config(home, metrics=None).metrics == f":{port}"  # not given: the saved value
-    assert _config(home, metrics=_metrics("off")).metrics == ""
+    assert update_config(home, metrics=_metrics(f" :{port}")).metrics == f":{port}"
+    assert update_config(home, metrics=None).metrics == f":{port}"  # not given: the saved value
+    assert update_config(home, metrics=_metrics("off")).metrics == ""
     assert json.loads(home.config_file.read_text())["metrics"] == ""
     with pytest.raises(UserError, match="is not HOST:PORT"):
-        _config(home, metrics=_metrics("localhost"))
+        update_config(home, metrics=_metrics("localhost"))
     assert json.loads(home.config_file.read_text())["metrics"] == ""
 
 
