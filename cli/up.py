@@ -150,8 +150,8 @@ def _start(homes: list[Path], options: list[dict]) -> None:
         try:
             first = pool.submit(_start_node, homes[0], options[0], None).result()
             bootstrap = [first["addrs"][0]]
-            for started in [pool.submit(_start_node, home, o, bootstrap) for home, o in zip(homes[1:], options[1:])]:
-                started.result()
+            for starting in [pool.submit(_start_node, home, o, bootstrap) for home, o in zip(homes[1:], options[1:])]:
+                starting.result()
         except BaseException:
             with _uninterrupted():
                 pool.shutdown(cancel_futures=True)
