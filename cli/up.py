@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .config_file import ConfigOption
 from .errors import UserError
 from .help_defaults import with_defaults
 from .learner_options import (BatchSizeOption, HiddenOption, LrOption, MomentumOption, OptimizerOption,
@@ -54,6 +55,7 @@ def up(
     interval: Annotated[float, typer.Option(help="Seconds between refreshes of the table.")] = 2.0,
     detach: Annotated[bool, typer.Option("--detach", "--no-watch", help=(
         "Start them, show the table once and return, leaving them running."))] = False,
+    config: ConfigOption = None,
 ) -> None:
     """Start N nodes on this machine, joined in one network, and watch them in one live table.
 

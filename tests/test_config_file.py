@@ -105,6 +105,15 @@ def test_node_start_refuses_a_bad_file_and_saves_nothing(cli, tmp_path):
         assert not home.exists()
 
 
+def test_up_takes_a_file_too(cli, tmp_path):
+    write(tmp_path / "net.toml", 'home-root = "mm"\nperiod = 0.1\n')
+    one_error_line(cli("up", "3", "--config", "net.toml", timeout=60), "--period must be at least 0.5 s",
+                   "(period from net.toml)")
+    write(tmp_path / "net.toml", 'home-root = "mm"\nlisten = ["/ip4/127.0.0.1/tcp/0"]\n')
+    one_error_line(cli("up", "3", "--config", "net.toml", timeout=60), "unknown key 'listen'")
+    assert not (tmp_path / "mm").exists()
+
+
 @pytest.mark.slow
 def test_node_start_saves_the_files_options_under_the_flags_and_runs_with_them(cli, tmp_path):
     home = tmp_path / "conf" / "a"  # `home = "a"` is relative to the file, not to the current directory
