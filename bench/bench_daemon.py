@@ -26,7 +26,8 @@ def rss_mib(pid: int) -> float:
 
 def memory(pid: int) -> tuple[float, float]:
     """(the daemon's own RSS, the largest child's: its worker process), in MiB."""
-    children = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    # every thread's children: the worker is started from a trio thread, not the main one
+    children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
     return rss_mib(pid), max((rss_mib(c) for c in children), default=0.0)
 
 
