@@ -241,10 +241,11 @@ def write(path: Path, data: str | bytes) -> None:
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-_CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+_CSS = """body{font-family:system-ui,sans-serif;margin:1.5em 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:90%}
+td,th{border:1px solid #ccc;padding:.25em .4em;text-align:right;white-space:nowrap}.wide{overflow-x:auto}
 th{background:#f0f0f0}td.l,th.l{text-align:left}tr.attack td{color:#b00}.changed{font-weight:bold}
-img{max-width:100%;border:1px solid #ddd}code{font-size:90%}"""
+img{max-width:100%;border:1px solid #ddd}code{font-size:80%}"""
 
 
 def to_html(report: dict, png: bytes, defaults: dict) -> str:
@@ -265,7 +266,7 @@ def to_html(report: dict, png: bytes, defaults: dict) -> str:
 <h2>accuracy and traffic</h2>
 <img alt="accuracy per round and bytes per round" src="data:image/png;base64,{image}">
 <h2>nodes</h2>
-{_node_table(report)}
+<div class=wide>{_node_table(report)}</div>
 <h2>config</h2><p>options that differ from the defaults are bold</p>
 <table><tr><th class=l>option</th><th class=l>value</th></tr>{config_rows}</table>
 </body></html>
@@ -273,8 +274,8 @@ def to_html(report: dict, png: bytes, defaults: dict) -> str:
 
 
 def _node_table(report: dict) -> str:
-    head = ("node", "id", "model", "attack", "examples", "accuracy", "alone", "pooled", "sent", "received",
-            "accepted", "rejected", "banned")
+    head = ("node", "id", "model", "attack", "data", "accuracy", "alone", "pooled", "sent", "recv", "accepted",
+            "rejected", "banned")  # the terminal table's names, short: the table fits a 1200 px window
     rows = []
     for n in node_rows(report):
         reasons = ", ".join(f"{k} {v}" for k, v in n["rejected_by_reason"].items())

@@ -114,10 +114,20 @@ def test_html_renders_in_headless_chromium(cli, run, tmp_path):
     subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
                     "--window-size=1200,1600", (tmp_path / "run.html").as_uri()],
                    capture_output=True, timeout=120, check=True)
-    image = Image.open(shot).convert("L")
+    image = Image.open(shot).convert("RGB")
     assert image.size == (1200, 1600)
-    dark = sum(image.histogram()[:200])  # pixels that are not (near) white: text, lines, bars
-    assert dark > 0.02 * 1200 * 1600
+    pixels = image.load()
+    # the plot: its pooled reference line is matplotlib's tab:green, drawn nowhere else on the page
+    green = [y for y in range(1600) for x in range(0, 1200, 4) if _near(pixels[x, y], (44, 160, 44))]
+    assert len(green) > 100, "the plot is not on the page"  # a line at least 400 px long
+    # the node table below it: its header row's grey (#f0f0f0) across a wide band
+    header = [y for y in range(max(green), 1600)
+              if sum(pixels[x, y] == (240, 240, 240) for x in range(0, 1200, 2)) > 250]
+    assert header, "the node table's header is not on the page below the plot"
+
+
+def _near(rgb: tuple[int, int, int], target: tuple[int, int, int]) -> bool:
+    return all(abs(a - b) <= 12 for a, b in zip(rgb, target))
 
 
 @pytest.mark.parametrize("content, text", [
