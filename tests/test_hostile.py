@@ -76,8 +76,10 @@ def test_amplification_frames_cost_no_more_than_their_size():
         for _ in range(5):
             for frame in frames:
                 attacker_t.send(victim_t.address, frame)
+        # every frame the attacker's transport did send (on a loaded machine its queue or link may drop some)
         await async_wait_until(lambda: sum(node.stats.rejected.values()) + victim_t.stats.refused_by_gate,
-                               "15 frames rejected or refused by the gate", until=lambda refused: refused >= 15)
+                               "the frames sent rejected or refused by the gate",
+                               until=lambda refused: refused >= 15 - attacker_t.stats.dropped_total > 10)
         grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
         assert grown_mib < 64, f"{grown_mib:.0f} MiB for 45 MiB of hostile frames"
         assert set(node.stats.rejected) <= {"malformed", "schema"}
