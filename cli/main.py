@@ -21,10 +21,12 @@ from .help_defaults import shown, with_defaults
 from .learner_options import (BatchSizeOption, HiddenOption, LrOption, MomentumOption, OptimizerOption,
                               ShuffleOption, WeightDecayOption, training_options)
 from .network import register
+from .study import register as register_studies
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Peer-to-peer many-model learning over signed messages.")
 register(app)  # the network commands
+register_studies(app)
 console = Console()
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -71,7 +71,7 @@ class MonteCarlo:
 
 
 def monte_carlo_shapley(game: Game, n: int, models: Iterable[int], *, permutations: int, tolerance: float = 0.0,
-                        seed: int = 0, max_seconds: float | None = None) -> MonteCarlo:
+                        seed: int | Sequence[int] = 0, max_seconds: float | None = None) -> MonteCarlo:
     """Permutation sampling with truncation (TMC-Shapley, Ghorbani & Zou 2019): along a random order
     of the peers, each one's marginal contribution to model i; once the coalition's utility is within
     `tolerance` of the whole network's, the rest of the order contributes 0 without being measured.
