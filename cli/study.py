@@ -135,18 +135,20 @@ def _png(fig) -> bytes:
 
 
 def plot_matrix(result: dict) -> bytes:
-    """One heatmap per method: V[j][i], peers down, models across, on one colour scale centred at 0."""
+    """One heatmap per method: V[j][i], peers down, models across; each on its own colour scale
+    centred at 0 (gtg sums rounds: its scale is not the others')."""
     import numpy as np
 
     methods = result["methods"]
-    values = {name: np.array(m["values"], dtype=float) for name, m in methods.items()}
-    scale = max(float(np.nanmax(np.abs(v))) if np.isfinite(v).any() else 0.0 for v in values.values()) or 1.0
-    fig = _figure(4 * len(values) + 1, 4)
-    axes = fig.subplots(1, len(values), squeeze=False)[0]
-    for ax, (name, v) in zip(axes, values.items()):
+    fig = _figure(4.5 * len(methods), 4)
+    axes = fig.subplots(1, len(methods), squeeze=False)[0]
+    for ax, (name, m) in zip(axes, methods.items()):
+        v = np.array(m["values"], dtype=float)
+        scale = float(np.nanmax(np.abs(v))) if np.isfinite(v).any() else 1.0
         image = ax.imshow(v, cmap="RdBu", vmin=-scale, vmax=scale)
         ax.set(title=name, xlabel="model i", ylabel="peer j", xticks=range(len(v)), yticks=range(len(v)))
-    fig.colorbar(image, ax=list(axes), label="value of peer j's data to model i")
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.suptitle("value of peer j's data to model i")
     return _png(fig)
 
 

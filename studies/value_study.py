@@ -45,14 +45,17 @@ class ValueSettings:
     round_permutations: int = 20  # gtg's orders per round and model
     seed: int = 0  # the orders' randomness (the network's is the simulation config's)
 
-    def check(self, nodes: int) -> None:
-        unknown = [m for m in self.methods if m not in METHODS]
+    def check(self, config: SimulationConfig) -> None:
+        nodes, unknown = config.nodes, [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise SpecError(f"unknown value method {', '.join(unknown) or '(none)'}; available: {', '.join(METHODS)}")
         if "exact" in self.methods and nodes > MAX_EXACT:
             raise SpecError(f"exact Shapley simulates 2^N - 1 networks: at most {MAX_EXACT} nodes, got {nodes}")
         if self.permutations < 1 or self.round_permutations < 1 or self.tolerance < 0:
             raise SpecError("--permutations must be at least 1 and --tolerance at least 0")
+        if "gtg" in self.methods and config.exchange == "synthetic":
+            raise SpecError("the one-run estimate (gtg) replays folds, and synthetic samples act only in the next "
+                            "training: use loo, mc or exact with --exchange synthetic")
 
 
 class Runs:
@@ -89,7 +92,7 @@ class Runs:
 
 def value_study(config: SimulationConfig, settings: ValueSettings) -> dict:
     """The study's report: each method's value matrix, peer totals and cost; their agreement with exact."""
-    settings.check(config.nodes)
+    settings.check(config)
     runs = Runs(config)
     everyone = frozenset(range(runs.n))
     methods = {name: _method(name, runs, settings) for name in settings.methods}
@@ -144,9 +147,6 @@ class _Log:
 def one_run_estimate(runs: Runs, settings: ValueSettings) -> tuple[np.ndarray, dict]:
     """GTG-style values from one simulation of the whole network (the module docstring says how)."""
     spec, world, n = runs.spec, runs.world, runs.n
-    if world.exchange == "synthetic":
-        raise SpecError("the one-run estimate (gtg) replays folds, and synthetic samples act only in the next "
-                        "training: use loo, mc or exact with --exchange synthetic")
     index = {node_identity(spec.config.seed, j).peer_id: j for j in range(n)}
     values = np.zeros((n, n))
     values[:, [j for j in range(n) if j not in runs.models]] = np.nan

@@ -72,3 +72,90 @@ def test_spearman_and_totals():
     assert spearman(a, -a) == pytest.approx(-1)
     assert math.isnan(spearman(a, np.ones_like(a)))
     assert peer_totals(a).tolist() == [3, 8, 13]
+
+
+# --- on simulated networks: 4-5 peers, logistic regression on digits, 5 rounds (a few seconds each)
+
+def study(**changes):
+    from manymodels.node.sim.spec import SimulationConfig
+    from manymodels.studies.value_study import ValueSettings, value_study
+
+    config = SimulationConfig(**{"nodes": 4, "rounds": 5, "model": "logreg", **changes})
+    return value_study(config, ValueSettings(methods=("exact", "loo", "mc", "gtg"), permutations=30))
+
+
+def totals(result, method="exact"):
+    return np.array(result["methods"][method]["totals"])
+
+
+@pytest.fixture(scope="module")
+def plain():
+    return study()
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return study(nodes=5, plants=("shuffled:0", "tiny:1", "duplicate:2:3"))
+
+
+@pytest.mark.slow
+def test_estimates_agree_with_exact_shapley_and_say_their_cost(plain):
+    agreement, methods = plain["agreement_with_exact"], plain["methods"]
+    assert agreement["mc"]["spearman"] >= 0.8  # measured 0.91
+    assert agreement["gtg"]["spearman"] >= 0.4  # measured 0.55: below the 0.8 goal (docs/STUDIES.md)
+    assert methods["exact"]["cost"]["simulations"] == 2 ** 4 - 1 and methods["loo"]["cost"]["simulations"] == 5
+    assert methods["gtg"]["cost"]["simulations"] == 1 and methods["gtg"]["cost"]["refolds"] > 0
+    assert methods["mc"]["convergence"]["permutations"] == 30 and methods["mc"]["convergence"]["max_stderr"] < 0.05
+    # efficiency: each model's column sums to what the network added to it
+    exact = np.array(methods["exact"]["values"], dtype=float)
+    gain = np.array(plain["accuracy"]["network"]) - np.array(plain["accuracy"]["alone"])
+    assert np.allclose(np.nansum(exact, axis=0), gain, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_planted_peers_get_the_values_they_should(planted):
+    t = totals(planted)
+    assert [p["plant"] for p in planted["peers"]] == ["shuffled", "tiny:5", None, "duplicate of 2", None]
+    assert planted["peers"][1]["num_examples"] == 5
+    assert t.argmin() == 0 and t[0] < 0  # shuffled labels: the lowest, and it hurts
+    assert abs(t[1]) < 0.25 * t.max()  # almost no data: near zero
+    assert abs(t[2] - t[3]) < 0.1 * (t[2] + t[3])  # the same data: the value split between the two
+    assert planted["agreement_with_exact"]["gtg"]["spearman"] >= 0.4  # measured 0.55
+
+
+@pytest.mark.slow
+def test_an_attacker_is_valued_below_zero_by_every_method():
+    result = study(nodes=5, attacks=("signflip:0.2",))
+    attacker = next(p["index"] for p in result["peers"] if p["attack"])
+    for method in result["methods"]:
+        t = totals(result, method)
+        assert t[attacker] < 0 and t.argmin() == attacker, method
+        assert all(v is None for v in np.array(result["methods"][method]["values"], dtype=object)[:, attacker])
+    assert result["agreement_with_exact"]["gtg"]["spearman"] >= 0.6  # measured 0.72
+
+
+def test_mistakes_are_one_line():
+    from manymodels.node.spec import SpecError
+    from manymodels.node.sim.spec import SimulationConfig
+    from manymodels.studies.value_study import ValueSettings
+
+    with pytest.raises(SpecError, match="unknown value method nope"):
+        ValueSettings(methods=("loo", "nope")).check(SimulationConfig(nodes=4))
+    with pytest.raises(SpecError, match="at most 8 nodes"):
+        ValueSettings(methods=("exact",)).check(SimulationConfig(nodes=9))
+    with pytest.raises(SpecError, match="bad plant 'tiny:7'"):
+        study(plants=("tiny:7",))
+    with pytest.raises(SpecError, match="synthetic samples act only in the next training"):
+        study(exchange="synthetic")
+
+
+@pytest.mark.slow
+def test_study_value_quick_from_the_console_script(cli, tmp_path):
+    import json
+
+    out = cli("study", "value", "--quick", "--json", "--methods", "loo,gtg", "--out", tmp_path)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert set(result["methods"]) == {"loo", "gtg"} and len(result["peers"]) == 4
+    assert json.loads((tmp_path / "value.json").read_text()) == result
+    assert (tmp_path / "value-matrix.png").read_bytes()[:4] == b"\x89PNG"
