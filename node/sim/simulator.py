@@ -4,7 +4,8 @@ The options are checked once (node/sim/spec.py); a world, the built-in datasets 
 app, gives each node its learner and what its exchange is built from, and every node is built by
 node/spec.py's build_node, as in the daemon. Every simulation also trains each node alone
 (local-only) and one model per architecture on all the private data (pooled), so its report answers
-"many models vs one model vs alone" on held-out data."""
+"many models vs one model vs alone" on held-out data. A study runs smaller networks of the same nodes
+(`run_members`: no baselines, no report) and may replay folds (`before_fold`, node/sim/foldlog.py)."""
 from __future__ import annotations
 
 import hashlib
