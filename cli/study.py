@@ -49,6 +49,8 @@ def value(
              "exchange log), exact (every coalition).")] = "loo,mc,gtg,exact",
     permutations: Annotated[int, typer.Option(help="Monte-Carlo's cap on sampled orders of the peers.")] = 30,
     max_seconds: Annotated[Optional[float], typer.Option(help="Monte-Carlo's cap on wall time.")] = None,
+    round_permutations: Annotated[int, typer.Option(
+        help="The one-run estimate's orders of the peers per round and model (fewer: cheaper, rougher).")] = 20,
     tolerance: Annotated[float, typer.Option(
         help="Truncation: an order stops once the coalition is this close to the whole network's accuracy.")] = 0.005,
     quick: Annotated[bool, typer.Option(
@@ -69,8 +71,9 @@ def value(
             exchange=exchange, rule=rule, logit_rule=logit_rule, topology=topology, local_epochs=local_epochs,
             seed=seed, attacks=tuple(attack or ()), plants=tuple(plant or ()),
             **training_options(hidden, optimizer, lr, momentum, weight_decay, batch_size, shuffle))
-        settings = ValueSettings(tuple(m.strip() for m in methods.split(",") if m.strip()), small["permutations"],
-                                 max_seconds, tolerance, seed=seed)
+        settings = ValueSettings(methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+                                 permutations=small["permutations"], max_seconds=max_seconds, tolerance=tolerance,
+                                 round_permutations=round_permutations, seed=seed)
         if not json_out:
             Console(stderr=True).print("simulating the networks ...", highlight=False)
         result = value_study(config, settings)

@@ -106,6 +106,14 @@ def monte_carlo_shapley(game: Game, n: int, models: Iterable[int], *, permutatio
     return MonteCarlo(mean, np.sqrt(variance / count) + mask, count, truncated / max(total, 1))
 
 
+def efficient(values: np.ndarray, gains: np.ndarray) -> np.ndarray:
+    """Each column scaled to sum to its model's gain (accuracy in the whole network minus alone), as
+    Shapley values do (efficiency); a column whose sum is 0 or of the other sign is left as it is."""
+    sums = np.nansum(values, axis=0)
+    ok = (sums != 0) & (np.sign(sums) == np.sign(gains))
+    return values * np.where(ok, gains / np.where(ok, sums, 1.0), 1.0)[None, :]
+
+
 def peer_totals(values: np.ndarray) -> np.ndarray:
     """Each peer's value summed over the models it was valued for."""
     return np.nansum(values, axis=1)

@@ -9,7 +9,10 @@ says what it means), by four methods, each with its cost:
   and scored on the held-out data: round r's game of model i is the accuracy after folding coalition S's
   round-r messages into i's round-r model, its Shapley values (truncated Monte-Carlo) are summed over the
   rounds. Between-round truncation skips a round whose whole fold moved the model less than the
-  tolerance. A replay is an exact re-aggregation for the weights exchange (with a stateless rule; a
+  tolerance. Summed fold gains overcount what the network added (local training in between undoes
+  part of each fold), so each model's column is then scaled to sum to its measured gain, the
+  network's final accuracy minus the model trained alone (Shapley's efficiency; N one-node runs,
+  about one simulation's training more). A replay is an exact re-aggregation for the weights exchange (with a stateless rule; a
   Flower strategy's server state starts from the round's), a re-distillation on the probe set for
   distill (and both for mixed): no private data is trained on. Synthetic samples act only in the next
   local training, which a replay would have to redo: the one-run estimate refuses that exchange.
@@ -30,7 +33,8 @@ from manymodels.node.sim.simulator import make_world, node_identity, run_members
 from manymodels.node.sim.spec import SimulationConfig, SimulationSpec
 from manymodels.node.spec import SpecError
 
-from .value import Game, MonteCarlo, exact_shapley, leave_one_out, monte_carlo_shapley, peer_totals, spearman
+from .value import (Game, MonteCarlo, efficient, exact_shapley, leave_one_out, monte_carlo_shapley, peer_totals,
+                    spearman)
 
 METHODS = ("loo", "mc", "gtg", "exact")
 MAX_EXACT = 8  # 255 simulations
@@ -52,7 +56,7 @@ class ValueSettings:
         if "exact" in self.methods and nodes > MAX_EXACT:
             raise SpecError(f"exact Shapley simulates 2^N - 1 networks: at most {MAX_EXACT} nodes, got {nodes}")
         if self.permutations < 1 or self.round_permutations < 1 or self.tolerance < 0:
-            raise SpecError("--permutations must be at least 1 and --tolerance at least 0")
+            raise SpecError("--permutations and --round-permutations must be at least 1, --tolerance at least 0")
         if "gtg" in self.methods and config.exchange == "synthetic":
             raise SpecError("the one-run estimate (gtg) replays folds, and synthetic samples act only in the next "
                             "training: use loo, mc or exact with --exchange synthetic")
@@ -147,16 +151,16 @@ class _Log:
 def one_run_estimate(runs: Runs, settings: ValueSettings) -> tuple[np.ndarray, dict]:
     """GTG-style values from one simulation of the whole network (the module docstring says how)."""
     spec, world, n = runs.spec, runs.world, runs.n
-    index = {node_identity(spec.config.seed, j).peer_id: j for j in range(n)}
+    index = {node_identity(spec.config.seed, j).public_key: j for j in range(n)}  # by Message.sender
     values = np.zeros((n, n))
     values[:, [j for j in range(n) if j not in runs.models]] = np.nan
     np.fill_diagonal(values, np.nan)
     log = _Log(values)
 
     def before_fold(r: int, i: int, node: LoggedNode) -> None:
-        game, cache = _round_game(node, index, world.accuracy)
+        game, cache = _round_game(node, index, world.accuracy, world.exchange != "weights")
         log.folds += 1
-        senders = frozenset(index[m.sender_id] for m in node.received)
+        senders = frozenset(index[m.sender] for m in node.received)
         if abs(game(i, senders) - game(i, frozenset())) < settings.tolerance:
             log.truncated_rounds += 1
         else:
@@ -165,27 +169,38 @@ def one_run_estimate(runs: Runs, settings: ValueSettings) -> tuple[np.ndarray, d
             log.values[:, i] += np.nan_to_num(mc.values[:, i])
         log.refolds += len(cache)
 
-    started = time.perf_counter()
-    run_members(spec, world, list(range(n)), before_fold)
-    seconds = time.perf_counter() - started
-    runs.accuracy(frozenset(range(n)))  # one plain simulation, to say what the estimate costs beyond it
-    plain = runs.cost({frozenset(range(n))})["seconds"]
-    return log.values, {"cost": {
-        "simulations": 1, "seconds": round(seconds, 3), "refolds": log.refolds,
+    final, seconds = _timed(lambda: run_members(spec, world, list(range(n)), before_fold))
+    _, plain = _timed(lambda: run_members(spec, world, list(range(n))))  # right after: the same load on the machine
+    alone = {frozenset({i}) for i in runs.models}
+    gains = np.array([final[i] - runs.accuracy(frozenset({i}))[i] if i in final else np.nan for i in range(n)])
+    seconds += runs.cost(alone)["seconds"]
+    return efficient(log.values, gains), {"cost": {
+        "simulations": 1, "alone_runs": len(alone), "seconds": round(seconds, 3), "refolds": log.refolds,
         "rounds_truncated": round(log.truncated_rounds / max(log.folds, 1), 4),
-        "relative_to_one_simulation": round(seconds / plain, 2) if plain else None}}
+        "relative_to_one_simulation": round(seconds / plain, 2)}}
 
 
-def _round_game(node: LoggedNode, index: dict[str, int], accuracy) -> tuple[Game, dict]:
+def _timed(run):
+    """(what `run()` returns, its seconds)."""
+    started = time.perf_counter()
+    result = run()
+    return result, time.perf_counter() - started
+
+
+def _round_game(node: LoggedNode, index: dict[bytes, int], accuracy, trains: bool) -> tuple[Game, dict]:
     """This round's game of the node's model: its accuracy after folding only a coalition's messages
-    into a copy of its model as it is now (peers that sent nothing change nothing)."""
+    into a copy of its model as it is now (peers that sent nothing change nothing). A fold that
+    `trains` (distillation) gets a fresh copy, optimizer state and all; a weights fold only sets
+    weights, so one copy serves every coalition."""
     start, cache = copy.deepcopy(node.learner), {}
-    sent = {index[m.sender_id]: m.sender_id for m in node.received}
+    weights = start.get_weights()
+    sent = {index[m.sender]: m.sender for m in node.received}
 
     def utility(i: int, coalition: frozenset[int]) -> float:
         key = coalition.intersection(sent)
         if key not in cache:
-            learner = copy.deepcopy(start)
+            learner = copy.deepcopy(start) if trains else start
+            learner.set_weights(weights)
             node.refold(learner, {sent[j] for j in key})
             cache[key] = accuracy(learner)
         return cache[key]

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from manymodels.studies.value import (exact_shapley, leave_one_out, monte_carlo_shapley, peer_totals,
-                                      spearman)
+from manymodels.studies.value import (efficient, exact_shapley, leave_one_out, monte_carlo_shapley,
+                                      peer_totals, spearman)
 
 
 def additive(weights):
@@ -64,6 +64,15 @@ def test_truncation_skips_what_cannot_matter():
     mc = monte_carlo_shapley(game, 4, range(4), permutations=50, tolerance=0.01)
     assert mc.truncated == pytest.approx(2 / 3)  # of three peers per model, only the first is measured
     assert np.allclose(np.nansum(mc.values, axis=0), 1)
+
+
+def test_efficiency_scales_each_column_to_its_gain():
+    values = np.array([[np.nan, 2.0, 1.0], [1.0, np.nan, -1.0], [3.0, 2.0, np.nan]])
+    scaled = efficient(values, np.array([0.2, 0.1, -0.5]))
+    assert np.allclose(np.nansum(scaled, axis=0)[:2], [0.2, 0.1])
+    assert np.allclose(scaled[:, 2], values[:, 2], equal_nan=True)  # a column summing to 0 is left alone
+    assert np.allclose(scaled[1:, 0] / values[1:, 0], 0.05)
+    assert np.allclose(efficient(values, np.array([-0.2, 0.1, 0.0]))[:, 0], values[:, 0], equal_nan=True)  # other sign
 
 
 def test_spearman_and_totals():
