@@ -33,13 +33,13 @@ class LoggedNode(Node):
         self.received = []
         return super().fold()
 
-    def refold(self, learner: Learner, senders: Set[str]) -> None:
+    def refold(self, learner: Learner, senders: Set[bytes]) -> None:
         """Fold into `learner`, a copy of this node's model before its fold, only what `senders`
-        (peer ids) sent: the fold had only they been its neighbours. It judges nobody (a replay
-        must not move reputations)."""
+        (public keys, as `Message.sender`) sent: the fold had only they been its neighbours. It
+        judges nobody (a replay must not move reputations)."""
         exchange = copy.deepcopy(self._before)
         view = replace(self.view, learner=learner, judge=lambda *args, **kwargs: None)
         for message in self.received:
-            if message.sender_id in senders:
+            if message.sender in senders:
                 exchange.receive(view, message)
         exchange.fold(view)
