@@ -114,7 +114,8 @@ def _show(result: dict) -> None:
     agreement = result.get("agreement_with_exact", {})
     for name, m in methods.items():
         rho = agreement.get(name, {}).get("spearman")
-        notes = {k: v for k, v in {**m["cost"], **m.get("convergence", {})}.items() if k not in ("simulations", "seconds")}
+        notes = {k: v for k, v in {**m["cost"], **m.get("convergence", {})}.items()
+                 if k not in ("simulations", "seconds")}
         costs.add_row(name, str(m["cost"]["simulations"]), f"{m['cost']['seconds']:.1f}",
                       "" if rho is None else f"{rho:.2f}", ", ".join(f"{k} {v}" for k, v in notes.items()))
     console.print(costs)

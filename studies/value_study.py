@@ -12,10 +12,11 @@ says what it means), by four methods, each with its cost:
   tolerance. Summed fold gains overcount what the network added (local training in between undoes
   part of each fold), so each model's column is then scaled to sum to its measured gain, the
   network's final accuracy minus the model trained alone (Shapley's efficiency; N one-node runs,
-  about one simulation's training more). A replay is an exact re-aggregation for the weights exchange (with a stateless rule; a
-  Flower strategy's server state starts from the round's), a re-distillation on the probe set for
-  distill (and both for mixed): no private data is trained on. Synthetic samples act only in the next
-  local training, which a replay would have to redo: the one-run estimate refuses that exchange.
+  about one simulation's training more). A replay is an exact re-aggregation for the weights
+  exchange (with a stateless rule; a Flower strategy's server state starts from the round's), a
+  re-distillation on the probe set for distill (and both for mixed): no private data is trained on.
+  Synthetic samples act only in the next local training, which a replay would have to redo: the
+  one-run estimate refuses that exchange.
 
 Every network is simulated once (`Runs` caches them) and each method is charged the simulations it
 read, with the seconds they took, as if it had run alone.
@@ -42,7 +43,7 @@ MAX_EXACT = 8  # 255 simulations
 
 @dataclass(frozen=True)
 class ValueSettings:
-    methods: tuple[str, ...] = ("loo", "mc", "gtg")
+    methods: tuple[str, ...] = METHODS
     permutations: int = 30  # Monte-Carlo's cap on sampled orders of the peers
     max_seconds: float | None = None  # and on its wall time
     tolerance: float = 0.005  # truncation (Monte-Carlo, and within and between rounds for gtg)
