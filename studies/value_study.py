@@ -8,8 +8,8 @@ says what it means), by four methods, each with its cost:
   the fold is replayed on a copy of the node's model with only a coalition's messages (node/sim/foldlog.py)
   and scored on the held-out data: round r's game of model i is the accuracy after folding coalition S's
   round-r messages into i's round-r model, its Shapley values (truncated Monte-Carlo) are summed over the
-  rounds. Between-round truncation skips a round whose whole fold moved the model less than the
-  tolerance. Summed fold gains overcount what the network added (local training in between undoes
+  rounds. Between-round truncation skips a round after which the model's accuracy is within the
+  tolerance of the previous round's (the round changed little, so neither did anyone's part in it). Summed fold gains overcount what the network added (local training in between undoes
   part of each fold), so each model's column is then scaled to sum to its measured gain, the
   network's final accuracy minus the model trained alone (Shapley's efficiency; N one-node runs,
   about one simulation's training more). A replay is an exact re-aggregation for the weights
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -147,6 +147,7 @@ class _Log:
     refolds: int = 0
     folds: int = 0
     truncated_rounds: int = 0
+    previous: dict[int, float] = field(default_factory=dict)  # each model's accuracy after its last fold
 
 
 def one_run_estimate(runs: Runs, settings: ValueSettings) -> tuple[np.ndarray, dict]:
@@ -161,14 +162,15 @@ def one_run_estimate(runs: Runs, settings: ValueSettings) -> tuple[np.ndarray, d
     def before_fold(r: int, i: int, node: LoggedNode) -> None:
         game, cache = _round_game(node, index, world.accuracy, world.exchange != "weights")
         log.folds += 1
-        senders = frozenset(index[m.sender] for m in node.received)
-        if abs(game(i, senders) - game(i, frozenset())) < settings.tolerance:
+        folded = game(i, frozenset(index[m.sender] for m in node.received))
+        if abs(folded - log.previous.get(i, np.inf)) < settings.tolerance:  # the round moved the model too little
             log.truncated_rounds += 1
         else:
             mc = monte_carlo_shapley(game, n, [i], permutations=settings.round_permutations,
                                      tolerance=settings.tolerance, seed=[settings.seed, r, i])
             log.values[:, i] += np.nan_to_num(mc.values[:, i])
         log.refolds += len(cache)
+        log.previous[i] = folded
 
     final, seconds = _timed(lambda: run_members(spec, world, list(range(n)), before_fold))
     _, plain = _timed(lambda: run_members(spec, world, list(range(n))))  # right after: the same load on the machine
