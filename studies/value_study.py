@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from manymodels.node.sim.foldlog import LoggedNode
-from manymodels.node.sim.simulator import make_world, node_identity, run_members
+from manymodels.node.sim.simulator import BeforeFold, make_world, node_identity, run_members
 from manymodels.node.sim.spec import SimulationConfig, SimulationSpec
 from manymodels.node.spec import SpecError
 
@@ -74,14 +75,21 @@ class Runs:
         self.n = config.nodes
         self.models = [i for i in range(self.n) if i not in self.spec.attackers]  # an attacker's is not valued
         self._runs: dict[frozenset[int], tuple[dict[int, float], float]] = {}
-        run_members(self.spec, self.world, self.models[:1])  # torch's first steps are slow: charged to no method
+        self.run(self.models[:1])  # torch's first steps are slow: charged to no method
 
     def accuracy(self, network: frozenset[int]) -> dict[int, float]:
         if network not in self._runs:
             started = time.perf_counter()
-            accuracy = run_members(self.spec, self.world, sorted(network))
+            accuracy = self.run(network)
             self._runs[network] = accuracy, time.perf_counter() - started
         return self._runs[network][0]
+
+    def run(self, network: Iterable[int], before_fold: BeforeFold | None = None) -> dict[int, float]:
+        """One simulation of `network`, not cached (node/sim/simulator.py's run_members)."""
+        try:
+            return run_members(self.spec, self.world, sorted(network), before_fold)
+        except SpecError as exc:  # e.g. a rule that needs more inputs than a small network has
+            raise SpecError(f"the network of peers {sorted(network)} cannot run: {exc}") from None
 
     def game(self, read: set[frozenset[int]]) -> Game:
         """The games of studies/value.py over these simulations; the networks read are added to `read`."""
@@ -172,8 +180,8 @@ def one_run_estimate(runs: Runs, settings: ValueSettings) -> tuple[np.ndarray, d
         log.refolds += len(cache)
         log.previous[i] = folded
 
-    final, seconds = _timed(lambda: run_members(spec, world, list(range(n)), before_fold))
-    _, plain = _timed(lambda: run_members(spec, world, list(range(n))))  # right after: the same load on the machine
+    final, seconds = _timed(lambda: runs.run(range(n), before_fold))
+    _, plain = _timed(lambda: runs.run(range(n)))  # right after: the same load on the machine
     alone = {frozenset({i}) for i in runs.models}
     gains = np.array([final[i] - runs.accuracy(frozenset({i}))[i] if i in final else np.nan for i in range(n)])
     seconds += runs.cost(alone)["seconds"]

@@ -90,7 +90,7 @@ def run_members(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, membe
     (indices of the spec's N nodes, each with its own identity, data and attack, linked as the
     topology links them). No baselines, no report: what a study runs many times. `before_fold` is
     called before each honest node's fold, with the node (a LoggedNode) holding what it will fold."""
-    _, nodes, series = _run(spec, world, members, before_fold=before_fold)
+    *_, series = _run(spec, world, members, before_fold=before_fold)
     return {i: series[k]["history"][-1] for k, i in enumerate(members) if i not in spec.attackers}
 
 
