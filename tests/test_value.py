@@ -85,6 +85,40 @@ def test_spearman_and_totals():
 
 # --- on simulated networks: 4-5 peers, logistic regression on digits, 5 rounds (a few seconds each)
 
+@pytest.mark.slow
+def test_a_network_of_some_nodes_is_theirs_and_a_node_alone_is_local_only():
+    from manymodels.node.sim.simulator import make_world, run_members, run_simulation
+    from manymodels.node.sim.spec import SimulationConfig, SimulationSpec
+
+    config = SimulationConfig(nodes=4, rounds=3, model="logreg")
+    report, spec = run_simulation(config), SimulationSpec.parse(config)
+    world = make_world(spec)
+    assert run_members(spec, world, [0, 1, 2, 3]) == {i: n["final_accuracy"] for i, n in enumerate(report["nodes"])}
+    assert [run_members(spec, world, [i])[i] for i in range(4)] == [n["local_only_accuracy"] for n in report["nodes"]]
+    pair = run_members(spec, world, [1, 3])
+    assert set(pair) == {1, 3} and pair != {1: report["nodes"][1]["final_accuracy"], 3: report["nodes"][3]["final_accuracy"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exchange", ["weights", "distill"])
+def test_a_replayed_fold_with_every_sender_is_the_real_fold(exchange):
+    import copy
+
+    from manymodels.node.sim.simulator import make_world, run_members
+    from manymodels.node.sim.spec import SimulationConfig, SimulationSpec
+
+    spec = SimulationSpec.parse(SimulationConfig(nodes=3, rounds=2, model="logreg", exchange=exchange))
+    world, replayed = make_world(spec), {}
+
+    def before_fold(r, i, node):
+        learner = copy.deepcopy(node.learner)
+        node.refold(learner, {m.sender for m in node.received})
+        replayed[i] = world.accuracy(learner)
+        alone = copy.deepcopy(node.learner)
+        node.refold(alone, set())
+        assert world.accuracy(alone) == world.accuracy(node.learner)  # nobody's messages: the model as it is
+    assert run_members(spec, world, [0, 1, 2], before_fold) == replayed
+
 def study(**changes):
     from manymodels.node.sim.spec import SimulationConfig
     from manymodels.studies.value_study import ValueSettings, value_study
@@ -119,6 +153,7 @@ def test_estimates_agree_with_exact_shapley_and_say_their_cost(plain):
     exact = np.array(methods["exact"]["values"], dtype=float)
     gain = np.array(plain["accuracy"]["network"]) - np.array(plain["accuracy"]["alone"])
     assert np.allclose(np.nansum(exact, axis=0), gain, atol=1e-6)
+    assert np.allclose(np.nansum(np.array(methods["gtg"]["values"], dtype=float), axis=0), gain, atol=1e-5)
 
 
 @pytest.mark.slow
