@@ -44,9 +44,9 @@ def value(
     plant: Annotated[Optional[list[str]], typer.Option(
         help="A planted peer, repeatable: shuffled:J (labels shuffled), duplicate:J:K (K holds J's data), "
              "tiny:J[:COUNT] (J keeps COUNT examples, 5 by default).")] = None,
-    methods: Annotated[str, typer.Option(
+    methods: Annotated[Optional[str], typer.Option(
         help="Comma list of loo (leave one peer out), mc (Monte-Carlo Shapley), gtg (one run, from the "
-             "exchange log), exact (every coalition).")] = "loo,mc,gtg,exact",
+             "exchange log), exact (every coalition).", show_default="all; exact up to 8 peers")] = None,
     permutations: Annotated[int, typer.Option(help="Monte-Carlo's cap on sampled orders of the peers.")] = 30,
     max_seconds: Annotated[Optional[float], typer.Option(help="Monte-Carlo's cap on wall time.")] = None,
     round_permutations: Annotated[int, typer.Option(
@@ -62,7 +62,7 @@ def value(
     """What each peer's data is worth to each model: the peer x model value matrix of a simulated network."""
     from manymodels.node.sim.spec import SimulationConfig
     from manymodels.node.spec import SpecError
-    from manymodels.studies.value_study import ValueSettings, value_study
+    from manymodels.studies.value_study import MAX_EXACT, METHODS, ValueSettings, value_study
 
     small = QUICK if quick else {"nodes": nodes, "rounds": rounds, "model": model, "permutations": permutations}
     try:
@@ -71,7 +71,9 @@ def value(
             exchange=exchange, rule=rule, logit_rule=logit_rule, topology=topology, local_epochs=local_epochs,
             seed=seed, attacks=tuple(attack or ()), plants=tuple(plant or ()),
             **training_options(hidden, optimizer, lr, momentum, weight_decay, batch_size, shuffle))
-        settings = ValueSettings(methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+        chosen = [m for m in METHODS if m != "exact" or config.nodes <= MAX_EXACT] if methods is None else \
+            [m.strip() for m in methods.split(",") if m.strip()]
+        settings = ValueSettings(methods=tuple(chosen),
                                  permutations=small["permutations"], max_seconds=max_seconds, tolerance=tolerance,
                                  round_permutations=round_permutations, seed=seed)
         if not json_out:
@@ -101,8 +103,8 @@ def _write(folder: Path, result: dict) -> None:
 def _show(result: dict) -> None:
     console, methods = Console(), result["methods"]
     table = Table(title="each peer's total value to the other models")
-    for column in ("peer", "data", "planted", *methods):
-        table.add_column(column, justify="left" if column in ("peer", "planted") else "right")
+    for column in ("peer", "data", "planted or attack", *methods):
+        table.add_column(column, justify="left" if column in ("peer", "planted or attack") else "right")
     for p in result["peers"]:
         role = " ".join(filter(None, (p["plant"], p["attack"] and f"[red]{p['attack']}[/]")))
         table.add_row(f"{p['index']} …{p['id'][-6:]}", str(p["num_examples"]), role,
