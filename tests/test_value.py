@@ -178,6 +178,22 @@ def test_an_attacker_is_valued_below_zero_by_every_method():
     assert result["agreement_with_exact"]["gtg"]["spearman"] >= 0.5  # measured 0.63
 
 
+def test_planted_peers_change_only_their_partitions():
+    from manymodels.node.sim.plants import PlantError, parse_plants
+
+    plants = parse_plants(("shuffled:3", "duplicate:0:2", "tiny:1:3"), 4)
+    parts = [np.arange(10 * k, 10 * k + 10) for k in range(4)]
+    planted = plants.partitions(parts, seed=0)
+    assert planted[0].tolist() == planted[2].tolist() == parts[0].tolist() and planted[3] is parts[3]
+    assert len(planted[1]) == 3 and set(planted[1]) <= set(parts[1])
+    y = np.arange(10)
+    assert sorted(plants.labels(3, y, seed=0)) == y.tolist() and plants.labels(3, y, seed=0).tolist() != y.tolist()
+    assert plants.labels(2, y, seed=0) is y
+    for bad in ("tiny:4", "nope:1", "duplicate:1", "duplicate:1:1", "tiny:1:0", "shuffled:x"):
+        with pytest.raises(PlantError, match=f"bad plant '{bad}'"):
+            parse_plants((bad,), 4)
+
+
 def test_mistakes_are_one_line():
     from manymodels.node.spec import SpecError
     from manymodels.node.sim.spec import SimulationConfig

@@ -42,11 +42,12 @@ def parse_plants(specs: tuple[str, ...], nodes: int) -> Plants:
     shuffled, copies, tiny = set(), {}, {}
     for spec in specs:
         kind, *args = spec.split(":")
+        indices = {"shuffled": 1, "duplicate": 2, "tiny": 1}.get(kind, 0)  # how many args are node indices
         try:
             numbers = [int(a) for a in args]
         except ValueError:
             numbers = []
-        if not numbers or any(not 0 <= n < nodes for n in numbers[:2]):
+        if not indices or len(numbers) < indices or any(not 0 <= n < nodes for n in numbers[:indices]):
             raise PlantError(f"bad plant {spec!r}: expected one of {FORMS} with node indices in 0..{nodes - 1}")
         if kind == "shuffled" and len(numbers) == 1:
             shuffled.add(numbers[0])
