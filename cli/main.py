@@ -20,12 +20,13 @@ from .errors import UserError
 from .help_defaults import shown, with_defaults
 from .learner_options import (BatchSizeOption, HiddenOption, LrOption, MomentumOption, OptimizerOption,
                               ShuffleOption, WeightDecayOption, training_options)
-from . import network, up
+from . import network, study, up
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Peer-to-peer many-model learning over signed messages.")
 network.register(app)  # the network commands
 up.register(app)  # `up` and `down`: a local network in one command
+study.register(app)  # `study value`: the research instruments
 console = Console()
 
 

@@ -105,6 +105,11 @@ def test_node_start_refuses_a_bad_file_and_saves_nothing(cli, tmp_path):
         assert not home.exists()
 
 
+def test_study_value_takes_a_file_too(cli, tmp_path):
+    write(tmp_path / "study.toml", 'nodes = 1\n')
+    one_error_line(cli("study", "value", "--config", "study.toml", timeout=60), "(nodes from study.toml)")
+
+
 def test_up_takes_a_file_too(cli, tmp_path):
     write(tmp_path / "net.toml", 'home-root = "mm"\nperiod = 0.1\n')
     one_error_line(cli("up", "3", "--config", "net.toml", timeout=60), "--period must be at least 0.5 s",

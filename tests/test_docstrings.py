@@ -26,7 +26,7 @@ def package_modules() -> list[str]:
 
 def test_the_walk_finds_every_room():
     found = {name.split(".")[1] for name in package_modules()}
-    assert found == {"protocol", "aggregation", "node", "cli"}
+    assert found == {"protocol", "aggregation", "node", "studies", "cli"}
     assert "manymodels.protocol.envelope" in package_modules()
 
 

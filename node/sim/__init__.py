@@ -1,1 +1,2 @@
-"""The simulator: the memory network, topologies, attacks, and the simulation loop with its report."""
+"""The simulator: the memory network, topologies, attacks, planted peers, the fold log, and the simulation
+loop with its report."""

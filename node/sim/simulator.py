@@ -4,7 +4,8 @@ The options are checked once (node/sim/spec.py); a world, the built-in datasets 
 app, gives each node its learner and what its exchange is built from, and every node is built by
 node/spec.py's build_node, as in the daemon. Every simulation also trains each node alone
 (local-only) and one model per architecture on all the private data (pooled), so its report answers
-"many models vs one model vs alone" on held-out data."""
+"many models vs one model vs alone" on held-out data. A study runs smaller networks of the same nodes
+(`run_members`: no baselines, no report) and may replay folds (`before_fold`, node/sim/foldlog.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -21,6 +22,7 @@ from manymodels.aggregation import check_inputs
 from manymodels.protocol import Identity, peer_id
 
 from .attacks import ATTACKS, Attack, AttackContext, Attacker
+from .foldlog import LoggedNode
 from ..core.node import Node, sealed
 from ..learning.datasets import DatasetError, load_dataset
 from ..learning.generator import GaussianClassGenerator
@@ -37,6 +39,7 @@ EPOCH_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 ROUND_MS = 1_000
 
 Adversary = Callable[[int, MemoryNetwork, list[Node]], None]
+BeforeFold = Callable[[int, int, LoggedNode], None]  # (round, node index, node) before each honest node folds
 # per node, what each round did: "history" (its accuracy after the round), "bytes_sent_per_round"
 # and "rejected_per_round" (by kind, by reason: what this round added) and "banned_per_round" (how
 # many peers it had banned by then)
@@ -65,19 +68,45 @@ def run_simulation(config: SimulationConfig, on_round: Callable[[int, float], No
 def _simulate(spec: SimulationSpec, on_round: Callable[[int, float], None] | None,
               adversary: Adversary | None) -> dict:
     started = time.perf_counter()
-    torch.set_num_threads(1)  # tiny models: one thread is faster here and keeps runs repeatable
-    world = _FlowerWorld(spec) if spec.config.client_app else _DatasetWorld(spec)
-    node_spec = replace(spec.node, exchange=world.exchange)
-    _check_rules(node_spec, world.archs, spec.adjacency)
-    network = MemoryNetwork(seed=spec.config.seed, link=LinkModel(loss=spec.config.loss))
-    nodes, context = _build_nodes(spec, node_spec, world, network)
-    series = _rounds(spec, nodes, network, context, world, on_round, adversary)
+    world = make_world(spec)
+    network, nodes, series = _run(spec, world, list(range(spec.config.nodes)), on_round, adversary)
     report = _report(spec, world, nodes, series, _baselines(spec, world))
     report["summary"].update(messages_dropped=network.dropped, test_examples=world.test_examples,
                              wall_seconds=round(time.perf_counter() - started, 3))
     if world.warnings:
         report["warnings"] = world.warnings
     return report
+
+
+def make_world(spec: SimulationSpec) -> _DatasetWorld | _FlowerWorld:
+    """Where the nodes' learners and data come from; a study builds it once for many runs."""
+    torch.set_num_threads(1)  # tiny models: one thread is faster here and keeps runs repeatable
+    return _FlowerWorld(spec) if spec.config.client_app else _DatasetWorld(spec)
+
+
+def run_members(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, members: list[int],
+                before_fold: BeforeFold | None = None) -> dict[int, float]:
+    """The final held-out accuracy of each honest member's model when the network is only `members`
+    (indices of the spec's N nodes, each with its own identity, data and attack, linked as the
+    topology links them). No baselines, no report: what a study runs many times. `before_fold` is
+    called before each honest node's fold, with the node (a LoggedNode) holding what it will fold."""
+    *_, series = _run(spec, world, members, before_fold=before_fold)
+    return {i: series[k]["history"][-1] for k, i in enumerate(members) if i not in spec.attackers}
+
+
+def _run(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, members: list[int],
+         on_round: Callable[[int, float], None] | None = None, adversary: Adversary | None = None,
+         before_fold: BeforeFold | None = None) -> tuple[MemoryNetwork, list[Node], Series]:
+    """The network of `members`, run for every round."""
+    node_spec = replace(spec.node, exchange=world.exchange)
+    position = {i: k for k, i in enumerate(members)}
+    adjacency = [[position[j] for j in spec.adjacency[i] if j in position] for i in members]
+    _check_rules(node_spec, [world.archs[i] for i in members], adjacency)
+    network = MemoryNetwork(seed=spec.config.seed, link=LinkModel(loss=spec.config.loss))
+    nodes, context = _build_nodes(spec, node_spec, world, network, members, adjacency,
+                                  LoggedNode if before_fold else Node)
+    series = _rounds(spec, nodes, network, context, world, members, on_round, adversary, before_fold)
+    return network, nodes, series
 
 
 def _check_rules(spec: NodeSpec, archs: list[str], adjacency: list[list[int]]) -> None:
@@ -95,31 +124,34 @@ def _check_rules(spec: NodeSpec, archs: list[str], adjacency: list[list[int]]) -
 
 
 def _build_nodes(spec: SimulationSpec, node_spec: NodeSpec, world: _DatasetWorld | _FlowerWorld,
-                 network: MemoryNetwork) -> tuple[list[Node], AttackContext]:
-    """Every node, honest or attacker, on the memory network, with its neighbours."""
+                 network: MemoryNetwork, members: list[int], adjacency: list[list[int]],
+                 node_class: type[Node]) -> tuple[list[Node], AttackContext]:
+    """Every member, honest or attacker, on the memory network, with its neighbours (`adjacency`:
+    by position in `members`)."""
     c = spec.config
     clock = lambda: EPOCH_MS + int(network.now_ms)  # noqa: E731
-    context = AttackContext([], c.nodes, len(spec.attackers), np.random.default_rng([c.seed, 0xBAD]))
+    context = AttackContext([], len(members), sum(i in spec.attackers for i in members),
+                            np.random.default_rng([c.seed, 0xBAD]))
     nodes: list[Node] = []
-    for i in range(c.nodes):
+    for i in members:
         identity = node_identity(c.seed, i)
         attack = ATTACKS[spec.attackers[i]]() if i in spec.attackers else None
         learner, data = world.member(i, attack)
         attacker = Attacker(attack, context) if attack else None
         transport = network.attach(identity.peer_id)
         nodes.append(build_node(node_spec, identity, learner, attacker.tap(transport) if attacker else transport,
-                                clock, data, outbound=attacker or sealed))
-    context.honest = [n for i, n in enumerate(nodes) if i not in spec.attackers]
-    for node, nb in zip(nodes, spec.adjacency):
+                                clock, data, node_class, outbound=attacker or sealed))
+    context.honest = [n for i, n in zip(members, nodes) if i not in spec.attackers]
+    for node, nb in zip(nodes, adjacency):
         node.neighbours = [nodes[j].id for j in nb]
     return nodes, context
 
 
 def _rounds(spec: SimulationSpec, nodes: list[Node], network: MemoryNetwork, context: AttackContext,
-            world: _DatasetWorld | _FlowerWorld, on_round: Callable[[int, float], None] | None,
-            adversary: Adversary | None) -> Series:
-    """train -> publish -> deliver -> fold, every round; what each round did to each node."""
-    attackers = spec.attackers
+            world: _DatasetWorld | _FlowerWorld, members: list[int], on_round: Callable[[int, float], None] | None,
+            adversary: Adversary | None, before_fold: BeforeFold | None) -> Series:
+    """train -> publish -> deliver -> fold, every round; what each round did to each node (by position)."""
+    attackers = {k for k, i in enumerate(members) if i in spec.attackers}
     series: Series = [{"history": [], "bytes_sent_per_round": [], "rejected_per_round": [], "banned_per_round": []}
                       for _ in nodes]
     for r in range(spec.config.rounds):
@@ -134,7 +166,9 @@ def _rounds(spec: SimulationSpec, nodes: list[Node], network: MemoryNetwork, con
             adversary(r, network, nodes)
         network.run_until((r + 1) * ROUND_MS)
         for i, node in enumerate(nodes):
-            if i not in spec.attackers:  # an attacker's own model does not matter
+            if i not in attackers:  # an attacker's own model does not matter
+                if before_fold:
+                    before_fold(r, members[i], node)
                 node.fold()
             series[i]["history"].append(world.accuracy(node.learner))
             series[i]["bytes_sent_per_round"].append(dict(node.stats.sent_by_kind - before[i][0]))
@@ -229,7 +263,8 @@ class _DatasetWorld:
                 load_dataset(c.dataset, seed=c.seed, max_train=c.max_train, max_test=c.max_test), c.probe_size)
             if c.probe_file:
                 self.probe = load_probe(c.probe_file, self.data.input_shape)
-            self.parts = partition(self.data.y_train, c.nodes, c.partition, seed=c.seed)
+            self.parts = spec.plants.partitions(partition(self.data.y_train, c.nodes, c.partition, seed=c.seed),
+                                                c.seed)
         except (DatasetError, PartitionError, ProbeError) as exc:
             raise SpecError(str(exc)) from None
         self.num_classes, self.test_examples = self.data.num_classes, int(len(self.data.y_test))
@@ -247,7 +282,7 @@ class _DatasetWorld:
         """Node i's learner and data; a data-poisoning attacker's class counts and generator describe
         its poisoned labels, as its model does."""
         index, seed, x = self.parts[i], node_seed(self.spec.config.seed, i), self.data.x_train
-        y = self.data.y_train[index]
+        y = self._labels(i)
         if attack:
             y = attack.poison_labels(y, self.num_classes)
         return self._learner(self.archs[i], index, seed, y), NodeData(
@@ -255,11 +290,14 @@ class _DatasetWorld:
             lambda: GaussianClassGenerator(x[index], y, self.value_range), self.data.input_shape, self.value_range,
             np.random.default_rng(seed))
 
+    def _labels(self, i: int) -> np.ndarray:
+        return self.spec.plants.labels(i, self.data.y_train[self.parts[i]], self.spec.config.seed)
+
     def accuracy(self, learner: Learner) -> float:
         return round(learner.evaluate(self.data.x_test, self.data.y_test)["accuracy"], 6)
 
     def alone(self, i: int) -> Learner:
-        return self._learner(self.archs[i], self.parts[i], node_seed(self.spec.config.seed, i))
+        return self._learner(self.archs[i], self.parts[i], node_seed(self.spec.config.seed, i), self._labels(i))
 
     def pooled(self, arch: str) -> Learner:
         return self._learner(arch, np.arange(len(self.data.y_train)), self.spec.config.seed)

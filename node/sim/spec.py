@@ -13,11 +13,13 @@ from ..learning.recipe import LearnerRecipe
 from ..learning.training import DEFAULT_TRAINING
 from ..spec import NodeSpec, SpecError
 from .attacks import AttackSpecError, parse_attack
+from .plants import PlantError, Plants, parse_plants
 from .topology import TopologyError, neighbours
 
-# Learner options added after reports existed: a report lists them only when they are not the default,
-# so the reports of earlier runs stay byte for byte what the same options give now.
-_LATER_OPTIONS = ("hidden", "optimizer", "momentum", "weight_decay", "shuffle")
+# Options added after reports existed, with their defaults: a report lists them only when they are not
+# the default, so the reports of earlier runs stay byte for byte what the same options give now.
+_LATER_OPTIONS = {**{key: getattr(DEFAULT_TRAINING, key) for key in
+                     ("hidden", "optimizer", "momentum", "weight_decay", "shuffle")}, "plants": ()}
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class SimulationConfig:
     max_test: int | None = None  # and the held-out test set
     attacks: tuple[str, ...] = ()  # NAME:FRACTION each; attackers are chosen by seed
     reputation: float = 0.0  # ban a peer whose reputation falls below this (0: never)
+    plants: tuple[str, ...] = ()  # planted peers (node/sim/plants.py), e.g. "shuffled:2"; the built-in datasets only
     # A Flower client as every node's learner (MODULE:ATTR or FILE.py:ATTR[:MODEL], docs/FLOWER.md): node i
     # gets partition-id i of num-partitions = nodes and loads its own data; dataset, partition, model
     # and the learner options are then unused.
@@ -61,8 +64,8 @@ class SimulationConfig:
 
     def to_report(self) -> dict:
         report = asdict(self)
-        for key in _LATER_OPTIONS:
-            if report[key] == getattr(DEFAULT_TRAINING, key):
+        for key, default in _LATER_OPTIONS.items():
+            if report[key] == default:
                 del report[key]
         return report
 
@@ -74,6 +77,7 @@ class SimulationSpec:
     archs: tuple[str, ...]  # each node's architecture; empty with a Flower client (it names its own)
     adjacency: list[list[int]]  # each node's neighbours, by index
     attackers: dict[int, str]  # node index -> attack name
+    plants: Plants = Plants()
 
     @classmethod
     def parse(cls, config: SimulationConfig) -> SimulationSpec:
@@ -96,11 +100,14 @@ class SimulationSpec:
         try:
             adjacency = neighbours(c.topology, c.nodes, c.seed)
             attackers = _attackers(c)
-        except (TopologyError, AttackSpecError) as exc:
+            plants = parse_plants(tuple(c.plants), c.nodes)
+        except (TopologyError, AttackSpecError, PlantError) as exc:
             raise SpecError(str(exc)) from None
         if c.client_app and "labelflip" in attackers.values():
             raise SpecError("labelflip poisons the simulator's dataset; a Flower client loads its own data")
-        return cls(c, node, archs, adjacency, attackers)
+        if c.client_app and c.plants:
+            raise SpecError("planted peers change the simulator's dataset; a Flower client loads its own data")
+        return cls(c, node, archs, adjacency, attackers, plants)
 
     def recipe(self, i: int) -> LearnerRecipe:
         """Node i's learner recipe."""

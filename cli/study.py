@@ -1,0 +1,178 @@
+"""`manymodels study ...`: the research instruments of studies/, one command each (value for now)."""
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .config_file import ConfigOption
+from .errors import UserError
+from .learner_options import (BatchSizeOption, HiddenOption, LrOption, MomentumOption, OptimizerOption,
+                              ShuffleOption, WeightDecayOption, training_options)
+
+study = typer.Typer(no_args_is_help=True, help="Research studies over simulated networks.")
+QUICK = {"nodes": 4, "rounds": 5, "model": "logreg", "permutations": 10}
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(study, name="study")
+
+
+@study.command()
+def value(
+    nodes: Annotated[int, typer.Option(help="How many peers (exact Shapley: at most 8).")] = 6,
+    rounds: Annotated[int, typer.Option(help="Gossip rounds of every simulated network.")] = 10,
+    dataset: Annotated[str, typer.Option(help="digits, fashion-mnist or mnist1d.")] = "digits",
+    partition: Annotated[str, typer.Option(help="iid, dirichlet:ALPHA or shards:K.")] = "dirichlet:0.5",
+    model: Annotated[str, typer.Option(help="logreg, mlp, mlp-wide, cnn, forest; 'mixed' or a comma list.")] = "mlp",
+    exchange: Annotated[str, typer.Option(help="weights, distill, synthetic or mixed.")] = "weights",
+    rule: Annotated[str, typer.Option(help="Weights rule; see `manymodels rules`.")] = "fedavg",
+    logit_rule: Annotated[str, typer.Option(help="Logits rule for distill and mixed.")] = "logit-probmean",
+    topology: Annotated[str, typer.Option(help="full, ring or random:K (a smaller network keeps its links).")] = "full",
+    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 1,
+    hidden: HiddenOption = None, optimizer: OptimizerOption = None, lr: LrOption = None,
+    momentum: MomentumOption = None, weight_decay: WeightDecayOption = None, batch_size: BatchSizeOption = None,
+    shuffle: ShuffleOption = None,
+    seed: Annotated[int, typer.Option(help="Same seed, same numbers.")] = 0,
+    attack: Annotated[Optional[list[str]], typer.Option(
+        help="NAME:FRACTION of attacking peers, repeatable; see `manymodels attacks`.")] = None,
+    plant: Annotated[Optional[list[str]], typer.Option(
+        help="A planted peer, repeatable: shuffled:J (labels shuffled), duplicate:J:K (K holds J's data), "
+             "tiny:J[:COUNT] (J keeps COUNT examples, 5 by default).")] = None,
+    methods: Annotated[Optional[str], typer.Option(
+        help="Comma list of loo (leave one peer out), mc (Monte-Carlo Shapley), gtg (one run, from the "
+             "exchange log), exact (every coalition).", show_default="all; exact up to 8 peers")] = None,
+    permutations: Annotated[int, typer.Option(help="Monte-Carlo's cap on sampled orders of the peers.")] = 30,
+    max_seconds: Annotated[Optional[float], typer.Option(help="Monte-Carlo's cap on wall time.")] = None,
+    round_permutations: Annotated[int, typer.Option(
+        help="The one-run estimate's orders of the peers per round and model (fewer: cheaper, rougher).")] = 20,
+    tolerance: Annotated[float, typer.Option(
+        help="Truncation: an order stops once the coalition is this close to the whole network's accuracy.")] = 0.005,
+    quick: Annotated[bool, typer.Option(
+        help="A small study in seconds: 4 peers, 5 rounds, logreg, 10 permutations (over those options).")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Write value.json, value-matrix.png and value-totals.png (matplotlib) into this folder.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """What each peer's data is worth to each model: the peer x model value matrix of a simulated network."""
+    from manymodels.node.sim.spec import SimulationConfig
+    from manymodels.node.spec import SpecError
+    from manymodels.studies.value_study import MAX_EXACT, METHODS, ValueSettings, value_study
+
+    small = QUICK if quick else {"nodes": nodes, "rounds": rounds, "model": model, "permutations": permutations}
+    try:
+        config = SimulationConfig(
+            nodes=small["nodes"], rounds=small["rounds"], dataset=dataset, partition=partition, model=small["model"],
+            exchange=exchange, rule=rule, logit_rule=logit_rule, topology=topology, local_epochs=local_epochs,
+            seed=seed, attacks=tuple(attack or ()), plants=tuple(plant or ()),
+            **training_options(hidden, optimizer, lr, momentum, weight_decay, batch_size, shuffle))
+        chosen = [m for m in METHODS if m != "exact" or config.nodes <= MAX_EXACT] if methods is None else \
+            [m.strip() for m in methods.split(",") if m.strip()]
+        settings = ValueSettings(methods=tuple(chosen),
+                                 permutations=small["permutations"], max_seconds=max_seconds, tolerance=tolerance,
+                                 round_permutations=round_permutations, seed=seed)
+        err = Console(stderr=True)
+        if not json_out and err.is_terminal:  # a note for people; a pipe or log gets the result only
+            err.print("simulating the networks ...", highlight=False)
+        result = value_study(config, settings)
+    except SpecError as exc:
+        raise UserError(str(exc)) from None
+    if out is not None:
+        _write(out, result)
+    if json_out:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    else:
+        _show(result)
+        if out is not None:
+            Console().print(f"written to {out}/: value.json, value-matrix.png, value-totals.png")
+
+
+def _write(folder: Path, result: dict) -> None:
+    """value.json and the two figures (drawn first: without matplotlib nothing is written)."""
+    matrix, totals = plot_matrix(result), plot_totals(result)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "value.json").write_text(json.dumps(result, indent=2) + "\n")
+    (folder / "value-matrix.png").write_bytes(matrix)
+    (folder / "value-totals.png").write_bytes(totals)
+
+
+def _show(result: dict) -> None:
+    console, methods = Console(), result["methods"]
+    table = Table(title="each peer's total value to the other models")
+    for column in ("peer", "data", "planted or attack", *methods):
+        table.add_column(column, justify="left" if column in ("peer", "planted or attack") else "right")
+    for p in result["peers"]:
+        role = " ".join(filter(None, (p["plant"], p["attack"] and f"[red]{p['attack']}[/]")))
+        table.add_row(f"{p['index']} …{p['id'][-6:]}", str(p["num_examples"]), role,
+                      *(f"{m['totals'][p['index']]:+.3f}" for m in methods.values()))
+    console.print(table)
+    costs = Table(title="cost")
+    for column in ("method", "simulations", "seconds", "spearman with exact", "notes"):
+        costs.add_column(column, justify="left" if column in ("method", "notes") else "right")
+    agreement = result.get("agreement_with_exact", {})
+    for name, m in methods.items():
+        rho = agreement.get(name, {}).get("spearman")
+        notes = {k: v for k, v in {**m["cost"], **m.get("convergence", {})}.items()
+                 if k not in ("simulations", "seconds")}
+        costs.add_row(name, str(m["cost"]["simulations"]), f"{m['cost']['seconds']:.1f}",
+                      "" if rho is None else f"{rho:.2f}", ", ".join(f"{k} {v}" for k, v in notes.items()))
+    console.print(costs)
+
+
+def _figure(width: float, height: float):
+    try:
+        import matplotlib
+    except ImportError:
+        raise UserError("--out draws with matplotlib: pip install 'manymodels[report]'") from None
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _png(fig) -> bytes:
+    out = io.BytesIO()
+    fig.savefig(out, format="png")
+    return out.getvalue()
+
+
+def plot_matrix(result: dict) -> bytes:
+    """One heatmap per method: V[j][i], peers down, models across; each on its own colour scale
+    centred at 0 (gtg sums rounds: its scale is not the others')."""
+    import numpy as np
+
+    methods = result["methods"]
+    fig = _figure(4.5 * len(methods), 4)
+    axes = fig.subplots(1, len(methods), squeeze=False)[0]
+    for ax, (name, m) in zip(axes, methods.items()):
+        v = np.array(m["values"], dtype=float)
+        scale = float(np.nanmax(np.abs(v))) if np.isfinite(v).any() else 1.0
+        image = ax.imshow(v, cmap="RdBu", vmin=-scale, vmax=scale)
+        ax.set(title=name, xlabel="model i", ylabel="peer j", xticks=range(len(v)), yticks=range(len(v)))
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.suptitle("value of peer j's data to model i")
+    return _png(fig)
+
+
+def plot_totals(result: dict) -> bytes:
+    """Each peer's total value, one bar per method; planted peers and attackers named under the bars."""
+    peers, methods = result["peers"], result["methods"]
+    fig = _figure(max(6, 1.2 * len(peers)), 4)
+    ax = fig.subplots()
+    width = 0.8 / len(methods)
+    for k, (name, m) in enumerate(methods.items()):
+        ax.bar([p["index"] + (k - (len(methods) - 1) / 2) * width for p in peers], m["totals"], width, label=name)
+    ax.axhline(0, color="black", linewidth=1)
+    ax.set_xticks([p["index"] for p in peers],
+                  [f"{p['index']}\n{p['plant'] or p['attack'] or ''}" for p in peers], fontsize="small")
+    ax.set(xlabel="peer", ylabel="total value to the other models", title="each peer's total value")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize="small")
+    return _png(fig)

@@ -1,0 +1,2 @@
+"""The research instruments: grids of simulations run through node/sim, and pure analyses of what they
+measured (value: what each peer's data is worth to each model)."""

@@ -1,0 +1,242 @@
+"""`manymodels study value`: the peer x model value matrix of a simulated network (studies/value.py
+says what it means), by four methods, each with its cost:
+
+- `loo`: leave-one-peer-out, N + 1 networks simulated;
+- `mc`: Monte-Carlo Shapley with truncation over simulated networks (capped in permutations and time);
+- `exact`: Shapley over every network, 2^N - 1 simulations (up to MAX_EXACT peers): the reference;
+- `gtg`: one run, GTG-style (Liu et al. 2022). The whole network is simulated once; before each fold,
+  the fold is replayed on a copy of the node's model with only a coalition's messages (node/sim/foldlog.py)
+  and scored on the held-out data: round r's game of model i is the accuracy after folding coalition S's
+  round-r messages into i's round-r model, its Shapley values (truncated Monte-Carlo) are summed over the
+  rounds. Between-round truncation skips a round after which the model's accuracy is within the
+  tolerance of the previous round's (the round changed little, so neither did anyone's part in it). Summed fold gains overcount what the network added (local training in between undoes
+  part of each fold), so each model's column is then scaled to sum to its measured gain, the
+  network's final accuracy minus the model trained alone (Shapley's efficiency; N one-node runs,
+  about one simulation's training more). A replay is an exact re-aggregation for the weights
+  exchange (with a stateless rule; a Flower strategy's server state starts from the round's), a
+  re-distillation on the probe set for distill (and both for mixed): no private data is trained on.
+  Synthetic samples act only in the next local training, which a replay would have to redo: the
+  one-run estimate refuses that exchange.
+
+Every network is simulated once (`Runs` caches them) and each method is charged the simulations it
+read, with the seconds they took, as if it had run alone.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from manymodels.node.sim.foldlog import LoggedNode
+from manymodels.node.sim.simulator import BeforeFold, make_world, node_identity, run_members
+from manymodels.node.sim.spec import SimulationConfig, SimulationSpec
+from manymodels.node.spec import SpecError
+
+from .value import (Game, MonteCarlo, efficient, exact_shapley, leave_one_out, monte_carlo_shapley, peer_totals,
+                    spearman)
+
+METHODS = ("loo", "mc", "gtg", "exact")
+MAX_EXACT = 8  # 255 simulations
+
+
+@dataclass(frozen=True)
+class ValueSettings:
+    methods: tuple[str, ...] = METHODS
+    permutations: int = 30  # Monte-Carlo's cap on sampled orders of the peers
+    max_seconds: float | None = None  # and on its wall time
+    tolerance: float = 0.005  # truncation (Monte-Carlo, and within and between rounds for gtg)
+    round_permutations: int = 20  # gtg's orders per round and model
+    seed: int = 0  # the orders' randomness (the network's is the simulation config's)
+
+    def check(self, config: SimulationConfig) -> None:
+        nodes, unknown = config.nodes, [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise SpecError(f"unknown value method {', '.join(unknown) or '(none)'}; available: {', '.join(METHODS)}")
+        if "exact" in self.methods and nodes > MAX_EXACT:
+            raise SpecError(f"exact Shapley simulates 2^N - 1 networks: at most {MAX_EXACT} nodes, got {nodes}")
+        if self.permutations < 1 or self.round_permutations < 1 or self.tolerance < 0:
+            raise SpecError("--permutations and --round-permutations must be at least 1, --tolerance at least 0")
+        if "gtg" in self.methods and config.exchange == "synthetic":
+            raise SpecError("the one-run estimate (gtg) replays folds, and synthetic samples act only in the next "
+                            "training: use loo, mc or exact with --exchange synthetic")
+
+
+class Runs:
+    """The networks of some of the N nodes, each simulated once: model i's accuracy in network M."""
+
+    def __init__(self, config: SimulationConfig) -> None:
+        self.spec = SimulationSpec.parse(config)
+        if config.client_app:
+            raise SpecError("the value study runs the built-in datasets; --client-app is not supported")
+        if config.nodes < 2:
+            raise SpecError(f"--nodes: a value study needs at least 2 peers (what one adds to another), got {config.nodes}")
+        self.world = make_world(self.spec)
+        self.n = config.nodes
+        self.models = [i for i in range(self.n) if i not in self.spec.attackers]  # an attacker's is not valued
+        self._runs: dict[frozenset[int], tuple[dict[int, float], float]] = {}
+        self.run(self.models[:1])  # torch's first steps are slow: charged to no method
+
+    def accuracy(self, network: frozenset[int]) -> dict[int, float]:
+        if network not in self._runs:
+            started = time.perf_counter()
+            accuracy = self.run(network)
+            self._runs[network] = accuracy, time.perf_counter() - started
+        return self._runs[network][0]
+
+    def run(self, network: Iterable[int], before_fold: BeforeFold | None = None) -> dict[int, float]:
+        """One simulation of `network`, not cached (node/sim/simulator.py's run_members)."""
+        try:
+            return run_members(self.spec, self.world, sorted(network), before_fold)
+        except SpecError as exc:  # e.g. a rule that needs more inputs than a small network has
+            raise SpecError(f"the network of peers {sorted(network)} cannot run: {exc}") from None
+
+    def game(self, read: set[frozenset[int]]) -> Game:
+        """The games of studies/value.py over these simulations; the networks read are added to `read`."""
+        def utility(i: int, coalition: frozenset[int]) -> float:
+            network = coalition | {i}
+            read.add(network)
+            return self.accuracy(network)[i]
+        return utility
+
+    def cost(self, read: set[frozenset[int]]) -> dict:
+        return {"simulations": len(read), "seconds": round(sum(self._runs[m][1] for m in read), 3)}
+
+
+def value_study(config: SimulationConfig, settings: ValueSettings) -> dict:
+    """The study's report: each method's value matrix, peer totals and cost; their agreement with exact."""
+    settings.check(config)
+    runs = Runs(config)
+    everyone = frozenset(range(runs.n))
+    methods = {name: _method(name, runs, settings) for name in settings.methods}
+    report = {
+        "question": "the value of peer j's data to model i: V[j][i] (null on the diagonal and for attackers' models)",
+        "config": config.to_report(),
+        "settings": {**vars(settings), "methods": list(settings.methods)},
+        "peers": _peers(runs),
+        "accuracy": {"network": _row(runs.accuracy(everyone), runs.n),
+                     "alone": _row({i: runs.accuracy(frozenset({i}))[i] for i in runs.models}, runs.n)},
+        "methods": {name: _method_report(values, extra) for name, (values, extra) in methods.items()},
+    }
+    if "exact" in methods:
+        exact = methods["exact"][0]
+        report["agreement_with_exact"] = {
+            name: {"spearman": _number(spearman(values, exact)),
+                   "spearman_totals": _number(spearman(peer_totals(values), peer_totals(exact)))}
+            for name, (values, _) in methods.items() if name != "exact"}
+    return report
+
+
+def _method(name: str, runs: Runs, settings: ValueSettings) -> tuple[np.ndarray, dict]:
+    """(values, what the report says of its cost and convergence)."""
+    if name == "gtg":
+        return one_run_estimate(runs, settings)
+    read: set[frozenset[int]] = set()
+    game, extra = runs.game(read), {}
+    if name == "loo":
+        values = leave_one_out(game, runs.n, runs.models)
+    elif name == "exact":
+        values = exact_shapley(game, runs.n, runs.models)
+    else:
+        mc = monte_carlo_shapley(game, runs.n, runs.models, permutations=settings.permutations,
+                                 tolerance=settings.tolerance, seed=settings.seed, max_seconds=settings.max_seconds)
+        values, extra = mc.values, {"convergence": _convergence(mc)}
+    return values, {**extra, "cost": runs.cost(read)}
+
+
+def _convergence(mc: MonteCarlo) -> dict:
+    return {"permutations": mc.permutations, "max_stderr": _number(mc.max_stderr),
+            "truncated": round(mc.truncated, 4)}
+
+
+@dataclass
+class _Log:
+    values: np.ndarray
+    refolds: int = 0
+    folds: int = 0
+    truncated_rounds: int = 0
+    previous: dict[int, float] = field(default_factory=dict)  # each model's accuracy after its last fold
+
+
+def one_run_estimate(runs: Runs, settings: ValueSettings) -> tuple[np.ndarray, dict]:
+    """GTG-style values from one simulation of the whole network (the module docstring says how)."""
+    spec, world, n = runs.spec, runs.world, runs.n
+    index = {node_identity(spec.config.seed, j).public_key: j for j in range(n)}  # by Message.sender
+    values = np.zeros((n, n))
+    values[:, [j for j in range(n) if j not in runs.models]] = np.nan
+    np.fill_diagonal(values, np.nan)
+    log = _Log(values)
+
+    def before_fold(r: int, i: int, node: LoggedNode) -> None:
+        game, cache = _round_game(node, index, world.accuracy, world.exchange != "weights")
+        log.folds += 1
+        folded = game(i, frozenset(index[m.sender] for m in node.received))
+        if abs(folded - log.previous.get(i, np.inf)) < settings.tolerance:  # the round moved the model too little
+            log.truncated_rounds += 1
+        else:
+            mc = monte_carlo_shapley(game, n, [i], permutations=settings.round_permutations,
+                                     tolerance=settings.tolerance, seed=[settings.seed, r, i])
+            log.values[:, i] += np.nan_to_num(mc.values[:, i])
+        log.refolds += len(cache)
+        log.previous[i] = folded
+
+    final, seconds = _timed(lambda: runs.run(range(n), before_fold))
+    _, plain = _timed(lambda: runs.run(range(n)))  # right after: the same load on the machine
+    alone = {frozenset({i}) for i in runs.models}
+    gains = np.array([final[i] - runs.accuracy(frozenset({i}))[i] if i in final else np.nan for i in range(n)])
+    seconds += runs.cost(alone)["seconds"]
+    return efficient(log.values, gains), {"cost": {
+        "simulations": 1, "alone_runs": len(alone), "seconds": round(seconds, 3), "refolds": log.refolds,
+        "rounds_truncated": round(log.truncated_rounds / max(log.folds, 1), 4),
+        "relative_to_one_simulation": round(seconds / plain, 2)}}
+
+
+def _timed(run):
+    """(what `run()` returns, its seconds)."""
+    started = time.perf_counter()
+    result = run()
+    return result, time.perf_counter() - started
+
+
+def _round_game(node: LoggedNode, index: dict[bytes, int], accuracy, trains: bool) -> tuple[Game, dict]:
+    """This round's game of the node's model: its accuracy after folding only a coalition's messages
+    into a copy of its model as it is now (peers that sent nothing change nothing). A fold that
+    `trains` (distillation) gets a fresh copy, optimizer state and all; a weights fold only sets
+    weights, so one copy serves every coalition."""
+    start, cache = copy.deepcopy(node.learner), {}
+    weights = start.get_weights()
+    sent = {index[m.sender]: m.sender for m in node.received}
+
+    def utility(i: int, coalition: frozenset[int]) -> float:
+        key = coalition.intersection(sent)
+        if key not in cache:
+            learner = copy.deepcopy(start) if trains else start
+            learner.set_weights(weights)
+            node.refold(learner, {sent[j] for j in key})
+            cache[key] = accuracy(learner)
+        return cache[key]
+    return utility, cache
+
+
+def _peers(runs: Runs) -> list[dict]:
+    plants, spec = runs.spec.plants, runs.spec
+    planted = {**{j: "shuffled" for j in plants.shuffled}, **{j: f"tiny:{c}" for j, c in plants.tiny.items()},
+               **{k: f"duplicate of {j}" for k, j in plants.copies.items()}}
+    return [{"index": j, "id": node_identity(spec.config.seed, j).peer_id, "attack": spec.attackers.get(j),
+             "plant": planted.get(j), "num_examples": int(len(runs.world.parts[j]))} for j in range(runs.n)]
+
+
+def _method_report(values: np.ndarray, extra: dict) -> dict:
+    return {"values": [[_number(v) for v in row] for row in values],
+            "totals": [round(float(t), 6) for t in peer_totals(values)], **extra}
+
+
+def _row(by_model: dict[int, float], n: int) -> list[float | None]:
+    return [by_model.get(i) for i in range(n)]
+
+
+def _number(x: float) -> float | None:
+    """JSON has no NaN: null."""
+    return None if not np.isfinite(x) else round(float(x), 6)
