@@ -457,7 +457,26 @@ def _said_after_a_second(line: str):
             spinner.stop()
 
 
+def value(home: HomeOption, json_out: JsonOption = False, wide: WideOption = False) -> None:
+    """What each peer's knowledge has done for this node's model: every fold's change in held-out
+    accuracy, credited to the peers whose messages it took by the examples behind them (an estimate
+    from what the node has anyway: no extra traffic, no retraining)."""
+    def show(result: dict) -> None:
+        folds = result["folds"]
+        table = Table(title="value of each peer to this model", caption=(
+            f"credit: held-out accuracy points its folds gained (-: lost), by share; last fold "
+            f"{folds[-1]['accuracy_before']:.3f} -> {folds[-1]['accuracy_after']:.3f}" if folds else
+            "no fold has taken a peer's knowledge yet"))
+        for column in ("peer", "folds", "share", "credit", "per fold", "reputation"):
+            table.add_column(column, justify="left" if column == "peer" else "right")
+        for r in result["peers"]:
+            table.add_row(r["peer"], str(r["folds"]), f"{r['share']:.2f}", f"{100 * r['credit']:+.2f}",
+                          f"{100 * r['credit_per_fold']:+.2f}", "-" if r["reputation"] is None else f"{r['reputation']:.2f}")
+        _show_table(table, wide)
+    _out(_request(home, "value"), json_out, show)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(node_app, name="node")
-    for command in (peers, connect, models, pull):
+    for command in (peers, connect, models, pull, value):
         app.command()(command)
