@@ -78,6 +78,7 @@ class DaemonConfig:
     # A message larger than this is announced to the neighbours, not pushed: each pulls the newest
     # one by digest when it is about to fold, so a 100 MB model crosses a link once per fold at most.
     push_limit: int = 1 << 20
+    share: str = "all"  # who gets this node's knowledge: all, reciprocal[:N] or allowlist:FILE
     metrics: str = ""  # HOST:PORT to serve Prometheus metrics on ("": none)
 
     def to_json(self) -> dict:
@@ -98,7 +99,7 @@ class DaemonConfig:
             raise SpecError(f"a daemon runs a Flower client with --exchange weights (--exchange {self.exchange} "
                             "needs the built-in datasets, or the simulator's --probe for a client's distill hooks)")
         return NodeSpec.parse(self.recipe, exchange=self.exchange, rule=self.rule, logit_rule=self.logit_rule,
-                              reputation=self.reputation, local_epochs=self.local_epochs)
+                              reputation=self.reputation, local_epochs=self.local_epochs, share=self.share)
 
 
 def now_ms() -> int:
@@ -302,6 +303,10 @@ class DaemonNode(Node):
     def _serve_blob(self, sender_address: str, request: BlobRequest) -> None:
         """One chunk, metered: per peer by the gate's byte budget, and by what already waits to be
         sent (to this peer and to all); over either, a `busy` error instead of the bytes."""
+        if not self.sharing.shares_with(sender_address, self.version):  # every blob is knowledge
+            self.stats.withheld += 1
+            self.transport.send(sender_address, self.seal(Error("withheld", request.digest.hex())))
+            return
         blob = self.blobs.get(request.digest)
         if blob is None:
             self.transport.send(sender_address, self.seal(Error("not_found", request.digest.hex())))
@@ -554,7 +559,7 @@ class Daemon:
                 "uptime_s": round((now_ms() - self.started) / 1000, 1), "home": str(self.home.path),
                 "messages_accepted": stats.messages_accepted, "rejected": dict(stats.rejected),
                 "refused": dict(stats.refused), "bytes_sent": stats.bytes_sent, "bytes_received": stats.bytes_received,
-                "pulled": pulled,
+                "pulled": pulled, "withheld": stats.withheld, "share": self.config.share,
                 "gate": {**transport.gate.events, "blocked_now": transport.gate.blocked_count(time.monotonic()),
                          "inbound_dropped": self.inbound.dropped if self.inbound else 0},
                 "discovery": self._discovery_status()}
