@@ -48,7 +48,7 @@ def _simulate_defaults() -> dict[str, str]:
     """The defaults of `simulate`'s options that are None, "not given", in its signature."""
     from manymodels.node.sim.spec import SimulationConfig
 
-    return {"accept_licence": shown(SimulationConfig.accept_licences)}
+    return {"accept_licence": shown(SimulationConfig.accept_licences), "share": shown(SimulationConfig.share)}
 
 
 def _print_json(obj) -> None:
@@ -90,6 +90,7 @@ def simulate(
         help="NAME:FRACTION of attacking nodes, repeatable; see `manymodels attacks`.")] = None,
     reputation: Annotated[float, typer.Option(
         help="Ban a peer whose reputation score (0..1) falls below this; 0 never bans.")] = 0.0,
+    share: network.ShareOption = None,
     client_app: Annotated[Optional[str], typer.Option(
         help="A Flower client as every node's learner: MODULE:ATTR or FILE.py:ATTR (see docs/FLOWER.md); "
              "--dataset, --partition and --model are then unused.")] = None,
@@ -114,6 +115,7 @@ def simulate(
             rule=rule, logit_rule=logit_rule, topology=topology, local_epochs=local_epochs, seed=seed, loss=loss,
             probe_size=probe_size, probe_file=str(probe) if probe else None, temperature=temperature,
             synthetic_weight=synthetic_weight, licence=licence, attacks=tuple(attack or ()), reputation=reputation,
+            **({"share": share} if share is not None else {}),
             client_app=client_app, run_config=" ".join(run_config or ()),
             **training_options(hidden, optimizer, lr, momentum, weight_decay, batch_size, shuffle),
             **({"accept_licences": tuple(accept_licence)} if accept_licence else {}))

@@ -29,6 +29,10 @@ node_app = typer.Typer(no_args_is_help=True, help="Run a node daemon: start, sta
 console = Console(soft_wrap=True)
 HomeOption = Annotated[Path, typer.Option("--home", help="The node's home directory.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print as JSON.")]
+ShareOption = Annotated[Optional[str], typer.Option(
+    help="Who gets this node's knowledge: all; reciprocal[:N], the peers that gave at least N knowledge messages "
+         "in the last 5 versions (a newcomer gets 3 versions' trial); allowlist:FILE, the peer ids in FILE (one a "
+         "line). A peer left out gets no model, only the announcements.")]
 WideOption = Annotated[bool, typer.Option("--wide", help="Never truncate a cell (ids, digests), however wide the "
                                                          "table gets; otherwise a truncated cell ends in '…'.")]
 
@@ -95,6 +99,7 @@ def start(
         help="Messages larger than this (bytes) are announced to the neighbours, who pull the newest "
                     "before each fold; smaller ones are pushed.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="The network's seed (data split, initial model).")] = None,
+    share: ShareOption = None,
     client_app: Annotated[Optional[str], typer.Option(
         help="A Flower client as this node's learner: MODULE:ATTR or FILE.py:ATTR (see docs/FLOWER.md); it gets "
              "--partition-id of --num-partitions, and --dataset, --partition and --model are then unused.")] = None,
@@ -138,6 +143,7 @@ def start(
                            partition_id=partition_id, num_partitions=num_partitions, model=model, exchange=exchange,
                            rule=rule, period=period, reputation=reputation, push_limit=push_limit, seed=seed,
                            client_app=_app_spec(client_app), mdns=mdns, metrics=_metrics(metrics),
+                           share=_share_spec(share),
                            run_config=None if run_config is None else " ".join(run_config), **training)
     verbosity = ["--verbose"] * verbose + ["--quiet"] * quiet
     log_path = h.log_file if log_file is None and detach else log_file
@@ -190,6 +196,13 @@ def _startup_error(exc: BaseException) -> str | None:
     if isinstance(exc, WorkerError):
         return f"the node's learner failed: {exc}"
     return str(exc) if isinstance(exc, ListenError) else None
+
+
+def _share_spec(spec: str | None) -> str | None:
+    """--share with an allowlist's FILE made absolute, so a restart from elsewhere finds it."""
+    if spec is None or not spec.strip().startswith("allowlist:"):
+        return spec
+    return "allowlist:" + str(Path(spec.strip()[len("allowlist:"):]).expanduser().absolute())
 
 
 def _app_spec(spec: str | None) -> str | None:
@@ -457,7 +470,26 @@ def _said_after_a_second(line: str):
             spinner.stop()
 
 
+def value(home: HomeOption, json_out: JsonOption = False, wide: WideOption = False) -> None:
+    """What each peer's knowledge has done for this node's model: every fold's change in held-out
+    accuracy, credited to the peers whose messages it took by the examples behind them (an estimate
+    from what the node has anyway: no extra traffic, no retraining)."""
+    def show(result: dict) -> None:
+        folds = result["folds"]
+        table = Table(title="value of each peer to this model", caption=(
+            f"credit: held-out accuracy points its folds gained (-: lost), by share; last fold "
+            f"{folds[-1]['accuracy_before']:.3f} -> {folds[-1]['accuracy_after']:.3f}" if folds else
+            "no fold has taken a peer's knowledge yet"))
+        for column in ("peer", "folds", "share", "credit", "per fold", "reputation"):
+            table.add_column(column, justify="left" if column == "peer" else "right")
+        for r in result["peers"]:
+            table.add_row(r["peer"], str(r["folds"]), f"{r['share']:.2f}", f"{100 * r['credit']:+.2f}",
+                          f"{100 * r['credit_per_fold']:+.2f}", "-" if r["reputation"] is None else f"{r['reputation']:.2f}")
+        _show_table(table, wide)
+    _out(_request(home, "value"), json_out, show)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(node_app, name="node")
-    for command in (peers, connect, models, pull):
+    for command in (peers, connect, models, pull, value):
         app.command()(command)

@@ -32,6 +32,7 @@ from .core.exchange import (Distillation, DistillSettings, Exchange, Mixed, Synt
                             WeightGossip)
 from .core.node import Node
 from .core.reputation import Reputation
+from .core.sharing import SharePolicy, ShareError, Sharing
 from .core.transport import Transport
 from .learning.partition import PartitionError, parse_partition
 from .learning.probe import ProbeSet
@@ -59,12 +60,18 @@ class NodeSpec:
     synthetic_weight: float = 0.5  # loss weight of a peer's synthetic sample
     licence: str = "CC-BY-4.0"  # on this node's synthetic data cards
     accept_licences: tuple[str, ...] = ("CC0-1.0", "CC-BY-4.0")
+    share: SharePolicy = SharePolicy()  # who gets this node's knowledge (--share)
 
     @classmethod
     def parse(cls, learner: LearnerRecipe, *, exchange: str = "weights", rule: str = "fedavg",
               logit_rule: str = "logit-probmean", **settings: Any) -> NodeSpec:
-        """The spec from options as given; a SpecError says what is wrong with them."""
+        """The spec from options as given (`share` as --share's text); a SpecError says what is wrong
+        with them."""
         check_learner(learner)
+        try:
+            settings["share"] = SharePolicy.parse(settings.get("share", "all"))
+        except ShareError as exc:
+            raise SpecError(str(exc)) from None
         spec = cls(learner, exchange_name(exchange), resolve_rule(rule, "weights"),
                    resolve_rule(logit_rule, "logits"), **settings)
         if not 0 <= spec.reputation <= 1:
@@ -210,4 +217,5 @@ def build_node(spec: NodeSpec, identity: Identity, learner: Any, transport: Tran
     """A node as `spec` says, on `transport`, with the clock `clock` (ms); `node_class` and `extra`:
     the daemon's and the simulator's attackers' own kinds of node."""
     return node_class(identity, learner, transport, EXCHANGES[spec.exchange](spec, data),
-                      num_classes=data.num_classes, clock=clock, reputation=Reputation(spec.reputation), **extra)
+                      num_classes=data.num_classes, clock=clock, reputation=Reputation(spec.reputation),
+                      sharing=Sharing(spec.share), **extra)

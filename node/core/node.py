@@ -19,6 +19,7 @@ from manymodels.protocol import (Identity, Message, Payload, Reason, RejectedMes
 from .exchange import Exchange, Folded, NodeView
 from ..learning.learner import Learner
 from .reputation import Reputation, outlier_ratios
+from .sharing import KNOWLEDGE, Sharing
 from .transport import Transport
 
 
@@ -31,13 +32,14 @@ class NodeStats:
     rejected: Counter = field(default_factory=Counter)  # protocol rejections, by reason
     refused: Counter = field(default_factory=Counter)  # valid messages the exchange would not use, by reason
     rejected_from: Counter = field(default_factory=Counter)  # protocol rejections, by transport address
+    withheld: int = 0  # knowledge messages not sent to a neighbour the sharing policy leaves out
 
     @property
     def rejected_total(self) -> int:
         return sum(self.rejected.values())
 
     # what a daemon keeps across restarts (rejected_from is per connection: not kept)
-    KEPT = ("bytes_sent", "bytes_received", "messages_accepted", "sent_by_kind", "rejected", "refused")
+    KEPT = ("bytes_sent", "bytes_received", "messages_accepted", "sent_by_kind", "rejected", "refused", "withheld")
 
     def to_json(self) -> dict:
         return {name: getattr(self, name) for name in self.KEPT}
@@ -62,12 +64,14 @@ def sealed(node: Node, payloads: list[Payload]) -> list[tuple[bytes, str]]:
 class Node:
     def __init__(self, identity: Identity, learner: Learner, transport: Transport, exchange: Exchange,
                  *, num_classes: int, clock: Callable[[], int], guard: ReplayGuard | None = None,
-                 reputation: Reputation | None = None, outbound: Outbound = sealed) -> None:
+                 reputation: Reputation | None = None, outbound: Outbound = sealed,
+                 sharing: Sharing | None = None) -> None:
         self.identity = identity
         self.learner = learner
         self.transport = transport
         self.exchange = exchange
         self.outbound = outbound
+        self.sharing = sharing or Sharing()  # who gets this node's knowledge
         self.num_classes = num_classes
         self.clock = clock  # Unix time in ms; virtual in the simulator
         self.guard = guard or ReplayGuard()
@@ -102,7 +106,11 @@ class Node:
             self.send_to_neighbours(data, kind)
 
     def send_to_neighbours(self, data: bytes, kind: str) -> None:
+        """To every neighbour; knowledge only to those the sharing policy gives it to."""
         for peer in self.neighbours:
+            if kind in KNOWLEDGE and not self.sharing.shares_with(peer, self.version):
+                self.stats.withheld += 1
+                continue
             self.transport.send(peer, data)
             self.stats.bytes_sent += len(data)
             self.stats.sent_by_kind[kind] += len(data)
@@ -152,6 +160,8 @@ class Node:
         reason = self.exchange.receive(self.view, message)
         if reason:
             self.refuse(reason)
+        elif message.kind in KNOWLEDGE:
+            self.sharing.gave(message.sender_id, self.version)
 
     def refuse(self, reason: str) -> None:
         self.stats.refused[reason] += 1

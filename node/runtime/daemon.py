@@ -26,6 +26,7 @@ from manymodels.protocol import (MAX_ENVELOPE_BYTES, Announce, BlobRequest, Blob
 
 from .control import serve as serve_control
 from .inbound import Inbound
+from .ledger import Ledger, examples_behind
 from .listen import listen_addrs
 from .logs import size
 from .metrics import Metrics
@@ -50,6 +51,7 @@ MAX_PULLS_PER_CYCLE = 8  # announced-only messages fetched before a fold
 MAX_PULL_BYTES_PER_CYCLE = 1 << 30  # and their bytes, all together
 MAX_KNOWN_PEERS = 1024  # the peer table (least recently seen dropped)
 MAX_SENDERS_PER_PERIOD = 64  # distinct authors of knowledge folded in one period
+MAX_KEPT_EXAMPLES = 4 * MAX_SENDERS_PER_PERIOD  # knowledge messages whose weight the ledger may need
 SERVE_QUEUE_PER_PEER = PULL_WINDOW * BLOB_CHUNK  # blob bytes waiting to be sent to one peer
 SERVE_QUEUE_TOTAL = 256 << 20  # ... and to all peers together
 SEQ_MARGIN = 10_000  # sequence numbers a crash may have used since the last save
@@ -76,6 +78,7 @@ class DaemonConfig:
     # A message larger than this is announced to the neighbours, not pushed: each pulls the newest
     # one by digest when it is about to fold, so a 100 MB model crosses a link once per fold at most.
     push_limit: int = 1 << 20
+    share: str = "all"  # who gets this node's knowledge: all, reciprocal[:N] or allowlist:FILE
     metrics: str = ""  # HOST:PORT to serve Prometheus metrics on ("": none)
 
     def to_json(self) -> dict:
@@ -96,7 +99,7 @@ class DaemonConfig:
             raise SpecError(f"a daemon runs a Flower client with --exchange weights (--exchange {self.exchange} "
                             "needs the built-in datasets, or the simulator's --probe for a client's distill hooks)")
         return NodeSpec.parse(self.recipe, exchange=self.exchange, rule=self.rule, logit_rule=self.logit_rule,
-                              reputation=self.reputation, local_epochs=self.local_epochs)
+                              reputation=self.reputation, local_epochs=self.local_epochs, share=self.share)
 
 
 def now_ms() -> int:
@@ -118,6 +121,7 @@ class DaemonNode(Node):
         self.discovered = lambda addrs: None  # the daemon dials peers it learns of
         self.may_serve = lambda peer, nbytes: True  # the transport's gate meters serving
         self.senders: set[bytes] = set()  # authors of knowledge received this period
+        self.examples: dict[bytes, int] = {}  # digest -> examples behind a knowledge message (the ledger's weights)
         self._handlers = {"blob_request": self._on_blob_request, "blob_response": self._on_pull_answer,
                           "error": self._on_pull_answer, "hello": self._on_hello, "peers": self._on_peers,
                           "announce": self._on_direct_announce}
@@ -148,6 +152,9 @@ class DaemonNode(Node):
         if message.sender not in self.senders and len(self.senders) >= MAX_SENDERS_PER_PERIOD:
             return self.refuse("too_many_senders")
         self.senders.add(message.sender)
+        self.examples[message.digest] = examples_behind(message.payload)
+        while len(self.examples) > MAX_KEPT_EXAMPLES:
+            del self.examples[next(iter(self.examples))]
         payload = message.payload
         entry["offered"][payload.KIND] = getattr(payload, "model", "")
         if isinstance(payload, Weights):
@@ -296,6 +303,10 @@ class DaemonNode(Node):
     def _serve_blob(self, sender_address: str, request: BlobRequest) -> None:
         """One chunk, metered: per peer by the gate's byte budget, and by what already waits to be
         sent (to this peer and to all); over either, a `busy` error instead of the bytes."""
+        if not self.sharing.shares_with(sender_address, self.version):  # every blob is knowledge
+            self.stats.withheld += 1
+            self.transport.send(sender_address, self.seal(Error("withheld", request.digest.hex())))
+            return
         blob = self.blobs.get(request.digest)
         if blob is None:
             self.transport.send(sender_address, self.seal(Error("not_found", request.digest.hex())))
@@ -327,6 +338,7 @@ class Daemon:
         self.started = now_ms()
         self.history: list[dict] = []
         self.provenance: list[dict] = []
+        self.ledger = Ledger()  # what each peer's knowledge did to the model
         self.stopping = trio.Event()
         self.discovery: Discovery | None = None
         self._dials: list[float] = []  # when peer-exchange dials happened (the last minute's)
@@ -371,6 +383,7 @@ class Daemon:
         self.provenance = state.get("provenance", [])
         self.history = state.get("history", [])
         node.stats.restore(state.get("stats", {}))  # counters run on across restarts
+        self.ledger = Ledger.from_json(state.get("ledger", {}))
         node.pulled = state.get("stats", {}).get("pulled", 0)
         self._counted = _counts(node.stats)
         checkpoint = self.home.load_checkpoint()
@@ -394,6 +407,7 @@ class Daemon:
             "provenance": self.provenance[-100:],
             "history": self.history[-1000:],
             "stats": {**node.stats.to_json(), "pulled": node.pulled},
+            "ledger": self.ledger.to_json(),
         })
 
     # --- the learning cycle, in a thread ------------------------------------------------------
@@ -412,11 +426,16 @@ class Daemon:
     def _fold(self, node: DaemonNode) -> None:
         """Fold what arrived during the period, evaluate the result, and save it."""
         with self.metrics.fold_seconds.time():
+            before = node.learner.evaluate_test()["accuracy"]  # the ledger credits the fold's change
             folded = node.fold()
             if folded.changed:
                 self.provenance.append({"version": node.version, "time": now_ms(), "folded": folded.senders,
                                         "digests": [digest.hex() for _, digest in folded.inputs]})
             accuracy = node.learner.evaluate_test()["accuracy"]
+            if folded.changed and folded.inputs:
+                self.ledger.record(node.version, before, accuracy,
+                                   [(sender, node.examples.get(digest, 0)) for sender, digest in folded.inputs],
+                                   {peer: node.reputation.scores.get(_key_of(peer, node)) for peer in folded.senders})
             self.history.append({"version": node.version, "time": now_ms(), "accuracy": round(accuracy, 4)})
             self.save(node)
         log.info("%s", self._period(node, folded, accuracy))
@@ -516,6 +535,8 @@ class Daemon:
             return [local, *sorted(node.remote_models.values(), key=lambda m: m["peer"])]
         if cmd == "pull":
             return await self._pull_from_any(node, request.get("peer"), bytes.fromhex(request["digest"]))
+        if cmd == "value":
+            return {"peers": self.ledger.table(), "folds": self.ledger.folds[-10:]}
         raise ValueError(f"unknown command {cmd!r}")
 
     def _status(self, transport) -> dict:
@@ -538,7 +559,7 @@ class Daemon:
                 "uptime_s": round((now_ms() - self.started) / 1000, 1), "home": str(self.home.path),
                 "messages_accepted": stats.messages_accepted, "rejected": dict(stats.rejected),
                 "refused": dict(stats.refused), "bytes_sent": stats.bytes_sent, "bytes_received": stats.bytes_received,
-                "pulled": pulled,
+                "pulled": pulled, "withheld": stats.withheld, "share": self.config.share,
                 "gate": {**transport.gate.events, "blocked_now": transport.gate.blocked_count(time.monotonic()),
                          "inbound_dropped": self.inbound.dropped if self.inbound else 0},
                 "discovery": self._discovery_status()}

@@ -38,6 +38,7 @@ def _honest_weights(ctx: AttackContext, model: str) -> list[list[np.ndarray]]:
 class Attack:
     name: str = ""
     description: str = ""
+    folds: bool = False  # whether the attacker's node folds what it receives (its own model matters)
 
     def poison_labels(self, y: np.ndarray, num_classes: int) -> np.ndarray:
         return y
@@ -191,8 +192,17 @@ class Stale(Attack):
         return [node.seal(noise.poison(p, node, ctx), ts_ms=node.clock() - 3_600_000) for p in payloads]
 
 
+class FreeRider(Attack):
+    name, description = "freerider", "send nothing; take the knowledge it is sent and fold it into its own model"
+    folds = True
+
+    def messages(self, node, payloads, ctx):
+        return []
+
+
 ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (
-    GaussianNoise, SignFlip, LabelFlip, ALIE, IPM, LogitPoison, SyntheticPoison, Sybil, Forged, Replay, Stale)}
+    GaussianNoise, SignFlip, LabelFlip, ALIE, IPM, LogitPoison, SyntheticPoison, Sybil, Forged, Replay, Stale,
+    FreeRider)}
 
 
 class AttackSpecError(ValueError):

@@ -166,7 +166,7 @@ def _rounds(spec: SimulationSpec, nodes: list[Node], network: MemoryNetwork, con
             adversary(r, network, nodes)
         network.run_until((r + 1) * ROUND_MS)
         for i, node in enumerate(nodes):
-            if i not in attackers:  # an attacker's own model does not matter
+            if i not in attackers or ATTACKS[spec.attackers[members[i]]].folds:  # most attackers' models do not matter
                 if before_fold:
                     before_fold(r, members[i], node)
                 node.fold()
@@ -218,6 +218,7 @@ def _report(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, nodes: li
         "rejected_messages": node.stats.rejected_total,
         "rejected_by_reason": dict(sorted(node.stats.rejected.items())),
         "refused_by_reason": dict(sorted(node.stats.refused.items())),
+        "messages_withheld": node.stats.withheld,
         "reputation": {peer_id(p): round(v, 4) for p, v in sorted(node.reputation.scores.items())},
         "banned": sorted(peer_id(p) for p in node.banned),
         "rejected_per_round": series[i]["rejected_per_round"],

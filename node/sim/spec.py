@@ -19,7 +19,7 @@ from .topology import TopologyError, neighbours
 # Options added after reports existed, with their defaults: a report lists them only when they are not
 # the default, so the reports of earlier runs stay byte for byte what the same options give now.
 _LATER_OPTIONS = {**{key: getattr(DEFAULT_TRAINING, key) for key in
-                     ("hidden", "optimizer", "momentum", "weight_decay", "shuffle")}, "plants": ()}
+                     ("hidden", "optimizer", "momentum", "weight_decay", "shuffle")}, "plants": (), "share": "all"}
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ class SimulationConfig:
     # and the learner options are then unused.
     client_app: str | None = None
     run_config: str = ""  # the client's context.run_config overrides, "k=v k2=v2" as `flwr run --run-config`
+    share: str = "all"  # who gets each node's knowledge: all, reciprocal[:N] or allowlist:FILE
 
     def to_report(self) -> dict:
         report = asdict(self)
@@ -95,7 +96,7 @@ class SimulationSpec:
             recipe, exchange=c.exchange, rule=c.rule, logit_rule=c.logit_rule, reputation=c.reputation,
             local_epochs=c.local_epochs, temperature=c.temperature, distill_epochs=c.distill_epochs,
             synthetic_per_class=c.synthetic_per_class, synthetic_weight=c.synthetic_weight, licence=c.licence,
-            accept_licences=tuple(c.accept_licences))
+            accept_licences=tuple(c.accept_licences), share=c.share)
         archs = () if c.client_app else architectures(c.model, c.nodes)
         try:
             adjacency = neighbours(c.topology, c.nodes, c.seed)
