@@ -426,13 +426,15 @@ class Daemon:
     def _fold(self, node: DaemonNode) -> None:
         """Fold what arrived during the period, evaluate the result, and save it."""
         with self.metrics.fold_seconds.time():
-            before = node.learner.evaluate_test()["accuracy"]  # the ledger credits the fold's change
+            # the ledger credits the fold's change; a period with nothing received does without this
+            # evaluation (it would draw on the learner's randomness: an idle node trains as alone)
+            before = node.learner.evaluate_test()["accuracy"] if node.senders else None
             folded = node.fold()
             if folded.changed:
                 self.provenance.append({"version": node.version, "time": now_ms(), "folded": folded.senders,
                                         "digests": [digest.hex() for _, digest in folded.inputs]})
             accuracy = node.learner.evaluate_test()["accuracy"]
-            if folded.changed and folded.inputs:
+            if folded.changed and folded.inputs and before is not None:
                 self.ledger.record(node.version, before, accuracy,
                                    [(sender, node.examples.get(digest, 0)) for sender, digest in folded.inputs],
                                    {peer: node.reputation.scores.get(_key_of(peer, node)) for peer in folded.senders})
