@@ -30,6 +30,9 @@ class Param:
     valid: Callable[[Any], bool] = lambda value: True
     default: int | float | None = None  # None: the parameter is required
 
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "type": self.type.__name__, "domain": self.domain, "default": self.default}
+
     def describe(self) -> str:
         default = "" if self.default is None else f", default {self.default}"
         return f"{self.name} ({self.type.__name__} {self.domain}{default})"

@@ -231,10 +231,7 @@ def _describe(spec: RuleSpec | None, name: str, source: str, error: str | None =
     return {
         "name": name,
         "kind": spec.kind if spec else None,
-        "params": [
-            {"name": p.name, "type": p.type.__name__, "domain": p.domain, "default": p.default}
-            for p in (spec.params if spec else ())
-        ],
+        "params": [p.to_json() for p in (spec.params if spec else ())],
         "description": spec.description if spec else "",
         "needs_reference": spec.needs_reference if spec else None,
         "source": source,

@@ -116,6 +116,10 @@ class Codec:
         return self.definition.name
 
     @property
+    def relative(self) -> bool:
+        return self.definition.relative
+
+    @property
     def lossless(self) -> bool:
         return self.name == "float32"
 
@@ -352,7 +356,7 @@ def list_codecs() -> list[dict[str, Any]]:
     """Every codec, JSON-ready: built-ins, then plugins; a plugin that cannot be used has an "error"."""
     def row(spec: CodecSpec | None, name: str, source: str, error: str | None = None) -> dict[str, Any]:
         return {"name": name, "kinds": list(spec.kinds) if spec else None, "description": spec.description if spec
-                else "", "params": [p.describe() for p in spec.params] if spec else [], "source": source,
+                else "", "params": [p.to_json() for p in spec.params] if spec else [], "source": source,
                 "error": error}
     rows = [row(spec, name, "builtin") for name, spec in BUILTINS.items()]
     for ep in _plugins():

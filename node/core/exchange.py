@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from manymodels.aggregation import Rule, RuleError, after_bans
-from manymodels.protocol import Logits, Message, Payload, SyntheticBatch, Weights
+from manymodels.protocol import Codec, Logits, Message, Payload, SyntheticBatch, Weights, dense, get_codec
 
 from ..learning.generator import NAME as GENERATOR_NAME
 from ..learning.generator import GaussianClassGenerator
 from ..learning.learner import Learner, Samples, log_soft_labels
 from ..learning.probe import ProbeSet
+from .feedback import ErrorFeedback
 
 
 @dataclass(frozen=True)
@@ -105,13 +106,18 @@ class Exchange(ABC):
 
 class WeightGossip(Exchange):
     """Asynchronous weight gossip: fold the newest weights from each peer of the same
-    architecture, received since the last fold, together with one's own through the node's rule."""
+    architecture, received since the last fold, together with one's own through the node's rule.
+    Weights travel through the node's codec with error feedback (feedback.py); received ones are
+    decoded to the learner's dtype at the fold, a sparse message's missing values taken from the
+    node's own weights (docs/COMPRESSION.md)."""
 
     name = "weights"
     consumes = ("weights",)
 
-    def __init__(self, rule: Rule) -> None:
+    def __init__(self, rule: Rule, codec: Codec = get_codec("float32"), rng: np.random.Generator | None = None) -> None:
         self.rule = rule
+        self.codec = codec
+        self._compressor = ErrorFeedback(codec, rng)
         self._inbox: dict[bytes, Message] = {}  # the newest weights message per sender
         self._rules = {0: rule}  # the rule after k bans of neighbours (after_bans), by k
 
@@ -119,7 +125,8 @@ class WeightGossip(Exchange):
         learner = node.learner
         if not learner.supports_weights:
             return []
-        return [Weights(learner.architecture, version, learner.num_examples, learner.get_weights())]
+        return [Weights(learner.architecture, version, learner.num_examples,
+                        self._compressor.compress(learner.get_weights()))]
 
     def largest_payload(self, node: NodeView) -> int:
         """Exactly the node's own tensors (a peer's must match them), plus their headers."""
@@ -134,10 +141,10 @@ class WeightGossip(Exchange):
             return None
         if payload.model != node.learner.architecture or not node.learner.supports_weights:
             return "other_architecture"
-        if [(t.shape, t.dtype) for t in payload.tensors] != node.tensor_specs:
-            return "tensor_mismatch"
-        if not all(np.isfinite(t).all() for t in payload.tensors):
-            return "non_finite"
+        if [tuple(t.shape) for t in payload.tensors] != [shape for shape, _ in node.tensor_specs]:
+            return "tensor_mismatch"  # checked before anything of a coded tensor's dense size is built
+        if not all(np.isfinite(t).all() for t in payload.tensors if isinstance(t, np.ndarray)):
+            return "non_finite"  # a coded tensor is finite, or the protocol refused it (bad_coding)
         previous = self._inbox.get(message.sender)
         if previous is None or payload.version >= previous.payload.version:
             self._inbox[message.sender] = message
@@ -148,13 +155,14 @@ class WeightGossip(Exchange):
             return Folded()
         inbox, self._inbox = self._inbox, {}  # one swap: a daemon's network thread may be adding
         own = node.learner.get_weights()
-        node.judge(_flat(own), {peer: _flat(m.payload.tensors) for peer, m in inbox.items()})
+        tensors = {peer: [dense(t, base=o).astype(o.dtype, copy=False) for t, o in zip(m.payload.tensors, own)]
+                   for peer, m in inbox.items()}
+        node.judge(_flat(own), {peer: _flat(peer_tensors) for peer, peer_tensors in tensors.items()})
         inbox = {peer: m for peer, m in inbox.items() if peer not in node.banned}  # bans made just now too
         if not inbox:
             return Folded()
-        weights = [m.payload for m in inbox.values()]
-        claims = capped_at_median([node.learner.num_examples, *(w.num_examples for w in weights)])
-        results = list(zip([own, *(w.tensors for w in weights)], claims.tolist()))
+        claims = capped_at_median([node.learner.num_examples, *(m.payload.num_examples for m in inbox.values())])
+        results = list(zip([own, *(tensors[peer] for peer in inbox)], claims.tolist()))
         banned = node.banned_neighbours()
         if banned not in self._rules:
             self._rules[banned] = after_bans(self.rule, banned)
@@ -173,7 +181,7 @@ class DistillSettings:
     class_counts: list[int]  # private examples per class, published with the logits
     temperature: float = 2.0
     epochs: int = 2
-    wire_dtype: str = "float16"  # soft labels need no more precision; halves the bytes
+    codec: Codec = get_codec("float16")  # soft labels need no more precision than float16: half the bytes
 
 
 class Distillation(Exchange):
@@ -197,7 +205,7 @@ class Distillation(Exchange):
 
     def publish(self, node: NodeView, version: int) -> list[Payload]:
         s = self.settings
-        logits = node.learner.predict(s.probe.x).astype(s.wire_dtype)
+        logits = s.codec.encode(node.learner.predict(s.probe.x))
         return [Logits(self._digest, node.learner.architecture, version, s.temperature, logits,
                        list(s.class_counts))]
 
@@ -213,7 +221,7 @@ class Distillation(Exchange):
             return "other_probe_set"
         if payload.logits.shape != (len(self.settings.probe.x), node.num_classes):
             return "logits_shape"
-        logits = payload.logits.astype(np.float32)
+        logits = dense(payload.logits)
         if not np.isfinite(logits).all():
             return "non_finite"
         # Normalised on arrival: architectures differ wildly in logit scale (a forest's log
