@@ -21,8 +21,9 @@ from rich.text import Text
 from .config_file import ConfigOption
 from .errors import UserError
 from .help_defaults import shown, with_defaults
-from .learner_options import (BatchSizeOption, HiddenOption, LrOption, MomentumOption, OptimizerOption,
-                              ShuffleOption, WeightDecayOption, training_options)
+from .learner_options import (BatchSizeOption, CompressLogitsOption, CompressOption, HiddenOption, LrOption,
+                              MomentumOption, OptimizerOption, ShuffleOption, WeightDecayOption, codec_options,
+                              training_options)
 
 node_app = typer.Typer(no_args_is_help=True, help="Run a node daemon: start, status, stop.")
 console = Console(soft_wrap=True)
@@ -91,6 +92,8 @@ def start(
     shuffle: ShuffleOption = None,
     exchange: Annotated[Optional[str], typer.Option(help="weights, distill, synthetic or mixed.")] = None,
     rule: Annotated[Optional[str], typer.Option(help="Weights rule; see `manymodels rules`.")] = None,
+    compress: CompressOption = None,
+    compress_logits: CompressLogitsOption = None,
     period: Annotated[Optional[float], typer.Option(help="Seconds between learning cycles.")] = None,
     reputation: Annotated[Optional[float], typer.Option(
         help="Stop accepting a peer whose reputation (0..1) falls below this (0: never).")] = None,
@@ -138,7 +141,7 @@ def start(
                      partition_id=partition_id, num_partitions=num_partitions, model=model, exchange=exchange,
                      rule=rule, period=period, reputation=reputation, push_limit=push_limit, seed=seed,
                      client_app=_app_spec(client_app), run_config=None if run_config is None else " ".join(run_config),
-                     mdns=mdns, **training)
+                     mdns=mdns, **training, **codec_options(compress, compress_logits))
     verbosity = ["--verbose"] * verbose + ["--quiet"] * quiet
     log_path = h.log_file if log_file is None and detach else log_file
     if detach:
@@ -294,7 +297,10 @@ def status(home: HomeOption, json_out: JsonOption = False) -> None:
     """Show a running node's id, addresses, model and counters."""
     def show(s):
         loading = "; loading its learner" if s["state"] == "loading" else ""
-        console.print(f"node {s['id']}  ({s['model']}, {s['exchange']}, rule {s['rule']}){loading}", highlight=False)
+        codecs = f", compress {s['compress']}" if s["exchange"] in ("weights", "mixed") else ""
+        codecs += f", compress-logits {s['compress_logits']}" if s["exchange"] in ("distill", "mixed") else ""
+        console.print(f"node {s['id']}  ({s['model']}, {s['exchange']}, rule {s['rule']}{codecs}){loading}",
+                      highlight=False)
         console.print(f"listening on {' '.join(s['addrs'])}", highlight=False)
         accuracy = "-" if s["accuracy"] is None else f"{s['accuracy']:.3f}"
         console.print(f"{s['peers']} peers connected; model version {s['version']}, held-out accuracy {accuracy}; "
