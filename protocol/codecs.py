@@ -379,7 +379,7 @@ def check_coded(tensors: list[Tensor], limit: int) -> None:
     if dense_bytes > limit:
         raise RejectedMessage(Reason.TOO_LARGE, f"coded tensors decode to {dense_bytes} bytes > limit {limit}")
     for tensor in coded:
-        spec = _codec_of(tensor)
+        spec = codec_of(tensor)
         try:
             spec.check(tensor)
         except RejectedMessage:
@@ -388,7 +388,8 @@ def check_coded(tensors: list[Tensor], limit: int) -> None:
             raise _bad(f"{tensor.codec} check failed: {type(exc).__name__}") from None
 
 
-def _codec_of(tensor: Coded) -> CodecSpec:
+def codec_of(tensor: Coded) -> CodecSpec:
+    """The codec a checked coded tensor names (RejectedMessage `unknown_codec` if none)."""
     try:
         spec = _find(tensor.codec)
     except CodecError:
@@ -403,4 +404,4 @@ def dense(tensor: Tensor, base: np.ndarray | None = None) -> np.ndarray:
     relative codec takes what it leaves out from `base` (a receiver's own tensor; None: zeros)."""
     if isinstance(tensor, np.ndarray):
         return np.asarray(tensor, np.float32)
-    return _codec_of(tensor).decode(tensor, base)
+    return codec_of(tensor).decode(tensor, base)

@@ -12,15 +12,16 @@ name, and how each is built from a node's spec: node/spec.py's EXCHANGES."""
 from __future__ import annotations
 
 import math
-
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from manymodels.aggregation import Rule, RuleError, after_bans
-from manymodels.protocol import Codec, Logits, Message, Payload, SyntheticBatch, Weights, dense, get_codec
+from manymodels.protocol import (Codec, Coded, Logits, Message, Payload, SyntheticBatch, Tensor, Weights, codec_of,
+                                 dense, get_codec)
 
 from ..learning.generator import NAME as GENERATOR_NAME
 from ..learning.generator import GaussianClassGenerator
@@ -63,6 +64,9 @@ class Folded:
                       tuple(r for f in parts for r in f.refused))
 
 
+MAX_HEARD = 64  # senders of sparse weights whose last known weights a node keeps (the bases of their next)
+
+
 def _inputs(messages: Iterable[Message]) -> tuple[tuple[str, bytes], ...]:
     return tuple((m.sender_id, m.digest) for m in messages)
 
@@ -99,6 +103,9 @@ class Exchange(ABC):
         """Samples from peers to train on beside the private data."""
         return None
 
+    def start(self, node: NodeView) -> None:
+        """Called once as the node is built, before it trains: the learner holds its initial model."""
+
     @abstractmethod
     def largest_payload(self, node: NodeView) -> int:
         """Bytes of the largest payload this exchange can fold (what a node caps its frames by)."""
@@ -119,7 +126,12 @@ class WeightGossip(Exchange):
         self.codec = codec
         self._compressor = ErrorFeedback(codec, rng)
         self._inbox: dict[bytes, Message] = {}  # the newest weights message per sender
+        self._heard: OrderedDict[bytes, list[np.ndarray]] = OrderedDict()  # senders of sparse weights, as last heard
         self._rules = {0: rule}  # the rule after k bans of neighbours (after_bans), by k
+
+    def start(self, node: NodeView) -> None:
+        if node.learner.supports_weights and not self.codec.lossless:
+            self._compressor.start(node.learner.get_weights())
 
     def publish(self, node: NodeView, version: int) -> list[Payload]:
         learner = node.learner
@@ -150,13 +162,24 @@ class WeightGossip(Exchange):
             self._inbox[message.sender] = message
         return None
 
+    def _decode(self, peer: bytes, tensors: list[Tensor], own: list[np.ndarray]) -> list[np.ndarray]:
+        """A peer's weights as this node's dtype. A sparse message brings some values: the others are
+        the peer's as last heard (its own weights for a peer not heard yet), kept for the next one."""
+        if not any(isinstance(t, Coded) and codec_of(t).relative for t in tensors):
+            return [dense(t).astype(o.dtype, copy=False) for t, o in zip(tensors, own)]
+        bases = self._heard.pop(peer, own)
+        decoded = [dense(t, base=b).astype(o.dtype, copy=False) for t, b, o in zip(tensors, bases, own)]
+        self._heard[peer] = decoded
+        while len(self._heard) > MAX_HEARD:
+            self._heard.popitem(last=False)  # the peer heard from longest ago
+        return decoded
+
     def fold(self, node: NodeView) -> Folded:
         if not self._inbox:
             return Folded()
         inbox, self._inbox = self._inbox, {}  # one swap: a daemon's network thread may be adding
         own = node.learner.get_weights()
-        tensors = {peer: [dense(t, base=o).astype(o.dtype, copy=False) for t, o in zip(m.payload.tensors, own)]
-                   for peer, m in inbox.items()}
+        tensors = {peer: self._decode(peer, m.payload.tensors, own) for peer, m in inbox.items()}
         node.judge(_flat(own), {peer: _flat(peer_tensors) for peer, peer_tensors in tensors.items()})
         inbox = {peer: m for peer, m in inbox.items() if peer not in node.banned}  # bans made just now too
         if not inbox:
@@ -390,6 +413,10 @@ class Mixed(Exchange):
 
     def fold(self, node: NodeView) -> Folded:
         return Folded.of([part.fold(node) for part in self.parts])  # weights first, then distillation
+
+    def start(self, node: NodeView) -> None:
+        for part in self.parts:
+            part.start(node)
 
     def largest_payload(self, node: NodeView) -> int:
         return max(part.largest_payload(node) for part in self.parts)

@@ -6,7 +6,8 @@ Node state, not protocol: receivers decode each message on its own. Two forms, b
   what the receivers will not see, `target - dense(coded)`: rounding errors do not pile up, they
   average out over messages (Seide et al. 2014; Karimireddy et al. 2019);
 * a relative codec (top-k, random-k) sends values at some indices; receivers take the rest from
-  their own model. The sender codes against what it has told so far (`told`, zeros at first), so
+  their own model. The sender codes against what it has told so far (`told`: at first the initial
+  model, `start`), so
   top-k picks what changed most *since last sent*: a change too small to be picked in any one
   round accumulates until it is (the residual is `tensor - told`; Stich et al. 2018).
 
@@ -37,12 +38,18 @@ class ErrorFeedback:
         self._told: list[np.ndarray] | None = None  # relative codecs: the base of the next message
         self._residual: list[np.ndarray] | None = None  # dense codecs: what was dropped so far
 
+    def start(self, tensors: list[np.ndarray]) -> None:
+        """What the receivers hold before the first message: the initial model, which every node of a
+        network seeded alike starts from (without this, zeros: the first messages then send the
+        largest values, which the receivers already have)."""
+        self._told = [np.array(t, np.float32) for t in tensors]
+        self._residual = [np.zeros(t.shape, np.float32) for t in tensors]
+
     def compress(self, tensors: list[np.ndarray]) -> list[Tensor]:
         if self.codec.lossless:
             return tensors
         if self._told is None:
-            self._told = [np.zeros(t.shape, np.float32) for t in tensors]
-            self._residual = [np.zeros(t.shape, np.float32) for t in tensors]
+            self.start([np.zeros(t.shape, np.float32) for t in tensors])
         return [self._one(i, np.asarray(t, np.float32)) for i, t in enumerate(tensors)]
 
     def _one(self, i: int, tensor: np.ndarray) -> Tensor:
