@@ -62,9 +62,28 @@ def bytes_section(args) -> tuple[list[str], list[dict]]:
                     f"{f'{loss:+.1f}' if loss is not None else '-'} | {'**yes**' if meets else 'no'} |")
         data.append({"exchange": exchange, "codec": codec, "final_accuracy": final, "fewer_bytes_than_float32": ratio,
                      "accuracy_loss_points": loss, "meets_goal": meets, **t})
+    rows += ["", *common_target(runs, data)]
     header = ["| exchange | codec | MB per round | reached 0.9 x pooled | MB to target | fewer bytes than float32 "
               "weights | final accuracy | loss vs float32 weights (pts) | goal met |", "|---" * 9 + "|"]
     return header + rows, data
+
+
+def common_target(runs: list[tuple[str, str, dict]], data: list[dict]) -> list[str]:
+    """Bytes to the best accuracy every distillation codec reaches (distillation may never reach
+    0.9 x pooled at alpha=0.1), for each logits codec and for float32 weight gossip."""
+    distill = [(codec, report) for exchange, codec, report in runs if exchange == "distill"]
+    weights = next((report for exchange, codec, report in runs if (exchange, codec) == ("weights", "float32")), None)
+    if not distill:
+        return []
+    common = min(to_target(report)["best_accuracy"] for _, report in distill)
+    spent = {f"distill {codec}": to_target(report, common)["bytes"] for codec, report in distill}
+    if weights is not None:
+        spent["weights float32"] = to_target(weights, common)["bytes"]
+    first = spent[f"distill {distill[0][0]}"]
+    data.append({"common_target": common, "bytes": spent})
+    return [f"To {common:.3f}, the best mean accuracy every logits codec reaches: "
+            + "; ".join(f"{name} {b / 1e6:,.3f} MB ({b / first:,.2f}x distill {distill[0][0]}'s bytes)"
+                        for name, b in spent.items() if b) + "."]
 
 
 def _rate(fn, megabytes: float, repeat: int) -> float:

@@ -193,15 +193,16 @@ def _bfloat16_decode(coded: Coded, base) -> np.ndarray:
 # --- int8: symmetric, one float32 scale per block ---------------------------------------------------
 
 def _int8(array, rng, base, block: int = 0):
-    flat = array.astype(np.float32).ravel()
-    size = max(len(flat), 1)
-    block = min(block or size, size)
-    blocks = -(-len(flat) // block)
-    padded = np.zeros(blocks * block, np.float32)
-    padded[:len(flat)] = flat
-    scale = np.abs(padded.reshape(blocks, block)).max(axis=1, initial=0.0) / 127
-    per = np.repeat(np.where(scale > 0, scale, 1.0), block)[:len(flat)]
-    q = np.clip(np.rint(flat / per), -127, 127).astype(np.int8)
+    flat = np.asarray(array, np.float32).ravel()
+    block = min(block or flat.size, flat.size) or 1
+    blocks = -(-flat.size // block)
+    if flat.size != blocks * block:  # a shorter last block: padded with zeros, which change no scale
+        flat = np.concatenate([flat, np.zeros(blocks * block - flat.size, np.float32)])
+    grid = flat.reshape(blocks, block)
+    scale = np.maximum(grid.max(axis=1, initial=0.0), -grid.min(axis=1, initial=0.0)) / 127
+    q = grid / np.where(scale > 0, scale, 1)[:, None]
+    np.rint(q, out=q)
+    q = np.clip(q, -127, 127, out=q).astype(np.int8).ravel()[:array.size]
     return Coded("int8", array.shape, (float(block),), (q, scale.astype("<f4")))
 
 
@@ -238,9 +239,11 @@ def _count(size: int, fraction: float) -> int:
 
 def _topk(array, rng, base, fraction: float):
     """The k entries that differ most from `base` (error feedback: what was told before)."""
-    change = np.abs(array.astype(np.float32).ravel() - _base(base, array.shape))
+    flat = np.asarray(array, np.float32).ravel()
+    change = np.abs(flat - base.ravel() if base is not None else flat)
     k = _count(change.size, fraction)
-    return _sparse("topk", array, np.argpartition(-change, k - 1)[:k] if k else np.zeros(0, np.int64))
+    return _sparse("topk", array, np.argpartition(change, change.size - k)[change.size - k:] if k
+                   else np.zeros(0, np.int64))
 
 
 def _randk(array, rng, base, fraction: float):
@@ -278,6 +281,8 @@ def _uint8(array, rng, base, bits: int = 8):
     logp = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
     levels = (1 << bits) - 1
     q = np.rint((np.clip(logp, LOG_FLOOR, 0.0) - LOG_FLOOR) / -LOG_FLOOR * levels).astype(np.uint16).ravel()
+    if bits == 8:  # a byte a value: no bit planes to pack
+        return Coded("uint8", array.shape, (8.0, LOG_FLOOR), (q.astype(np.uint8),))
     planes = ((q[:, None] >> np.arange(bits, dtype=np.uint16)) & 1).astype(np.uint8)
     return Coded("uint8", array.shape, (float(bits), LOG_FLOOR), (np.packbits(planes, bitorder="little"),))
 
@@ -292,8 +297,11 @@ def _uint8_check(coded: Coded) -> None:
 
 def _uint8_decode(coded: Coded, base) -> np.ndarray:
     bits, floor = int(coded.params[0]), float(coded.params[1])
-    planes = np.unpackbits(coded.parts[0], count=coded.size * bits, bitorder="little").reshape(coded.size, bits)
-    q = planes.astype(np.float32) @ (1 << np.arange(bits)).astype(np.float32)
+    if bits == 8:
+        q = coded.parts[0].astype(np.float32)
+    else:
+        planes = np.unpackbits(coded.parts[0], count=coded.size * bits, bitorder="little").reshape(coded.size, bits)
+        q = planes.astype(np.float32) @ (1 << np.arange(bits)).astype(np.float32)
     return (floor * (1 - q / ((1 << bits) - 1))).astype(np.float32).reshape(coded.shape)
 
 
