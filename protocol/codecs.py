@@ -218,7 +218,7 @@ def _int8_check(coded: Coded) -> None:
 
 def _int8_decode(coded: Coded, base) -> np.ndarray:
     q, scale = coded.parts
-    block = int(coded.params[0])
+    block = min(int(coded.params[0]), max(len(q), 1))  # a block beyond the tensor is one scale
     return (q.astype(np.float32) * np.repeat(scale, block)[:len(q)]).reshape(coded.shape)
 
 

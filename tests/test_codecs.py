@@ -9,6 +9,8 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from manymodels.node.core.exchange import WeightGossip
 from manymodels.node.core.feedback import ErrorFeedback
@@ -61,6 +63,12 @@ def test_int8_error_is_at_most_half_a_step_of_its_block(spec, block):
     coded = get_codec(spec).encode(X)
     assert coded.params == (float(block),) and len(coded.parts[1]) == blocks
     assert np.all(np.abs(round_trip(spec).ravel() - flat) <= step / 2 * (1 + 1e-5))
+
+
+def test_int8_block_beyond_the_tensor_is_one_scale():
+    coded = Coded("int8", (2,), (2.0**62,), (arr("|i1", [2, -4]), arr("<f4", [0.5])))
+    payload = open_envelope(seal(ALICE, Weights("m", 1, 1, [coded]), 1, NOW), now_ms=NOW).payload
+    assert dense(payload.tensors[0]).tolist() == [1.0, -2.0]
 
 
 def test_int8_of_zeros_and_of_an_empty_tensor():
@@ -228,6 +236,33 @@ def test_a_node_refuses_a_valid_coded_message_of_other_shapes_before_decoding_it
     finally:
         tracemalloc.stop()
     assert reason == "tensor_mismatch" and peak < 64 * 1024
+
+
+DTYPES = ("|u1", "|i1", "<i2", "<i4", "<i8", "<f2", "<f4", "<f8")
+NUMBERS = st.sampled_from([0.0, 1.0, 2.0, 4.0, 8.0, 9.0, 1.5, -1.0, -16.0, -1e4, 2.0**62, float(2**63)])
+
+
+@st.composite
+def coded_tensors(draw) -> Coded:
+    shape = tuple(draw(st.lists(st.integers(0, 6) | st.just(2**39), max_size=3)))
+    parts = []
+    for dtype in draw(st.lists(st.sampled_from(DTYPES), max_size=4)):
+        size = draw(st.integers(0, 8)) * np.dtype(dtype).itemsize
+        parts.append(np.frombuffer(draw(st.binary(min_size=size, max_size=size)), dtype))
+    return Coded(draw(st.sampled_from(["int8", "topk", "randk", "bfloat16", "uint8", "float32", "zstd"])), shape,
+                 tuple(draw(st.lists(NUMBERS, max_size=3))), tuple(parts))
+
+
+@pytest.mark.slow
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(coded_tensors())
+def test_any_coded_tensor_is_refused_or_decodes_to_its_shape(coded):
+    try:
+        payload = open_envelope(seal(ALICE, Weights("m", 1, 1, [coded]), 1, NOW), now_ms=NOW).payload
+    except RejectedMessage:
+        return
+    decoded = dense(payload.tensors[0])
+    assert decoded.dtype == np.float32 and decoded.shape == coded.shape and np.isfinite(decoded).all()
 
 
 # --- a compressed network ---------------------------------------------------------------------------
