@@ -87,7 +87,8 @@ class CodecSpec:
 
     `encode(array, rng, base, **params)` returns an ndarray or a `Coded`; `check(coded)` raises
     RejectedMessage for parts that break the codec's rules, allocating nothing of the dense size;
-    `decode(coded, base)` returns the float32 array of `coded.shape`. `base` is the array a
+    `decode(coded, base)` returns the float32 array of `coded.shape`, and must succeed on whatever
+    `check` passed (a plugin is code the node's operator installed, as a rule is). `base` is the array a
     *relative* codec (a sparse one) takes what it leaves out from: the sender's view of what it
     told, the receiver's own tensor; None means zeros."""
 

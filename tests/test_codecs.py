@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 import tracemalloc
+import uuid
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from manymodels.node.spec import NodeSpec, SpecError
 from manymodels.node.learning.recipe import LearnerRecipe
 from manymodels.aggregation import get_rule
 from manymodels.protocol import (CodecError, Coded, Identity, Logits, Reason, RejectedMessage, Weights, dense,
-                                 get_codec, open_envelope, seal)
+                                 get_codec, list_codecs, open_envelope, seal)
 from manymodels.protocol.codecs import LOG_FLOOR
 
 RNG = np.random.default_rng(0)
@@ -125,6 +126,44 @@ def test_codec_specs_are_checked_in_one_line():
         NodeSpec.parse(LearnerRecipe(), exchange="distill", compress_logits="topk:0.1")
     with pytest.raises(SpecError, match="--compress compresses weights, which --exchange distill does not send"):
         NodeSpec.parse(LearnerRecipe(), exchange="distill", compress="int8")
+
+
+CODEC_PLUGIN = """
+    import numpy as np
+    from manymodels.aggregation import Param
+    from manymodels.protocol import Coded, CodecSpec
+
+    def encode(array, rng, base, *, scale):
+        return Coded("{p}scaled", array.shape, (float(scale),), ((array.ravel() / scale).astype("<f4"),))
+
+    def decode(coded, base):
+        return (coded.parts[0] * np.float32(coded.params[0])).reshape(coded.shape)
+
+    CODEC = CodecSpec("{p}scaled", ("weights",), encode, decode=decode,
+                      params=(Param("scale", float, "> 0", lambda v: v > 0),), description="divided by scale")
+    NOT_A_CODEC = 42
+"""
+
+
+def test_codec_plugins_load_from_their_entry_points(tmp_path, monkeypatch):
+    from test_rule_entrypoints import install
+
+    p = f"p{uuid.uuid4().hex[:8]}-"
+    module = f"mm_codecs_{p[1:-1]}"
+    install(tmp_path, monkeypatch, {f"{p}scaled": f"{module}:CODEC", f"{p}bad": f"{module}:NOT_A_CODEC",
+                                    f"{p}broken": "mm_no_such_module:CODEC"},
+            {module: CODEC_PLUGIN.replace("{p}", p)}, group="manymodels.codecs")
+    codec = get_codec(f"{p}scaled:4")
+    x = np.array([1.0, -2.0], np.float32)
+    payload = open_envelope(seal(ALICE, Weights("m", 1, 1, [codec.encode(x)]), 1, NOW), now_ms=NOW).payload
+    np.testing.assert_array_equal(dense(payload.tensors[0]), x)
+    with pytest.raises(CodecError, match=f"codec plugin '{p}bad' from .* is not a CodecSpec named '{p}bad'"):
+        get_codec(f"{p}bad")
+    with pytest.raises(CodecError, match=f"codec plugin '{p}broken' from .* failed to load: ModuleNotFoundError"):
+        get_codec(f"{p}broken")
+    rows = {row["name"]: row for row in list_codecs()}
+    assert rows[f"{p}scaled"]["description"] == "divided by scale" and rows[f"{p}scaled"]["error"] is None
+    assert "is not a CodecSpec" in rows[f"{p}bad"]["error"] and rows["int8"]["source"] == "builtin"
 
 
 # --- error feedback ---------------------------------------------------------------------------------
