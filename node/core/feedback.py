@@ -35,31 +35,32 @@ class ErrorFeedback:
         self.codec = codec
         self.rng = rng
         self.feedback = feedback
-        self._told: list[np.ndarray] | None = None  # relative codecs: the base of the next message
-        self._residual: list[np.ndarray] | None = None  # dense codecs: what was dropped so far
+        # per tensor, what the next message is coded with: for a relative codec its base (what the
+        # receivers hold; without feedback, the previous tensor), for a dense one the residual
+        self._kept: list[np.ndarray] | None = None
 
     def start(self, tensors: list[np.ndarray]) -> None:
         """What the receivers hold before the first message: the initial model, which every node of a
-        network seeded alike starts from (without this, zeros: the first messages then send the
+        network seeded alike starts from (without this, zeros: the first sparse messages then send the
         largest values, which the receivers already have)."""
-        self._told = [np.array(t, np.float32) for t in tensors]
-        self._residual = [np.zeros(t.shape, np.float32) for t in tensors]
+        relative = self.codec.relative
+        self._kept = [np.array(t, np.float32) if relative else np.zeros(np.shape(t), np.float32) for t in tensors]
 
     def compress(self, tensors: list[np.ndarray]) -> list[Tensor]:
         if self.codec.lossless:
             return tensors
-        if self._told is None:
-            self.start([np.zeros(t.shape, np.float32) for t in tensors])
+        if self._kept is None:
+            self.start([np.zeros(np.shape(t), np.float32) for t in tensors])
         return [self._one(i, np.asarray(t, np.float32)) for i, t in enumerate(tensors)]
 
     def _one(self, i: int, tensor: np.ndarray) -> Tensor:
-        relative = self.codec.relative
-        target = tensor if relative or not self.feedback else tensor + self._residual[i]
-        coded = self.codec.encode(target, self.rng, base=self._told[i])
-        if not self.feedback:
-            self._told[i] = tensor
-        elif relative:
-            self._told[i] = dense(coded, base=self._told[i])
-        else:
-            self._residual[i] = target - dense(coded)
+        kept = self._kept[i]
+        if self.codec.relative:
+            coded = self.codec.encode(tensor, self.rng, base=kept)
+            self._kept[i] = dense(coded, base=kept) if self.feedback else tensor
+            return coded
+        target = tensor + kept  # the residual stays zero without feedback
+        coded = self.codec.encode(target, self.rng)
+        if self.feedback:
+            self._kept[i] = target - dense(coded)
         return coded
