@@ -306,7 +306,9 @@ def _uint8_decode(coded: Coded, base) -> np.ndarray:
     return (floor * (1 - q / ((1 << bits) - 1))).astype(np.float32).reshape(coded.shape)
 
 
-_FRACTION = Param("fraction", float, "in (0, 0.5]", lambda v: 0 < v <= 0.5)
+# at most a quarter: 2 bytes a value with the indices, so a sparse message stays well under the float32
+# one, which is what a receiver caps its frames by (PROTOCOL.md §11.2)
+_FRACTION = Param("fraction", float, "in (0, 0.25]", lambda v: 0 < v <= 0.25)
 BUILTINS: dict[str, CodecSpec] = {s.name: s for s in (
     CodecSpec("float32", KINDS, _float32, description="the array as it is (no compression)"),
     CodecSpec("float16", KINDS, _float16, description="IEEE half precision (<f2 ndarrays): 2 bytes a value"),

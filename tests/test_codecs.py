@@ -115,7 +115,7 @@ def test_uint8_log_probabilities_within_half_a_level(bits):
 
 def test_codec_specs_are_checked_in_one_line():
     for spec, words in [("zip", "unknown codec 'zip'; available: float32"), ("topk", "lacks parameter fraction"),
-                        ("topk:0.9", "fraction=0.9 is not in (0, 0.5]"), ("int8:4", "block=4 is not 0 (one scale"),
+                        ("topk:0.3", "fraction=0.3 is not in (0, 0.25]"), ("int8:4", "block=4 is not 0 (one scale"),
                         ("uint8:9", "bits=9 is not in [1, 8]"), ("float16:2", "has too many parameters")]:
         with pytest.raises(CodecError, match=re.escape(words)):
             get_codec(spec)

@@ -115,8 +115,8 @@ class WeightGossip(Exchange):
     """Asynchronous weight gossip: fold the newest weights from each peer of the same
     architecture, received since the last fold, together with one's own through the node's rule.
     Weights travel through the node's codec with error feedback (feedback.py); received ones are
-    decoded to the learner's dtype at the fold, a sparse message's missing values taken from the
-    node's own weights (docs/COMPRESSION.md)."""
+    decoded to the learner's dtype at the fold, what a sparse message leaves out taken from the
+    sender's weights as last heard (docs/COMPRESSION.md)."""
 
     name = "weights"
     consumes = ("weights",)
