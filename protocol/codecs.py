@@ -9,7 +9,7 @@ dense shape, a few numbers and up to four ndarray parts:
 >>> coded = codec.encode(np.array([0.1, -3.0, 0.2, 2.0], np.float32))
 >>> coded.codec, coded.shape, coded.parts[0].tolist(), coded.parts[1].tolist()
 ('topk', (4,), [1], [-3.0])
->>> dense(coded, base=np.ones(4, np.float32)).tolist()  # what a sparse message leaves out, the receiver's own
+>>> dense(coded, base=np.ones(4, np.float32)).tolist()  # what a sparse message leaves out: the base's
 [1.0, -3.0, 1.0, 1.0]
 
 Receiving is bounded before anything is allocated: `check_coded` refuses a message whose coded
@@ -412,7 +412,8 @@ def codec_of(tensor: Coded) -> CodecSpec:
 
 def dense(tensor: Tensor, base: np.ndarray | None = None) -> np.ndarray:
     """The float32 array a checked tensor stands for (a plain float32 one as it is, not copied). A
-    relative codec takes what it leaves out from `base` (a receiver's own tensor; None: zeros)."""
+    relative codec takes what it leaves out from `base` (a weights receiver's: the sender's tensor as
+    last heard; None: zeros)."""
     if isinstance(tensor, np.ndarray):
         return np.asarray(tensor, np.float32)
     return codec_of(tensor).decode(tensor, base)
