@@ -12,7 +12,8 @@ import numpy as np
 from . import flower
 from . import logits as _logits
 from . import weights as _weights
-from .base import NDArrays, Param, RuleError, RuleSpec
+from .base import (NDArrays, Param, RuleError, RuleSpec, bind_params, entry_point_source, given_params,
+                   load_plugin)
 
 ENTRY_POINT_GROUP = "manymodels.rules"
 KINDS = ("weights", "logits")
@@ -172,25 +173,18 @@ BUILTINS: dict[str, RuleSpec] = {
 }
 
 
-def _source(ep: EntryPoint) -> str:
-    return f"{ep.dist.name} ({ep.value})" if ep.dist else ep.value
-
-
 def _load(ep: EntryPoint) -> RuleSpec:
     """The RuleSpec behind a plugin entry point; any failure becomes a RuleError saying why."""
-    try:
-        obj = ep.load()
-    except Exception as exc:  # a broken plugin must not take the built-ins down with it
-        raise RuleError(f"rule plugin '{ep.name}' from {_source(ep)} failed to load: {type(exc).__name__}: {exc}") from exc
+    obj = load_plugin(ep, "rule", RuleError)
     if isinstance(obj, RuleSpec):
         spec = obj
     elif callable(obj):
         spec = RuleSpec(ep.name, "weights", obj, description=(obj.__doc__ or "").strip().split("\n")[0])
     else:
-        raise RuleError(f"rule plugin '{ep.name}' from {_source(ep)} is neither a RuleSpec nor a function")
+        raise RuleError(f"rule plugin '{ep.name}' from {entry_point_source(ep)} is neither a RuleSpec nor a function")
     if spec.name != ep.name or spec.kind not in KINDS:
         raise RuleError(
-            f"rule plugin '{ep.name}' from {_source(ep)} is a RuleSpec named '{spec.name}' of kind "
+            f"rule plugin '{ep.name}' from {entry_point_source(ep)} is a RuleSpec named '{spec.name}' of kind "
             f"'{spec.kind}'; the name must be the entry point's and the kind one of {', '.join(KINDS)}"
         )
     return spec
@@ -212,45 +206,9 @@ def _find(name: str) -> RuleSpec:
     raise RuleError(f"unknown rule '{name}'; available: {available}")
 
 
-def _given(definition: RuleSpec, raw: list[str], text: str) -> dict[str, str]:
-    """The parameters written in a spec, by name: by position, or key=value (`named_params`)."""
-    if not definition.named_params:
-        if len(raw) > len(definition.params):
-            raise RuleError(f"rule '{text}' has too many parameters; {definition.usage()}")
-        return {param.name: value for param, value in zip(definition.params, raw)}
-    names = {param.name for param in definition.params}
-    given: dict[str, str] = {}
-    for item in filter(str.strip, raw):
-        key, eq, value = item.partition("=")
-        key = key.strip()
-        if not eq:
-            raise RuleError(f"rule '{text}': parameters are key=value; {definition.usage()}")
-        if key not in names:
-            raise RuleError(f"rule '{text}': {definition.name} has no parameter {key!r}; {definition.usage()}")
-        if key in given:
-            raise RuleError(f"rule '{text}' sets {key} twice")
-        given[key] = value.strip()
-    return given
-
-
 def _bind(definition: RuleSpec, given: dict[str, Any], text: str) -> Rule:
-    """The Rule with the given parameter values (written in `text`, or numbers), defaults for the
-    rest, each checked against its domain."""
-    params: dict[str, int | float] = {}
-    for param in definition.params:
-        if param.name not in given:
-            if param.default is None:
-                raise RuleError(f"rule '{text}' lacks parameter {param.name}; {definition.usage()}")
-            params[param.name] = param.default
-            continue
-        try:
-            value = param.type(given[param.name])
-        except ValueError:
-            raise RuleError(f"rule '{text}': {param.name}={given[param.name]!r} is not {param.type.__name__}; "
-                            f"{definition.usage()}") from None
-        if not (math.isfinite(value) and param.valid(value)):
-            raise RuleError(f"rule '{text}': {param.name}={value} is not {param.domain}; {definition.usage()}")
-        params[param.name] = value
+    """The Rule with the given parameter values (written in `text`, or numbers), defaults for the rest."""
+    params = bind_params(definition, given, text, "rule", RuleError)
     try:
         min_inputs = definition.min_inputs(**params)
     except Exception as exc:  # plugin code
@@ -266,17 +224,14 @@ def get_rule(spec: str) -> Rule:
     prefix = flower.PREFIX if text.startswith(flower.PREFIX) else ""
     name, *raw = text[len(prefix):].split(":")
     definition = flower.find(name) if prefix else _find(name)
-    return _bind(definition, _given(definition, raw, spec), spec)
+    return _bind(definition, given_params(definition, raw, spec, "rule", RuleError), spec)
 
 
 def _describe(spec: RuleSpec | None, name: str, source: str, error: str | None = None) -> dict[str, Any]:
     return {
         "name": name,
         "kind": spec.kind if spec else None,
-        "params": [
-            {"name": p.name, "type": p.type.__name__, "domain": p.domain, "default": p.default}
-            for p in (spec.params if spec else ())
-        ],
+        "params": [p.to_json() for p in (spec.params if spec else ())],
         "description": spec.description if spec else "",
         "needs_reference": spec.needs_reference if spec else None,
         "source": source,
@@ -293,11 +248,11 @@ def list_rules() -> list[dict[str, Any]]:
     seen = set(BUILTINS)
     for ep in _plugins():
         if ep.name in seen:
-            rows.append(_describe(None, ep.name, _source(ep), f"the name '{ep.name}' is already taken"))
+            rows.append(_describe(None, ep.name, entry_point_source(ep), f"the name '{ep.name}' is already taken"))
             continue
         seen.add(ep.name)
         try:
-            rows.append(_describe(_load(ep), ep.name, _source(ep)))
+            rows.append(_describe(_load(ep), ep.name, entry_point_source(ep)))
         except RuleError as exc:
-            rows.append(_describe(None, ep.name, _source(ep), str(exc)))
+            rows.append(_describe(None, ep.name, entry_point_source(ep), str(exc)))
     return rows

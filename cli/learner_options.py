@@ -1,6 +1,6 @@
-"""The learner's training options, one declaration for `simulate` and `node start`. Every default is
-None, "not given": `simulate` then trains as node.learning.training.Training's defaults say, and
-`node start` keeps the saved config's value."""
+"""The learner's training options and the codecs, one declaration for `simulate` and `node start`.
+Every default is None, "not given": `simulate` then trains as node.learning.training.Training's
+defaults say (and sends in node/spec.py's DEFAULT_CODECS), and `node start` keeps the saved config's value."""
 from __future__ import annotations
 
 from typing import Annotated, Optional
@@ -23,6 +23,20 @@ BatchSizeOption = Annotated[Optional[int], typer.Option(help="Mini-batch size.",
 ShuffleOption = Annotated[Optional[bool], typer.Option(
     "--shuffle/--no-shuffle", help="A fresh order of the examples every epoch.",
     show_default=shown(T.shuffle, "shuffle"))]
+
+
+CompressOption = Annotated[Optional[str], typer.Option(
+    metavar="CODEC", help="How weights travel, with error feedback: float32, float16, bfloat16, int8[:BLOCK], "
+    "topk:FRACTION, randk:FRACTION; see `manymodels codecs` and docs/COMPRESSION.md.", show_default="float32")]
+CompressLogitsOption = Annotated[Optional[str], typer.Option(
+    metavar="CODEC", help="How logits travel (distill, mixed): float16, float32, bfloat16, int8[:BLOCK], "
+    "uint8[:BITS] (quantised log-probabilities).", show_default="float16")]
+
+
+def codec_options(compress: str | None, compress_logits: str | None) -> dict:
+    """The codecs given, as config fields (checked later, with the rest of the spec)."""
+    given = {"compress": compress, "compress_logits": compress_logits}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def training_options(hidden: str | None, optimizer: str | None, lr: float | None, momentum: float | None,

@@ -18,8 +18,9 @@ from .config_file import ConfigOption
 from .config_file import save as save_options
 from .errors import UserError
 from .help_defaults import shown, with_defaults
-from .learner_options import (BatchSizeOption, HiddenOption, LrOption, MomentumOption, OptimizerOption,
-                              ShuffleOption, WeightDecayOption, training_options)
+from .learner_options import (BatchSizeOption, CompressLogitsOption, CompressOption, HiddenOption, LrOption,
+                              MomentumOption, OptimizerOption, ShuffleOption, WeightDecayOption, codec_options,
+                              training_options)
 from . import network, study, up
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -68,6 +69,8 @@ def simulate(
         help="What nodes send: weights, distill (logits on a probe set), synthetic (samples), mixed.")] = "weights",
     rule: Annotated[str, typer.Option(help="Weights rule; see `manymodels rules`.")] = "fedavg",
     logit_rule: Annotated[str, typer.Option(help="Logits rule for distill and mixed.")] = "logit-probmean",
+    compress: CompressOption = None,
+    compress_logits: CompressLogitsOption = None,
     probe_size: Annotated[int, typer.Option(help="Training inputs set aside as the public probe set.")] = 200,
     probe: Annotated[Optional[Path], typer.Option(help="Your own probe set (.npy) instead.")] = None,
     temperature: Annotated[float, typer.Option(help="Distillation temperature.")] = 2.0,
@@ -118,6 +121,7 @@ def simulate(
             **({"share": share} if share is not None else {}),
             client_app=client_app, run_config=" ".join(run_config or ()),
             **training_options(hidden, optimizer, lr, momentum, weight_decay, batch_size, shuffle),
+            **codec_options(compress, compress_logits),
             **({"accept_licences": tuple(accept_licence)} if accept_licence else {}))
     except SpecError as exc:
         raise UserError(str(exc)) from None
@@ -275,16 +279,30 @@ def rules(json_out: Annotated[bool, typer.Option("--json", help="Print as JSON."
     """List the aggregation rules, built in and from plugins."""
     from manymodels.aggregation import list_rules
 
-    listed = list_rules()
+    _listing("aggregation rules", list_rules(), "kind", json_out)
+
+
+@app.command()
+def codecs(json_out: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
+    """List the codecs weights and logits can travel in (--compress, --compress-logits), built in and from plugins."""
+    from manymodels.protocol import list_codecs
+
+    _listing("codecs", list_codecs(), "kinds", json_out)
+
+
+def _listing(title: str, listed: list[dict], kind: str, json_out: bool) -> None:
+    """Rules or codecs: a table, or JSON."""
     if json_out:
         _print_json(listed)
         return
-    table = Table(title="aggregation rules")
-    for column in ("name", "kind", "parameters", "description", "source"):
+    table = Table(title=title)
+    for column in ("name", kind, "parameters", "description", "source"):
         table.add_column(column)
     for r in listed:
-        params = " ".join(_param(p) for p in r.get("params", []))
-        table.add_row(r["name"], r.get("kind", ""), params, r.get("description", r.get("error", "")), r.get("source", ""))
+        params = " ".join(_param(p) for p in r.get("params") or [])
+        kinds = r.get(kind) or ""
+        table.add_row(r["name"], ", ".join(kinds) if isinstance(kinds, list) else kinds, params,
+                      r.get("description", r.get("error", "")), r.get("source", ""))
     console.print(table)
 
 

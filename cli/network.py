@@ -21,8 +21,9 @@ from rich.text import Text
 from .config_file import ConfigOption
 from .errors import UserError
 from .help_defaults import shown, with_defaults
-from .learner_options import (BatchSizeOption, HiddenOption, LrOption, MomentumOption, OptimizerOption,
-                              ShuffleOption, WeightDecayOption, training_options)
+from .learner_options import (BatchSizeOption, CompressLogitsOption, CompressOption, HiddenOption, LrOption,
+                              MomentumOption, OptimizerOption, ShuffleOption, WeightDecayOption, codec_options,
+                              training_options)
 from .watch import peers_table, status_lines, status_view, watch
 
 node_app = typer.Typer(no_args_is_help=True, help="Run a node daemon: start, status, stop.")
@@ -92,6 +93,8 @@ def start(
     shuffle: ShuffleOption = None,
     exchange: Annotated[Optional[str], typer.Option(help="weights, distill, synthetic or mixed.")] = None,
     rule: Annotated[Optional[str], typer.Option(help="Weights rule; see `manymodels rules`.")] = None,
+    compress: CompressOption = None,
+    compress_logits: CompressLogitsOption = None,
     period: Annotated[Optional[float], typer.Option(help="Seconds between learning cycles.")] = None,
     reputation: Annotated[Optional[float], typer.Option(
         help="Stop accepting a peer whose reputation (0..1) falls below this (0: never).")] = None,
@@ -144,7 +147,8 @@ def start(
                            rule=rule, period=period, reputation=reputation, push_limit=push_limit, seed=seed,
                            client_app=_app_spec(client_app), mdns=mdns, metrics=_metrics(metrics),
                            share=_share_spec(share),
-                           run_config=None if run_config is None else " ".join(run_config), **training)
+                           run_config=None if run_config is None else " ".join(run_config), **training,
+                           **codec_options(compress, compress_logits))
     verbosity = ["--verbose"] * verbose + ["--quiet"] * quiet
     log_path = h.log_file if log_file is None and detach else log_file
     if detach:

@@ -20,7 +20,9 @@ def status_lines(s: dict) -> list[str]:
     """Who the node is, where it listens, and how far it got."""
     accuracy = "-" if s["accuracy"] is None else f"{s['accuracy']:.3f}"
     loading = "; loading its learner" if s["state"] == "loading" else ""
-    return [f"node {s['id']}  ({s['model']}, {s['exchange']}, rule {s['rule']}){loading}",
+    codecs = f", compress {s['compress']}" if s["exchange"] in ("weights", "mixed") else ""
+    codecs += f", compress-logits {s['compress_logits']}" if s["exchange"] in ("distill", "mixed") else ""
+    return [f"node {s['id']}  ({s['model']}, {s['exchange']}, rule {s['rule']}{codecs}){loading}",
             f"listening on {' '.join(s['addrs'])}",
             f"{s['peers']} peers connected; model version {s['version']}, held-out accuracy {accuracy}; "
             f"{s['messages_accepted']} messages accepted ({s['pulled']} pulled by digest), "

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from manymodels.aggregation import Rule, RuleError, get_rule
-from manymodels.protocol import Identity
+from manymodels.protocol import Codec, CodecError, Identity, get_codec
 
 from .core.exchange import (Distillation, DistillSettings, Exchange, Mixed, SyntheticSamples, SyntheticSettings,
                             WeightGossip)
@@ -38,6 +38,10 @@ from .learning.partition import PartitionError, parse_partition
 from .learning.probe import ProbeSet
 from .learning.recipe import LearnerRecipe
 from .learning.training import OPTIMIZERS
+
+
+# The codec of each kind a node uses unless told otherwise: what its messages were before codecs.
+DEFAULT_CODECS = {"weights": "float32", "logits": "float16"}
 
 
 class SpecError(ValueError):
@@ -61,19 +65,24 @@ class NodeSpec:
     licence: str = "CC-BY-4.0"  # on this node's synthetic data cards
     accept_licences: tuple[str, ...] = ("CC0-1.0", "CC-BY-4.0")
     share: SharePolicy = SharePolicy()  # who gets this node's knowledge (--share)
+    codec: Codec = get_codec(DEFAULT_CODECS["weights"])  # how weights travel (weights and mixed exchanges)
+    logit_codec: Codec = get_codec(DEFAULT_CODECS["logits"])  # how logits travel (distill and mixed)
 
     @classmethod
     def parse(cls, learner: LearnerRecipe, *, exchange: str = "weights", rule: str = "fedavg",
-              logit_rule: str = "logit-probmean", **settings: Any) -> NodeSpec:
+              logit_rule: str = "logit-probmean", compress: str = DEFAULT_CODECS["weights"],
+              compress_logits: str = DEFAULT_CODECS["logits"], **settings: Any) -> NodeSpec:
         """The spec from options as given (`share` as --share's text); a SpecError says what is wrong
         with them."""
         check_learner(learner)
+        exchange = exchange_name(exchange)
         try:
             settings["share"] = SharePolicy.parse(settings.get("share", "all"))
         except ShareError as exc:
             raise SpecError(str(exc)) from None
-        spec = cls(learner, exchange_name(exchange), resolve_rule(rule, "weights"),
-                   resolve_rule(logit_rule, "logits"), **settings)
+        spec = cls(learner, exchange, resolve_rule(rule, "weights"), resolve_rule(logit_rule, "logits"),
+                   codec=resolve_codec(compress, "weights", exchange),
+                   logit_codec=resolve_codec(compress_logits, "logits", exchange), **settings)
         if not 0 <= spec.reputation <= 1:
             raise SpecError(f"--reputation must be in [0, 1], got {spec.reputation:g}")
         if spec.local_epochs < 1:
@@ -97,6 +106,26 @@ def resolve_rule(text: str, kind: str) -> Rule:
     if rule.kind != kind:
         raise SpecError(f"{text} is a {rule.kind} rule; this option takes a {kind} rule")
     return rule
+
+
+_CODEC_OPTIONS = {"weights": "--compress", "logits": "--compress-logits"}
+_SENDS = {"weights": ("weights", "mixed"), "logits": ("distill", "mixed")}  # which exchanges send each kind
+
+
+def resolve_codec(text: str, kind: str, exchange: str) -> Codec:
+    """The codec `text` names, which must compress `kind` ("weights" or "logits"), and which the
+    exchange must send unless it is the default."""
+    option = _CODEC_OPTIONS[kind]
+    try:
+        codec = get_codec(text)
+    except CodecError as exc:
+        raise SpecError(f"{option}: {exc}") from None
+    if kind not in codec.definition.kinds:
+        raise SpecError(f"{option} {text}: {codec.name} compresses {' and '.join(codec.definition.kinds)}, "
+                        f"not {kind}")
+    if exchange not in _SENDS[kind] and codec.spec != get_codec(DEFAULT_CODECS[kind]).spec:
+        raise SpecError(f"{option} compresses {kind}, which --exchange {exchange} does not send")
+    return codec
 
 
 def check_learner(recipe: LearnerRecipe) -> None:
@@ -176,7 +205,7 @@ class NodeData:
     generator: Callable[[], Any]  # anything with .sample(per_class, rng) -> (x, y) (synthetic samples)
     input_shape: tuple[int, ...]
     value_range: tuple[float, float]
-    rng: np.random.Generator  # the synthetic samples' randomness
+    rng: np.random.Generator  # the exchange's randomness: synthetic samples, random-k's indices
 
 
 def _own(rule: Rule) -> Rule:
@@ -185,12 +214,12 @@ def _own(rule: Rule) -> Rule:
 
 
 def _weights(spec: NodeSpec, data: NodeData) -> Exchange:
-    return WeightGossip(_own(spec.rule))
+    return WeightGossip(_own(spec.rule), spec.codec, data.rng)
 
 
 def _distill(spec: NodeSpec, data: NodeData) -> Exchange:
     return Distillation(DistillSettings(data.probe(), _own(spec.logit_rule), data.class_counts, spec.temperature,
-                                        spec.distill_epochs))
+                                        spec.distill_epochs, spec.logit_codec))
 
 
 def _synthetic(spec: NodeSpec, data: NodeData) -> Exchange:

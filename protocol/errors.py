@@ -19,6 +19,8 @@ class Reason(str, enum.Enum):
     STALE = "stale"  # timestamp outside the allowed clock skew
     DTYPE_NOT_ALLOWED = "dtype_not_allowed"
     SHAPE_MISMATCH = "shape_mismatch"  # shape does not match the byte count
+    UNKNOWN_CODEC = "unknown_codec"  # a coded tensor (§6a) of a codec this receiver does not know
+    BAD_CODING = "bad_coding"  # a coded tensor's parts break its codec's rules (indices, scales, ...)
 
 
 class RejectedMessage(Exception):

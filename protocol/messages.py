@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import msgpack
 import numpy as np
 
+from .codecs import CODED_FIELDS, Coded, Tensor, check_coded, read_coded
 from .errors import Reason, RejectedMessage
 from .ndarray import array_digest, encode_array, read_array
 from .wire import Reader, decode, schema
@@ -50,6 +51,20 @@ def _array(ndim: int | None = None, kinds: str = "biuf") -> Field:
         if (ndim is not None and array.ndim != ndim) or array.dtype.kind not in kinds:
             raise schema(where, f"an ndarray with {ndim or 'any'} dims of kind {kinds!r}")
         return array
+    return read
+
+
+def _tensor(ndim: int | None = None) -> Field:
+    """A float ndarray, or a coded tensor (§6a: a map of four entries) with `ndim` dims."""
+    plain = _array(ndim, kinds="f")
+
+    def read(r: Reader, where: str) -> np.ndarray | Coded:
+        if r.map_size() != len(CODED_FIELDS):
+            return plain(r, where)
+        coded = read_coded(r, where)
+        if ndim is not None and len(coded.shape) != ndim:
+            raise schema(where, f"a coded tensor with {ndim} dims")
+        return coded
     return read
 
 
@@ -101,6 +116,8 @@ class Payload:
 
 
 def _to_wire(value: Any) -> Any:
+    if isinstance(value, Coded):
+        return value.to_wire()
     if isinstance(value, np.ndarray):
         return encode_array(value)
     if isinstance(value, (list, tuple)):
@@ -150,14 +167,18 @@ class Announce(Payload):
 
 @dataclass(frozen=True)
 class Weights(Payload):
+    """One model's parameter tensors: float ndarrays, or coded tensors (§6a) that decode to float32."""
     KIND = "weights"
     MAX_BYTES = 512 * MiB
     SCHEMA = {"model": _NAME, "version": _int(), "num_examples": _int(),
-              "tensors": _list(_array(kinds="f"), MAX_TENSORS)}
+              "tensors": _list(_tensor(), MAX_TENSORS)}
     model: str
     version: int
     num_examples: int
-    tensors: list[np.ndarray]
+    tensors: list[Tensor]
+
+    def check_consistency(self) -> None:
+        check_coded(self.tensors, self.MAX_BYTES)
 
 
 @dataclass(frozen=True)
@@ -168,15 +189,16 @@ class Logits(Payload):
     KIND = "logits"
     MAX_BYTES = 64 * MiB
     SCHEMA = {"probe": _DIGEST, "model": _NAME, "version": _int(), "temperature": _float(1e-3, 1e3),
-              "logits": _array(ndim=2, kinds="f"), "class_counts": _list(_int(), 65536)}
+              "logits": _tensor(ndim=2), "class_counts": _list(_int(), 65536)}
     probe: bytes
     model: str
     version: int
     temperature: float
-    logits: np.ndarray
+    logits: Tensor
     class_counts: list[int]
 
     def check_consistency(self) -> None:
+        check_coded([self.logits], self.MAX_BYTES)
         if len(self.class_counts) != self.logits.shape[1]:
             raise RejectedMessage(Reason.SHAPE_MISMATCH,
                                   f"{len(self.class_counts)} class counts for {self.logits.shape[1]} classes")

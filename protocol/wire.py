@@ -115,6 +115,11 @@ class Reader:
             raise schema(where, f"an array of at most {most} items")
         return self._unpacker.read_array_header()
 
+    def map_size(self) -> int | None:
+        """The number of entries the next value declares if it is a map, else None; reads nothing."""
+        byte, _, size = self._peek()
+        return size if byte in MAP else None
+
     def fields(self, where: str, names: tuple[str, ...]) -> Iterator[str]:
         """Read a map of exactly `names` (str keys, any order), yielding each key before the caller
         reads its value. A repeated key is malformed: two decoders must not read the same bytes

@@ -1,6 +1,6 @@
 """Real daemons in separate processes on loopback (and on test hosts in network namespaces):
-joined through one bootstrap peer, they find each other, exchange signed weights, beat training
-alone, survive a kill -9, and reject a hostile peer's messages while the network keeps working."""
+joined through one bootstrap peer, they find each other, exchange signed weights (one of them as
+int8), beat training alone, survive a kill -9, and reject a hostile peer's messages while the network keeps working."""
 import json
 import os
 import shutil
@@ -62,7 +62,7 @@ def local_only_accuracy(partition_id: int, epochs: int) -> float:
 def network(tmp_path_factory):
     root = tmp_path_factory.mktemp("net")
     homes = [root / name for name in "abc"]
-    start(homes[0], *RECIPE, "--partition-id", "0", "--reputation", "0.7")
+    start(homes[0], *RECIPE, "--partition-id", "0", "--reputation", "0.7", "--compress", "int8")  # int8 weights
     bootstrap = status(homes[0])["addrs"][0]
     # b announces its weights and never pushes them: a and c pull them by digest before each fold
     start(homes[1], *RECIPE, "--partition-id", "1", "--bootstrap", bootstrap, "--push-limit", "0")
@@ -90,6 +90,8 @@ def test_daemons_joined_through_one_bootstrap_find_each_other_and_beat_local_onl
         assert sum(p["connected"] for p in peers) == 2
         assert all(p["offered"].get("weights") == "mlp" for p in peers)
         assert (s["pulled"] > 0) == (i != 1)  # b's weights came by pull, a's and c's by push
+        assert s["compress"] == ("int8" if i == 0 else "float32")  # and the others decode a's
+        assert json.loads((home / "config.json").read_text())["compress"] == s["compress"]
         assert_provenance(home, {status(h)["id"] for h in network} - {s["id"]})
 
 

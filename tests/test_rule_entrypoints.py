@@ -39,14 +39,15 @@ PLUGIN = """
 """
 
 
-def install(tmp_path, monkeypatch, entry_points: dict[str, str], modules: dict[str, str]) -> None:
+def install(tmp_path, monkeypatch, entry_points: dict[str, str], modules: dict[str, str],
+            group: str = "manymodels.rules") -> None:
     """Write a distribution (dist-info with METADATA and entry_points.txt) and its modules; put it on sys.path."""
     name = f"mm-plugin-{uuid.uuid4().hex[:8]}"
     dist_info = tmp_path / f"{name.replace('-', '_')}-1.0.dist-info"
     dist_info.mkdir()
     (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
     lines = "".join(f"{ep} = {target}\n" for ep, target in entry_points.items())
-    (dist_info / "entry_points.txt").write_text(f"[manymodels.rules]\n{lines}")
+    (dist_info / "entry_points.txt").write_text(f"[{group}]\n{lines}")
     for module, source in modules.items():
         (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from manymodels import protocol
-from manymodels.protocol import (Announce, Hello, Identity, RejectedMessage, ReplayGuard, Weights, digest,
-                                 open_envelope, seal)
+from manymodels.protocol import (Announce, Coded, Hello, Identity, RejectedMessage, ReplayGuard, Weights, dense,
+                                 digest, open_envelope, seal)
 from manymodels.protocol.envelope import encode_payload, signed_bytes
 
 SPEC = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"
@@ -63,13 +63,15 @@ def test_spec_has_the_vectors_the_brief_asks_for():
                  "reject-payload-byte-flipped", "reject-seq-changed", "reject-forged-signer",
                  "accept-noncanonical-envelope", "accept-map16-envelope", "probe-digest", "reject-duplicate-key",
                  "reject-small-order-key", "reject-noncanonical-key", "reject-s-not-below-l", "reject-small-order-r",
-                 "reject-foreign-author", "announce-weights-envelope"):
+                 "reject-foreign-author", "announce-weights-envelope", "weights-coded-envelope",
+                 "logits-uint8-envelope", "reject-coded-unsorted-indices", "reject-coded-too-many-indices",
+                 "reject-coded-huge-shape", "reject-coded-nan-scale", "reject-coded-unknown-codec"):
         assert name in VECTORS, name
     assert VECTORS["identity"]["seed"] == bytes(range(32))
     assert {VECTORS[n]["kind"] for n in MESSAGE_VECTORS} == set(protocol.KINDS)  # every kind has a vector
     assert {VECTORS[n]["result"] for n in OUTCOME_VECTORS} >= {
         "accept", "digest_mismatch", "bad_signature", "replayed", "stale", "malformed", "unknown_kind", "bad_key",
-        "foreign_author"}
+        "foreign_author", "too_large", "unknown_codec", "bad_coding"}
     dtypes = {t["dtype"] for n in MESSAGE_VECTORS for t in _ndarrays(VECTORS[n]["fields"])}
     assert dtypes >= {"<f2", "<f4", "<f8", "<i8"}
     envelopes = [VECTORS[n]["envelope"] for n in OUTCOME_VECTORS if VECTORS[n]["result"] == "accept"]
@@ -127,6 +129,8 @@ def payload_from_fields(kind: str, fields: dict):
             return bytes.fromhex(v["bin"])
         if isinstance(v, dict) and set(v) == {"dtype", "shape", "values"}:
             return np.array(v["values"], dtype=np.dtype(v["dtype"])).reshape(v["shape"])
+        if isinstance(v, dict) and set(v) == {"codec", "shape", "params", "parts"}:
+            return Coded(v["codec"], tuple(v["shape"]), tuple(v["params"]), tuple(value(p) for p in v["parts"]))
         if isinstance(v, list):
             return [value(x) for x in v]
         if isinstance(v, dict):
@@ -171,6 +175,19 @@ def test_vector_payload_types():
     announce = open_envelope(VECTORS["announce-weights-envelope"]["envelope"], now_ms=VECTORS["announce-weights-envelope"]["now_ms"]).payload
     assert announce.digest == VECTORS["weights-envelope"]["digest"]
     assert announce.size == len(VECTORS["weights-envelope"]["envelope"])  # the blob is the whole sealed envelope
+
+
+def test_coded_vectors_decode_as_their_notes_say():
+    vec = VECTORS["weights-coded-envelope"]
+    tensors = open_envelope(vec["envelope"], now_ms=vec["now_ms"]).payload.tensors
+    assert dense(tensors[0]).tolist() == [[63.5, -32.0, 0.0], [16.0, 31.75, -31.75]]
+    assert dense(tensors[1], base=np.full(5, 7.0, np.float32)).tolist() == [7.0, 1.5, 7.0, -2.0, 7.0]
+    assert dense(tensors[2]).tolist() == [0.125]
+    vec = VECTORS["logits-uint8-envelope"]
+    logits = dense(open_envelope(vec["envelope"], now_ms=vec["now_ms"]).payload.logits)
+    given = np.array([[4.0, -4.0, -1.0], [0.5, 4.0, -2.0]])
+    log_probs = given - np.log(np.exp(given).sum(axis=1, keepdims=True))
+    assert np.abs(logits - np.maximum(log_probs, -16)).max() <= 16 / 15 / 2 + 1e-6  # half a 4-bit level
 
 
 def test_probe_and_card_digests():

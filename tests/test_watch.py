@@ -18,7 +18,8 @@ from waiting import wait_until
 
 PEER = "12D3KooWA4Xop1JaT3MHxwYMkCepYsv4iPVopMXwCz5iHYdBfeSB"
 STATUS = {"id": "12D3KooWFHDBrb7mspzM2H5HYTkeph1pWnq8h6QFqsHMc2x2fpwg", "addrs": ["/ip4/127.0.0.1/tcp/4001/p2p/x"],
-          "state": "running", "peers": 1, "model": "mlp", "exchange": "weights", "rule": "fedavg", "version": 12, "accuracy": 0.9317,
+          "state": "running", "compress": "float32", "compress_logits": "float16", "peers": 1,
+          "model": "mlp", "exchange": "weights", "rule": "fedavg", "version": 12, "accuracy": 0.9317,
           "uptime_s": 61.5, "home": "/n", "messages_accepted": 40, "rejected": {"bad_signature": 2, "replay": 1},
           "refused": {}, "bytes_sent": 123_456, "bytes_received": 4_500_000, "pulled": 3,
           "gate": {"blocked": 1, "throttled": 4, "blocked_now": 0, "inbound_dropped": 5}, "discovery": None}
@@ -34,7 +35,7 @@ def shown(renderable) -> str:
 
 def test_the_live_view_shows_the_status_its_counters_by_reason_and_the_peers():
     text = shown(status_view(STATUS, PEERS))
-    assert f"node {STATUS['id']} (mlp, weights, rule fedavg)" in text
+    assert f"node {STATUS['id']} (mlp, weights, rule fedavg, compress float32)" in text
     assert "model version 12, held-out accuracy 0.932" in text and "40 messages accepted (3 pulled by digest)" in text
     assert "bytes sent 123.5 KB, received 4.5 MB" in text
     assert "rejected bad_signature 2, replay 1 refused none" in text
@@ -43,7 +44,7 @@ def test_the_live_view_shows_the_status_its_counters_by_reason_and_the_peers():
     fresh = shown(status_view({**STATUS, "accuracy": None}))
     assert "held-out accuracy -" in fresh and "last seen" not in fresh  # no peers, no table
     loading = shown(status_view({**STATUS, "state": "loading"}))
-    assert f"node {STATUS['id']} (mlp, weights, rule fedavg); loading its learner" in loading
+    assert f"node {STATUS['id']} (mlp, weights, rule fedavg, compress float32); loading its learner" in loading
 
 
 def test_watch_is_not_json(cli, tmp_path):

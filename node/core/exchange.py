@@ -12,20 +12,22 @@ name, and how each is built from a node's spec: node/spec.py's EXCHANGES."""
 from __future__ import annotations
 
 import math
-
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from manymodels.aggregation import Rule, RuleError, after_bans
-from manymodels.protocol import Logits, Message, Payload, SyntheticBatch, Weights
+from manymodels.protocol import (Codec, Coded, Logits, Message, Payload, SyntheticBatch, Tensor, Weights, codec_of,
+                                 dense, get_codec)
 
 from ..learning.generator import NAME as GENERATOR_NAME
 from ..learning.generator import GaussianClassGenerator
 from ..learning.learner import Learner, Samples, log_soft_labels
 from ..learning.probe import ProbeSet
+from .feedback import ErrorFeedback
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,9 @@ class Folded:
         """One fold made of several (a mixed exchange's parts), in order."""
         return Folded(any(f.changed for f in parts), tuple(i for f in parts for i in f.inputs),
                       tuple(r for f in parts for r in f.refused))
+
+
+MAX_HEARD = 64  # senders of sparse weights whose last known weights a node keeps (the bases of their next)
 
 
 def _inputs(messages: Iterable[Message]) -> tuple[tuple[str, bytes], ...]:
@@ -98,6 +103,9 @@ class Exchange(ABC):
         """Samples from peers to train on beside the private data."""
         return None
 
+    def start(self, node: NodeView) -> None:
+        """Called once as the node is built, before it trains: the learner holds its initial model."""
+
     @abstractmethod
     def largest_payload(self, node: NodeView) -> int:
         """Bytes of the largest payload this exchange can fold (what a node caps its frames by)."""
@@ -105,21 +113,32 @@ class Exchange(ABC):
 
 class WeightGossip(Exchange):
     """Asynchronous weight gossip: fold the newest weights from each peer of the same
-    architecture, received since the last fold, together with one's own through the node's rule."""
+    architecture, received since the last fold, together with one's own through the node's rule.
+    Weights travel through the node's codec with error feedback (feedback.py); received ones are
+    decoded to the learner's dtype at the fold, what a sparse message leaves out taken from the
+    sender's weights as last heard (docs/COMPRESSION.md)."""
 
     name = "weights"
     consumes = ("weights",)
 
-    def __init__(self, rule: Rule) -> None:
+    def __init__(self, rule: Rule, codec: Codec = get_codec("float32"), rng: np.random.Generator | None = None) -> None:
         self.rule = rule
+        self.codec = codec
+        self._compressor = ErrorFeedback(codec, rng)
         self._inbox: dict[bytes, Message] = {}  # the newest weights message per sender
+        self._heard: OrderedDict[bytes, list[np.ndarray]] = OrderedDict()  # senders of sparse weights, as last heard
         self._rules = {0: rule}  # the rule after k bans of neighbours (after_bans), by k
+
+    def start(self, node: NodeView) -> None:
+        if node.learner.supports_weights and not self.codec.lossless:
+            self._compressor.start(node.learner.get_weights())
 
     def publish(self, node: NodeView, version: int) -> list[Payload]:
         learner = node.learner
         if not learner.supports_weights:
             return []
-        return [Weights(learner.architecture, version, learner.num_examples, learner.get_weights())]
+        return [Weights(learner.architecture, version, learner.num_examples,
+                        self._compressor.compress(learner.get_weights()))]
 
     def largest_payload(self, node: NodeView) -> int:
         """Exactly the node's own tensors (a peer's must match them), plus their headers."""
@@ -134,27 +153,39 @@ class WeightGossip(Exchange):
             return None
         if payload.model != node.learner.architecture or not node.learner.supports_weights:
             return "other_architecture"
-        if [(t.shape, t.dtype) for t in payload.tensors] != node.tensor_specs:
-            return "tensor_mismatch"
-        if not all(np.isfinite(t).all() for t in payload.tensors):
-            return "non_finite"
+        if [tuple(t.shape) for t in payload.tensors] != [shape for shape, _ in node.tensor_specs]:
+            return "tensor_mismatch"  # checked before anything of a coded tensor's dense size is built
+        if not all(np.isfinite(t).all() for t in payload.tensors if isinstance(t, np.ndarray)):
+            return "non_finite"  # a coded tensor is finite, or the protocol refused it (bad_coding)
         previous = self._inbox.get(message.sender)
         if previous is None or payload.version >= previous.payload.version:
             self._inbox[message.sender] = message
         return None
+
+    def _decode(self, peer: bytes, tensors: list[Tensor], own: list[np.ndarray]) -> list[np.ndarray]:
+        """A peer's weights as this node's dtype. A sparse message brings some values: the others are
+        the peer's as last heard (its own weights for a peer not heard yet), kept for the next one."""
+        if not any(isinstance(t, Coded) and codec_of(t).relative for t in tensors):
+            return [dense(t).astype(o.dtype, copy=False) for t, o in zip(tensors, own)]
+        bases = self._heard.pop(peer, own)
+        decoded = [dense(t, base=b).astype(o.dtype, copy=False) for t, b, o in zip(tensors, bases, own)]
+        self._heard[peer] = decoded
+        while len(self._heard) > MAX_HEARD:
+            self._heard.popitem(last=False)  # the peer heard from longest ago
+        return decoded
 
     def fold(self, node: NodeView) -> Folded:
         if not self._inbox:
             return Folded()
         inbox, self._inbox = self._inbox, {}  # one swap: a daemon's network thread may be adding
         own = node.learner.get_weights()
-        node.judge(_flat(own), {peer: _flat(m.payload.tensors) for peer, m in inbox.items()})
+        tensors = {peer: self._decode(peer, m.payload.tensors, own) for peer, m in inbox.items()}
+        node.judge(_flat(own), {peer: _flat(peer_tensors) for peer, peer_tensors in tensors.items()})
         inbox = {peer: m for peer, m in inbox.items() if peer not in node.banned}  # bans made just now too
         if not inbox:
             return Folded()
-        weights = [m.payload for m in inbox.values()]
-        claims = capped_at_median([node.learner.num_examples, *(w.num_examples for w in weights)])
-        results = list(zip([own, *(w.tensors for w in weights)], claims.tolist()))
+        claims = capped_at_median([node.learner.num_examples, *(m.payload.num_examples for m in inbox.values())])
+        results = list(zip([own, *(tensors[peer] for peer in inbox)], claims.tolist()))
         banned = node.banned_neighbours()
         if banned not in self._rules:
             self._rules[banned] = after_bans(self.rule, banned)
@@ -173,7 +204,7 @@ class DistillSettings:
     class_counts: list[int]  # private examples per class, published with the logits
     temperature: float = 2.0
     epochs: int = 2
-    wire_dtype: str = "float16"  # soft labels need no more precision; halves the bytes
+    codec: Codec = get_codec("float16")  # soft labels need no more precision than float16: half the bytes
 
 
 class Distillation(Exchange):
@@ -197,7 +228,7 @@ class Distillation(Exchange):
 
     def publish(self, node: NodeView, version: int) -> list[Payload]:
         s = self.settings
-        logits = node.learner.predict(s.probe.x).astype(s.wire_dtype)
+        logits = s.codec.encode(node.learner.predict(s.probe.x))
         return [Logits(self._digest, node.learner.architecture, version, s.temperature, logits,
                        list(s.class_counts))]
 
@@ -213,7 +244,7 @@ class Distillation(Exchange):
             return "other_probe_set"
         if payload.logits.shape != (len(self.settings.probe.x), node.num_classes):
             return "logits_shape"
-        logits = payload.logits.astype(np.float32)
+        logits = dense(payload.logits)
         if not np.isfinite(logits).all():
             return "non_finite"
         # Normalised on arrival: architectures differ wildly in logit scale (a forest's log
@@ -382,6 +413,10 @@ class Mixed(Exchange):
 
     def fold(self, node: NodeView) -> Folded:
         return Folded.of([part.fold(node) for part in self.parts])  # weights first, then distillation
+
+    def start(self, node: NodeView) -> None:
+        for part in self.parts:
+            part.start(node)
 
     def largest_payload(self, node: NodeView) -> int:
         return max(part.largest_payload(node) for part in self.parts)

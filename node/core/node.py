@@ -86,6 +86,7 @@ class Node:
         self.tensor_specs = [(w.shape, w.dtype) for w in learner.get_weights()]
         self.view = NodeView(identity.peer_id, learner, num_classes, self.tensor_specs, self.banned, self.judge,
                              self.banned_neighbours)
+        exchange.start(self.view)
         transport.set_receiver(self.on_bytes)
 
     @property

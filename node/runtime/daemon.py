@@ -36,7 +36,7 @@ from ..learning.probe import ProbeSet
 from ..learning.recipe import LearnerRecipe
 from ..core.exchange import Folded
 from ..core.node import Node, NodeStats
-from ..spec import NodeData, NodeSpec, SpecError, build_node
+from ..spec import DEFAULT_CODECS, NodeData, NodeSpec, SpecError, build_node
 from .store import Home, atomic_write
 from .worker import WorkerLearner
 
@@ -80,6 +80,8 @@ class DaemonConfig:
     push_limit: int = 1 << 20
     share: str = "all"  # who gets this node's knowledge: all, reciprocal[:N] or allowlist:FILE
     metrics: str = ""  # HOST:PORT to serve Prometheus metrics on ("": none)
+    compress: str = DEFAULT_CODECS["weights"]  # the codec weights travel in
+    compress_logits: str = DEFAULT_CODECS["logits"]  # the codec logits travel in
 
     def to_json(self) -> dict:
         return {**asdict(self), "recipe": self.recipe.to_json()}
@@ -99,7 +101,8 @@ class DaemonConfig:
             raise SpecError(f"a daemon runs a Flower client with --exchange weights (--exchange {self.exchange} "
                             "needs the built-in datasets, or the simulator's --probe for a client's distill hooks)")
         return NodeSpec.parse(self.recipe, exchange=self.exchange, rule=self.rule, logit_rule=self.logit_rule,
-                              reputation=self.reputation, local_epochs=self.local_epochs, share=self.share)
+                              reputation=self.reputation, local_epochs=self.local_epochs, share=self.share,
+                              compress=self.compress, compress_logits=self.compress_logits)
 
 
 def now_ms() -> int:
@@ -556,7 +559,8 @@ class Daemon:
                                                       node.pulled, self.history)
         return {"id": self.identity.peer_id, "state": "running" if node else "loading",
                 "addrs": transport.listen_addrs(), "peers": len(transport.connected_peers()),
-                "model": model, "exchange": self.config.exchange, "rule": self.config.rule, "version": version,
+                "model": model, "exchange": self.config.exchange, "rule": self.config.rule,
+                "compress": self.config.compress, "compress_logits": self.config.compress_logits, "version": version,
                 "accuracy": history[-1]["accuracy"] if history else None,
                 "uptime_s": round((now_ms() - self.started) / 1000, 1), "home": str(self.home.path),
                 "messages_accepted": stats.messages_accepted, "rejected": dict(stats.rejected),

@@ -15,7 +15,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from manymodels.protocol import Logits, Payload, SyntheticBatch, Weights
+from manymodels.protocol import Logits, Payload, SyntheticBatch, Tensor, Weights, dense
 
 from ..core.node import Node
 from ..core.transport import Receiver, Transport
@@ -61,14 +61,19 @@ class GaussianNoise(Attack):
     def poison(self, payload, node, ctx):
         noise = lambda a: ctx.rng.normal(0.0, 1.0, a.shape).astype(a.dtype)  # noqa: E731
         if isinstance(payload, Weights):
-            return replace(payload, tensors=[noise(t) for t in payload.tensors])
+            return replace(payload, tensors=[noise(_values(t)) for t in payload.tensors])
         if isinstance(payload, Logits):
-            return replace(payload, logits=noise(payload.logits) * 10)
+            return replace(payload, logits=noise(_values(payload.logits)) * 10)
         if isinstance(payload, SyntheticBatch):  # noise images, clipped to the data's range: they pass the checks
             x = payload.x
             noisy = np.clip(x.mean() + x.std() * noise(x), x.min(), x.max()).astype(x.dtype)
             return _with_card_digest(SyntheticBatch(noisy, payload.y, dict(payload.card)))
         return payload
+
+
+def _values(tensor: Tensor) -> np.ndarray:
+    """What an attacker tampers with: a plain array as it is, a coded one decoded (then sent plain)."""
+    return tensor if isinstance(tensor, np.ndarray) else dense(tensor)
 
 
 def _with_card_digest(batch: SyntheticBatch) -> SyntheticBatch:
@@ -82,9 +87,9 @@ class SignFlip(Attack):
 
     def poison(self, payload, node, ctx):
         if isinstance(payload, Weights):
-            return replace(payload, tensors=[-10.0 * t for t in payload.tensors])
+            return replace(payload, tensors=[-10.0 * _values(t) for t in payload.tensors])
         if isinstance(payload, Logits):
-            return replace(payload, logits=-payload.logits)
+            return replace(payload, logits=-_values(payload.logits))
         return payload
 
 
@@ -128,8 +133,9 @@ class LogitPoison(Attack):
     def poison(self, payload, node, ctx):
         if not isinstance(payload, Logits):
             return payload
-        wrong = np.roll(payload.logits.astype(np.float32), 1, axis=1) * 5
-        return replace(payload, logits=wrong.astype(payload.logits.dtype),
+        logits = _values(payload.logits)
+        wrong = np.roll(logits.astype(np.float32), 1, axis=1) * 5
+        return replace(payload, logits=wrong.astype(logits.dtype),
                        class_counts=[10_000] * len(payload.class_counts))
 
 

@@ -3,7 +3,7 @@ resolved once (`SimulationSpec`: every node's NodeSpec, each node's architecture
 attackers). A mistake is a SpecError, one line for the user, with node/spec.py's words."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
@@ -11,7 +11,7 @@ from ..learning.models import ARCHITECTURES, MIXED
 from ..learning.probe import DEFAULT_SIZE
 from ..learning.recipe import LearnerRecipe
 from ..learning.training import DEFAULT_TRAINING
-from ..spec import NodeSpec, SpecError
+from ..spec import DEFAULT_CODECS, NodeSpec, SpecError
 from .attacks import AttackSpecError, parse_attack
 from .plants import PlantError, Plants, parse_plants
 from .topology import TopologyError, neighbours
@@ -19,7 +19,8 @@ from .topology import TopologyError, neighbours
 # Options added after reports existed, with their defaults: a report lists them only when they are not
 # the default, so the reports of earlier runs stay byte for byte what the same options give now.
 _LATER_OPTIONS = {**{key: getattr(DEFAULT_TRAINING, key) for key in
-                     ("hidden", "optimizer", "momentum", "weight_decay", "shuffle")}, "plants": (), "share": "all"}
+                     ("hidden", "optimizer", "momentum", "weight_decay", "shuffle")}, "plants": (), "share": "all",
+                  "compress": DEFAULT_CODECS["weights"], "compress_logits": DEFAULT_CODECS["logits"]}
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class SimulationConfig:
     attacks: tuple[str, ...] = ()  # NAME:FRACTION each; attackers are chosen by seed
     reputation: float = 0.0  # ban a peer whose reputation falls below this (0: never)
     plants: tuple[str, ...] = ()  # planted peers (node/sim/plants.py), e.g. "shuffled:2"; the built-in datasets only
+    compress: str = DEFAULT_CODECS["weights"]  # the codec weights travel in (protocol/codecs.py)
+    compress_logits: str = DEFAULT_CODECS["logits"]  # the codec logits travel in
     # A Flower client as every node's learner (MODULE:ATTR or FILE.py:ATTR[:MODEL], docs/FLOWER.md): node i
     # gets partition-id i of num-partitions = nodes and loads its own data; dataset, partition, model
     # and the learner options are then unused.
@@ -96,7 +99,8 @@ class SimulationSpec:
             recipe, exchange=c.exchange, rule=c.rule, logit_rule=c.logit_rule, reputation=c.reputation,
             local_epochs=c.local_epochs, temperature=c.temperature, distill_epochs=c.distill_epochs,
             synthetic_per_class=c.synthetic_per_class, synthetic_weight=c.synthetic_weight, licence=c.licence,
-            accept_licences=tuple(c.accept_licences), share=c.share)
+            accept_licences=tuple(c.accept_licences), share=c.share, compress=c.compress,
+            compress_logits=c.compress_logits)
         archs = () if c.client_app else architectures(c.model, c.nodes)
         try:
             adjacency = neighbours(c.topology, c.nodes, c.seed)

@@ -1,0 +1,419 @@
+"""Codecs: how a tensor is compressed for the wire, and how a receiver checks and decodes it.
+
+A codec turns a float array into what travels: a plain ndarray (§6: `float32` sends the array as it
+is, `float16` as `<f2`) or a *coded tensor* (docs/PROTOCOL.md §6a), a map of the codec's name, the
+dense shape, a few numbers and up to four ndarray parts:
+
+>>> import numpy as np
+>>> codec = get_codec("topk:0.25")
+>>> coded = codec.encode(np.array([0.1, -3.0, 0.2, 2.0], np.float32))
+>>> coded.codec, coded.shape, coded.parts[0].tolist(), coded.parts[1].tolist()
+('topk', (4,), [1], [-3.0])
+>>> dense(coded, base=np.ones(4, np.float32)).tolist()  # what a sparse message leaves out: the base's
+[1.0, -3.0, 1.0, 1.0]
+
+Receiving is bounded before anything is allocated: `check_coded` refuses a message whose coded
+tensors would decode to more than the kind's payload limit, an unknown codec, and parts that break
+their codec's rules (too many or unsorted indices, a non-finite scale), each with its typed reason;
+only then may `dense` build the float32 array (a node first compares the declared shapes with its
+own model's). Third-party codecs come through the entry-point group `manymodels.codecs`, parsed and
+bound by the rules' machinery (aggregation/base.py): an entry point loads to a `CodecSpec`.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+import numpy as np
+
+from manymodels.aggregation.base import Param, bind_params, entry_point_source, given_params, load_plugin
+
+from .errors import Reason, RejectedMessage
+from .ndarray import MAX_DIM, MAX_NDIM, encode_array, read_array
+from .wire import Reader, schema
+
+ENTRY_POINT_GROUP = "manymodels.codecs"
+KINDS = ("weights", "logits")  # what a codec may compress: model tensors, logits on a probe set
+CODED_FIELDS = ("codec", "shape", "params", "parts")
+MAX_PARAMS, MAX_PARTS = 8, 4
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+class CodecError(ValueError):
+    """A codec spec that does not parse; the message says why."""
+
+
+@dataclass(frozen=True)
+class Coded:
+    """A coded tensor as it travels (§6a); `parts` are read-only views of the received bytes."""
+
+    codec: str
+    shape: tuple[int, ...]
+    params: tuple[float, ...]
+    parts: tuple[np.ndarray, ...]
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"codec": self.codec, "shape": list(self.shape), "params": [float(p) for p in self.params],
+                "parts": [encode_array(p) for p in self.parts]}
+
+
+Tensor = np.ndarray | Coded
+
+
+def read_coded(reader: Reader, where: str) -> Coded:
+    """A coded tensor's structure from peer bytes; its codec's rules are checked later (`check_coded`)."""
+    values = {key: _CODED_READERS[key](reader, f"{where}.{key}") for key in reader.fields(where, CODED_FIELDS)}
+    return Coded(values["codec"], tuple(values["shape"]), tuple(values["params"]), tuple(values["parts"]))
+
+
+_CODED_READERS: dict[str, Callable[[Reader, str], Any]] = {
+    "codec": lambda r, where: r.str(where, 64),
+    "shape": lambda r, where: [r.int(where, 0, MAX_DIM - 1) for _ in range(r.array(where, MAX_NDIM))],
+    "params": lambda r, where: [r.number(where, -2.0**63, 2.0**63) for _ in range(r.array(where, MAX_PARAMS))],
+    "parts": lambda r, where: [read_array(r, where) for _ in range(r.array(where, MAX_PARTS))],
+}
+
+
+@dataclass(frozen=True)
+class CodecSpec:
+    """A codec as the registry knows it; a plugin's entry point loads to one of these.
+
+    `encode(array, rng, base, **params)` returns an ndarray or a `Coded`; `check(coded)` raises
+    RejectedMessage for parts that break the codec's rules, allocating nothing of the dense size;
+    `decode(coded, base)` returns the float32 array of `coded.shape`, and must succeed on whatever
+    `check` passed (a plugin is code the node's operator installed, as a rule is). `base` is the array a
+    *relative* codec (a sparse one) takes what it leaves out from: the sender's view of what it
+    told, the receiver's own tensor; None means zeros."""
+
+    name: str
+    kinds: tuple[str, ...]
+    encode: Callable[..., Tensor]
+    check: Callable[[Coded], None] = lambda coded: None
+    decode: Callable[[Coded, np.ndarray | None], np.ndarray] | None = None
+    params: tuple[Param, ...] = ()
+    description: str = ""
+    relative: bool = False
+    example: str = ""
+    named_params: bool = False
+
+
+@dataclass(frozen=True)
+class Codec:
+    """A codec with its parameters bound; build one with `get_codec(spec)`."""
+
+    spec: str  # canonical: every parameter written out, e.g. "int8" -> "int8:0"
+    params: dict[str, int | float] = field(hash=False)
+    definition: CodecSpec = field(repr=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    @property
+    def relative(self) -> bool:
+        return self.definition.relative
+
+    @property
+    def lossless(self) -> bool:
+        return self.name == "float32"
+
+    def encode(self, array: np.ndarray, rng: np.random.Generator | None = None,
+               base: np.ndarray | None = None) -> Tensor:
+        return self.definition.encode(np.asarray(array), rng, base, **self.params)
+
+
+def _bad(detail: str) -> RejectedMessage:
+    return RejectedMessage(Reason.BAD_CODING, detail)
+
+
+def _expect(coded: Coded, params: int, dtypes: tuple[tuple[str, ...], ...]) -> None:
+    """`params` numbers and one part per entry of `dtypes`, each 1-D of one of its dtypes (schema)."""
+    if len(coded.params) != params or len(coded.parts) != len(dtypes):
+        raise schema(coded.codec, f"{params} params and {len(dtypes)} parts")
+    for part, allowed in zip(coded.parts, dtypes):
+        if part.ndim != 1 or part.dtype.str not in allowed:
+            raise schema(coded.codec, f"1-D parts of dtypes {dtypes}")
+
+
+def _length(coded: Coded, part: int, expected: int) -> None:
+    if len(coded.parts[part]) != expected:
+        raise RejectedMessage(Reason.SHAPE_MISMATCH, f"{coded.codec} part {part} has {len(coded.parts[part])} "
+                                                      f"entries, shape {list(coded.shape)} needs {expected}")
+
+
+def _integer(coded: Coded, value: float, lo: int, hi: int) -> int:
+    if not (value == int(value) and lo <= value <= hi):
+        raise schema(coded.codec, f"an integer parameter in [{lo}, {hi}]")
+    return int(value)
+
+
+def _base(base: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    """A flat float32 copy of `base`, or zeros."""
+    return np.zeros(math.prod(shape), np.float32) if base is None else np.array(base, np.float32).ravel()
+
+
+# --- float32, float16: plain ndarrays (§6) ----------------------------------------------------------
+
+def _float32(array, rng, base):
+    return array
+
+
+def _float16(array, rng, base):
+    return np.clip(array, -65504, 65504).astype("<f2")  # beyond float16's range: its largest, not inf
+
+
+# --- bfloat16: the top 16 bits of each float32 ------------------------------------------------------
+
+_BF16_MAX = float(np.array(0x7F7F0000, np.uint32).view(np.float32))
+
+
+def _bfloat16(array, rng, base):
+    bits = np.clip(array, -_BF16_MAX, _BF16_MAX).astype(np.float32).ravel().view(np.uint32)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16  # to nearest, ties to even
+    return Coded("bfloat16", array.shape, (), (rounded.astype(np.uint16).view("<i2"),))
+
+
+def _bfloat16_check(coded: Coded) -> None:
+    _expect(coded, 0, (("<i2",),))
+    _length(coded, 0, coded.size)
+    if np.any((coded.parts[0].view(np.uint16) & 0x7F80) == 0x7F80):
+        raise _bad("bfloat16 holds a NaN or an infinity")
+
+
+def _bfloat16_decode(coded: Coded, base) -> np.ndarray:
+    return (coded.parts[0].view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(coded.shape)
+
+
+# --- int8: symmetric, one float32 scale per block ---------------------------------------------------
+
+def _int8(array, rng, base, block: int = 0):
+    flat = np.asarray(array, np.float32).ravel()
+    block = min(block or flat.size, flat.size) or 1
+    blocks = -(-flat.size // block)
+    if flat.size != blocks * block:  # a shorter last block: padded with zeros, which change no scale
+        flat = np.concatenate([flat, np.zeros(blocks * block - flat.size, np.float32)])
+    grid = flat.reshape(blocks, block)
+    scale = np.maximum(grid.max(axis=1, initial=0.0), -grid.min(axis=1, initial=0.0)) / 127
+    q = grid / np.where(scale > 0, scale, 1)[:, None]
+    np.rint(q, out=q)
+    q = np.clip(q, -127, 127, out=q).astype(np.int8).ravel()[:array.size]
+    return Coded("int8", array.shape, (float(block),), (q, scale.astype("<f4")))
+
+
+def _int8_check(coded: Coded) -> None:
+    _expect(coded, 1, (("|i1",), ("<f4",)))
+    block = _integer(coded, coded.params[0], 1, 2**62)
+    _length(coded, 0, coded.size)
+    _length(coded, 1, -(-coded.size // block))
+    scale = coded.parts[1]
+    if not np.all((scale >= 0) & (scale <= _F32_MAX / 127)):  # NaN fails both
+        raise _bad("int8 scales must be finite, >= 0 and <= float32's largest / 127")
+
+
+def _int8_decode(coded: Coded, base) -> np.ndarray:
+    q, scale = coded.parts
+    block = min(int(coded.params[0]), max(len(q), 1))  # a block beyond the tensor is one scale
+    return (q.astype(np.float32) * np.repeat(scale, block)[:len(q)]).reshape(coded.shape)
+
+
+# --- topk, randk: sparse, relative to a base --------------------------------------------------------
+
+def _index_dtype(size: int) -> str:
+    return "<i4" if size < 2**31 else "<i8"
+
+
+def _sparse(name: str, array: np.ndarray, index: np.ndarray) -> Coded:
+    index = np.sort(index).astype(_index_dtype(array.size))
+    return Coded(name, array.shape, (), (index, array.ravel()[index].astype("<f4")))
+
+
+def _count(size: int, fraction: float) -> int:
+    return min(size, max(1, math.ceil(fraction * size))) if size else 0
+
+
+def _topk(array, rng, base, fraction: float):
+    """The k entries that differ most from `base` (error feedback: what was told before)."""
+    flat = np.asarray(array, np.float32).ravel()
+    change = np.abs(flat - base.ravel() if base is not None else flat)
+    k = _count(change.size, fraction)
+    return _sparse("topk", array, np.argpartition(change, change.size - k)[change.size - k:] if k
+                   else np.zeros(0, np.int64))
+
+
+def _randk(array, rng, base, fraction: float):
+    """k entries drawn uniformly without replacement."""
+    rng = rng if rng is not None else np.random.default_rng()
+    return _sparse("randk", array, rng.choice(array.size, _count(array.size, fraction), replace=False))
+
+
+def _sparse_check(coded: Coded) -> None:
+    _expect(coded, 0, (("<i4", "<i8"), ("<f2", "<f4", "<f8")))
+    index, values = coded.parts
+    _length(coded, 1, len(index))
+    if len(index) > coded.size:
+        raise _bad(f"{len(index)} indices for a tensor of {coded.size}")
+    if len(index) and not (index[0] >= 0 and index[-1] < coded.size and np.all(index[1:] > index[:-1])):
+        raise _bad(f"indices must be strictly increasing, in [0, {coded.size})")
+    if not np.isfinite(values).all():
+        raise _bad("sparse values must be finite")
+
+
+def _sparse_decode(coded: Coded, base) -> np.ndarray:
+    out = _base(base, coded.shape)
+    index, values = coded.parts
+    out[index] = values
+    return out.reshape(coded.shape)
+
+
+# --- uint8: log-probabilities quantised to `bits`, packed -----------------------------------------
+
+LOG_FLOOR = -16.0  # log-probabilities below are sent as this: e^-16 is no opinion worth a level
+
+
+def _uint8(array, rng, base, bits: int = 8):
+    shifted = array.astype(np.float32) - array.max(axis=-1, keepdims=True, initial=0.0)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    levels = (1 << bits) - 1
+    q = np.rint((np.clip(logp, LOG_FLOOR, 0.0) - LOG_FLOOR) / -LOG_FLOOR * levels).astype(np.uint16).ravel()
+    if bits == 8:  # a byte a value: no bit planes to pack
+        return Coded("uint8", array.shape, (8.0, LOG_FLOOR), (q.astype(np.uint8),))
+    planes = ((q[:, None] >> np.arange(bits, dtype=np.uint16)) & 1).astype(np.uint8)
+    return Coded("uint8", array.shape, (float(bits), LOG_FLOOR), (np.packbits(planes, bitorder="little"),))
+
+
+def _uint8_check(coded: Coded) -> None:
+    _expect(coded, 2, (("|u1",),))
+    bits = _integer(coded, coded.params[0], 1, 8)
+    if not -1e4 <= coded.params[1] < 0:
+        raise schema(coded.codec, "a floor in [-1e4, 0)")
+    _length(coded, 0, -(-coded.size * bits // 8))
+
+
+def _uint8_decode(coded: Coded, base) -> np.ndarray:
+    bits, floor = int(coded.params[0]), float(coded.params[1])
+    if bits == 8:
+        q = coded.parts[0].astype(np.float32)
+    else:
+        planes = np.unpackbits(coded.parts[0], count=coded.size * bits, bitorder="little").reshape(coded.size, bits)
+        q = planes.astype(np.float32) @ (1 << np.arange(bits)).astype(np.float32)
+    return (floor * (1 - q / ((1 << bits) - 1))).astype(np.float32).reshape(coded.shape)
+
+
+# at most a quarter: 2 bytes a value with the indices, so a sparse message stays well under the float32
+# one, which is what a receiver caps its frames by (PROTOCOL.md §11.2)
+_FRACTION = Param("fraction", float, "in (0, 0.25]", lambda v: 0 < v <= 0.25)
+BUILTINS: dict[str, CodecSpec] = {s.name: s for s in (
+    CodecSpec("float32", KINDS, _float32, description="the array as it is (no compression)"),
+    CodecSpec("float16", KINDS, _float16, description="IEEE half precision (<f2 ndarrays): 2 bytes a value"),
+    CodecSpec("bfloat16", KINDS, _bfloat16, _bfloat16_check, _bfloat16_decode,
+              description="the top 16 bits of each float32 (float32's range, 8 bits of mantissa)"),
+    CodecSpec("int8", KINDS, _int8, _int8_check, _int8_decode,
+              (Param("block", int, "0 (one scale per tensor) or >= 8", lambda v: v == 0 or v >= 8, default=0),),
+              "symmetric 8-bit integers with one float32 scale per block of values", example="int8:256"),
+    CodecSpec("topk", ("weights",), _topk, _sparse_check, _sparse_decode, (_FRACTION,),
+              "the fraction of values that changed most since last told, as (index, value)", relative=True,
+              example="topk:0.01"),
+    CodecSpec("randk", ("weights",), _randk, _sparse_check, _sparse_decode, (_FRACTION,),
+              "a random fraction of the values, as (index, value)", relative=True, example="randk:0.01"),
+    CodecSpec("uint8", ("logits",), _uint8, _uint8_check, _uint8_decode,
+              (Param("bits", int, "in [1, 8]", lambda v: 1 <= v <= 8, default=8),),
+              f"log-probabilities in [{LOG_FLOOR:g}, 0] on 2^bits levels, packed", example="uint8:4"),
+)}
+
+
+def _plugins() -> list[EntryPoint]:
+    # Read afresh on every call, so plugins installed while a node runs (or a test's sys.path) show up.
+    return list(entry_points(group=ENTRY_POINT_GROUP))
+
+
+def _load(ep: EntryPoint) -> CodecSpec:
+    """The CodecSpec behind a plugin entry point; any failure becomes a CodecError saying why."""
+    spec = load_plugin(ep, "codec", CodecError)
+    if not isinstance(spec, CodecSpec) or spec.name != ep.name or not set(spec.kinds) <= set(KINDS):
+        raise CodecError(f"codec plugin '{ep.name}' from {entry_point_source(ep)} is not a CodecSpec named "
+                         f"'{ep.name}' whose kinds are among {', '.join(KINDS)}")
+    return spec
+
+
+def _find(name: str) -> CodecSpec:
+    if name in BUILTINS:
+        return BUILTINS[name]
+    plugins = _plugins()
+    for ep in plugins:
+        if ep.name == name:
+            return _load(ep)
+    raise CodecError(f"unknown codec '{name}'; available: {', '.join([*BUILTINS, *(ep.name for ep in plugins)])}")
+
+
+def get_codec(spec: str) -> Codec:
+    """The codec `spec` names: "name" or "name:p1", e.g. "int8", "int8:256", "topk:0.01", "uint8:4".
+    The one place a codec spec is parsed; everything else passes the Codec on."""
+    text = spec.strip()
+    name, *raw = text.split(":")
+    definition = _find(name)
+    params = bind_params(definition, given_params(definition, raw, spec, "codec", CodecError), spec, "codec",
+                         CodecError)
+    return Codec(":".join([name, *map(str, params.values())]), params, definition)
+
+
+def list_codecs() -> list[dict[str, Any]]:
+    """Every codec, JSON-ready: built-ins, then plugins; a plugin that cannot be used has an "error"."""
+    def row(spec: CodecSpec | None, name: str, source: str, error: str | None = None) -> dict[str, Any]:
+        return {"name": name, "kinds": list(spec.kinds) if spec else None, "description": spec.description if spec
+                else "", "params": [p.to_json() for p in spec.params] if spec else [], "source": source,
+                "error": error}
+    rows = [row(spec, name, "builtin") for name, spec in BUILTINS.items()]
+    for ep in _plugins():
+        try:
+            rows.append(row(_load(ep) if ep.name not in BUILTINS else None, ep.name, entry_point_source(ep),
+                            None if ep.name not in BUILTINS else f"the name '{ep.name}' is already taken"))
+        except CodecError as exc:
+            rows.append(row(None, ep.name, entry_point_source(ep), str(exc)))
+    return rows
+
+
+# --- receiving ------------------------------------------------------------------------------------
+
+def check_coded(tensors: list[Tensor], limit: int) -> None:
+    """The checks of §6a over a payload's tensors, before anything of their dense size is built:
+    the coded tensors' float32 bytes within the kind's `limit` (`too_large`), each codec known
+    (`unknown_codec`), each codec's own rules (`schema`, `shape_mismatch`, `bad_coding`)."""
+    coded = [t for t in tensors if isinstance(t, Coded)]
+    dense_bytes = 4 * sum(t.size for t in coded)
+    if dense_bytes > limit:
+        raise RejectedMessage(Reason.TOO_LARGE, f"coded tensors decode to {dense_bytes} bytes > limit {limit}")
+    for tensor in coded:
+        spec = codec_of(tensor)
+        try:
+            spec.check(tensor)
+        except RejectedMessage:
+            raise
+        except Exception as exc:  # plugin code: nothing a peer sends raises anything but RejectedMessage
+            raise _bad(f"{tensor.codec} check failed: {type(exc).__name__}") from None
+
+
+def codec_of(tensor: Coded) -> CodecSpec:
+    """The codec a checked coded tensor names (RejectedMessage `unknown_codec` if none)."""
+    try:
+        spec = _find(tensor.codec)
+    except CodecError:
+        spec = None
+    if spec is None or spec.decode is None:
+        raise RejectedMessage(Reason.UNKNOWN_CODEC, repr(tensor.codec))
+    return spec
+
+
+def dense(tensor: Tensor, base: np.ndarray | None = None) -> np.ndarray:
+    """The float32 array a checked tensor stands for (a plain float32 one as it is, not copied). A
+    relative codec takes what it leaves out from `base` (a weights receiver's: the sender's tensor as
+    last heard; None: zeros)."""
+    if isinstance(tensor, np.ndarray):
+        return np.asarray(tensor, np.float32)
+    return codec_of(tensor).decode(tensor, base)
