@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_robustness.py
 	$(PY) bench/bench_fuzz.py
 	$(PY) bench/bench_hostile.py
+	$(PY) bench/bench_compression.py
 
 clean:
 	rm -rf $(VENV) run.json build *.egg-info

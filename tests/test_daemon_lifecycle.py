@@ -9,6 +9,8 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -46,25 +48,37 @@ def gone(pid: int) -> bool:
         return True
 
 
+@contextmanager
+def foreground(home: Path, *args: str) -> Iterator[subprocess.Popen]:
+    """`node start` in the foreground, in a session of its own (so that SIGINT to its process group
+    is what a terminal's Ctrl-C sends); killed if it is still running when the block ends."""
+    daemon = subprocess.Popen([str(EXE), "node", "start", "--home", str(home), *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        yield daemon
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.communicate()
+
+
+def ctrl_c(daemon: subprocess.Popen) -> tuple[str, str]:
+    """Ctrl-C to a foreground daemon; what it printed once it has exited."""
+    os.killpg(daemon.pid, signal.SIGINT)
+    return daemon.communicate(timeout=30)
+
+
 def saved_version(home: Path) -> int:
     return json.loads((home / "state.json").read_text())["version"]
 
 
 def test_ctrl_c_stops_a_foreground_daemon_with_one_line_and_exit_0(tmp_path):
     home = tmp_path / "a"
-    # a session of its own: SIGINT to its process group is what a terminal's Ctrl-C sends
-    daemon = subprocess.Popen([str(EXE), "node", "start", "--home", str(home), *RECIPE], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
+    with foreground(home, *RECIPE) as daemon:
         wait_until(lambda: version(home), "three learning cycles", 90, until=lambda v: v >= 3, interval=0.2)
         worker = workers(daemon.pid)
         assert len(worker) == 1, "the daemon runs its learner in a worker process"
-        os.killpg(daemon.pid, signal.SIGINT)
-        out, err = daemon.communicate(timeout=30)
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.communicate()
+        out, err = ctrl_c(daemon)
     lines = (out + err).splitlines()
     assert daemon.returncode == 0, out + err
     assert "Traceback" not in out + err
@@ -119,16 +133,9 @@ def test_quiet_daemon_logs_no_period_lines_and_node_stop_returns_when_it_has_exi
 
 def test_a_foreground_daemon_logs_to_its_log_file_and_nothing_to_the_terminal(tmp_path):
     home, log_file = tmp_path / "d", tmp_path / "d.log"
-    daemon = subprocess.Popen([str(EXE), "node", "start", "--home", str(home), "--log-file", str(log_file), *RECIPE],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
+    with foreground(home, "--log-file", str(log_file), *RECIPE) as daemon:
         wait_until(lambda: version(home), "two learning cycles", 90, until=lambda v: v >= 2, interval=0.2)
-        os.killpg(daemon.pid, signal.SIGINT)
-        out, err = daemon.communicate(timeout=30)
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.communicate()
+        out, err = ctrl_c(daemon)
     assert daemon.returncode == 0 and out + err == ""
     log = log_file.read_text().splitlines()
     assert "listening on" in log[0] and "stopped at version" in log[-1], log

@@ -3,7 +3,6 @@ running daemon of a two-node network, parsed by prometheus_client's own parser, 
 the node keeps; an address that cannot serve (port in use, not this machine's, not HOST:PORT) is
 refused with one line before the config is saved; `--metrics off` turns it off again."""
 import json
-import socket
 import urllib.request
 
 import pytest
@@ -17,24 +16,10 @@ from manymodels.node.runtime.listen import ListenError, check_metrics, metrics_a
 from manymodels.node.runtime.metrics import Metrics
 from manymodels.node.runtime.store import Home
 from test_daemon import start, status, stop
+from test_listen import free_port, taken  # noqa: F401 (taken: a fixture)
 from waiting import wait_until
 
 RECIPE = ["--dataset", "digits", "--partition", "iid", "--num-partitions", "2", "--model", "logreg", "--period", "1"]
-
-
-@pytest.fixture
-def taken():
-    """A port some other program listens on (loopback)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield sock.getsockname()[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_a_metrics_address_is_host_and_port_on_loopback_unless_a_host_is_given():
