@@ -30,6 +30,12 @@ node_app = typer.Typer(no_args_is_help=True, help="Run a node daemon: start, sta
 console = Console(soft_wrap=True)
 HomeOption = Annotated[Path, typer.Option("--home", help="The node's home directory.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print as JSON.")]
+# node start's options that `up` passes on to every node
+DatasetOption = Annotated[Optional[str], typer.Option(help="digits, fashion-mnist or mnist1d.")]
+PartitionOption = Annotated[Optional[str], typer.Option(help="iid, dirichlet:ALPHA or shards:K.")]
+ExchangeOption = Annotated[Optional[str], typer.Option(help="weights, distill, synthetic or mixed.")]
+RuleOption = Annotated[Optional[str], typer.Option(help="Weights rule; see `manymodels rules`.")]
+PeriodOption = Annotated[Optional[float], typer.Option(help="Seconds between learning cycles.")]
 ShareOption = Annotated[Optional[str], typer.Option(
     help="Who gets this node's knowledge: all; reciprocal[:N], the peers that gave at least N knowledge messages "
          "in the last 5 versions (a newcomer gets 3 versions' trial); allowlist:FILE, the peer ids in FILE (one a "
@@ -79,8 +85,8 @@ def start(
              "/ip4/0.0.0.0/tcp/PORT listens on every interface.")] = None,
     bootstrap: Annotated[Optional[list[str]], typer.Option(
         help="A peer's multiaddr, ending in /p2p/<peer id>, to join through (repeatable).")] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="digits, fashion-mnist or mnist1d.")] = None,
-    partition: Annotated[Optional[str], typer.Option(help="iid, dirichlet:ALPHA or shards:K.")] = None,
+    dataset: DatasetOption = None,
+    partition: PartitionOption = None,
     partition_id: Annotated[Optional[int], typer.Option(help="Which partition this node holds.")] = None,
     num_partitions: Annotated[Optional[int], typer.Option(help="How many partitions the data is split into.")] = None,
     model: Annotated[Optional[str], typer.Option(help="logreg, mlp, mlp-wide, cnn or forest.")] = None,
@@ -91,11 +97,11 @@ def start(
     weight_decay: WeightDecayOption = None,
     batch_size: BatchSizeOption = None,
     shuffle: ShuffleOption = None,
-    exchange: Annotated[Optional[str], typer.Option(help="weights, distill, synthetic or mixed.")] = None,
-    rule: Annotated[Optional[str], typer.Option(help="Weights rule; see `manymodels rules`.")] = None,
+    exchange: ExchangeOption = None,
+    rule: RuleOption = None,
     compress: CompressOption = None,
     compress_logits: CompressLogitsOption = None,
-    period: Annotated[Optional[float], typer.Option(help="Seconds between learning cycles.")] = None,
+    period: PeriodOption = None,
     reputation: Annotated[Optional[float], typer.Option(
         help="Stop accepting a peer whose reputation (0..1) falls below this (0: never).")] = None,
     push_limit: Annotated[Optional[int], typer.Option(
@@ -146,7 +152,7 @@ def start(
                            partition_id=partition_id, num_partitions=num_partitions, model=model, exchange=exchange,
                            rule=rule, period=period, reputation=reputation, push_limit=push_limit, seed=seed,
                            client_app=_app_spec(client_app), mdns=mdns, metrics=_metrics(metrics),
-                           share=_share_spec(share),
+                           share=share_spec(share),
                            run_config=None if run_config is None else " ".join(run_config), **training,
                            **codec_options(compress, compress_logits))
     verbosity = ["--verbose"] * verbose + ["--quiet"] * quiet
@@ -202,7 +208,7 @@ def _startup_error(exc: BaseException) -> str | None:
     return str(exc) if isinstance(exc, ListenError) else None
 
 
-def _share_spec(spec: str | None) -> str | None:
+def share_spec(spec: str | None) -> str | None:
     """--share with an allowlist's FILE made absolute, so a restart from elsewhere finds it."""
     if spec is None or not spec.strip().startswith("allowlist:"):
         return spec

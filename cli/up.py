@@ -19,9 +19,11 @@ from rich.table import Table
 from .config_file import ConfigOption
 from .errors import UserError
 from .help_defaults import with_defaults
-from .learner_options import (BatchSizeOption, HiddenOption, LrOption, MomentumOption, OptimizerOption,
-                              ShuffleOption, WeightDecayOption, training_options)
-from .network import running, spawn, start_defaults, started, stop_node, update_config
+from .learner_options import (BatchSizeOption, CompressLogitsOption, CompressOption, HiddenOption, LrOption,
+                              MomentumOption, OptimizerOption, ShuffleOption, WeightDecayOption, codec_options,
+                              training_options)
+from .network import (DatasetOption, ExchangeOption, PartitionOption, PeriodOption, RuleOption, ShareOption, running,
+                      share_spec, spawn, start_defaults, started, stop_node, update_config)
 from .watch import watch
 
 MAX_NODES = 64
@@ -36,8 +38,8 @@ HomeRootOption = Annotated[Path, typer.Option(
 def up(
     nodes: Annotated[int, typer.Argument(metavar="N", help=f"How many nodes, 1 to {MAX_NODES}.", show_default=False)],
     home_root: HomeRootOption,
-    dataset: Annotated[Optional[str], typer.Option(help="digits, fashion-mnist or mnist1d.")] = None,
-    partition: Annotated[Optional[str], typer.Option(help="iid, dirichlet:ALPHA or shards:K.")] = None,
+    dataset: DatasetOption = None,
+    partition: PartitionOption = None,
     model: Annotated[Optional[str], typer.Option(
         help="logreg, mlp, mlp-wide, cnn, forest; 'mixed' (one of each in turn) or a comma list: node i gets "
              "the i-th in turn.")] = None,
@@ -48,9 +50,12 @@ def up(
     weight_decay: WeightDecayOption = None,
     batch_size: BatchSizeOption = None,
     shuffle: ShuffleOption = None,
-    exchange: Annotated[Optional[str], typer.Option(help="weights, distill, synthetic or mixed.")] = None,
-    rule: Annotated[Optional[str], typer.Option(help="Weights rule; see `manymodels rules`.")] = None,
-    period: Annotated[Optional[float], typer.Option(help="Seconds between learning cycles.")] = None,
+    exchange: ExchangeOption = None,
+    share: ShareOption = None,
+    compress: CompressOption = None,
+    compress_logits: CompressLogitsOption = None,
+    rule: RuleOption = None,
+    period: PeriodOption = None,
     seed: Annotated[Optional[int], typer.Option(help="The network's seed (data split, initial models).")] = None,
     interval: Annotated[float, typer.Option(help="Seconds between refreshes of the table.")] = 2.0,
     detach: Annotated[bool, typer.Option("--detach", "--no-watch", help=(
@@ -75,7 +80,8 @@ def up(
 
     try:
         common = {"dataset": dataset, "partition": partition, "exchange": exchange, "rule": rule, "period": period,
-                  "seed": seed, **training_options(hidden, optimizer, lr, momentum, weight_decay, batch_size, shuffle)}
+                  "seed": seed, "share": share_spec(share), **codec_options(compress, compress_logits),
+                  **training_options(hidden, optimizer, lr, momentum, weight_decay, batch_size, shuffle)}
         options = [{**common, "partition_id": i, "num_partitions": nodes, "model": arch}
                    for i, arch in enumerate(_architectures(model, nodes))]
     except SpecError as exc:
