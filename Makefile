@@ -16,7 +16,7 @@ DEBS_STAMP := $(VENV)/.debs
 
 # constraints.txt pins torch to the CPU build that lies on disk here (pip takes it offline) and flwr.
 $(STAMP): $(PY) pyproject.toml constraints.txt $(DEBS_STAMP)
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,mnist1d,report]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,mnist1d,report,dp]'
 	touch $(STAMP)
 
 $(DEBS_STAMP): $(PY)
@@ -39,7 +39,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not multiprocess"
 
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,mnist1d,bench]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,mnist1d,bench,dp]'
 	$(PY) bench/bench_demo.py
 	$(PY) bench/bench_scale.py
 	$(PY) bench/bench_aggregation.py
@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_fuzz.py
 	$(PY) bench/bench_hostile.py
 	$(PY) bench/bench_compression.py
+	$(PY) bench/bench_privacy.py
 
 clean:
 	rm -rf $(VENV) run.json build *.egg-info

@@ -1,4 +1,4 @@
-"""The learner's training options and the codecs, one declaration for `simulate` and `node start`.
+"""The learner's training options, the codecs and DP-SGD, one declaration for `simulate` and `node start`.
 Every default is None, "not given": `simulate` then trains as node.learning.training.Training's
 defaults say (and sends in node/spec.py's DEFAULT_CODECS), and `node start` keeps the saved config's value."""
 from __future__ import annotations
@@ -31,6 +31,26 @@ CompressOption = Annotated[Optional[str], typer.Option(
 CompressLogitsOption = Annotated[Optional[str], typer.Option(
     metavar="CODEC", help="How logits travel (distill, mixed): float16, float32, bfloat16, int8[:BLOCK], "
     "uint8[:BITS] (quantised log-probabilities).", show_default="float16")]
+
+
+DpNoiseOption = Annotated[Optional[float], typer.Option(
+    metavar="SIGMA", help="DP-SGD: the noise multiplier (Gaussian noise of SIGMA x --dp-clip on each step's summed "
+    "clipped gradients); see docs/PRIVACY.md.", show_default="off")]
+DpClipOption = Annotated[Optional[float], typer.Option(
+    metavar="C", help="DP-SGD: each example's gradient is clipped to this L2 norm.", show_default="1")]
+DpEpsilonOption = Annotated[Optional[float], typer.Option(
+    metavar="E", help="DP-SGD: the privacy budget; without --dp-noise, the noise that spends it over the planned "
+    "training. A node past it publishes no more.", show_default="none")]
+DpDeltaOption = Annotated[Optional[float], typer.Option(
+    metavar="D", help="DP-SGD: the delta that epsilon is reported at.", show_default="1e-05")]
+
+
+def privacy_options(dp_noise: float | None, dp_clip: float | None, dp_epsilon: float | None,
+                    dp_delta: float | None, **planned: int | None) -> dict:
+    """The DP-SGD options given, as fields (checked later, with the rest of the spec); `planned`:
+    node start's dp_epochs."""
+    given = {"dp_noise": dp_noise, "dp_clip": dp_clip, "dp_epsilon": dp_epsilon, "dp_delta": dp_delta, **planned}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def codec_options(compress: str | None, compress_logits: str | None) -> dict:

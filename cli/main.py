@@ -18,9 +18,9 @@ from .config_file import ConfigOption
 from .config_file import save as save_options
 from .errors import UserError
 from .help_defaults import shown, with_defaults
-from .learner_options import (BatchSizeOption, CompressLogitsOption, CompressOption, HiddenOption, LrOption,
-                              MomentumOption, OptimizerOption, ShuffleOption, WeightDecayOption, codec_options,
-                              training_options)
+from .learner_options import (BatchSizeOption, CompressLogitsOption, CompressOption, DpClipOption, DpDeltaOption,
+                              DpEpsilonOption, DpNoiseOption, HiddenOption, LrOption, MomentumOption, OptimizerOption,
+                              ShuffleOption, WeightDecayOption, codec_options, privacy_options, training_options)
 from . import network, study, up
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -71,6 +71,10 @@ def simulate(
     logit_rule: Annotated[str, typer.Option(help="Logits rule for distill and mixed.")] = "logit-probmean",
     compress: CompressOption = None,
     compress_logits: CompressLogitsOption = None,
+    dp_noise: DpNoiseOption = None,
+    dp_clip: DpClipOption = None,
+    dp_epsilon: DpEpsilonOption = None,
+    dp_delta: DpDeltaOption = None,
     probe_size: Annotated[int, typer.Option(help="Training inputs set aside as the public probe set.")] = 200,
     probe: Annotated[Optional[Path], typer.Option(help="Your own probe set (.npy) instead.")] = None,
     temperature: Annotated[float, typer.Option(help="Distillation temperature.")] = 2.0,
@@ -121,7 +125,7 @@ def simulate(
             **({"share": share} if share is not None else {}),
             client_app=client_app, run_config=" ".join(run_config or ()),
             **training_options(hidden, optimizer, lr, momentum, weight_decay, batch_size, shuffle),
-            **codec_options(compress, compress_logits),
+            **codec_options(compress, compress_logits), **privacy_options(dp_noise, dp_clip, dp_epsilon, dp_delta),
             **({"accept_licences": tuple(accept_licence)} if accept_licence else {}))
     except SpecError as exc:
         raise UserError(str(exc)) from None

@@ -19,6 +19,7 @@ manymodels.node.spec.SpecError: --reputation must be in [0, 1], got 2
 from __future__ import annotations
 
 import copy
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -76,6 +77,7 @@ class NodeSpec:
         with them."""
         check_learner(learner)
         exchange = exchange_name(exchange)
+        check_privacy(learner, exchange)
         try:
             settings["share"] = SharePolicy.parse(settings.get("share", "all"))
         except ShareError as exc:
@@ -154,6 +156,29 @@ def check_learner(recipe: LearnerRecipe) -> None:
         raise SpecError(f"--weight-decay must be at least 0, got {t.weight_decay:g}")
     if t.batch_size < 1:
         raise SpecError(f"--batch-size must be at least 1, got {t.batch_size}")
+
+
+def check_privacy(recipe: LearnerRecipe, exchange: str) -> None:
+    """DP-SGD's settings, and that what the node runs is something DP-SGD covers (docs/PRIVACY.md)."""
+    p = recipe.privacy
+    if not p.on:
+        return
+    if p.noise < 0 or p.epsilon < 0 or not p.clip > 0 or not 0 < p.delta < 1:
+        raise SpecError(f"--dp-noise and --dp-epsilon must be at least 0, --dp-clip above 0 and --dp-delta in (0, 1); "
+                        f"got {p.noise:g}, {p.epsilon:g}, {p.clip:g}, {p.delta:g}")
+    if recipe.client_app:
+        raise SpecError("DP-SGD runs in the built-in torch learners; a Flower client trains itself (use Flower's "
+                        "own DP mods in it), so --dp-* options do not apply with --client-app")
+    if "forest" in recipe.model.split(","):
+        raise SpecError("DP-SGD trains torch models by gradient; the forest model has none: --dp-* options need "
+                        "logreg, mlp, mlp-wide or cnn")
+    if exchange == "synthetic":
+        raise SpecError("--exchange synthetic publishes the class means and spreads of the private data, which "
+                        "DP-SGD does not cover (docs/PRIVACY.md); use weights, distill or mixed with --dp-*")
+    if not p.noise and not p.epochs:
+        raise SpecError("--dp-epsilon without --dp-noise plans the noise for the training to come: give --dp-epochs (periods)")
+    if importlib.util.find_spec("opacus") is None:
+        raise SpecError("differential privacy needs Opacus: pip install 'manymodels[dp]'")
 
 
 def hidden_sizes(text: str) -> tuple[int, ...]:
@@ -247,4 +272,4 @@ def build_node(spec: NodeSpec, identity: Identity, learner: Any, transport: Tran
     the daemon's and the simulator's attackers' own kinds of node."""
     return node_class(identity, learner, transport, EXCHANGES[spec.exchange](spec, data),
                       num_classes=data.num_classes, clock=clock, reputation=Reputation(spec.reputation),
-                      sharing=Sharing(spec.share), **extra)
+                      sharing=Sharing(spec.share), privacy_budget=spec.learner.privacy.epsilon, **extra)

@@ -6,6 +6,7 @@ sees the node through a `NodeView`; what the node sends passes its outbound filt
 for an honest node; the simulator's attackers write their own)."""
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -51,6 +52,8 @@ class NodeStats:
                 setattr(self, name, Counter(value[name]) if isinstance(value[name], dict) else int(value[name]))
 
 
+log = logging.getLogger("manymodels.node")
+
 MAX_COUNTED_PEERS = 4096  # transport addresses kept in stats.rejected_from
 
 Outbound = Callable[["Node", list[Payload]], list[tuple[bytes, str]]]  # payloads -> (sealed bytes, kind) to send
@@ -65,7 +68,7 @@ class Node:
     def __init__(self, identity: Identity, learner: Learner, transport: Transport, exchange: Exchange,
                  *, num_classes: int, clock: Callable[[], int], guard: ReplayGuard | None = None,
                  reputation: Reputation | None = None, outbound: Outbound = sealed,
-                 sharing: Sharing | None = None) -> None:
+                 sharing: Sharing | None = None, privacy_budget: float = 0.0) -> None:
         self.identity = identity
         self.learner = learner
         self.transport = transport
@@ -82,6 +85,9 @@ class Node:
         self.seq = 0
         self.stats = NodeStats()
         self.on_reject: Callable[[str, str], None] = lambda sender_address, reason: None
+        self.privacy_budget = privacy_budget  # ε; past it the node publishes no more (0: no budget)
+        self.epsilon: float | None = None  # the DP-SGD privacy spent, at the settings' δ (None: no DP)
+        self.budget_spent_at: int | None = None  # the version it would have published when it stopped
         self._guard_lock = threading.Lock()  # seal() runs in the learning thread, verify() in the network's
         self.tensor_specs = [(w.shape, w.dtype) for w in learner.get_weights()]
         self.view = NodeView(identity.peer_id, learner, num_classes, self.tensor_specs, self.banned, self.judge,
@@ -94,10 +100,20 @@ class Node:
         return self.identity.peer_id
 
     def train(self, epochs: int) -> dict[str, float]:
-        return self.learner.fit(epochs, extra=self.exchange.extra())
+        metrics = self.learner.fit(epochs, extra=self.exchange.extra())
+        if "epsilon" in metrics:  # a DP-SGD learner's privacy spent so far
+            self.epsilon = metrics["epsilon"]
+        return metrics
 
     def publication(self) -> list[tuple[bytes, str]]:
-        """The next version: what the exchange offers, through the outbound filter, as (bytes, kind)."""
+        """The next version: what the exchange offers, through the outbound filter, as (bytes, kind);
+        nothing once the privacy budget is spent (the node still folds what it receives)."""
+        if self.privacy_budget and self.epsilon is not None and self.epsilon > self.privacy_budget:
+            if self.budget_spent_at is None:
+                self.budget_spent_at = self.version + 1
+                log.warning("privacy budget spent (epsilon %.3g > %.3g): this node publishes no more",
+                            self.epsilon, self.privacy_budget)
+            return []
         self.version += 1
         return self.outbound(self, self.exchange.publish(self.view, self.version))
 

@@ -13,6 +13,7 @@ import numpy as np
 from .datasets import Dataset, load_dataset
 from .learner import Learner
 from .partition import partition
+from .privacy import NO_PRIVACY, Privacy
 from .probe import DEFAULT_SIZE, ProbeSet, split_probe
 from .training import DEFAULT_TRAINING, Training
 
@@ -56,6 +57,12 @@ class LearnerRecipe:
     weight_decay: float = DEFAULT_TRAINING.weight_decay
     batch_size: int = DEFAULT_TRAINING.batch_size
     shuffle: bool = DEFAULT_TRAINING.shuffle
+    # DP-SGD, as in Privacy (off unless dp_noise or dp_epsilon is given)
+    dp_noise: float = NO_PRIVACY.noise
+    dp_clip: float = NO_PRIVACY.clip
+    dp_epsilon: float = NO_PRIVACY.epsilon
+    dp_delta: float = NO_PRIVACY.delta
+    dp_epochs: int = NO_PRIVACY.epochs
     probe_size: int = DEFAULT_SIZE
     # A Flower client app as the learner (docs/FLOWER.md): FILE.py:ATTR (an absolute path, so a restart
     # from another directory finds it) or MODULE:ATTR, importable from `app_dir`. It gets partition_id
@@ -75,7 +82,11 @@ class LearnerRecipe:
     @property
     def training(self) -> Training:
         return Training(tuple(self.hidden), self.optimizer, self.lr, self.momentum, self.weight_decay,
-                        self.batch_size, self.shuffle)
+                        self.batch_size, self.shuffle, self.privacy)
+
+    @property
+    def privacy(self) -> Privacy:
+        return Privacy(self.dp_noise, self.dp_clip, self.dp_epsilon, self.dp_delta, self.dp_epochs)
 
     @property
     def node_seed(self) -> int:

@@ -1,4 +1,5 @@
-"""TorchLearner: any nn.Module with a private (x, y) training set, trained as its `Training` says."""
+"""TorchLearner: any nn.Module with a private (x, y) training set, trained as its `Training` says
+(with DP-SGD on the private set when its `privacy` is on: node/learning/private_sgd.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -33,6 +34,12 @@ class TorchLearner(Learner):
         else:
             self.optimizer = torch.optim.Adam(module.parameters(), lr=training.lr, weight_decay=training.weight_decay)
         self._generator = torch.Generator().manual_seed(seed)
+        self.private = None
+        if training.privacy.on:
+            from .private_sgd import PrivateSGD  # imports opacus
+
+            self.private = PrivateSGD(module, self.optimizer, training.privacy, self.num_examples,
+                                      self.batch_size, seed)
 
     def get_weights(self) -> NDArrays:
         return [t.detach().cpu().numpy().copy() for t in self.module.state_dict().values()]
@@ -66,6 +73,8 @@ class TorchLearner(Learner):
         return total / max(batches, 1)
 
     def fit(self, epochs: int, extra: Samples | None = None) -> dict[str, float]:
+        if self.private is not None:
+            return self._private_fit(epochs, extra)
         x, y, w = self.x, self.y, torch.ones(self.num_examples)
         if extra is not None and len(extra.y):
             x = torch.cat([x, _tensor(extra.x, np.float32)])
@@ -76,6 +85,14 @@ class TorchLearner(Learner):
             return (F.cross_entropy(logits, y[idx], reduction="none") * w[idx]).sum() / w[idx].sum()
         return {"loss": self._epochs(x, epochs, loss_of)}
 
+    def _private_fit(self, epochs: int, extra: Samples | None) -> dict[str, float]:
+        """DP-SGD on the private set; the metrics add the ε spent so far."""
+        if extra is not None and len(extra.y):
+            raise ValueError("DP-SGD trains on the private set alone: no peers' samples (--exchange synthetic)")
+        loss = self.private.epochs(self.x, epochs,
+                                   lambda idx, logits: F.cross_entropy(logits, self.y[idx], reduction="sum"))
+        return {"loss": loss, "epsilon": self.private.epsilon()}
+
     def distill(self, x: np.ndarray, target: np.ndarray, temperature: float, epochs: int) -> None:
         x_t = _tensor(x, np.float32)
         target = _tensor(target, np.float32).exp()
@@ -84,7 +101,11 @@ class TorchLearner(Learner):
             # Hinton et al.'s KD loss, scaled by T^2 so gradients keep their size across temperatures.
             log_p = F.log_softmax(logits / temperature, dim=1)
             return F.kl_div(log_p, target[idx], reduction="batchmean") * temperature ** 2
-        self._epochs(x_t, epochs, loss_of)
+        if self.private is None:
+            self._epochs(x_t, epochs, loss_of)
+            return
+        with self.private.public():  # the probe set is public: DP-SGD's guarantee covers this by post-processing
+            self._epochs(x_t, epochs, loss_of)
 
     @torch.no_grad()
     def predict(self, x: np.ndarray, batch: int = 1024) -> np.ndarray:

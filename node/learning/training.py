@@ -1,8 +1,10 @@
-"""How a torch learner trains: the MLP's hidden sizes, the optimizer and its settings, batches."""
+"""How a torch learner trains: the MLP's hidden sizes, the optimizer and its settings, batches, DP-SGD."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from .privacy import NO_PRIVACY, Privacy
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -20,6 +22,7 @@ class Training:
     weight_decay: float = 0.0
     batch_size: int = 32
     shuffle: bool = True  # a fresh order of the examples every epoch (seeded per node)
+    privacy: Privacy = NO_PRIVACY  # DP-SGD on the private set (off by default)
 
     def changed(self) -> dict[str, Any]:
         """The fields that differ from the defaults."""

@@ -42,7 +42,7 @@ Adversary = Callable[[int, MemoryNetwork, list[Node]], None]
 BeforeFold = Callable[[int, int, LoggedNode], None]  # (round, node index, node) before each honest node folds
 # per node, what each round did: "history" (its accuracy after the round), "bytes_sent_per_round"
 # and "rejected_per_round" (by kind, by reason: what this round added) and "banned_per_round" (how
-# many peers it had banned by then)
+# many peers it had banned by then), "epsilon" (the DP-SGD privacy spent by then; with DP only)
 Series = list[dict[str, list]]
 
 
@@ -152,8 +152,8 @@ def _rounds(spec: SimulationSpec, nodes: list[Node], network: MemoryNetwork, con
             adversary: Adversary | None, before_fold: BeforeFold | None) -> Series:
     """train -> publish -> deliver -> fold, every round; what each round did to each node (by position)."""
     attackers = {k for k, i in enumerate(members) if i in spec.attackers}
-    series: Series = [{"history": [], "bytes_sent_per_round": [], "rejected_per_round": [], "banned_per_round": []}
-                      for _ in nodes]
+    series: Series = [{"history": [], "bytes_sent_per_round": [], "rejected_per_round": [], "banned_per_round": [],
+                       "epsilon": []} for _ in nodes]
     for r in range(spec.config.rounds):
         context.round = r
         before = [(Counter(node.stats.sent_by_kind), Counter(node.stats.rejected)) for node in nodes]
@@ -174,6 +174,8 @@ def _rounds(spec: SimulationSpec, nodes: list[Node], network: MemoryNetwork, con
             series[i]["bytes_sent_per_round"].append(dict(node.stats.sent_by_kind - before[i][0]))
             series[i]["rejected_per_round"].append(dict(sorted((node.stats.rejected - before[i][1]).items())))
             series[i]["banned_per_round"].append(len(node.banned))
+            if node.epsilon is not None:
+                series[i]["epsilon"].append(round(node.epsilon, 6))
         if on_round:
             honest = [series[i]["history"][-1] for i in range(len(nodes)) if i not in attackers]
             on_round(r + 1, float(np.mean(honest)))
@@ -224,6 +226,7 @@ def _report(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, nodes: li
         "rejected_per_round": series[i]["rejected_per_round"],
         "banned_per_round": series[i]["banned_per_round"],
         "history": series[i]["history"],
+        **_privacy(node, series[i]["epsilon"]),
     } for i, node in enumerate(nodes)]
     honest = [n for n in per_node if n["attack"] is None]
     probe = world.probe
@@ -241,6 +244,18 @@ def _report(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, nodes: li
         },
         "nodes": per_node,
     }
+
+
+def _privacy(node: Node, epsilon: list[float]) -> dict:
+    """A DP-SGD node's privacy spent after each round, and the round after which its budget stopped
+    its publishing (None: never); nothing without DP, so reports without it stay as they were."""
+    if not epsilon:
+        return {}
+    budget = node.privacy_budget or None
+    stopped = next((r + 1 for r, e in enumerate(epsilon) if budget and e > budget), None)
+    return {"privacy": {"epsilon_per_round": epsilon, "delta": node.learner.private.privacy.delta,
+                        "noise_multiplier": node.learner.private.noise, "budget": budget,
+                        "stopped_publishing_round": stopped}}
 
 
 def _accuracies(nodes: list[dict]) -> dict[str, float]:

@@ -8,10 +8,11 @@ from dataclasses import asdict, dataclass, fields, replace
 import numpy as np
 
 from ..learning.models import ARCHITECTURES, MIXED
+from ..learning.privacy import NO_PRIVACY
 from ..learning.probe import DEFAULT_SIZE
 from ..learning.recipe import LearnerRecipe
 from ..learning.training import DEFAULT_TRAINING
-from ..spec import DEFAULT_CODECS, NodeSpec, SpecError
+from ..spec import DEFAULT_CODECS, NodeSpec, SpecError, check_privacy
 from .attacks import AttackSpecError, parse_attack
 from .plants import PlantError, Plants, parse_plants
 from .topology import TopologyError, neighbours
@@ -20,7 +21,8 @@ from .topology import TopologyError, neighbours
 # the default, so the reports of earlier runs stay byte for byte what the same options give now.
 _LATER_OPTIONS = {**{key: getattr(DEFAULT_TRAINING, key) for key in
                      ("hidden", "optimizer", "momentum", "weight_decay", "shuffle")}, "plants": (), "share": "all",
-                  "compress": DEFAULT_CODECS["weights"], "compress_logits": DEFAULT_CODECS["logits"]}
+                  "compress": DEFAULT_CODECS["weights"], "compress_logits": DEFAULT_CODECS["logits"],
+                  **{f"dp_{key}": getattr(NO_PRIVACY, key) for key in ("noise", "clip", "epsilon", "delta")}}
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,11 @@ class SimulationConfig:
     plants: tuple[str, ...] = ()  # planted peers (node/sim/plants.py), e.g. "shuffled:2"; the built-in datasets only
     compress: str = DEFAULT_CODECS["weights"]  # the codec weights travel in (protocol/codecs.py)
     compress_logits: str = DEFAULT_CODECS["logits"]  # the codec logits travel in
+    # DP-SGD (node/learning/privacy.py): σ and clipping, or a target ε at δ over `rounds` (also the budget)
+    dp_noise: float = NO_PRIVACY.noise
+    dp_clip: float = NO_PRIVACY.clip
+    dp_epsilon: float = NO_PRIVACY.epsilon
+    dp_delta: float = NO_PRIVACY.delta
     # A Flower client as every node's learner (MODULE:ATTR or FILE.py:ATTR[:MODEL], docs/FLOWER.md): node i
     # gets partition-id i of num-partitions = nodes and loads its own data; dataset, partition, model
     # and the learner options are then unused.
@@ -94,7 +101,8 @@ class SimulationSpec:
             dataset=c.dataset, partition=c.partition, num_partitions=c.nodes, model=c.model, seed=c.seed, lr=c.lr,
             batch_size=c.batch_size, hidden=tuple(c.hidden), optimizer=c.optimizer, momentum=c.momentum,
             weight_decay=c.weight_decay, shuffle=c.shuffle, probe_size=c.probe_size, client_app=c.client_app or "",
-            run_config=c.run_config)
+            run_config=c.run_config, dp_noise=c.dp_noise, dp_clip=c.dp_clip, dp_epsilon=c.dp_epsilon,
+            dp_delta=c.dp_delta, dp_epochs=c.rounds * c.local_epochs)
         node = NodeSpec.parse(
             recipe, exchange=c.exchange, rule=c.rule, logit_rule=c.logit_rule, reputation=c.reputation,
             local_epochs=c.local_epochs, temperature=c.temperature, distill_epochs=c.distill_epochs,
@@ -102,6 +110,8 @@ class SimulationSpec:
             accept_licences=tuple(c.accept_licences), share=c.share, compress=c.compress,
             compress_logits=c.compress_logits)
         archs = () if c.client_app else architectures(c.model, c.nodes)
+        if node.learner.privacy.on and "forest" in archs:
+            check_privacy(replace(recipe, model="forest"), c.exchange)
         try:
             adjacency = neighbours(c.topology, c.nodes, c.seed)
             attackers = _attackers(c)
