@@ -26,7 +26,17 @@ def status_lines(s: dict) -> list[str]:
             f"listening on {' '.join(s['addrs'])}",
             f"{s['peers']} peers connected; model version {s['version']}, held-out accuracy {accuracy}; "
             f"{s['messages_accepted']} messages accepted ({s['pulled']} pulled by digest), "
-            f"{sum(s['rejected'].values())} rejected; up {s['uptime_s']:.0f} s"]
+            f"{sum(s['rejected'].values())} rejected; up {s['uptime_s']:.0f} s", *_privacy_line(s.get("privacy"))]
+
+
+def _privacy_line(p: dict | None) -> list[str]:
+    """DP-SGD's spending, when the node runs it."""
+    if p is None:
+        return []
+    spent = "-" if p["epsilon"] is None else f"{p['epsilon']:.3g}"
+    budget = f" of a budget of {p['budget']:g}" if p["budget"] else ""
+    stopped = "" if p["publishing"] else "; budget spent, publishing stopped"
+    return [f"DP-SGD: epsilon {spent}{budget} at delta {p['delta']:g}{stopped}"]
 
 
 def status_view(s: dict, peers: list[dict] | None = None) -> RenderableType:

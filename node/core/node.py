@@ -86,7 +86,7 @@ class Node:
         self.stats = NodeStats()
         self.on_reject: Callable[[str, str], None] = lambda sender_address, reason: None
         self.privacy_budget = privacy_budget  # ε; past it the node publishes no more (0: no budget)
-        self.epsilon: float | None = None  # the DP-SGD privacy spent, at the settings' δ (None: no DP)
+        self.privacy: dict[str, float] | None = None  # DP-SGD's spent epsilon, noise_multiplier, dp_steps (None: no DP)
         self.budget_spent_at: int | None = None  # the version it would have published when it stopped
         self._guard_lock = threading.Lock()  # seal() runs in the learning thread, verify() in the network's
         self.tensor_specs = [(w.shape, w.dtype) for w in learner.get_weights()]
@@ -102,17 +102,17 @@ class Node:
     def train(self, epochs: int) -> dict[str, float]:
         metrics = self.learner.fit(epochs, extra=self.exchange.extra())
         if "epsilon" in metrics:  # a DP-SGD learner's privacy spent so far
-            self.epsilon = metrics["epsilon"]
+            self.privacy = {key: metrics[key] for key in ("epsilon", "noise_multiplier", "dp_steps")}
         return metrics
 
     def publication(self) -> list[tuple[bytes, str]]:
         """The next version: what the exchange offers, through the outbound filter, as (bytes, kind);
         nothing once the privacy budget is spent (the node still folds what it receives)."""
-        if self.privacy_budget and self.epsilon is not None and self.epsilon > self.privacy_budget:
+        if self.privacy_budget and self.privacy and self.privacy["epsilon"] > self.privacy_budget:
             if self.budget_spent_at is None:
                 self.budget_spent_at = self.version + 1
                 log.warning("privacy budget spent (epsilon %.3g > %.3g): this node publishes no more",
-                            self.epsilon, self.privacy_budget)
+                            self.privacy["epsilon"], self.privacy_budget)
             return []
         self.version += 1
         return self.outbound(self, self.exchange.publish(self.view, self.version))

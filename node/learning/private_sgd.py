@@ -87,6 +87,12 @@ class PrivateSGD:
         finally:
             self.module.enable_hooks()
 
-    def epsilon(self) -> float:
-        """ε spent so far at the settings' δ (0 before the first step)."""
-        return self.accountant.get_epsilon(self.privacy.delta) if self.accountant.history else 0.0
+    def spent(self) -> dict[str, float]:
+        """ε spent so far at the settings' δ (0 before the first step), σ, and the steps taken."""
+        steps = sum(n for _, _, n in self.accountant.history)
+        epsilon = self.accountant.get_epsilon(self.privacy.delta) if steps else 0.0
+        return {"epsilon": epsilon, "noise_multiplier": self.noise, "dp_steps": steps}
+
+    def resume(self, steps: int) -> None:
+        """Count `steps` taken before (a restarted daemon's), all at this σ and sample rate."""
+        self.accountant.history = [(self.noise, self.sample_rate, steps)] if steps else []

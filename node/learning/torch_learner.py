@@ -91,7 +91,7 @@ class TorchLearner(Learner):
             raise ValueError("DP-SGD trains on the private set alone: no peers' samples (--exchange synthetic)")
         loss = self.private.epochs(self.x, epochs,
                                    lambda idx, logits: F.cross_entropy(logits, self.y[idx], reduction="sum"))
-        return {"loss": loss, "epsilon": self.private.epsilon()}
+        return {"loss": loss, **self.private.spent()}
 
     def distill(self, x: np.ndarray, target: np.ndarray, temperature: float, epochs: int) -> None:
         x_t = _tensor(x, np.float32)

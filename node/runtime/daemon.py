@@ -388,6 +388,8 @@ class Daemon:
         node.stats.restore(state.get("stats", {}))  # counters run on across restarts
         self.ledger = Ledger.from_json(state.get("ledger", {}))
         node.pulled = state.get("stats", {}).get("pulled", 0)
+        if self.config.recipe.privacy.on and state.get("dp_steps"):  # the restored model spent them
+            node.learner.resume_privacy(state["dp_steps"])
         self._counted = _counts(node.stats)
         checkpoint = self.home.load_checkpoint()
         if checkpoint is not None and checkpoint.model == node.learner.architecture:
@@ -411,6 +413,7 @@ class Daemon:
             "history": self.history[-1000:],
             "stats": {**node.stats.to_json(), "pulled": node.pulled},
             "ledger": self.ledger.to_json(),
+            **({"dp_steps": node.privacy["dp_steps"]} if node.privacy else {}),
         })
 
     # --- the learning cycle, in a thread ------------------------------------------------------
@@ -568,7 +571,17 @@ class Daemon:
                 "pulled": pulled, "withheld": stats.withheld, "share": self.config.share,
                 "gate": {**transport.gate.events, "blocked_now": transport.gate.blocked_count(time.monotonic()),
                          "inbound_dropped": self.inbound.dropped if self.inbound else 0},
-                "discovery": self._discovery_status()}
+                "discovery": self._discovery_status(), "privacy": self._privacy_status()}
+
+    def _privacy_status(self) -> dict | None:
+        """DP-SGD's settings and what this run's learner has spent (None: no DP)."""
+        p = self.config.recipe.privacy
+        if not p.on:
+            return None
+        spent = (self.node.privacy if self.node else None) or {}
+        return {"epsilon": spent.get("epsilon"), "delta": p.delta, "budget": p.epsilon or None,
+                "noise_multiplier": spent.get("noise_multiplier", p.noise or None), "clip": p.clip,
+                "publishing": self.node is None or self.node.budget_spent_at is None}
 
     def _discovery_status(self) -> dict | None:
         d = self.discovery

@@ -95,6 +95,9 @@ class _Server:
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.learner.predict(x)
 
+    def resume_privacy(self, steps: int) -> None:
+        self.learner.private.resume(steps)
+
     def distill(self, x: np.ndarray, target: np.ndarray, temperature: float, epochs: int) -> None:
         self.learner.distill(x, target, temperature, epochs)
 
@@ -190,6 +193,10 @@ class WorkerLearner(Learner):
 
     def probe_x(self) -> np.ndarray:
         return self._call("probe_x")
+
+    def resume_privacy(self, steps: int) -> None:
+        """The DP-SGD steps an earlier run took, so that the accountant counts them (a restart)."""
+        self._call("resume_privacy", steps=steps)
 
     def evaluate_test(self) -> dict[str, float]:
         return self._call("evaluate_test")

@@ -174,8 +174,8 @@ def _rounds(spec: SimulationSpec, nodes: list[Node], network: MemoryNetwork, con
             series[i]["bytes_sent_per_round"].append(dict(node.stats.sent_by_kind - before[i][0]))
             series[i]["rejected_per_round"].append(dict(sorted((node.stats.rejected - before[i][1]).items())))
             series[i]["banned_per_round"].append(len(node.banned))
-            if node.epsilon is not None:
-                series[i]["epsilon"].append(round(node.epsilon, 6))
+            if node.privacy is not None:
+                series[i]["epsilon"].append(round(node.privacy["epsilon"], 6))
         if on_round:
             honest = [series[i]["history"][-1] for i in range(len(nodes)) if i not in attackers]
             on_round(r + 1, float(np.mean(honest)))
@@ -254,7 +254,7 @@ def _privacy(node: Node, epsilon: list[float]) -> dict:
     budget = node.privacy_budget or None
     stopped = next((r + 1 for r, e in enumerate(epsilon) if budget and e > budget), None)
     return {"privacy": {"epsilon_per_round": epsilon, "delta": node.learner.private.privacy.delta,
-                        "noise_multiplier": node.learner.private.noise, "budget": budget,
+                        "noise_multiplier": node.privacy["noise_multiplier"], "budget": budget,
                         "stopped_publishing_round": stopped}}
 
 
