@@ -44,6 +44,10 @@ DpEpsilonOption = Annotated[Optional[float], typer.Option(
 DpDeltaOption = Annotated[Optional[float], typer.Option(
     metavar="D", help="DP-SGD: the delta that epsilon is reported at.", show_default="1e-05")]
 
+DpEpochsOption = Annotated[Optional[int], typer.Option(
+    help="DP-SGD with --dp-epsilon and no --dp-noise: the training periods (a local epoch each) the noise is "
+    "planned for.")]
+
 
 def privacy_options(dp_noise: float | None, dp_clip: float | None, dp_epsilon: float | None,
                     dp_delta: float | None, **planned: int | None) -> dict:

@@ -22,8 +22,8 @@ from .config_file import ConfigOption
 from .errors import UserError
 from .help_defaults import shown, with_defaults
 from .learner_options import (BatchSizeOption, CompressLogitsOption, CompressOption, DpClipOption, DpDeltaOption,
-                              DpEpsilonOption, DpNoiseOption, HiddenOption, LrOption, MomentumOption, OptimizerOption,
-                              ShuffleOption, WeightDecayOption, codec_options, privacy_options, training_options)
+                              DpEpochsOption, DpEpsilonOption, DpNoiseOption, HiddenOption, LrOption, MomentumOption,
+                              OptimizerOption, ShuffleOption, WeightDecayOption, codec_options, privacy_options, training_options)
 from .watch import peers_table, status_lines, status_view, watch
 
 node_app = typer.Typer(no_args_is_help=True, help="Run a node daemon: start, status, stop.")
@@ -105,9 +105,7 @@ def start(
     dp_clip: DpClipOption = None,
     dp_epsilon: DpEpsilonOption = None,
     dp_delta: DpDeltaOption = None,
-    dp_epochs: Annotated[Optional[int], typer.Option(
-        help="DP-SGD with --dp-epsilon and no --dp-noise: the training periods (a local epoch each) the noise "
-             "is planned for.")] = None,
+    dp_epochs: DpEpochsOption = None,
     period: PeriodOption = None,
     reputation: Annotated[Optional[float], typer.Option(
         help="Stop accepting a peer whose reputation (0..1) falls below this (0: never).")] = None,
@@ -159,9 +157,8 @@ def start(
                            partition_id=partition_id, num_partitions=num_partitions, model=model, exchange=exchange,
                            rule=rule, period=period, reputation=reputation, push_limit=push_limit, seed=seed,
                            client_app=_app_spec(client_app), mdns=mdns, metrics=_metrics(metrics),
-                           share=share_spec(share),
-                           run_config=None if run_config is None else " ".join(run_config), **training,
-                           **codec_options(compress, compress_logits),
+                           share=share_spec(share), run_config=None if run_config is None else " ".join(run_config),
+                           **training, **codec_options(compress, compress_logits),
                            **privacy_options(dp_noise, dp_clip, dp_epsilon, dp_delta, dp_epochs=dp_epochs))
     verbosity = ["--verbose"] * verbose + ["--quiet"] * quiet
     log_path = h.log_file if log_file is None and detach else log_file
