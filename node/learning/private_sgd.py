@@ -29,9 +29,8 @@ from opacus.validators import ModuleValidator  # noqa: E402
 logging.root.handlers[:] = _handlers  # opacus calls logging.basicConfig on import: the application's logs are not its to format
 
 ACCOUNTANT = "rdp"
-# Opacus' per-example hooks on the first layer, whose input needs no gradient: torch warns on every step.
-warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with respect "
-                        "to module outputs", category=UserWarning)
+# What torch says of Opacus' per-example hooks on a first layer, whose input needs no gradient, at every step.
+_HOOK_WARNING = "Full backward hook is firing when gradients are computed with respect to module outputs"
 
 
 def noise_for(privacy: Privacy, sample_rate: float, steps_per_epoch: int) -> float:
@@ -68,14 +67,16 @@ class PrivateSGD:
         An empty sample is a step too (its noise alone), as the accountant counts it."""
         self.module.train()
         total, seen = 0.0, 0
-        for _ in range(epochs * self.steps_per_epoch):
-            idx = (torch.rand(len(x), generator=self._sampler) < self.sample_rate).nonzero().squeeze(1)
-            self.optimizer.zero_grad()
-            loss = loss_sum(idx, self.module(x[idx]))
-            loss.backward()
-            self.optimizer.step()
-            self.accountant.step(noise_multiplier=self.noise, sample_rate=self.sample_rate)
-            total, seen = total + loss.item(), seen + len(idx)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_HOOK_WARNING, category=UserWarning)
+            for _ in range(epochs * self.steps_per_epoch):
+                idx = (torch.rand(len(x), generator=self._sampler) < self.sample_rate).nonzero().squeeze(1)
+                self.optimizer.zero_grad()
+                loss = loss_sum(idx, self.module(x[idx]))
+                loss.backward()
+                self.optimizer.step()
+                self.accountant.step(noise_multiplier=self.noise, sample_rate=self.sample_rate)
+                total, seen = total + loss.item(), seen + len(idx)
         return total / max(seen, 1)
 
     @contextmanager
