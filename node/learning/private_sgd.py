@@ -1,7 +1,9 @@
 """DP-SGD (Abadi et al. 2016) with Opacus for a torch learner's private training: per-example
 gradients clipped to `clip`, Gaussian noise of σ·clip added to their sum, and Opacus' RDP accountant
 tracking ε at δ. Batches are Poisson samples (each example in with probability q = batch/n), which
-is what the accountant assumes; one epoch is round(1/q) such steps.
+is what the accountant assumes; one epoch is round(1/q) such steps. The samples and the noise come
+from the operating system's randomness, never from the network's seed: that seed is public, and noise
+an observer can regenerate protects nothing (so a run with DP differs from run to run).
 
 The module itself stays as it was (its parameter names, its state_dict): Opacus' GradSampleModule
 wraps it only to add per-example gradients, so weights exchange, codecs and set_weights see the
@@ -12,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import logging
+import secrets
 import warnings
 
 import torch
@@ -45,7 +48,7 @@ class PrivateSGD:
     """One module's DP-SGD steps over n private examples, and what they have spent."""
 
     def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, privacy: Privacy, num_examples: int,
-                 batch_size: int, seed: int) -> None:
+                 batch_size: int) -> None:
         problems = ModuleValidator.validate(module)
         if problems:
             raise ValueError(f"DP-SGD cannot train this model: {problems[0]}")
@@ -54,12 +57,12 @@ class PrivateSGD:
         self.steps_per_epoch = max(1, round(1 / self.sample_rate))
         self.noise = noise_for(privacy, self.sample_rate, self.steps_per_epoch)
         self.module = GradSampleModule(module, loss_reduction="sum")
-        self._noise_generator = torch.Generator().manual_seed(seed + 1)
+        self._noise_generator = torch.Generator().manual_seed(secrets.randbits(63))
         self.optimizer = DPOptimizer(optimizer, noise_multiplier=self.noise, max_grad_norm=privacy.clip,
                                      expected_batch_size=max(1, round(self.sample_rate * num_examples)),
                                      loss_reduction="mean", generator=self._noise_generator)
         self.accountant = RDPAccountant()
-        self._sampler = torch.Generator().manual_seed(seed)
+        self._sampler = torch.Generator().manual_seed(secrets.randbits(63))  # who is in a batch is secret too
 
     def epochs(self, x: torch.Tensor, epochs: int, loss_sum: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
                ) -> float:

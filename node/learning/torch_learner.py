@@ -38,8 +38,7 @@ class TorchLearner(Learner):
         if training.privacy.on:
             from .private_sgd import PrivateSGD  # imports opacus
 
-            self.private = PrivateSGD(module, self.optimizer, training.privacy, self.num_examples,
-                                      self.batch_size, seed)
+            self.private = PrivateSGD(module, self.optimizer, training.privacy, self.num_examples, self.batch_size)
 
     def get_weights(self) -> NDArrays:
         return [t.detach().cpu().numpy().copy() for t in self.module.state_dict().values()]
