@@ -22,6 +22,7 @@ from torch import nn
 
 from .privacy import Privacy
 
+# Opacus calls logging.basicConfig on import: the application's logs are not its to format.
 _handlers = list(logging.root.handlers)
 from opacus import GradSampleModule  # noqa: E402
 from opacus.accountants import RDPAccountant  # noqa: E402
@@ -29,11 +30,19 @@ from opacus.accountants.utils import get_noise_multiplier  # noqa: E402
 from opacus.optimizers import DPOptimizer  # noqa: E402
 from opacus.validators import ModuleValidator  # noqa: E402
 
-logging.root.handlers[:] = _handlers  # opacus calls logging.basicConfig on import: the application's logs are not its to format
+logging.root.handlers[:] = _handlers
 
 ACCOUNTANT = "rdp"
-# What torch says of Opacus' per-example hooks on a first layer, whose input needs no gradient, at every step.
-_HOOK_WARNING = "Full backward hook is firing when gradients are computed with respect to module outputs"
+
+
+@contextmanager
+def _quiet_hooks() -> Iterator[None]:
+    """Without what torch says of Opacus' per-example hooks on a first layer, whose input needs no
+    gradient, at every step."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with "
+                                "respect to module outputs", category=UserWarning)
+        yield
 
 
 def noise_for(privacy: Privacy, sample_rate: float, steps_per_epoch: int) -> float:
@@ -70,8 +79,7 @@ class PrivateSGD:
         An empty sample is a step too (its noise alone), as the accountant counts it."""
         self.module.train()
         total, seen = 0.0, 0
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_HOOK_WARNING, category=UserWarning)
+        with _quiet_hooks():
             for _ in range(epochs * self.steps_per_epoch):
                 idx = (torch.rand(len(x), generator=self._sampler) < self.sample_rate).nonzero().squeeze(1)
                 self.optimizer.zero_grad()
@@ -87,7 +95,8 @@ class PrivateSGD:
         """Training on public data (distillation on the probe set): no per-example gradients, no noise."""
         self.module.disable_hooks()
         try:
-            yield
+            with _quiet_hooks():
+                yield
         finally:
             self.module.enable_hooks()
 
