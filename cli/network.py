@@ -23,7 +23,8 @@ from .errors import UserError
 from .help_defaults import shown, with_defaults
 from .learner_options import (BatchSizeOption, CompressLogitsOption, CompressOption, DpClipOption, DpDeltaOption,
                               DpEpochsOption, DpEpsilonOption, DpNoiseOption, HiddenOption, LrOption, MomentumOption,
-                              OptimizerOption, ShuffleOption, WeightDecayOption, codec_options, privacy_options, training_options)
+                              OptimizerOption, ShuffleOption, WeightDecayOption, codec_options, privacy_options,
+                              training_options)
 from .watch import peers_table, status_lines, status_view, watch
 
 node_app = typer.Typer(no_args_is_help=True, help="Run a node daemon: start, status, stop.")

@@ -176,7 +176,8 @@ def check_privacy(recipe: LearnerRecipe, exchange: str) -> None:
         raise SpecError("--exchange synthetic publishes the class means and spreads of the private data, which "
                         "DP-SGD does not cover (docs/PRIVACY.md); use weights, distill or mixed with --dp-*")
     if not p.noise and not p.epochs:
-        raise SpecError("--dp-epsilon without --dp-noise plans the noise for the training to come: give --dp-epochs (periods)")
+        raise SpecError("--dp-epsilon without --dp-noise plans the noise for the training to come: give --dp-epochs "
+                        "(periods)")
     if importlib.util.find_spec("opacus") is None:
         raise SpecError("differential privacy needs Opacus: pip install 'manymodels[dp]'")
 
