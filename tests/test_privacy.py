@@ -109,18 +109,26 @@ def test_a_mixed_simulation_with_a_forest_refuses_dp(cli):
     assert out.returncode != 0 and "forest" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
+def dp_status(home: Path, what: str, until) -> dict:
+    return wait_until(lambda: request(home / "control.sock", "status"), what, 60, until=until)
+
+
 @pytest.mark.slow
-def test_node_status_shows_the_epsilon_spent(tmp_path, cli):
+def test_node_status_shows_the_epsilon_spent_and_a_restart_counts_it_on(tmp_path, cli):
     home = tmp_path / "home"
-    out = cli("node", "start", "--home", home, "--detach", "--wait", "--model", "logreg", "--num-partitions", "8",
-              "--period", "1", "--dp-noise", "1.0", "--dp-epsilon", "50", timeout=180)
+    start = ("node", "start", "--home", home, "--detach", "--wait")
+    out = cli(*start, "--model", "logreg", "--num-partitions", "8", "--period", "1", "--dp-noise", "1.0",
+              "--dp-epsilon", "50", timeout=180)
     assert out.returncode == 0, out.stderr
     try:
-        s = wait_until(lambda: request(Path(home) / "control.sock", "status"), "two DP-SGD cycles", 60,
-                       until=lambda s: s["version"] >= 2 and s["privacy"]["epsilon"])
-        p = s["privacy"]
+        p = dp_status(home, "two DP-SGD cycles", lambda s: s["version"] >= 2 and s["privacy"]["epsilon"])["privacy"]
         assert p["budget"] == 50 and p["noise_multiplier"] == 1.0 and p["publishing"] and 0 < p["epsilon"] < 50
         line = cli("node", "status", "--home", home).stdout
         assert "DP-SGD: epsilon" in line and "of a budget of 50 at delta 1e-05" in line
+        cli("node", "stop", "--home", home)
+        assert cli(*start, timeout=180).returncode == 0  # the saved config: DP on, its steps in state.json
+        # one cycle after the restart has spent more than the two before it: the saved steps count
+        after = dp_status(home, "a DP-SGD cycle after the restart", lambda s: s["privacy"]["epsilon"])["privacy"]
+        assert after["epsilon"] > p["epsilon"]
     finally:
         cli("node", "stop", "--home", home)
