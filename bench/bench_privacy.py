@@ -5,7 +5,7 @@ for its own sample rate and the run's planned steps (rounds × local epochs × 1
 Does the network still beat a node alone under DP? Writes bench/out/privacy.{md,json} and prints
 the Markdown.
 
-    python bench/bench_privacy.py                     # the issue's setting (~10 min on 2 cores)
+    python bench/bench_privacy.py                     # the issue's setting (~3 min on 2 cores)
     python bench/bench_privacy.py --rounds 5 --epsilons 8,inf --exchanges weights
 """
 from __future__ import annotations
