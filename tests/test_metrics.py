@@ -24,7 +24,7 @@ RECIPE = ["--dataset", "digits", "--partition", "iid", "--num-partitions", "2", 
 
 def test_a_metrics_address_is_host_and_port_on_loopback_unless_a_host_is_given():
     assert metrics_address("9464") == metrics_address(":9464") == ("ip4", "127.0.0.1", 9464)
-    assert metrics_address(" 0.0.0.0:80 ") == ("ip4", "0.0.0.0", 80)
+    assert metrics_address(" 127.0.0.5:80 ") == ("ip4", "127.0.0.5", 80)  # a host given is kept
     assert metrics_address("[::1]:9464") == metrics_address("::1:9464") == ("ip6", "::1", 9464)
     for bad in ("", ":", "localhost:9464", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:65536", "1.2.3:9", ":x"):
         with pytest.raises(ListenError, match="is not HOST:PORT"):
