@@ -191,36 +191,71 @@ def _bfloat16_decode(coded: Coded, base) -> np.ndarray:
     return (coded.parts[0].view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(coded.shape)
 
 
-# --- int8: symmetric, one float32 scale per block ---------------------------------------------------
+# --- int8, qint: symmetric integers, one float32 scale per block ------------------------------------
 
-def _int8(array, rng, base, block: int = 0):
+def _blocks(array: np.ndarray, block: int, levels: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """`array` rounded to integers in [-levels, levels] (flat, int16) and one scale per `block` values
+    (0: one block), each the block's largest |value| / levels; and the block size used."""
     flat = np.asarray(array, np.float32).ravel()
     block = min(block or flat.size, flat.size) or 1
     blocks = -(-flat.size // block)
     if flat.size != blocks * block:  # a shorter last block: padded with zeros, which change no scale
         flat = np.concatenate([flat, np.zeros(blocks * block - flat.size, np.float32)])
     grid = flat.reshape(blocks, block)
-    scale = np.maximum(grid.max(axis=1, initial=0.0), -grid.min(axis=1, initial=0.0)) / 127
+    scale = np.maximum(grid.max(axis=1, initial=0.0), -grid.min(axis=1, initial=0.0)) / levels
     q = grid / np.where(scale > 0, scale, 1)[:, None]
     np.rint(q, out=q)
-    q = np.clip(q, -127, 127, out=q).astype(np.int8).ravel()[:array.size]
-    return Coded("int8", array.shape, (float(block),), (q, scale.astype("<f4")))
+    return np.clip(q, -levels, levels, out=q).astype(np.int16).ravel()[:array.size], scale.astype("<f4"), block
+
+
+def _scaled(values: np.ndarray, scale: np.ndarray, block: int) -> np.ndarray:
+    block = min(block, max(len(values), 1))  # a block beyond the tensor is one scale
+    return values.astype(np.float32) * np.repeat(scale, block)[:len(values)]
+
+
+def _check_scales(coded: Coded, part: int, block: int, largest: int) -> None:
+    """One scale per block, each finite, >= 0 and small enough that `largest` x scale is finite."""
+    _length(coded, part, -(-coded.size // block))
+    scale = coded.parts[part]
+    if not np.all((scale >= 0) & (scale <= _F32_MAX / largest)):  # NaN fails both
+        raise _bad(f"{coded.codec} scales must be finite, >= 0 and <= float32's largest / {largest}")
+
+
+def _int8(array, rng, base, block: int = 0):
+    q, scale, block = _blocks(array, block, 127)
+    return Coded("int8", array.shape, (float(block),), (q.astype(np.int8), scale))
 
 
 def _int8_check(coded: Coded) -> None:
     _expect(coded, 1, (("|i1",), ("<f4",)))
     block = _integer(coded, coded.params[0], 1, 2**62)
     _length(coded, 0, coded.size)
-    _length(coded, 1, -(-coded.size // block))
-    scale = coded.parts[1]
-    if not np.all((scale >= 0) & (scale <= _F32_MAX / 127)):  # NaN fails both
-        raise _bad("int8 scales must be finite, >= 0 and <= float32's largest / 127")
+    _check_scales(coded, 1, block, 127)
 
 
 def _int8_decode(coded: Coded, base) -> np.ndarray:
-    q, scale = coded.parts
-    block = min(int(coded.params[0]), max(len(q), 1))  # a block beyond the tensor is one scale
-    return (q.astype(np.float32) * np.repeat(scale, block)[:len(q)]).reshape(coded.shape)
+    return _scaled(coded.parts[0], coded.parts[1], int(coded.params[0])).reshape(coded.shape)
+
+
+def _qint(array, rng, base, bits: int, block: int = 256):
+    """int8's scheme on 2^bits - 1 levels, packed: 4 bits and blocks of 256 are 4.125 bits a value."""
+    levels = (1 << (bits - 1)) - 1
+    q, scale, block = _blocks(array, block, levels)
+    return Coded("qint", array.shape, (float(bits), float(block)), (_pack(q + levels, bits), scale))
+
+
+def _qint_check(coded: Coded) -> None:
+    _expect(coded, 2, (("|u1",), ("<f4",)))
+    bits = _integer(coded, coded.params[0], 2, 8)
+    block = _integer(coded, coded.params[1], 1, 2**62)
+    _length(coded, 0, -(-coded.size * bits // 8))
+    _check_scales(coded, 1, block, 1 << (bits - 1))  # a code decodes to at most 2^(bits-1) x its scale
+
+
+def _qint_decode(coded: Coded, base) -> np.ndarray:
+    bits, block = int(coded.params[0]), int(coded.params[1])
+    values = _unpack(coded.parts[0], coded.size, bits).astype(np.int16) - ((1 << (bits - 1)) - 1)
+    return _scaled(values, coded.parts[1], block).reshape(coded.shape)
 
 
 # --- topk, randk: sparse, relative to a base --------------------------------------------------------
@@ -272,6 +307,45 @@ def _sparse_decode(coded: Coded, base) -> np.ndarray:
     return out.reshape(coded.shape)
 
 
+# --- packing: values of `bits` bits, little-endian bit order (uint8, qint) -------------------------
+
+def _pack(values: np.ndarray, bits: int) -> np.ndarray:
+    """Unsigned `values` < 2^bits, value i at bit offset i x bits: where bits divides 8, each byte holds
+    8 / bits values; otherwise each 8 values fill `bits` bytes, built as one little-endian uint64."""
+    if 8 % bits == 0:
+        per = 8 // bits
+        padded = np.zeros(-(-len(values) // per) * per, np.uint8)
+        padded[:len(values)] = values
+        out = padded[0::per].copy()
+        for j in range(1, per):
+            out |= padded[j::per] << (j * bits)
+        return out
+    groups = np.zeros(-(-len(values) // 8) * 8, np.uint64)
+    groups[:len(values)] = values
+    words = np.bitwise_or.reduce(groups.reshape(-1, 8) << _SHIFTS[bits], axis=1)
+    return words.astype("<u8").view(np.uint8).reshape(-1, 8)[:, :bits].ravel()[:-(-len(values) * bits // 8)]
+
+
+def _unpack(packed: np.ndarray, count: int, bits: int) -> np.ndarray:
+    """The `count` unsigned values of `_pack`, as uint16."""
+    mask = (1 << bits) - 1
+    if 8 % bits == 0:
+        per = 8 // bits
+        out = np.empty((len(packed), per), np.uint16)
+        for j in range(per):
+            out[:, j] = (packed >> (j * bits)) & mask
+        return out.ravel()[:count]
+    groups = -(-count // 8)
+    flat = np.zeros(groups * bits, np.uint8)
+    flat[:len(packed)] = packed
+    words = np.zeros((groups, 8), np.uint8)
+    words[:, :bits] = flat.reshape(groups, bits)
+    return ((words.view("<u8") >> _SHIFTS[bits]) & np.uint64(mask)).ravel()[:count].astype(np.uint16)
+
+
+_SHIFTS = {bits: np.arange(8, dtype=np.uint64) * np.uint64(bits) for bits in range(1, 8)}
+
+
 # --- uint8: log-probabilities quantised to `bits`, packed -----------------------------------------
 
 LOG_FLOOR = -16.0  # log-probabilities below are sent as this: e^-16 is no opinion worth a level
@@ -282,10 +356,7 @@ def _uint8(array, rng, base, bits: int = 8):
     logp = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
     levels = (1 << bits) - 1
     q = np.rint((np.clip(logp, LOG_FLOOR, 0.0) - LOG_FLOOR) / -LOG_FLOOR * levels).astype(np.uint16).ravel()
-    if bits == 8:  # a byte a value: no bit planes to pack
-        return Coded("uint8", array.shape, (8.0, LOG_FLOOR), (q.astype(np.uint8),))
-    planes = ((q[:, None] >> np.arange(bits, dtype=np.uint16)) & 1).astype(np.uint8)
-    return Coded("uint8", array.shape, (float(bits), LOG_FLOOR), (np.packbits(planes, bitorder="little"),))
+    return Coded("uint8", array.shape, (float(bits), LOG_FLOOR), (_pack(q, bits),))
 
 
 def _uint8_check(coded: Coded) -> None:
@@ -298,11 +369,7 @@ def _uint8_check(coded: Coded) -> None:
 
 def _uint8_decode(coded: Coded, base) -> np.ndarray:
     bits, floor = int(coded.params[0]), float(coded.params[1])
-    if bits == 8:
-        q = coded.parts[0].astype(np.float32)
-    else:
-        planes = np.unpackbits(coded.parts[0], count=coded.size * bits, bitorder="little").reshape(coded.size, bits)
-        q = planes.astype(np.float32) @ (1 << np.arange(bits)).astype(np.float32)
+    q = _unpack(coded.parts[0], coded.size, bits).astype(np.float32)
     return (floor * (1 - q / ((1 << bits) - 1))).astype(np.float32).reshape(coded.shape)
 
 
@@ -317,6 +384,11 @@ BUILTINS: dict[str, CodecSpec] = {s.name: s for s in (
     CodecSpec("int8", KINDS, _int8, _int8_check, _int8_decode,
               (Param("block", int, "0 (one scale per tensor) or >= 8", lambda v: v == 0 or v >= 8, default=0),),
               "symmetric 8-bit integers with one float32 scale per block of values", example="int8:256"),
+    CodecSpec("qint", ("weights",), _qint, _qint_check, _qint_decode,
+              (Param("bits", int, "in [2, 8]", lambda v: 2 <= v <= 8),
+               Param("block", int, "0 (one scale per tensor) or >= 8", lambda v: v == 0 or v >= 8, default=256)),
+              "symmetric BITS-bit integers, packed, with one float32 scale per block of values",
+              example="qint:4"),
     CodecSpec("topk", ("weights",), _topk, _sparse_check, _sparse_decode, (_FRACTION,),
               "the fraction of values that changed most since last told, as (index, value)", relative=True,
               example="topk:0.01"),

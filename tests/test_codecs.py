@@ -66,6 +66,22 @@ def test_int8_error_is_at_most_half_a_step_of_its_block(spec, block):
     assert np.all(np.abs(round_trip(spec).ravel() - flat) <= step / 2 * (1 + 1e-5))
 
 
+@pytest.mark.parametrize("bits, block", [(4, 256), (3, 8), (2, 0), (5, 16), (8, 256)])
+def test_qint_error_is_at_most_half_a_step_of_its_block_and_packs_bits_a_value(bits, block):
+    flat, levels = X.ravel(), 2 ** (bits - 1) - 1
+    size = block or flat.size
+    blocks = math.ceil(flat.size / size)
+    step = np.repeat([np.abs(flat[i * size:(i + 1) * size]).max() / levels for i in range(blocks)], size)[:flat.size]
+    coded = get_codec(f"qint:{bits}:{block}").encode(X)
+    assert coded.params == (float(bits), float(size)) and len(coded.parts[1]) == blocks
+    assert len(coded.parts[0]) == math.ceil(flat.size * bits / 8)
+    assert np.all(np.abs(round_trip(f"qint:{bits}:{block}").ravel() - flat) <= step / 2 * (1 + 1e-5))
+
+
+def test_qint_of_8_bits_decodes_as_int8_does():
+    np.testing.assert_array_equal(round_trip("qint:8:256"), round_trip("int8:256"))
+
+
 def test_int8_block_beyond_the_tensor_is_one_scale():
     coded = Coded("int8", (2,), (2.0**62,), (arr("|i1", [2, -4]), arr("<f4", [0.5])))
     payload = open_envelope(seal(ALICE, Weights("m", 1, 1, [coded]), 1, NOW), now_ms=NOW).payload
@@ -191,13 +207,15 @@ def test_topk_with_error_feedback_reaches_the_optimum_and_without_it_does_not():
 
 
 @pytest.mark.parametrize("feedback", [True, False])
-def test_int8_error_feedback_makes_the_mean_of_what_is_sent_exact(feedback):
-    """0.003 and -0.0021 round to 0 next to 1.0 every time; with feedback what was dropped is sent later."""
+@pytest.mark.parametrize("codec, levels", [("int8", 127), ("qint:3", 3)])
+def test_quantiser_error_feedback_makes_the_mean_of_what_is_sent_exact(feedback, codec, levels):
+    """0.003 and -0.0021 round to 0 next to 1.0 every time; with feedback what was dropped is sent later,
+    so the mean of 200 messages is off by at most the residual left, half a step, over 200."""
     value = np.array([1.0, 0.003, -0.0021], np.float32)
-    sender = ErrorFeedback(get_codec("int8"), feedback=feedback)
+    sender = ErrorFeedback(get_codec(codec), feedback=feedback)
     sent = np.mean([dense(sender.compress([value])[0]) for _ in range(200)], axis=0)
     if feedback:
-        np.testing.assert_allclose(sent, value, atol=1e-4)
+        np.testing.assert_allclose(sent, value, atol=1.02 / levels / 2 / 200)
     else:
         assert sent[1] == sent[2] == 0.0
 
@@ -229,6 +247,12 @@ HOSTILE = {
     "too few scales": (Coded("int8", (9,), (4.0,), (arr("|i1", [0] * 9), arr("<f4", [1, 1]))), Reason.SHAPE_MISMATCH),
     "fractional block": (Coded("int8", (2,), (1.5,), (arr("|i1", [1, 1]), arr("<f4", [1, 1]))), Reason.SCHEMA),
     "int8 as uint8": (Coded("int8", (2,), (2.0,), (arr("|u1", [1, 1]), arr("<f4", [1]))), Reason.SCHEMA),
+    "qint NaN scale": (Coded("qint", (2,), (4.0, 2.0), (arr("|u1", [0]), arr("<f4", [np.nan]))), Reason.BAD_CODING),
+    "qint scale that overflows": (Coded("qint", (1,), (4.0, 1.0), (arr("|u1", [15]), arr("<f4", [3e38]))),
+                                  Reason.BAD_CODING),
+    "qint short codes": (Coded("qint", (5,), (3.0, 8.0), (arr("|u1", [0]), arr("<f4", [1]))), Reason.SHAPE_MISMATCH),
+    "qint of 1 bit": (Coded("qint", (2,), (1.0, 2.0), (arr("|u1", [0]), arr("<f4", [1]))), Reason.SCHEMA),
+    "qint block 0": (Coded("qint", (2,), (4.0, 0.0), (arr("|u1", [0]), arr("<f4", [1]))), Reason.SCHEMA),
     "bfloat16 NaN": (Coded("bfloat16", (1,), (), (arr("<u2", [0x7FC0]).view("<i2"),)), Reason.BAD_CODING),
     "bfloat16 short": (Coded("bfloat16", (3,), (), (arr("<i2", [0, 0]),)), Reason.SHAPE_MISMATCH),
     "uint8 of 9 bits": (Coded("uint8", (2,), (9.0, -16.0), (arr("|u1", [0, 0, 0]),)), Reason.SCHEMA),
@@ -288,7 +312,7 @@ def coded_tensors(draw) -> Coded:
     for dtype in draw(st.lists(st.sampled_from(DTYPES), max_size=4)):
         size = draw(st.integers(0, 8)) * np.dtype(dtype).itemsize
         parts.append(np.frombuffer(draw(st.binary(min_size=size, max_size=size)), dtype))
-    return Coded(draw(st.sampled_from(["int8", "topk", "randk", "bfloat16", "uint8", "float32", "zstd"])), shape,
+    return Coded(draw(st.sampled_from(["int8", "qint", "topk", "randk", "bfloat16", "uint8", "float32", "zstd"])), shape,
                  tuple(draw(st.lists(NUMBERS, max_size=3))), tuple(parts))
 
 
@@ -316,7 +340,7 @@ def test_compressed_weight_gossip_still_learns_on_far_fewer_bytes():
     config = dict(nodes=6, rounds=20, partition="dirichlet:0.3", seed=0)
     plain = run_simulation(SimulationConfig(**config))
     assert "compress" not in plain["config"]  # the default leaves earlier reports as they were
-    for codec, fewer, gain in (("int8", 3.5, 0.2), ("topk:0.05", 8.0, 0.05)):
+    for codec, fewer, gain in (("int8", 3.5, 0.2), ("qint:3", 8.5, 0.2), ("topk:0.05", 8.0, 0.05)):
         report = run_simulation(SimulationConfig(**config, compress=codec))
         summary = report["summary"]
         assert report["config"]["compress"] == codec

@@ -64,7 +64,7 @@ def test_spec_has_the_vectors_the_brief_asks_for():
                  "accept-noncanonical-envelope", "accept-map16-envelope", "probe-digest", "reject-duplicate-key",
                  "reject-small-order-key", "reject-noncanonical-key", "reject-s-not-below-l", "reject-small-order-r",
                  "reject-foreign-author", "announce-weights-envelope", "weights-coded-envelope",
-                 "logits-uint8-envelope", "reject-coded-unsorted-indices", "reject-coded-too-many-indices",
+                 "weights-qint-envelope", "logits-uint8-envelope", "reject-coded-unsorted-indices", "reject-coded-too-many-indices",
                  "reject-coded-huge-shape", "reject-coded-nan-scale", "reject-coded-unknown-codec"):
         assert name in VECTORS, name
     assert VECTORS["identity"]["seed"] == bytes(range(32))
@@ -183,6 +183,9 @@ def test_coded_vectors_decode_as_their_notes_say():
     assert dense(tensors[0]).tolist() == [[63.5, -32.0, 0.0], [16.0, 31.75, -31.75]]
     assert dense(tensors[1], base=np.full(5, 7.0, np.float32)).tolist() == [7.0, 1.5, 7.0, -2.0, 7.0]
     assert dense(tensors[2]).tolist() == [0.125]
+    vec = VECTORS["weights-qint-envelope"]
+    assert dense(open_envelope(vec["envelope"], now_ms=vec["now_ms"]).payload.tensors[0]).tolist() == [
+        [1.5, -1.0, 0.0], [0.5, 2.0, -6.0]]
     vec = VECTORS["logits-uint8-envelope"]
     logits = dense(open_envelope(vec["envelope"], now_ms=vec["now_ms"]).payload.logits)
     given = np.array([[4.0, -4.0, -1.0], [0.5, 4.0, -2.0]])
