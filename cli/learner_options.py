@@ -27,7 +27,7 @@ ShuffleOption = Annotated[Optional[bool], typer.Option(
 
 CompressOption = Annotated[Optional[str], typer.Option(
     metavar="CODEC", help="How weights travel, with error feedback: float32, float16, bfloat16, int8[:BLOCK], "
-    "topk:FRACTION, randk:FRACTION; see `manymodels codecs` and docs/COMPRESSION.md.", show_default="float32")]
+    "qint:BITS[:BLOCK], topk:FRACTION, randk:FRACTION; see `manymodels codecs` and docs/COMPRESSION.md.", show_default="float32")]
 CompressLogitsOption = Annotated[Optional[str], typer.Option(
     metavar="CODEC", help="How logits travel (distill, mixed): float16, float32, bfloat16, int8[:BLOCK], "
     "uint8[:BITS] (quantised log-probabilities).", show_default="float16")]
