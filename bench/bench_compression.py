@@ -26,7 +26,7 @@ from bench_many_models import to_target
 from manymodels.node.sim.simulator import SimulationConfig, run_simulation
 from manymodels.protocol import dense, get_codec
 
-WEIGHTS = "float32,float16,bfloat16,int8,int8:256,qint:4,qint:3,qint:2,topk:0.05,topk:0.01,randk:0.05"
+WEIGHTS = "float32,float16,bfloat16,int8,int8:256,qint:4,qint:4:256,qint:3,qint:2,topk:0.05,topk:0.01,randk:0.05"
 DISTILL = "float16,uint8,uint8:4"
 GOAL_WEIGHTS, GOAL_LOSS, GOAL_DISTILL, LINK_MBPS = 8.0, 1.0, 10.0, 125.0
 
@@ -133,7 +133,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--params", type=int, default=10_000_000, help="parameters for the throughput test")
-    parser.add_argument("--throughput", default="float16,bfloat16,int8,int8:256,qint:4,qint:3,topk:0.01,randk:0.01,uint8")
+    parser.add_argument("--throughput", default="float16,bfloat16,int8,int8:256,qint:4,qint:4:256,qint:3,topk:0.01,randk:0.01,uint8")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", default=str(Path(__file__).parent / "out"))
     args = parser.parse_args()

@@ -237,8 +237,8 @@ def _int8_decode(coded: Coded, base) -> np.ndarray:
     return _scaled(coded.parts[0], coded.parts[1], int(coded.params[0])).reshape(coded.shape)
 
 
-def _qint(array, rng, base, bits: int, block: int = 256):
-    """int8's scheme on 2^bits - 1 levels, packed: 4 bits and blocks of 256 are 4.125 bits a value."""
+def _qint(array, rng, base, bits: int, block: int = 0):
+    """int8's scheme on 2^bits - 1 levels, packed: qint:4 is 4 bits a value and a scale per tensor."""
     levels = (1 << (bits - 1)) - 1
     q, scale, block = _blocks(array, block, levels)
     return Coded("qint", array.shape, (float(bits), float(block)), (_pack(q + levels, bits), scale))
@@ -386,7 +386,7 @@ BUILTINS: dict[str, CodecSpec] = {s.name: s for s in (
               "symmetric 8-bit integers with one float32 scale per block of values", example="int8:256"),
     CodecSpec("qint", ("weights",), _qint, _qint_check, _qint_decode,
               (Param("bits", int, "in [2, 8]", lambda v: 2 <= v <= 8),
-               Param("block", int, "0 (one scale per tensor) or >= 8", lambda v: v == 0 or v >= 8, default=256)),
+               Param("block", int, "0 (one scale per tensor) or >= 8", lambda v: v == 0 or v >= 8, default=0)),
               "symmetric BITS-bit integers, packed, with one float32 scale per block of values",
               example="qint:4"),
     CodecSpec("topk", ("weights",), _topk, _sparse_check, _sparse_decode, (_FRACTION,),
