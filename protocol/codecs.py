@@ -209,8 +209,13 @@ def _blocks(array: np.ndarray, block: int, levels: int) -> tuple[np.ndarray, np.
 
 
 def _scaled(values: np.ndarray, scale: np.ndarray, block: int) -> np.ndarray:
-    block = min(block, max(len(values), 1))  # a block beyond the tensor is one scale
-    return values.astype(np.float32) * np.repeat(scale, block)[:len(values)]
+    """float32(values[i]) x scale[i // block]: whole blocks as rows, then the shorter last one."""
+    out = values.astype(np.float32)
+    block = min(block, max(len(out), 1))  # a block beyond the tensor is one scale
+    whole = len(out) // block * block
+    out[:whole].reshape(-1, block)[...] *= scale[:whole // block, None]
+    out[whole:] *= scale[-1] if whole < len(out) else 1
+    return out
 
 
 def _check_scales(coded: Coded, part: int, block: int, largest: int) -> None:
@@ -327,22 +332,22 @@ def _pack(values: np.ndarray, bits: int) -> np.ndarray:
 
 
 def _unpack(packed: np.ndarray, count: int, bits: int) -> np.ndarray:
-    """The `count` unsigned values of `_pack`, as uint16."""
-    mask = (1 << bits) - 1
+    """The `count` unsigned values of `_pack` (uint8 where bits divides 8: a table lookup per byte)."""
+    if bits == 8:
+        return packed
     if 8 % bits == 0:
-        per = 8 // bits
-        out = np.empty((len(packed), per), np.uint16)
-        for j in range(per):
-            out[:, j] = (packed >> (j * bits)) & mask
-        return out.ravel()[:count]
+        return _BYTE_VALUES[bits][packed].ravel()[:count]
     groups = -(-count // 8)
     flat = np.zeros(groups * bits, np.uint8)
     flat[:len(packed)] = packed
     words = np.zeros((groups, 8), np.uint8)
     words[:, :bits] = flat.reshape(groups, bits)
-    return ((words.view("<u8") >> _SHIFTS[bits]) & np.uint64(mask)).ravel()[:count].astype(np.uint16)
+    return ((words.view("<u8") >> _SHIFTS[bits]) & np.uint64((1 << bits) - 1)).ravel()[:count].astype(np.uint16)
 
 
+# the 8 / bits values each byte holds, for the bits that divide 8
+_BYTE_VALUES = {bits: ((np.arange(256)[:, None] >> (np.arange(8 // bits) * bits)) & ((1 << bits) - 1)).astype(np.uint8)
+                for bits in (1, 2, 4)}
 _SHIFTS = {bits: np.arange(8, dtype=np.uint64) * np.uint64(bits) for bits in range(1, 8)}
 
 
