@@ -188,7 +188,8 @@ def _show_report(result: dict) -> None:
         + (f" | {s['wall_seconds']:.1f} s" if "wall_seconds" in s else "")  # the golden reports leave it out
     )
     if result.get("history_ms"):
-        console.print(f"virtual time {result['history_ms'][-1] / 1000:g} s ({result['config'].get('schedule', 'sync')})")
+        console.print(f"virtual time {round(result['history_ms'][-1] / 1000, 1):g} s "
+                      f"({result['config'].get('schedule', 'sync')})")
 
 
 @app.command()

@@ -1,4 +1,5 @@
-"""Many nodes in one process over the memory transport; deterministic for a seed.
+"""Many nodes in one process over the memory transport; deterministic for a seed. The nodes go in
+lock-step rounds, or with --schedule async each on its own clock (node/sim/asynchronous.py).
 
 The options are checked once (node/sim/spec.py); a world, the built-in datasets or a Flower client
 app, gives each node its learner and what its exchange is built from, and every node is built by
@@ -98,7 +99,7 @@ def run_members(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, membe
 def _run(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, members: list[int],
          on_round: Callable[[int, float], None] | None = None, adversary: Adversary | None = None,
          before_fold: BeforeFold | None = None) -> tuple[MemoryNetwork, list[Node], Series]:
-    """The network of `members`, run for every round."""
+    """The network of `members`, run for every round (or as long in virtual time, async)."""
     node_spec = replace(spec.node, exchange=world.exchange)
     position = {i: k for k, i in enumerate(members)}
     adjacency = [[position[j] for j in spec.adjacency[i] if j in position] for i in members]
