@@ -80,19 +80,18 @@ def gossip(spec: SimulationSpec, nodes: list[Node], network: MemoryNetwork, cont
         ms, what, _, k, generation = heapq.heappop(events)
         network.run_until(ms)
         context.round = int(ms // clocks.round_ms)
-        one = state[k] if what != SAMPLE else None
         if what == SAMPLE:
-            honest = []
             for j, node in enumerate(nodes):
                 record(series[j], node, before[j], accuracy)
                 before[j] = counts(node)
-                if members[j] not in spec.attackers:
-                    honest.append(series[j]["history"][-1])
             if on_sample:
-                on_sample(k + 1, float(np.mean(honest)))
+                on_sample(k + 1, float(np.mean([series[j]["history"][-1] for j, i in enumerate(members)
+                                                 if i not in spec.attackers])))
             if k == rounds - 1:
                 break
-        elif what == STEP and generation == one.generation:
+            continue
+        one = state[k]
+        if what == STEP and generation == one.generation:
             _step(spec, nodes[k], members[k], one, ms, context.round, before_fold)
             at(ms + clocks.step_ms(members[k], one.steps), STEP, k, generation)
         elif what in (LEAVE, RETURN) and one.online == (what == LEAVE):

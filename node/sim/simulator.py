@@ -73,8 +73,8 @@ def _simulate(spec: SimulationSpec, on_round: Callable[[int, float], None] | Non
     report = _report(spec, world, nodes, series, _baselines(spec, world))
     report["summary"].update(messages_dropped=network.dropped, test_examples=world.test_examples,
                              wall_seconds=round(time.perf_counter() - started, 3))
-    if history_ms(spec):
-        report["history_ms"] = history_ms(spec)
+    if (times := history_ms(spec)) is not None:
+        report["history_ms"] = times
     if world.warnings:
         report["warnings"] = world.warnings
     return report
