@@ -93,6 +93,13 @@ def simulate(
     shuffle: ShuffleOption = None,
     seed: Annotated[int, typer.Option(help="Same seed, same numbers.")] = 0,
     loss: Annotated[float, typer.Option(help="Probability that a message is lost.")] = 0.0,
+    schedule: Annotated[str, typer.Option(
+        help="sync: lock-step rounds; async: every node on its own clock, no barrier (docs/SIMULATION.md).")] = "sync",
+    speeds: Annotated[str, typer.Option(
+        help="How long each node's training step takes: same, lognormal:SIGMA, slow:FRACTION:FACTOR or a "
+             "trace file (.csv, .json).")] = "same",
+    churn: Annotated[Optional[str], typer.Option(
+        help="Nodes away and back (async): random:UP_S:DOWN_S or a .csv of node,leave_ms,return_ms rows.")] = None,
     attack: Annotated[Optional[list[str]], typer.Option(
         help="NAME:FRACTION of attacking nodes, repeatable; see `manymodels attacks`.")] = None,
     reputation: Annotated[float, typer.Option(
@@ -120,6 +127,7 @@ def simulate(
         config = SimulationConfig(
             nodes=nodes, rounds=rounds, dataset=dataset, partition=partition, model=model, exchange=exchange,
             rule=rule, logit_rule=logit_rule, topology=topology, local_epochs=local_epochs, seed=seed, loss=loss,
+            schedule=schedule, speeds=speeds, churn=churn or "",
             probe_size=probe_size, probe_file=str(probe) if probe else None, temperature=temperature,
             synthetic_weight=synthetic_weight, licence=licence, attacks=tuple(attack or ()), reputation=reputation,
             **({"share": share} if share is not None else {}),
@@ -179,6 +187,9 @@ def _show_report(result: dict) -> None:
         f"alone {s['mean_local_only_accuracy']:.3f} | one pooled model {s['pooled_accuracy']:.3f}"
         + (f" | {s['wall_seconds']:.1f} s" if "wall_seconds" in s else "")  # the golden reports leave it out
     )
+    if result.get("history_ms"):
+        console.print(f"virtual time {round(result['history_ms'][-1] / 1000, 1):g} s "
+                      f"({result['config'].get('schedule', 'sync')})")
 
 
 @app.command()

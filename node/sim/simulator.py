@@ -1,4 +1,5 @@
-"""Many nodes in one process over the memory transport; deterministic for a seed.
+"""Many nodes in one process over the memory transport; deterministic for a seed. The nodes go in
+lock-step rounds, or with --schedule async each on its own clock (node/sim/asynchronous.py).
 
 The options are checked once (node/sim/spec.py); a world, the built-in datasets or a Flower client
 app, gives each node its learner and what its exchange is built from, and every node is built by
@@ -11,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -21,6 +21,7 @@ import torch
 from manymodels.aggregation import check_inputs
 from manymodels.protocol import Identity, peer_id
 
+from .asynchronous import gossip, history_ms
 from .attacks import ATTACKS, Attack, AttackContext, Attacker
 from .foldlog import LoggedNode
 from ..core.node import Node, sealed
@@ -32,6 +33,7 @@ from ..learning.probe import ProbeError, load_probe, split_probe
 from ..learning.recipe import make_learner, node_seed
 from ..spec import NodeData, NodeSpec, SpecError, build_node
 from .network import LinkModel, MemoryNetwork
+from .series import Series, counts, new_series, record
 from .spec import SimulationConfig, SimulationSpec
 
 # Virtual time starts at a fixed instant so timestamps (and thus every byte) repeat for a seed.
@@ -40,10 +42,6 @@ ROUND_MS = 1_000
 
 Adversary = Callable[[int, MemoryNetwork, list[Node]], None]
 BeforeFold = Callable[[int, int, LoggedNode], None]  # (round, node index, node) before each honest node folds
-# per node, what each round did: "history" (its accuracy after the round), "bytes_sent_per_round"
-# and "rejected_per_round" (by kind, by reason: what this round added) and "banned_per_round" (how
-# many peers it had banned by then), "epsilon" (the DP-SGD privacy spent by then; with DP only)
-Series = list[dict[str, list]]
 
 
 def node_identity(seed: int, index: int) -> Identity:
@@ -55,6 +53,8 @@ def run_simulation(config: SimulationConfig, on_round: Callable[[int, float], No
     """`adversary(round, network, nodes)` runs after the honest nodes publish and before delivery:
     it may attach its own endpoints to the network and send whatever bytes it likes."""
     spec = SimulationSpec.parse(config)
+    if adversary and config.schedule == "async":
+        raise SpecError("an adversary acts between rounds; the async schedule has none")
     if not config.client_app:
         return _simulate(spec, on_round, adversary)
     from ..learning.flower import FlowerError
@@ -73,6 +73,8 @@ def _simulate(spec: SimulationSpec, on_round: Callable[[int, float], None] | Non
     report = _report(spec, world, nodes, series, _baselines(spec, world))
     report["summary"].update(messages_dropped=network.dropped, test_examples=world.test_examples,
                              wall_seconds=round(time.perf_counter() - started, 3))
+    if (times := history_ms(spec)) is not None:
+        report["history_ms"] = times
     if world.warnings:
         report["warnings"] = world.warnings
     return report
@@ -97,7 +99,7 @@ def run_members(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, membe
 def _run(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, members: list[int],
          on_round: Callable[[int, float], None] | None = None, adversary: Adversary | None = None,
          before_fold: BeforeFold | None = None) -> tuple[MemoryNetwork, list[Node], Series]:
-    """The network of `members`, run for every round."""
+    """The network of `members`, run for every round (or as long in virtual time, async)."""
     node_spec = replace(spec.node, exchange=world.exchange)
     position = {i: k for k, i in enumerate(members)}
     adjacency = [[position[j] for j in spec.adjacency[i] if j in position] for i in members]
@@ -105,7 +107,10 @@ def _run(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, members: lis
     network = MemoryNetwork(seed=spec.config.seed, link=LinkModel(loss=spec.config.loss))
     nodes, context = _build_nodes(spec, node_spec, world, network, members, adjacency,
                                   LoggedNode if before_fold else Node)
-    series = _rounds(spec, nodes, network, context, world, members, on_round, adversary, before_fold)
+    if spec.config.schedule == "async":
+        series = gossip(spec, nodes, network, context, world.accuracy, members, on_round, before_fold)
+    else:
+        series = _rounds(spec, nodes, network, context, world, members, on_round, adversary, before_fold)
     return network, nodes, series
 
 
@@ -152,11 +157,10 @@ def _rounds(spec: SimulationSpec, nodes: list[Node], network: MemoryNetwork, con
             adversary: Adversary | None, before_fold: BeforeFold | None) -> Series:
     """train -> publish -> deliver -> fold, every round; what each round did to each node (by position)."""
     attackers = {k for k, i in enumerate(members) if i in spec.attackers}
-    series: Series = [{"history": [], "bytes_sent_per_round": [], "rejected_per_round": [], "banned_per_round": [],
-                       "epsilon": []} for _ in nodes]
+    series = new_series(len(nodes))
     for r in range(spec.config.rounds):
         context.round = r
-        before = [(Counter(node.stats.sent_by_kind), Counter(node.stats.rejected)) for node in nodes]
+        before = [counts(node) for node in nodes]
         for node in nodes:
             node.train(spec.node.local_epochs)
         # attackers publish last, so the colluding ones (ALIE, IPM, Sybil) read this round's honest models
@@ -170,12 +174,7 @@ def _rounds(spec: SimulationSpec, nodes: list[Node], network: MemoryNetwork, con
                 if before_fold:
                     before_fold(r, members[i], node)
                 node.fold()
-            series[i]["history"].append(world.accuracy(node.learner))
-            series[i]["bytes_sent_per_round"].append(dict(node.stats.sent_by_kind - before[i][0]))
-            series[i]["rejected_per_round"].append(dict(sorted((node.stats.rejected - before[i][1]).items())))
-            series[i]["banned_per_round"].append(len(node.banned))
-            if node.privacy is not None:
-                series[i]["epsilon"].append(round(node.privacy["epsilon"], 6))
+            record(series[i], node, before[i], world.accuracy)
         if on_round:
             honest = [series[i]["history"][-1] for i in range(len(nodes)) if i not in attackers]
             on_round(r + 1, float(np.mean(honest)))
@@ -227,6 +226,7 @@ def _report(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, nodes: li
         "banned_per_round": series[i]["banned_per_round"],
         "history": series[i]["history"],
         **_privacy(node, series[i]["epsilon"]),
+        **series[i].get("clock", {}),  # an async run's: the node's step duration, steps done, time away
     } for i, node in enumerate(nodes)]
     honest = [n for n in per_node if n["attack"] is None]
     probe = world.probe

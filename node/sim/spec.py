@@ -14,6 +14,7 @@ from ..learning.recipe import LearnerRecipe
 from ..learning.training import DEFAULT_TRAINING
 from ..spec import DEFAULT_CODECS, NodeSpec, SpecError, check_privacy
 from .attacks import AttackSpecError, parse_attack
+from .clocks import ClockError, Clocks
 from .plants import PlantError, Plants, parse_plants
 from .topology import TopologyError, neighbours
 
@@ -22,7 +23,9 @@ from .topology import TopologyError, neighbours
 _LATER_OPTIONS = {**{key: getattr(DEFAULT_TRAINING, key) for key in
                      ("hidden", "optimizer", "momentum", "weight_decay", "shuffle")}, "plants": (), "share": "all",
                   "compress": DEFAULT_CODECS["weights"], "compress_logits": DEFAULT_CODECS["logits"],
-                  **{f"dp_{key}": getattr(NO_PRIVACY, key) for key in ("noise", "clip", "epsilon", "delta")}}
+                  **{f"dp_{key}": getattr(NO_PRIVACY, key) for key in ("noise", "clip", "epsilon", "delta")},
+                  "schedule": "sync", "speeds": "same", "churn": ""}
+SCHEDULES = ("sync", "async")
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,11 @@ class SimulationConfig:
     client_app: str | None = None
     run_config: str = ""  # the client's context.run_config overrides, "k=v k2=v2" as `flwr run --run-config`
     share: str = "all"  # who gets each node's knowledge: all, reciprocal[:N] or allowlist:FILE
+    # lock-step rounds, or every node on its own clock (node/sim/asynchronous.py); the nodes' step
+    # durations and times away (node/sim/clocks.py): churn needs the async schedule
+    schedule: str = "sync"
+    speeds: str = "same"  # same, lognormal:SIGMA, slow:FRACTION:FACTOR or a trace file (.csv, .json)
+    churn: str = ""  # none, random:UP_S:DOWN_S or a .csv file of node,leave_ms,return_ms rows
 
     def to_report(self) -> dict:
         report = asdict(self)
@@ -89,6 +97,7 @@ class SimulationSpec:
     adjacency: list[list[int]]  # each node's neighbours, by index
     attackers: dict[int, str]  # node index -> attack name
     plants: Plants = Plants()
+    clocks: Clocks = Clocks()  # each node's step durations and times away
 
     @classmethod
     def parse(cls, config: SimulationConfig) -> SimulationSpec:
@@ -97,6 +106,10 @@ class SimulationSpec:
             raise SpecError("--nodes, --rounds and --local-epochs must be at least 1")
         if not 0 <= c.loss <= 1:
             raise SpecError(f"--loss is the probability that a message is lost, in [0, 1]; got {c.loss:g}")
+        if c.schedule not in SCHEDULES:
+            raise SpecError(f"--schedule is sync or async; got {c.schedule!r}")
+        if c.churn and c.schedule != "async":
+            raise SpecError("--churn needs --schedule async: a synchronous round waits for every node")
         recipe = LearnerRecipe(
             dataset=c.dataset, partition=c.partition, num_partitions=c.nodes, model=c.model, seed=c.seed, lr=c.lr,
             batch_size=c.batch_size, hidden=tuple(c.hidden), optimizer=c.optimizer, momentum=c.momentum,
@@ -116,13 +129,14 @@ class SimulationSpec:
             adjacency = neighbours(c.topology, c.nodes, c.seed)
             attackers = _attackers(c)
             plants = parse_plants(tuple(c.plants), c.nodes)
-        except (TopologyError, AttackSpecError, PlantError) as exc:
+            clocks = Clocks.parse(c.speeds, c.churn, c.nodes, c.local_epochs, c.seed, c.rounds)
+        except (TopologyError, AttackSpecError, PlantError, ClockError) as exc:
             raise SpecError(str(exc)) from None
         if c.client_app and "labelflip" in attackers.values():
             raise SpecError("labelflip poisons the simulator's dataset; a Flower client loads its own data")
         if c.client_app and c.plants:
             raise SpecError("planted peers change the simulator's dataset; a Flower client loads its own data")
-        return cls(c, node, archs, adjacency, attackers, plants)
+        return cls(c, node, archs, adjacency, attackers, plants, clocks)
 
     def recipe(self, i: int) -> LearnerRecipe:
         """Node i's learner recipe."""
