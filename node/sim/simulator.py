@@ -31,6 +31,7 @@ from ..learning.partition import PartitionError, partition
 from ..learning.probe import ProbeError, load_probe, split_probe
 from ..learning.recipe import make_learner, node_seed
 from ..spec import NodeData, NodeSpec, SpecError, build_node
+from ..core.transport import Transport
 from .network import LinkModel, MemoryNetwork
 from .spec import SimulationConfig, SimulationSpec
 
@@ -55,6 +56,12 @@ def run_simulation(config: SimulationConfig, on_round: Callable[[int, float], No
     """`adversary(round, network, nodes)` runs after the honest nodes publish and before delivery:
     it may attach its own endpoints to the network and send whatever bytes it likes."""
     spec = SimulationSpec.parse(config)
+    if config.backend == "ray":
+        from .ray_backend import simulate_on_ray
+
+        if adversary:
+            raise SpecError("an adversary callback runs in this process: it needs --backend local")
+        return simulate_on_ray(spec, on_round)[0]
     if not config.client_app:
         return _simulate(spec, on_round, adversary)
     from ..learning.flower import FlowerError
@@ -71,6 +78,11 @@ def _simulate(spec: SimulationSpec, on_round: Callable[[int, float], None] | Non
     world = make_world(spec)
     network, nodes, series = _run(spec, world, list(range(spec.config.nodes)), on_round, adversary)
     report = _report(spec, world, nodes, series, _baselines(spec, world))
+    return finish_report(report, world, network, started)
+
+
+def finish_report(report: dict, world: _DatasetWorld | _FlowerWorld, network: MemoryNetwork, started: float) -> dict:
+    """The network's and the run's own numbers, and the world's warnings, added to a report."""
     report["summary"].update(messages_dropped=network.dropped, test_examples=world.test_examples,
                              wall_seconds=round(time.perf_counter() - started, 3))
     if world.warnings:
@@ -134,17 +146,24 @@ def _build_nodes(spec: SimulationSpec, node_spec: NodeSpec, world: _DatasetWorld
                             np.random.default_rng([c.seed, 0xBAD]))
     nodes: list[Node] = []
     for i in members:
-        identity = node_identity(c.seed, i)
-        attack = ATTACKS[spec.attackers[i]]() if i in spec.attackers else None
-        learner, data = world.member(i, attack)
-        attacker = Attacker(attack, context) if attack else None
-        transport = network.attach(identity.peer_id)
-        nodes.append(build_node(node_spec, identity, learner, attacker.tap(transport) if attacker else transport,
-                                clock, data, node_class, outbound=attacker or sealed))
+        transport = network.attach(node_identity(c.seed, i).peer_id)
+        nodes.append(build_member(spec, node_spec, world, i, transport, clock, context, node_class))
     context.honest = [n for i, n in zip(members, nodes) if i not in spec.attackers]
     for node, nb in zip(nodes, adjacency):
         node.neighbours = [nodes[j].id for j in nb]
     return nodes, context
+
+
+def build_member(spec: SimulationSpec, node_spec: NodeSpec, world: _DatasetWorld | _FlowerWorld, i: int,
+                 transport: Transport, clock: Callable[[], int], context: AttackContext,
+                 node_class: type[Node] = Node) -> Node:
+    """Node i of the spec, honest or attacker, on `transport`; its neighbours are the caller's to set."""
+    attack = ATTACKS[spec.attackers[i]]() if i in spec.attackers else None
+    learner, data = world.member(i, attack)
+    attacker = Attacker(attack, context) if attack else None
+    return build_node(node_spec, node_identity(spec.config.seed, i), learner,
+                      attacker.tap(transport) if attacker else transport, clock, data, node_class,
+                      outbound=attacker or sealed)
 
 
 def _rounds(spec: SimulationSpec, nodes: list[Node], network: MemoryNetwork, context: AttackContext,
@@ -152,11 +171,10 @@ def _rounds(spec: SimulationSpec, nodes: list[Node], network: MemoryNetwork, con
             adversary: Adversary | None, before_fold: BeforeFold | None) -> Series:
     """train -> publish -> deliver -> fold, every round; what each round did to each node (by position)."""
     attackers = {k for k, i in enumerate(members) if i in spec.attackers}
-    series: Series = [{"history": [], "bytes_sent_per_round": [], "rejected_per_round": [], "banned_per_round": [],
-                       "epsilon": []} for _ in nodes]
+    series: Series = [new_series() for _ in nodes]
     for r in range(spec.config.rounds):
         context.round = r
-        before = [(Counter(node.stats.sent_by_kind), Counter(node.stats.rejected)) for node in nodes]
+        before = [counters(node) for node in nodes]
         for node in nodes:
             node.train(spec.node.local_epochs)
         # attackers publish last, so the colluding ones (ALIE, IPM, Sybil) read this round's honest models
@@ -166,56 +184,79 @@ def _rounds(spec: SimulationSpec, nodes: list[Node], network: MemoryNetwork, con
             adversary(r, network, nodes)
         network.run_until((r + 1) * ROUND_MS)
         for i, node in enumerate(nodes):
-            if i not in attackers or ATTACKS[spec.attackers[members[i]]].folds:  # most attackers' models do not matter
+            if folds(spec, members[i]):
                 if before_fold:
                     before_fold(r, members[i], node)
                 node.fold()
-            series[i]["history"].append(world.accuracy(node.learner))
-            series[i]["bytes_sent_per_round"].append(dict(node.stats.sent_by_kind - before[i][0]))
-            series[i]["rejected_per_round"].append(dict(sorted((node.stats.rejected - before[i][1]).items())))
-            series[i]["banned_per_round"].append(len(node.banned))
-            if node.privacy is not None:
-                series[i]["epsilon"].append(round(node.privacy["epsilon"], 6))
+            record(series[i], node, before[i], world.accuracy(node.learner))
         if on_round:
             honest = [series[i]["history"][-1] for i in range(len(nodes)) if i not in attackers]
             on_round(r + 1, float(np.mean(honest)))
     return series
 
 
+def new_series() -> dict[str, list]:
+    return {"history": [], "bytes_sent_per_round": [], "rejected_per_round": [], "banned_per_round": [], "epsilon": []}
+
+
+def counters(node: Node) -> tuple[Counter, Counter]:
+    """What a node has sent and rejected so far: a round's numbers are the difference."""
+    return Counter(node.stats.sent_by_kind), Counter(node.stats.rejected)
+
+
+def folds(spec: SimulationSpec, i: int) -> bool:
+    """Whether node i folds what it receives: most attackers' own models do not matter."""
+    return i not in spec.attackers or ATTACKS[spec.attackers[i]].folds
+
+
+def record(series: dict[str, list], node: Node, before: tuple[Counter, Counter], accuracy: float) -> None:
+    """What this round did to a node (its counters were `before` at the round's start)."""
+    series["history"].append(accuracy)
+    series["bytes_sent_per_round"].append(dict(node.stats.sent_by_kind - before[0]))
+    series["rejected_per_round"].append(dict(sorted((node.stats.rejected - before[1]).items())))
+    series["banned_per_round"].append(len(node.banned))
+    if node.privacy is not None:
+        series["epsilon"].append(round(node.privacy["epsilon"], 6))
+
+
 def _baselines(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld) -> tuple[list[float], dict[str, float]]:
     """Each node's model trained alone, and one model per architecture on all the private data, for
     as many epochs as the network trained."""
-    epochs = spec.config.rounds * spec.config.local_epochs
-    local_only = []
-    for i in range(spec.config.nodes):
-        alone = world.alone(i)
-        alone.fit(epochs)
-        local_only.append(world.accuracy(alone))
-    pooled = {}
-    for arch in sorted(set(world.archs)):
-        one = world.pooled(arch)
-        one.fit(epochs)
-        pooled[arch] = world.accuracy(one)
-    return local_only, pooled
+    local_only = [baseline(spec, world, world.alone(i)) for i in range(spec.config.nodes)]
+    return local_only, {arch: baseline(spec, world, world.pooled(arch)) for arch in sorted(set(world.archs))}
+
+
+def baseline(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, learner: Learner) -> float:
+    """A baseline's accuracy: trained for as many epochs as the network trained."""
+    learner.fit(spec.config.rounds * spec.config.local_epochs)
+    return world.accuracy(learner)
 
 
 def _report(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, nodes: list[Node], series: Series,
             baselines: tuple[list[float], dict[str, float]]) -> dict:
     """The report; the caller adds the network's and the run's own numbers to its summary."""
-    (local_only, pooled), archs, attackers = baselines, world.archs, spec.attackers
-    per_node = [{
+    local_only, pooled = baselines
+    return assemble_report(spec, world, [node_report(spec, world, i, node, series[i], local_only[i], pooled)
+                                         for i, node in enumerate(nodes)])
+
+
+def node_report(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, i: int, node: Node,
+                series: dict[str, list], local_only: float, pooled: dict[str, float]) -> dict:
+    """Node i's entry in the report."""
+    archs = world.archs
+    return {
         "id": node.id,
         "model": archs[i],
-        "attack": attackers.get(i),
+        "attack": spec.attackers.get(i),
         "num_examples": node.learner.num_examples,
         "neighbours": len(node.neighbours),
-        "final_accuracy": series[i]["history"][-1],
-        "local_only_accuracy": local_only[i],
+        "final_accuracy": series["history"][-1],
+        "local_only_accuracy": local_only,
         "pooled_accuracy": pooled[archs[i]],
         "bytes_sent": node.stats.bytes_sent,
         "bytes_received": node.stats.bytes_received,
         "bytes_sent_by_kind": dict(node.stats.sent_by_kind),
-        "bytes_sent_per_round": series[i]["bytes_sent_per_round"],
+        "bytes_sent_per_round": series["bytes_sent_per_round"],
         "messages_accepted": node.stats.messages_accepted,
         "rejected_messages": node.stats.rejected_total,
         "rejected_by_reason": dict(sorted(node.stats.rejected.items())),
@@ -223,11 +264,15 @@ def _report(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, nodes: li
         "messages_withheld": node.stats.withheld,
         "reputation": {peer_id(p): round(v, 4) for p, v in sorted(node.reputation.scores.items())},
         "banned": sorted(peer_id(p) for p in node.banned),
-        "rejected_per_round": series[i]["rejected_per_round"],
-        "banned_per_round": series[i]["banned_per_round"],
-        "history": series[i]["history"],
-        **_privacy(node, series[i]["epsilon"]),
-    } for i, node in enumerate(nodes)]
+        "rejected_per_round": series["rejected_per_round"],
+        "banned_per_round": series["banned_per_round"],
+        "history": series["history"],
+        **_privacy(node, series["epsilon"]),
+    }
+
+
+def assemble_report(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, per_node: list[dict]) -> dict:
+    """The report of every node's entry; the caller adds the network's and the run's own numbers."""
     honest = [n for n in per_node if n["attack"] is None]
     probe = world.probe
     return {
