@@ -103,6 +103,12 @@ def simulate(
              "--dataset, --partition and --model are then unused.")] = None,
     run_config: Annotated[Optional[list[str]], typer.Option(
         help='The Flower client\'s run config, "key=value key=value" as `flwr run --run-config` takes it.')] = None,
+    backend: Annotated[str, typer.Option(
+        help="Where the nodes run: local (this process) or ray (shards on a Ray cluster; docs/SIMULATION.md). "
+             "Both give the same report.")] = "local",
+    address: Annotated[Optional[str], typer.Option(
+        help="With --backend ray: the Ray cluster to join (HOST:PORT, or auto: the one `ray start` started "
+             "here); without it, a Ray cluster on this machine for the run.")] = None,
     report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     save_config: Annotated[Optional[Path], typer.Option(metavar="FILE.toml", help=
@@ -123,7 +129,7 @@ def simulate(
             probe_size=probe_size, probe_file=str(probe) if probe else None, temperature=temperature,
             synthetic_weight=synthetic_weight, licence=licence, attacks=tuple(attack or ()), reputation=reputation,
             **({"share": share} if share is not None else {}),
-            client_app=client_app, run_config=" ".join(run_config or ()),
+            client_app=client_app, run_config=" ".join(run_config or ()), backend=backend, address=address,
             **training_options(hidden, optimizer, lr, momentum, weight_decay, batch_size, shuffle),
             **codec_options(compress, compress_logits), **privacy_options(dp_noise, dp_clip, dp_epsilon, dp_delta),
             **({"accept_licences": tuple(accept_licence)} if accept_licence else {}))
