@@ -120,7 +120,8 @@ def simulate(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from manymodels.node.runtime.store import atomic_write
-    from manymodels.node.sim.simulator import SimulationConfig, run_simulation
+    from manymodels.node.sim import backends
+    from manymodels.node.sim.spec import SimulationConfig
     from manymodels.node.spec import SpecError
 
     try:
@@ -146,7 +147,7 @@ def simulate(
                   transient=True, disable=json_out or not err.is_terminal) as progress:
         task = progress.add_task("rounds", total=rounds, acc="")
         try:
-            result = run_simulation(config, on_round=lambda r, acc: progress.update(
+            result = backends.simulate(config, on_round=lambda r, acc: progress.update(
                 task, completed=r, acc=f"mean accuracy {acc:.3f}"))
         except SpecError as exc:
             raise UserError(str(exc)) from None

@@ -12,7 +12,7 @@ attackers, each in index order, as the local engine does), runs the network to t
 hands each shard its nodes' deliveries in time order, each with its virtual time; the shards fold and
 record. The baselines (local-only, pooled) train on the shards too.
 
-Ray is an optional extra, imported here only."""
+Ray is an optional extra, imported here only; backends.py picks this engine or the local one."""
 from __future__ import annotations
 
 import logging

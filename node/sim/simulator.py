@@ -5,7 +5,9 @@ app, gives each node its learner and what its exchange is built from, and every 
 node/spec.py's build_node, as in the daemon. Every simulation also trains each node alone
 (local-only) and one model per architecture on all the private data (pooled), so its report answers
 "many models vs one model vs alone" on held-out data. A study runs smaller networks of the same nodes
-(`run_members`: no baselines, no report) and may replay folds (`before_fold`, node/sim/foldlog.py)."""
+(`run_members`: no baselines, no report) and may replay folds (`before_fold`, node/sim/foldlog.py).
+This is the local engine; node/sim/ray_backend.py runs the same steps (build_member, record,
+node_report...) in shards on Ray, and node/sim/backends.py picks one."""
 from __future__ import annotations
 
 import hashlib
@@ -53,15 +55,13 @@ def node_identity(seed: int, index: int) -> Identity:
 
 def run_simulation(config: SimulationConfig, on_round: Callable[[int, float], None] | None = None,
                    adversary: Adversary | None = None) -> dict:
-    """`adversary(round, network, nodes)` runs after the honest nodes publish and before delivery:
-    it may attach its own endpoints to the network and send whatever bytes it likes."""
+    """The local engine (backends.py's simulate picks the config's backend). `adversary(round,
+    network, nodes)` runs after the honest nodes publish and before delivery: it may attach its own
+    endpoints to the network and send whatever bytes it likes."""
     spec = SimulationSpec.parse(config)
-    if config.backend == "ray":
-        from .ray_backend import simulate_on_ray
-
-        if adversary:
-            raise SpecError("an adversary callback runs in this process: it needs --backend local")
-        return simulate_on_ray(spec, on_round)[0]
+    if config.backend != "local":
+        raise ValueError(f"run_simulation is the local engine; --backend {config.backend} runs through "
+                         "node/sim/backends.py's simulate")
     if not config.client_app:
         return _simulate(spec, on_round, adversary)
     from ..learning.flower import FlowerError
