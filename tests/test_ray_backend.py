@@ -45,9 +45,10 @@ def cluster():
 @pytest.mark.slow
 @pytest.mark.multiprocess
 @pytest.mark.timeout(300)
-def test_shards_on_two_ray_nodes_give_the_local_report(cluster):
+def test_shards_on_two_ray_nodes_give_the_local_report(cluster, monkeypatch):
     ray, nodes = cluster
-    config = SimulationConfig(backend="ray", address=nodes.address, **CONFIG)
+    monkeypatch.setenv("RAY_ADDRESS", nodes.address)  # where `ray start` leaves it for --address auto
+    config = SimulationConfig(backend="ray", address="auto", **CONFIG)
     on_ray, placement = simulate_on_ray(SimulationSpec.parse(config))
 
     assert len({shard["ray_node"] for shard in placement}) == 2  # the nodes ran on both Ray nodes

@@ -28,8 +28,8 @@ from manymodels.protocol import Identity
 
 from .attacks import ATTACKS, AttackContext
 from .network import LinkModel, MemoryNetwork
-from .simulator import (EPOCH_MS, ROUND_MS, _check_rules, assemble_report, baseline, build_member, counters,
-                        finish_report, folds, make_world, new_series, node_identity, node_report, record)
+from .simulator import (EPOCH_MS, ROUND_MS, assemble_report, baseline, build_member, check_rules,
+                        counters, finish_report, folds, make_world, new_series, node_identity, node_report, record)
 from .spec import SimulationConfig, SimulationSpec
 from ..core.transport import Receiver
 from ..spec import SpecError
@@ -64,7 +64,7 @@ def simulate_on_ray(spec: SimulationSpec, on_round: Callable[[int, float], None]
     ray = import_ray(loopback=address is None)
     started = time.perf_counter()
     world = make_world(spec)  # the driver's: the options checked before Ray starts, and the report's numbers
-    _check_rules(replace(spec.node, exchange=world.exchange), list(world.archs), spec.adjacency)
+    check_rules(replace(spec.node, exchange=world.exchange), list(world.archs), spec.adjacency)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # Ray's tip about accelerators: none are used
         ray.init(address=address, include_dashboard=False if address is None else None, log_to_driver=False,

@@ -26,6 +26,7 @@ from manymodels.protocol import Identity, peer_id
 from .attacks import ATTACKS, Attack, AttackContext, Attacker
 from .foldlog import LoggedNode
 from ..core.node import Node, sealed
+from ..core.transport import Transport
 from ..learning.datasets import DatasetError, load_dataset
 from ..learning.generator import GaussianClassGenerator
 from ..learning.learner import Learner
@@ -33,7 +34,6 @@ from ..learning.partition import PartitionError, partition
 from ..learning.probe import ProbeError, load_probe, split_probe
 from ..learning.recipe import make_learner, node_seed
 from ..spec import NodeData, NodeSpec, SpecError, build_node
-from ..core.transport import Transport
 from .network import LinkModel, MemoryNetwork
 from .spec import SimulationConfig, SimulationSpec
 
@@ -113,7 +113,7 @@ def _run(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, members: lis
     node_spec = replace(spec.node, exchange=world.exchange)
     position = {i: k for k, i in enumerate(members)}
     adjacency = [[position[j] for j in spec.adjacency[i] if j in position] for i in members]
-    _check_rules(node_spec, [world.archs[i] for i in members], adjacency)
+    check_rules(node_spec, [world.archs[i] for i in members], adjacency)
     network = MemoryNetwork(seed=spec.config.seed, link=LinkModel(loss=spec.config.loss))
     nodes, context = _build_nodes(spec, node_spec, world, network, members, adjacency,
                                   LoggedNode if before_fold else Node)
@@ -121,7 +121,7 @@ def _run(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, members: lis
     return network, nodes, series
 
 
-def _check_rules(spec: NodeSpec, archs: list[str], adjacency: list[list[int]]) -> None:
+def check_rules(spec: NodeSpec, archs: list[str], adjacency: list[list[int]]) -> None:
     """Say at start when a rule cannot work with a node's neighbour count."""
     for i, nb in enumerate(adjacency):
         checks = []
