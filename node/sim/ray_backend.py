@@ -87,10 +87,10 @@ def shard_indices(spec: SimulationSpec, count: int) -> list[list[int]]:
     attackers = sorted(spec.attackers)
     honest = [i for i in range(n) if i not in spec.attackers]
     count = min(count, n)
-    first = max(-(-n // count) - len(attackers), 0)  # the first shard's honest nodes
-    blocks = [honest[:first]] + [list(b) for b in np.array_split(honest[first:], count - 1)] if count > 1 else [honest]
-    shards = [sorted(attackers + blocks[0])] + [[int(i) for i in b] for b in blocks[1:]]
-    return [s for s in shards if s]
+    first = honest[:max(-(-n // count) - len(attackers), 0)]  # the first shard: the attackers, then honest nodes
+    rest = np.array_split(np.array(honest[len(first):], dtype=int), max(count - 1, 1))
+    shards = [sorted(attackers + first)] + [block.tolist() for block in rest]
+    return [shard for shard in shards if shard]
 
 
 class _Driver:
