@@ -14,9 +14,9 @@ $(PY):
 DEBS := dataset-fashion-mnist chromium
 DEBS_STAMP := $(VENV)/.debs
 
-# constraints.txt pins torch to the CPU build that lies on disk here (pip takes it offline) and flwr.
+# constraints.txt pins torch to the CPU build that lies on disk here (pip takes it offline), flwr and ray.
 $(STAMP): $(PY) pyproject.toml constraints.txt $(DEBS_STAMP)
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,mnist1d,report,dp]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,mnist1d,report,dp,ray]'
 	touch $(STAMP)
 
 $(DEBS_STAMP): $(PY)

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from manymodels.node.runtime.logs import size
@@ -110,6 +111,12 @@ def simulate(
              "--dataset, --partition and --model are then unused.")] = None,
     run_config: Annotated[Optional[list[str]], typer.Option(
         help='The Flower client\'s run config, "key=value key=value" as `flwr run --run-config` takes it.')] = None,
+    backend: Annotated[str, typer.Option(
+        help="Where the nodes run: local (this process) or ray (shards on a Ray cluster; docs/SIMULATION.md). "
+             "Both give the same report.")] = "local",
+    address: Annotated[Optional[str], typer.Option(
+        help="With --backend ray: the Ray cluster to join (HOST:PORT, or auto: the one `ray start` started "
+             "here); without it, a Ray cluster on this machine for the run.")] = None,
     report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     save_config: Annotated[Optional[Path], typer.Option(metavar="FILE.toml", help=
@@ -120,7 +127,8 @@ def simulate(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from manymodels.node.runtime.store import atomic_write
-    from manymodels.node.sim.simulator import SimulationConfig, run_simulation
+    from manymodels.node.sim import backends
+    from manymodels.node.sim.spec import SimulationConfig
     from manymodels.node.spec import SpecError
 
     try:
@@ -131,7 +139,7 @@ def simulate(
             probe_size=probe_size, probe_file=str(probe) if probe else None, temperature=temperature,
             synthetic_weight=synthetic_weight, licence=licence, attacks=tuple(attack or ()), reputation=reputation,
             **({"share": share} if share is not None else {}),
-            client_app=client_app, run_config=" ".join(run_config or ()),
+            client_app=client_app, run_config=" ".join(run_config or ()), backend=backend, address=address,
             **training_options(hidden, optimizer, lr, momentum, weight_decay, batch_size, shuffle),
             **codec_options(compress, compress_logits), **privacy_options(dp_noise, dp_clip, dp_epsilon, dp_delta),
             **({"accept_licences": tuple(accept_licence)} if accept_licence else {}))
@@ -147,7 +155,7 @@ def simulate(
                   transient=True, disable=json_out or not err.is_terminal) as progress:
         task = progress.add_task("rounds", total=rounds, acc="")
         try:
-            result = run_simulation(config, on_round=lambda r, acc: progress.update(
+            result = backends.simulate(config, on_round=lambda r, acc: progress.update(
                 task, completed=r, acc=f"mean accuracy {acc:.3f}"))
         except SpecError as exc:
             raise UserError(str(exc)) from None
@@ -333,7 +341,7 @@ def main() -> None:
     try:
         app()
     except UserError as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        Console(stderr=True).print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

@@ -1,2 +1,2 @@
-"""The simulator: the memory network, topologies, attacks, planted peers, the fold log, and the simulation
-loop with its report."""
+"""The simulator: the memory network, topologies, attacks, planted peers, the fold log, the simulation
+loop with its report, and its backends (local, or shards on Ray)."""

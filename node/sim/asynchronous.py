@@ -21,7 +21,7 @@ import numpy as np
 
 from ..core.node import Node
 from ..learning.learner import Learner
-from .attacks import ATTACKS, AttackContext
+from .attacks import AttackContext, folds
 from .clocks import NEVER
 from .network import MemoryNetwork
 from .series import Series, counts, new_series, record
@@ -118,7 +118,7 @@ def _step(spec: SimulationSpec, node: Node, index: int, clock: _Clock, ms: float
     clock.steps += 1
     if clock.first_publish_ms is None:
         clock.first_publish_ms = round(ms, 3)
-    if index not in spec.attackers or ATTACKS[spec.attackers[index]].folds:  # most attackers' models do not matter
+    if folds(spec.attackers, index):
         if before_fold:
             before_fold(sample, index, node)
         node.fold()

@@ -39,6 +39,7 @@ class Attack:
     name: str = ""
     description: str = ""
     folds: bool = False  # whether the attacker's node folds what it receives (its own model matters)
+    omniscient: bool = False  # whether it reads the honest nodes' current models (AttackContext.honest)
 
     def poison_labels(self, y: np.ndarray, num_classes: int) -> np.ndarray:
         return y
@@ -104,6 +105,7 @@ class ALIE(Attack):
     """A little is enough (Baruch et al. 2019): all attackers send mean - z * std of the honest
     models, coordinate-wise, with z as large as the honest spread hides."""
     name, description = "alie", "colluding updates at mean - z*std of the honest models (a little is enough)"
+    omniscient = True
 
     def poison(self, payload, node, ctx):
         if not isinstance(payload, Weights):
@@ -119,6 +121,7 @@ class ALIE(Attack):
 class IPM(Attack):
     """Inner-product manipulation (Xie et al. 2020): send -eps times the honest mean."""
     name, description = "ipm", "send -0.5 x the mean honest model (inner-product manipulation)"
+    omniscient = True
 
     def poison(self, payload, node, ctx):
         if not isinstance(payload, Weights):
@@ -152,6 +155,7 @@ class Sybil(Attack):
     """One adversary, many identities: every identity sends the same update, far from the honest
     ones. Identical points look like a tight cluster, which fools distance-based rules like Krum."""
     name, description = "sybil", "one adversary, many identities sending one identical poisoned update"
+    omniscient = True
 
     def poison(self, payload, node, ctx):
         if not isinstance(payload, Weights):
@@ -260,3 +264,9 @@ class _Tapped:
             self.attack.observe(sender_address, data)
             receiver(sender_address, data)
         self.transport.set_receiver(observed)
+
+
+def folds(attackers: dict[int, str], i: int) -> bool:
+    """Whether node i (of a network whose `attackers` are node index -> attack name) folds what it
+    receives: most attackers' own models do not matter."""
+    return i not in attackers or ATTACKS[attackers[i]].folds

@@ -6,7 +6,9 @@ app, gives each node its learner and what its exchange is built from, and every 
 node/spec.py's build_node, as in the daemon. Every simulation also trains each node alone
 (local-only) and one model per architecture on all the private data (pooled), so its report answers
 "many models vs one model vs alone" on held-out data. A study runs smaller networks of the same nodes
-(`run_members`: no baselines, no report) and may replay folds (`before_fold`, node/sim/foldlog.py)."""
+(`run_members`: no baselines, no report) and may replay folds (`before_fold`, node/sim/foldlog.py).
+This is the local engine; node/sim/ray_backend.py runs the same steps (build_member, record,
+node_report...) in shards on Ray, and node/sim/backends.py picks one."""
 from __future__ import annotations
 
 import hashlib
@@ -22,9 +24,10 @@ from manymodels.aggregation import check_inputs
 from manymodels.protocol import Identity, peer_id
 
 from .asynchronous import gossip, history_ms
-from .attacks import ATTACKS, Attack, AttackContext, Attacker
+from .attacks import ATTACKS, Attack, AttackContext, Attacker, folds
 from .foldlog import LoggedNode
 from ..core.node import Node, sealed
+from ..core.transport import Transport
 from ..learning.datasets import DatasetError, load_dataset
 from ..learning.generator import GaussianClassGenerator
 from ..learning.learner import Learner
@@ -50,9 +53,13 @@ def node_identity(seed: int, index: int) -> Identity:
 
 def run_simulation(config: SimulationConfig, on_round: Callable[[int, float], None] | None = None,
                    adversary: Adversary | None = None) -> dict:
-    """`adversary(round, network, nodes)` runs after the honest nodes publish and before delivery:
-    it may attach its own endpoints to the network and send whatever bytes it likes."""
+    """The local engine (backends.py's simulate picks the config's backend). `adversary(round,
+    network, nodes)` runs after the honest nodes publish and before delivery: it may attach its own
+    endpoints to the network and send whatever bytes it likes."""
     spec = SimulationSpec.parse(config)
+    if config.backend != "local":
+        raise ValueError(f"run_simulation is the local engine; --backend {config.backend} runs through "
+                         "node/sim/backends.py's simulate")
     if adversary and config.schedule == "async":
         raise SpecError("an adversary acts between rounds; the async schedule has none")
     if not config.client_app:
@@ -71,6 +78,12 @@ def _simulate(spec: SimulationSpec, on_round: Callable[[int, float], None] | Non
     world = make_world(spec)
     network, nodes, series = _run(spec, world, list(range(spec.config.nodes)), on_round, adversary)
     report = _report(spec, world, nodes, series, _baselines(spec, world))
+    return finish_report(report, spec, world, network, started)
+
+
+def finish_report(report: dict, spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, network: MemoryNetwork,
+                  started: float) -> dict:
+    """The network's and the run's own numbers, and the world's warnings, added to a report."""
     report["summary"].update(messages_dropped=network.dropped, test_examples=world.test_examples,
                              wall_seconds=round(time.perf_counter() - started, 3))
     if (times := history_ms(spec)) is not None:
@@ -103,7 +116,7 @@ def _run(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, members: lis
     node_spec = replace(spec.node, exchange=world.exchange)
     position = {i: k for k, i in enumerate(members)}
     adjacency = [[position[j] for j in spec.adjacency[i] if j in position] for i in members]
-    _check_rules(node_spec, [world.archs[i] for i in members], adjacency)
+    check_rules(node_spec, [world.archs[i] for i in members], adjacency)
     network = MemoryNetwork(seed=spec.config.seed, link=LinkModel(loss=spec.config.loss))
     nodes, context = _build_nodes(spec, node_spec, world, network, members, adjacency,
                                   LoggedNode if before_fold else Node)
@@ -114,7 +127,7 @@ def _run(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, members: lis
     return network, nodes, series
 
 
-def _check_rules(spec: NodeSpec, archs: list[str], adjacency: list[list[int]]) -> None:
+def check_rules(spec: NodeSpec, archs: list[str], adjacency: list[list[int]]) -> None:
     """Say at start when a rule cannot work with a node's neighbour count."""
     for i, nb in enumerate(adjacency):
         checks = []
@@ -139,17 +152,24 @@ def _build_nodes(spec: SimulationSpec, node_spec: NodeSpec, world: _DatasetWorld
                             np.random.default_rng([c.seed, 0xBAD]))
     nodes: list[Node] = []
     for i in members:
-        identity = node_identity(c.seed, i)
-        attack = ATTACKS[spec.attackers[i]]() if i in spec.attackers else None
-        learner, data = world.member(i, attack)
-        attacker = Attacker(attack, context) if attack else None
-        transport = network.attach(identity.peer_id)
-        nodes.append(build_node(node_spec, identity, learner, attacker.tap(transport) if attacker else transport,
-                                clock, data, node_class, outbound=attacker or sealed))
+        transport = network.attach(node_identity(c.seed, i).peer_id)
+        nodes.append(build_member(spec, node_spec, world, i, transport, clock, context, node_class))
     context.honest = [n for i, n in zip(members, nodes) if i not in spec.attackers]
     for node, nb in zip(nodes, adjacency):
         node.neighbours = [nodes[j].id for j in nb]
     return nodes, context
+
+
+def build_member(spec: SimulationSpec, node_spec: NodeSpec, world: _DatasetWorld | _FlowerWorld, i: int,
+                 transport: Transport, clock: Callable[[], int], context: AttackContext,
+                 node_class: type[Node] = Node) -> Node:
+    """Node i of the spec, honest or attacker, on `transport`; its neighbours are the caller's to set."""
+    attack = ATTACKS[spec.attackers[i]]() if i in spec.attackers else None
+    learner, data = world.member(i, attack)
+    attacker = Attacker(attack, context) if attack else None
+    return build_node(node_spec, node_identity(spec.config.seed, i), learner,
+                      attacker.tap(transport) if attacker else transport, clock, data, node_class,
+                      outbound=attacker or sealed)
 
 
 def _rounds(spec: SimulationSpec, nodes: list[Node], network: MemoryNetwork, context: AttackContext,
@@ -170,7 +190,7 @@ def _rounds(spec: SimulationSpec, nodes: list[Node], network: MemoryNetwork, con
             adversary(r, network, nodes)
         network.run_until((r + 1) * ROUND_MS)
         for i, node in enumerate(nodes):
-            if i not in attackers or ATTACKS[spec.attackers[members[i]]].folds:  # most attackers' models do not matter
+            if folds(spec.attackers, members[i]):
                 if before_fold:
                     before_fold(r, members[i], node)
                 node.fold()
@@ -184,37 +204,41 @@ def _rounds(spec: SimulationSpec, nodes: list[Node], network: MemoryNetwork, con
 def _baselines(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld) -> tuple[list[float], dict[str, float]]:
     """Each node's model trained alone, and one model per architecture on all the private data, for
     as many epochs as the network trained."""
-    epochs = spec.config.rounds * spec.config.local_epochs
-    local_only = []
-    for i in range(spec.config.nodes):
-        alone = world.alone(i)
-        alone.fit(epochs)
-        local_only.append(world.accuracy(alone))
-    pooled = {}
-    for arch in sorted(set(world.archs)):
-        one = world.pooled(arch)
-        one.fit(epochs)
-        pooled[arch] = world.accuracy(one)
-    return local_only, pooled
+    local_only = [baseline(spec, world, world.alone(i)) for i in range(spec.config.nodes)]
+    return local_only, {arch: baseline(spec, world, world.pooled(arch)) for arch in sorted(set(world.archs))}
+
+
+def baseline(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, learner: Learner) -> float:
+    """A baseline's accuracy: trained for as many epochs as the network trained."""
+    learner.fit(spec.config.rounds * spec.config.local_epochs)
+    return world.accuracy(learner)
 
 
 def _report(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, nodes: list[Node], series: Series,
             baselines: tuple[list[float], dict[str, float]]) -> dict:
     """The report; the caller adds the network's and the run's own numbers to its summary."""
-    (local_only, pooled), archs, attackers = baselines, world.archs, spec.attackers
-    per_node = [{
+    local_only, pooled = baselines
+    return assemble_report(spec, world, [node_report(spec, world, i, node, series[i], local_only[i], pooled)
+                                         for i, node in enumerate(nodes)])
+
+
+def node_report(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, i: int, node: Node,
+                series: dict[str, list], local_only: float, pooled: dict[str, float]) -> dict:
+    """Node i's entry in the report."""
+    archs = world.archs
+    return {
         "id": node.id,
         "model": archs[i],
-        "attack": attackers.get(i),
+        "attack": spec.attackers.get(i),
         "num_examples": node.learner.num_examples,
         "neighbours": len(node.neighbours),
-        "final_accuracy": series[i]["history"][-1],
-        "local_only_accuracy": local_only[i],
+        "final_accuracy": series["history"][-1],
+        "local_only_accuracy": local_only,
         "pooled_accuracy": pooled[archs[i]],
         "bytes_sent": node.stats.bytes_sent,
         "bytes_received": node.stats.bytes_received,
         "bytes_sent_by_kind": dict(node.stats.sent_by_kind),
-        "bytes_sent_per_round": series[i]["bytes_sent_per_round"],
+        "bytes_sent_per_round": series["bytes_sent_per_round"],
         "messages_accepted": node.stats.messages_accepted,
         "rejected_messages": node.stats.rejected_total,
         "rejected_by_reason": dict(sorted(node.stats.rejected.items())),
@@ -222,12 +246,16 @@ def _report(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, nodes: li
         "messages_withheld": node.stats.withheld,
         "reputation": {peer_id(p): round(v, 4) for p, v in sorted(node.reputation.scores.items())},
         "banned": sorted(peer_id(p) for p in node.banned),
-        "rejected_per_round": series[i]["rejected_per_round"],
-        "banned_per_round": series[i]["banned_per_round"],
-        "history": series[i]["history"],
-        **_privacy(node, series[i]["epsilon"]),
-        **series[i].get("clock", {}),  # an async run's: the node's step duration, steps done, time away
-    } for i, node in enumerate(nodes)]
+        "rejected_per_round": series["rejected_per_round"],
+        "banned_per_round": series["banned_per_round"],
+        "history": series["history"],
+        **_privacy(node, series["epsilon"]),
+        **series.get("clock", {}),  # an async run's: the node's step duration, steps done, time away
+    }
+
+
+def assemble_report(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, per_node: list[dict]) -> dict:
+    """The report of every node's entry; the caller adds the network's and the run's own numbers."""
     honest = [n for n in per_node if n["attack"] is None]
     probe = world.probe
     return {

@@ -27,6 +27,10 @@ _LATER_OPTIONS = {**{key: getattr(DEFAULT_TRAINING, key) for key in
                   "schedule": "sync", "speeds": "same", "churn": ""}
 SCHEDULES = ("sync", "async")
 
+# Options that say how a run was carried out, not what ran: a report never lists them.
+_HOW_IT_RAN = ("backend", "address")
+BACKENDS = ("local", "ray")
+
 
 @dataclass(frozen=True)
 class SimulationConfig:
@@ -80,9 +84,15 @@ class SimulationConfig:
     schedule: str = "sync"
     speeds: str = "same"  # same, lognormal:SIGMA, slow:FRACTION:FACTOR or a trace file (.csv, .json)
     churn: str = ""  # none, random:UP_S:DOWN_S or a .csv file of node,leave_ms,return_ms rows
+    # Where the nodes run: "local" (this process) or "ray" (shards on a Ray cluster at `address`, a new
+    # local one if None; node/sim/ray_backend.py). Not in the report: both give the same report.
+    backend: str = "local"
+    address: str | None = None
 
     def to_report(self) -> dict:
         report = asdict(self)
+        for key in _HOW_IT_RAN:
+            del report[key]
         for key, default in _LATER_OPTIONS.items():
             if report[key] == default:
                 del report[key]
@@ -104,6 +114,7 @@ class SimulationSpec:
         c = config
         if c.nodes < 1 or c.rounds < 1 or c.local_epochs < 1:
             raise SpecError("--nodes, --rounds and --local-epochs must be at least 1")
+        _check_backend(c)
         if not 0 <= c.loss <= 1:
             raise SpecError(f"--loss is the probability that a message is lost, in [0, 1]; got {c.loss:g}")
         if c.schedule not in SCHEDULES:
@@ -141,6 +152,18 @@ class SimulationSpec:
     def recipe(self, i: int) -> LearnerRecipe:
         """Node i's learner recipe."""
         return replace(self.node.learner, partition_id=i, model=self.archs[i] if self.archs else "")
+
+
+def _check_backend(c: SimulationConfig) -> None:
+    if c.backend not in BACKENDS:
+        raise SpecError(f"unknown backend {c.backend!r}; available: {', '.join(BACKENDS)}")
+    if c.address is not None and c.backend != "ray":
+        raise SpecError("--address is a Ray cluster's: it needs --backend ray")
+    if c.backend == "ray" and c.schedule != "sync":
+        raise SpecError("--backend ray runs the synchronous schedule; --schedule async runs on --backend local")
+    if c.backend == "ray" and c.client_app:
+        raise SpecError("--backend ray runs the built-in datasets; a Flower client app (--client-app) runs on "
+                        "--backend local")
 
 
 def architectures(model: str, nodes: int) -> tuple[str, ...]:
