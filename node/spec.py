@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,8 @@ from .core.sharing import SharePolicy, ShareError, Sharing
 from .core.transport import Transport
 from .learning.partition import PartitionError, parse_partition
 from .learning.probe import ProbeSet
+from .learning.generator import moments_spent
+from .learning.privacy import NO_PRIVACY, Privacy
 from .learning.recipe import LearnerRecipe
 from .learning.training import OPTIMIZERS
 
@@ -68,6 +70,9 @@ class NodeSpec:
     share: SharePolicy = SharePolicy()  # who gets this node's knowledge (--share)
     codec: Codec = get_codec(DEFAULT_CODECS["weights"])  # how weights travel (weights and mixed exchanges)
     logit_codec: Codec = get_codec(DEFAULT_CODECS["logits"])  # how logits travel (distill and mixed)
+    # With --exchange synthetic the --dp-* options protect what leaves the node, the class moments
+    # its samples are drawn from (node/learning/generator.py); its model, which stays, trains without DP-SGD.
+    moments: Privacy = NO_PRIVACY
 
     @classmethod
     def parse(cls, learner: LearnerRecipe, *, exchange: str = "weights", rule: str = "fedavg",
@@ -78,6 +83,9 @@ class NodeSpec:
         check_learner(learner)
         exchange = exchange_name(exchange)
         check_privacy(learner, exchange)
+        if exchange == "synthetic" and learner.privacy.on:
+            settings["moments"] = learner.privacy
+            learner = replace(learner, dp_noise=NO_PRIVACY.noise, dp_epsilon=NO_PRIVACY.epsilon)
         try:
             settings["share"] = SharePolicy.parse(settings.get("share", "all"))
         except ShareError as exc:
@@ -159,7 +167,8 @@ def check_learner(recipe: LearnerRecipe) -> None:
 
 
 def check_privacy(recipe: LearnerRecipe, exchange: str) -> None:
-    """DP-SGD's settings, and that what the node runs is something DP-SGD covers (docs/PRIVACY.md)."""
+    """The --dp-* settings, and that what the node publishes is something they cover (docs/PRIVACY.md):
+    DP-SGD's model, or with the synthetic exchange the noisy class moments (no training, any model)."""
     p = recipe.privacy
     if not p.on:
         return
@@ -169,13 +178,10 @@ def check_privacy(recipe: LearnerRecipe, exchange: str) -> None:
     if recipe.client_app:
         raise SpecError("DP-SGD runs in the built-in torch learners; a Flower client trains itself (use Flower's "
                         "own DP mods in it), so --dp-* options do not apply with --client-app")
-    if "forest" in recipe.model.split(","):
+    if exchange != "synthetic" and "forest" in recipe.model.split(","):
         raise SpecError("DP-SGD trains torch models by gradient; the forest model has none: --dp-* options need "
                         "logreg, mlp, mlp-wide or cnn")
-    if exchange == "synthetic":
-        raise SpecError("--exchange synthetic publishes the class means and spreads of the private data, which "
-                        "DP-SGD does not cover (docs/PRIVACY.md); use weights, distill or mixed with --dp-*")
-    if not p.noise and not p.epochs:
+    if exchange != "synthetic" and not p.noise and not p.epochs:
         raise SpecError("--dp-epsilon without --dp-noise plans the noise for the training to come: give --dp-epochs "
                         "(periods)")
     if importlib.util.find_spec("opacus") is None:
@@ -271,6 +277,9 @@ def build_node(spec: NodeSpec, identity: Identity, learner: Any, transport: Tran
                data: NodeData, node_class: type[Node] = Node, **extra: Any) -> Node:
     """A node as `spec` says, on `transport`, with the clock `clock` (ms); `node_class` and `extra`:
     the daemon's and the simulator's attackers' own kinds of node."""
-    return node_class(identity, learner, transport, EXCHANGES[spec.exchange](spec, data),
+    node = node_class(identity, learner, transport, EXCHANGES[spec.exchange](spec, data),
                       num_classes=data.num_classes, clock=clock, reputation=Reputation(spec.reputation),
                       sharing=Sharing(spec.share), privacy_budget=spec.learner.privacy.epsilon, **extra)
+    if spec.moments.on:  # released once, when the generator is fitted: that ε, from the start
+        node.privacy = moments_spent(spec.moments)
+    return node

@@ -1,6 +1,8 @@
 """DP-SGD (node/learning/private_sgd.py, docs/PRIVACY.md): the ε a node reports is Opacus' own for the
 same noise, sample rate and steps; a target ε gives Opacus' noise; a node past its budget stops
-publishing; options DP-SGD does not cover are one-line errors; the daemon's status shows ε."""
+publishing; options DP-SGD does not cover are one-line errors; the daemon's status shows ε. The
+synthetic exchange's noisy moments (node/learning/generator.py): their ε is the Gaussian mechanism's,
+their error shrinks with σ, and a network of them still learns."""
 from __future__ import annotations
 
 import sys
@@ -12,6 +14,11 @@ from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from opacus.accountants.rdp import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
+import numpy as np
+from sklearn.datasets import load_digits
+
+from manymodels.node.learning.generator import GaussianClassGenerator, fit_generator, moments_noise, moments_spent
+from manymodels.node.learning.privacy import Privacy
 from manymodels.node.learning.recipe import LearnerRecipe
 from manymodels.node.runtime.control import request
 from manymodels.node.sim.simulator import SimulationConfig, run_simulation
@@ -86,7 +93,6 @@ def test_dp_training_on_digits_at_epsilon_8_still_beats_training_alone():
 
 @pytest.mark.parametrize("options, words", [
     ({"model": "forest"}, "the forest model has none"),
-    ({"exchange": "synthetic"}, "DP-SGD does not cover"),
     ({"client_app": "app:client"}, "--client-app"),
     ({"dp_clip": 0.0}, "--dp-clip above 0"),
     ({"dp_noise": 0.0, "dp_epsilon": 3.0}, "give --dp-epochs"),
@@ -132,3 +138,39 @@ def test_node_status_shows_the_epsilon_spent_and_a_restart_counts_it_on(tmp_path
         assert after["epsilon"] > p["epsilon"]
     finally:
         cli("node", "stop", "--home", home)
+
+
+# --- the synthetic exchange's noisy moments ------------------------------------------------------
+
+
+def test_noisy_moments_spend_one_gaussian_mechanism_of_sigma_over_root_3():
+    expected, _ = get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=compute_rdp(
+        q=1.0, noise_multiplier=2.0 / 3 ** 0.5, steps=1, orders=RDPAccountant.DEFAULT_ALPHAS), delta=1e-5)
+    assert moments_spent(Privacy(noise=2.0))["epsilon"] == pytest.approx(expected, rel=1e-9)
+    for target in (1.0, 3.0, 8.0):  # a target ε: the smallest σ that keeps within it
+        spent = moments_spent(Privacy(epsilon=target))
+        assert target * 0.98 <= spent["epsilon"] <= target and spent["noise_multiplier"] == moments_noise(
+            Privacy(epsilon=target))
+
+
+def test_noisy_moments_err_less_with_less_noise_and_differ_every_fit():
+    x, y = load_digits(return_X_y=True)
+    x, y = x[:300].astype(np.float32), y[:300]
+    exact = GaussianClassGenerator(x, y, (0.0, 16.0))
+    errors = {}
+    for sigma in (0.05, 0.5, 5.0):
+        fits = [fit_generator(x, y, (0.0, 16.0), 10, Privacy(noise=sigma)) for _ in range(2)]
+        assert not np.array_equal(fits[0].mean, fits[1].mean)  # the operating system's noise, not a seed
+        errors[sigma] = np.abs(fits[0].mean - exact.mean[fits[0].classes]).mean() if len(fits[0].classes) else 16
+    assert errors[0.05] < 0.2 < errors[0.5] < errors[5.0]
+    samples, labels = fit_generator(x, y, (0.0, 16.0), 10, Privacy(noise=1.0)).sample(5, np.random.default_rng(0))
+    assert samples.min() >= 0 and samples.max() <= 16 and set(labels) <= set(range(10))
+
+
+@pytest.mark.slow
+def test_synthetic_exchange_with_noisy_moments_at_epsilon_8_beats_training_alone():
+    report = run_simulation(SimulationConfig(nodes=6, rounds=8, exchange="synthetic", model="logreg", dp_epsilon=8.0))
+    s, privacy = report["summary"], report["nodes"][0]["privacy"]
+    assert s["mean_accuracy"] >= s["mean_local_only_accuracy"] + 0.2, s
+    assert privacy["epsilon_per_round"] == [privacy["epsilon_per_round"][0]] * 8  # one release, from the start
+    assert 7.8 <= privacy["epsilon_per_round"][0] <= 8.0 and privacy["stopped_publishing_round"] is None

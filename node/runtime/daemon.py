@@ -667,7 +667,8 @@ class Daemon:
     async def _load(self, transport, discovery: Discovery, nursery: trio.Nursery) -> DaemonNode:
         """Start the worker, build the node on it, take up the saved state, and put it behind the
         transport's trust boundary; then the commands that need the node are answered."""
-        self.learner = await trio.to_thread.run_sync(WorkerLearner, self.config.recipe, self._fit_config())
+        self.learner = await trio.to_thread.run_sync(WorkerLearner, self.spec.learner, self._fit_config(),
+                                                     self.spec.moments)
         node = build_node(self.spec, self.identity, self.learner, transport, now_ms, self._node_data(self.learner),
                           node_class=DaemonNode)
         await trio.to_thread.run_sync(self._restore, node, self.saved)

@@ -9,6 +9,7 @@ import logging
 import multiprocessing
 import signal
 import sys
+from dataclasses import asdict
 from typing import Any
 
 import msgpack
@@ -16,7 +17,9 @@ import numpy as np
 
 from manymodels.protocol import decode_array, encode_array
 
+from ..learning.generator import fit_generator
 from ..learning.learner import Learner, NDArrays, Samples
+from ..learning.privacy import NO_PRIVACY, Privacy
 from ..learning.recipe import LearnerRecipe
 from . import logs
 
@@ -46,8 +49,9 @@ class _Server:
     """Runs in the worker: builds the learner from its recipe and answers requests. A Flower client
     app (recipe.client_app) loads its own data: `data` is None, and the client's evaluate scores it."""
 
-    def __init__(self, recipe: LearnerRecipe, fit_config: dict | None = None) -> None:
+    def __init__(self, recipe: LearnerRecipe, fit_config: dict | None = None, moments: Privacy = NO_PRIVACY) -> None:
         self.learner, self.data, self.probe, self.index = recipe.build(fit_config)
+        self.moments = moments  # the synthetic exchange's DP (noisy class moments), if on
         self.value_range = (0.0, 0.0) if self.data is None else (float(self.data.x_train.min()),
                                                                  float(self.data.x_train.max()))
         self._generator = None
@@ -71,10 +75,8 @@ class _Server:
         """Synthetic samples from a generative model of the private data (which stays here)."""
         self._own_data("synthetic samples")
         if self._generator is None:
-            from ..learning.generator import GaussianClassGenerator
-
             x, y = self.data.x_train[self.index], self.data.y_train[self.index]
-            self._generator = GaussianClassGenerator(x, y, self.value_range)
+            self._generator = fit_generator(x, y, self.value_range, self.data.num_classes, self.moments)
         return self._generator.sample(per_class, np.random.default_rng(seed))
 
     def probe_x(self) -> np.ndarray:
@@ -107,7 +109,7 @@ class _Server:
         return self.learner.evaluate(self.data.x_test, self.data.y_test)
 
 
-def _serve(conn, recipe: dict, fit_config: dict, log_level: int) -> None:
+def _serve(conn, recipe: dict, fit_config: dict, moments: dict, log_level: int) -> None:
     # The worker shares the daemon's process group, so a Ctrl-C in the terminal (or a SIGTERM to the
     # group) reaches it too: the daemon stops it once it has saved the model the worker holds.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -117,7 +119,7 @@ def _serve(conn, recipe: dict, fit_config: dict, log_level: int) -> None:
 
     torch.set_num_threads(1)
     try:
-        server = _Server(LearnerRecipe.from_json(recipe), fit_config)
+        server = _Server(LearnerRecipe.from_json(recipe), fit_config, Privacy(**moments))
         if "flwr" in sys.modules:  # a Flower client app: its log lines in our format
             logs.adopt("flwr")
         conn.send_bytes(_pack({"ok": True, "result": server.info()}))
@@ -142,13 +144,14 @@ class WorkerLearner(Learner):
     """A Learner whose model and data live in a child process. Calls block the calling thread
     (run them with trio.to_thread in an event loop), never the child's peers."""
 
-    def __init__(self, recipe: LearnerRecipe, fit_config: dict | None = None) -> None:
-        """`fit_config`: what the rule adds to a Flower client's train config (FedProx's proximal_mu)."""
+    def __init__(self, recipe: LearnerRecipe, fit_config: dict | None = None, moments: Privacy = NO_PRIVACY) -> None:
+        """`fit_config`: what the rule adds to a Flower client's train config (FedProx's proximal_mu);
+        `moments`: the synthetic exchange's DP, for the generator the worker fits."""
         context = multiprocessing.get_context("spawn")  # no fork of a process with threads
         self._conn, child = context.Pipe()
         log_level = logging.getLogger("manymodels").getEffectiveLevel()  # as the daemon's
         self._process = context.Process(target=_serve, daemon=True, name="manymodels-worker",
-                                        args=(child, recipe.to_json(), dict(fit_config or {}), log_level))
+                                        args=(child, recipe.to_json(), dict(fit_config or {}), asdict(moments), log_level))
         self._process.start()
         child.close()
         info = self._reply()

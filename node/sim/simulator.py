@@ -29,7 +29,7 @@ from .foldlog import LoggedNode
 from ..core.node import Node, sealed
 from ..core.transport import Transport
 from ..learning.datasets import DatasetError, load_dataset
-from ..learning.generator import GaussianClassGenerator
+from ..learning.generator import fit_generator
 from ..learning.learner import Learner
 from ..learning.partition import PartitionError, partition
 from ..learning.probe import ProbeError, load_probe, split_probe
@@ -249,7 +249,7 @@ def node_report(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, i: in
         "rejected_per_round": series["rejected_per_round"],
         "banned_per_round": series["banned_per_round"],
         "history": series["history"],
-        **_privacy(node, series["epsilon"]),
+        **_privacy(node, series["epsilon"], spec.config.dp_delta),
         **series.get("clock", {}),  # an async run's: the node's step duration, steps done, time away
     }
 
@@ -274,14 +274,15 @@ def assemble_report(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, p
     }
 
 
-def _privacy(node: Node, epsilon: list[float]) -> dict:
-    """A DP-SGD node's privacy spent after each round, and the round after which its budget stopped
-    its publishing (None: never); nothing without DP, so reports without it stay as they were."""
+def _privacy(node: Node, epsilon: list[float], delta: float) -> dict:
+    """A DP node's privacy spent after each round (DP-SGD's, or its noisy moments' from the start), and
+    the round after which its budget stopped its publishing (None: never); nothing without DP, so
+    reports without it stay as they were."""
     if not epsilon:
         return {}
     budget = node.privacy_budget or None
     stopped = next((r + 1 for r, e in enumerate(epsilon) if budget and e > budget), None)
-    return {"privacy": {"epsilon_per_round": epsilon, "delta": node.learner.private.privacy.delta,
+    return {"privacy": {"epsilon_per_round": epsilon, "delta": delta,
                         "noise_multiplier": node.privacy["noise_multiplier"], "budget": budget,
                         "stopped_publishing_round": stopped}}
 
@@ -331,7 +332,8 @@ class _DatasetWorld:
             y = attack.poison_labels(y, self.num_classes)
         return self._learner(self.archs[i], index, seed, y), NodeData(
             self.num_classes, np.bincount(y, minlength=self.num_classes).tolist(), lambda: self.probe,
-            lambda: GaussianClassGenerator(x[index], y, self.value_range), self.data.input_shape, self.value_range,
+            lambda: fit_generator(x[index], y, self.value_range, self.num_classes, self.spec.node.moments),
+            self.data.input_shape, self.value_range,
             np.random.default_rng(seed))
 
     def _labels(self, i: int) -> np.ndarray:
