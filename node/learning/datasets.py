@@ -10,6 +10,7 @@ scikit-learn and mnist1d are imported by the loader that needs them.
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import random
 from dataclasses import dataclass, replace
@@ -176,15 +177,16 @@ def _load_mnist1d() -> Dataset:
     )
 
 
-def save_npz(path: Path, ds: Dataset) -> None:
-    """`ds` as a file that load_npz reads back (`np.savez`: no pickle)."""
-    with open(path, "wb") as f:
-        np.savez(f, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test, y_test=ds.y_test,
-                 num_classes=np.int64(ds.num_classes))
+def npz_bytes(ds: Dataset) -> bytes:
+    """`ds` as the bytes of a file that load_npz reads back (`np.savez`: no pickle)."""
+    out = io.BytesIO()
+    np.savez(out, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test, y_test=ds.y_test,
+             num_classes=np.int64(ds.num_classes))
+    return out.getvalue()
 
 
 def load_npz(path: Path) -> Dataset:
-    """A dataset from a .npz file (save_npz's): inputs as float32, labels as int64 in [0, num_classes)."""
+    """A dataset from a .npz file (npz_bytes'): inputs as float32, labels as int64 in [0, num_classes)."""
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {key: f[key] for key in ("x_train", "y_train", "x_test", "y_test", "num_classes")}
