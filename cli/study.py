@@ -274,15 +274,16 @@ def _show_foundation(result: dict) -> None:
     table = Table(title=f"{len(result['results']['foundation'][result['trainings'][0]]['accuracy']['models'])} "
                         f"downstream models, {result['corpus']['name']} ({len(result['corpus']['categories'])} "
                         f"categories, {result['corpus']['test']} held out)")
-    columns = ("features", "training", "accuracy", "probe-only", "errors", "inherited", "idiosyncratic",
-               "agree (models)", "agree (probe-only)", "variance")
+    columns = ("features", "training", "accuracy", "probe-only", "errors", "inherited", "if independent",
+               "idiosyncratic", "agree (models)", "agree (probe-only)", "variance")
     for column in columns:
         table.add_column(column, justify="left" if column in ("features", "training") else "right")
     for features, by_training in result["results"].items():
         for training, m in by_training.items():
             e, a = m["errors"], m["agreement"]
             table.add_row(features, training, f"{m['accuracy']['mean']:.3f}", f"{m['accuracy']['reference']:.3f}",
-                          f"{e['mean_error']:.3f}", f"{e['inherited']:.3f}", f"{e['idiosyncratic']:.3f}",
+                          f"{e['mean_error']:.3f}", f"{e['inherited']:.3f}", f"{e['inherited_if_independent']:.3f}",
+                          f"{e['idiosyncratic']:.3f}",
                           f"{a['between_models']:.3f}", f"{a['with_reference']:.3f}", f"{m['prediction_variance']:.4f}")
     console.print(table)
     removed = ", ".join(f"{t} {'n/a' if v is None else f'{v:+.0%}'}" for t, v in result["variance_removed"].items())
@@ -305,6 +306,9 @@ def plot_foundation(result: dict) -> bytes:
         own = [results[features][t]["errors"]["idiosyncratic"] for t in trainings]
         left.bar(xs, inherited, width, color=colours[features][0], label=f"{features}: inherited")
         left.bar(xs, own, width, bottom=inherited, color=colours[features][1], label=f"{features}: idiosyncratic")
+        chance = [results[features][t]["errors"]["inherited_if_independent"] for t in trainings]
+        left.hlines(chance, [x - width / 2 for x in xs], [x + width / 2 for x in xs], colors="black",
+                    linestyles="dashed", label="inherited if errors were independent" if k else None)
         for offset, key, hatch in ((-width / 4, "between_models", ""), (width / 4, "with_reference", "//")):
             right.bar([x + offset for x in xs], [results[features][t]["agreement"][key] for t in trainings],
                       width / 2, color=colours[features][0 if key == "between_models" else 1], hatch=hatch,

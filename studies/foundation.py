@@ -7,7 +7,9 @@ M models answer the same n held-out inputs. With E[m, x] = 1 when model m gets i
 - **inherited** errors: the inputs every model gets wrong, rate I = mean_x prod_m E[m, x];
 - **idiosyncratic** errors: a model's errors on inputs some other model gets right, rate
   D = mean_m mean_x E[m, x] (1 - prod_m' E[m', x]); so the mean error is exactly I + D, and the
-  inherited share is I / (I + D). One model alone has only inherited errors (D = 0).
+  inherited share is I / (I + D). One model alone has only inherited errors (D = 0). Models that
+  err independently, each at its own rate e_m, would share prod_m e_m of the inputs: the inherited
+  rate beyond that is what their errors have in common (worse models share more by chance alone).
 - agreement: the share of inputs on which two models predict the same class, averaged over pairs;
   and each model's agreement with a reference predictor (a nearest-centroid on the shared features,
   fitted on the public probe set alone: what the features give without any private data);
@@ -40,7 +42,8 @@ def error_split(predictions: np.ndarray, y: np.ndarray) -> dict[str, float]:
     return {"mean_error": mean_error, "inherited": inherited,
             "idiosyncratic": float((wrong & ~every[None, :]).mean()),
             "some_wrong": float(wrong.any(axis=0).mean()),
-            "inherited_share": inherited / mean_error if mean_error else 0.0}
+            "inherited_share": inherited / mean_error if mean_error else 0.0,
+            "inherited_if_independent": float(np.prod(wrong.mean(axis=1)))}
 
 
 def inherited_also_by(predictions: np.ndarray, y: np.ndarray, reference: np.ndarray) -> float:

@@ -24,6 +24,7 @@ def test_identical_models_share_every_error_and_agree_fully():
     split = error_split(predictions, y)
     assert split["inherited"] == split["mean_error"] == split["some_wrong"] > 0
     assert split["idiosyncratic"] == 0 and split["inherited_share"] == 1
+    assert split["inherited_if_independent"] == pytest.approx(split["mean_error"] ** 4)
     assert pairwise_agreement(predictions) == 1
     logits = np.stack([rng.normal(size=(50, 3))] * 4)
     assert prediction_variance(probabilities(logits)) == pytest.approx(0, abs=1e-15)
@@ -34,7 +35,8 @@ def test_a_worked_case():
     predictions = np.array([[1, 0, 1, 0],
                             [1, 1, 0, 0]])  # input 0: both wrong; 1 and 2: one wrong each; 3: both right
     assert error_split(predictions, y) == {"mean_error": 0.5, "inherited": 0.25, "idiosyncratic": 0.25,
-                                           "some_wrong": 0.75, "inherited_share": 0.5}
+                                           "some_wrong": 0.75, "inherited_share": 0.5,
+                                           "inherited_if_independent": 0.25}  # 0.5 x 0.5: as if independent
     assert pairwise_agreement(predictions) == 0.5  # inputs 0 and 3
     assert agreement_with(predictions, np.array([1, 0, 0, 0])).tolist() == [0.75, 0.75]
     assert inherited_also_by(predictions, y, np.array([1, 0, 0, 0])) == 1.0
@@ -46,6 +48,7 @@ def test_disjoint_errors_are_all_idiosyncratic_and_the_split_sums_to_the_error()
     predictions = np.array([[1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 1, 1]])
     split = error_split(predictions, y)
     assert split["inherited"] == 0 and split["idiosyncratic"] == split["mean_error"] == pytest.approx(1 / 3)
+    assert split["inherited_if_independent"] == pytest.approx(1 / 27)  # fewer shared than chance: none
     assert np.isnan(inherited_also_by(predictions, y, y))  # no inherited errors to look at
     rng = np.random.default_rng(1)
     for _ in range(20):
