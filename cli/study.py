@@ -315,12 +315,11 @@ def plot_foundation(result: dict) -> bytes:
                       label=f"{features}: {'between models' if key == 'between_models' else 'with probe-only'}")
     for ax, ylabel in ((left, "share of held-out inputs (mean error)"), (right, "agreement")):
         ax.set_xticks(range(len(trainings)), trainings)
-        ax.set(ylabel=ylabel)
+        ax.set(ylabel=ylabel, ylim=(0, 1.4), yticks=[0, 0.2, 0.4, 0.6, 0.8, 1])
         ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="small", ncol=2, loc="upper center")
     left.set_title("errors: all models wrong (inherited) vs some (idiosyncratic)")
     right.set_title("agreement of the downstream models")
-    right.set_ylim(0, 1.15)
     fig.suptitle(f"{result['encoder']['name']} foundation vs hashed bag-of-words from scratch, "
                  f"{result['corpus']['name']}")
     return _png(fig)
