@@ -66,8 +66,7 @@ def load_dataset(
     if name.startswith(FILE_PREFIX):
         ds = load_npz(Path(name[len(FILE_PREFIX):]))
     elif name not in loaders:
-        raise DatasetError(f"unknown dataset {name!r}: available datasets are {', '.join(DATASETS)} "
-                           f"or {FILE_PREFIX}FILE")
+        raise DatasetError(f"unknown dataset {name!r}: available datasets are {', '.join(DATASETS)}")
     else:
         ds = loaders[name]()
     train = _subsample(len(ds.y_train), max_train, seed, "max_train")
