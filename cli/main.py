@@ -341,6 +341,7 @@ def main() -> None:
     try:
         app()
     except UserError as exc:
+        # escaped: a message's brackets are text (pip install 'manymodels[dp]'), not rich markup
         Console(stderr=True).print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
 

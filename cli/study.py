@@ -1,4 +1,4 @@
-"""`manymodels study ...`: the research instruments of studies/, one command each (value for now)."""
+"""`manymodels study ...`: the research instruments of studies/, one command each (value, foundation)."""
 from __future__ import annotations
 
 import io
@@ -175,4 +175,151 @@ def plot_totals(result: dict) -> bytes:
     ax.set(xlabel="peer", ylabel="total value to the other models", title="each peer's total value")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize="small")
+    return _png(fig)
+
+
+FOUNDATION_QUICK = {"nodes": 4, "rounds": 5, "categories": 4, "per_category": 300}
+
+
+@study.command()
+def foundation(
+    encoder: Annotated[str, typer.Option(
+        help="The frozen foundation: minilm (all-MiniLM-L6-v2, the foundation extra) or tiny (a fixed random "
+             "projection of bag-of-words features, for tests).")] = "minilm",
+    corpus: Annotated[str, typer.Option(
+        help="fortunes (the Debian package's quotes) or tiny (generated texts, for tests).")] = "fortunes",
+    categories: Annotated[int, typer.Option(help="Classify among the corpus's K largest categories.")] = 8,
+    per_category: Annotated[Optional[int], typer.Option(help="Keep only the first N texts of each category.",
+                                                        show_default="all")] = None,
+    nodes: Annotated[int, typer.Option(help="How many downstream models (nodes).")] = 8,
+    rounds: Annotated[int, typer.Option(help="Gossip rounds (and local epochs alone).")] = 20,
+    exchange: Annotated[str, typer.Option(help="How heads travel: weights, distill, or both as a comma list.")
+                        ] = "weights,distill",
+    partition: Annotated[str, typer.Option(help="iid, dirichlet:ALPHA or shards:K (topic skew).")] = "dirichlet:0.5",
+    model: Annotated[str, typer.Option(help="Each node's head: logreg, mlp or mlp-wide.")] = "mlp",
+    topology: Annotated[str, typer.Option(help="full, ring or random:K.")] = "full",
+    probe_size: Annotated[int, typer.Option(
+        help="Training texts set aside as the public probe set (distillation; the foundation-only predictor "
+             "is fitted on it).")] = 200,
+    hidden: HiddenOption = None, optimizer: OptimizerOption = None, lr: LrOption = None,
+    batch_size: BatchSizeOption = None,
+    seed: Annotated[int, typer.Option(help="Same seed, same numbers.")] = 0,
+    cache: Annotated[Optional[Path], typer.Option(
+        help="Where encoded texts are kept (by the encoder's and the texts' digests).",
+        show_default="~/.cache/manymodels/embeddings")] = None,
+    quick: Annotated[bool, typer.Option(
+        help="A small study: 4 nodes, 5 rounds, 4 categories of 300 texts (over those options).")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Write foundation.json and foundation.png into this folder, and each grid point's result as it "
+             "comes (foundation-points.json: a rerun resumes from it).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Which behaviours of many downstream models come from the frozen foundation they share: errors all
+    of them make vs each one's own, with and without the foundation."""
+    from manymodels.node.sim.spec import SimulationConfig
+    from manymodels.node.spec import SpecError
+    from manymodels.studies.foundation_study import FoundationSettings
+
+    small = FOUNDATION_QUICK if quick else {"nodes": nodes, "rounds": rounds, "categories": categories,
+                                            "per_category": per_category}
+    try:
+        network = SimulationConfig(
+            nodes=small["nodes"], rounds=small["rounds"], partition=partition, model=model, topology=topology,
+            probe_size=probe_size, seed=seed,
+            **training_options(hidden, optimizer, lr, None, None, batch_size, None))
+        settings = FoundationSettings(
+            encoder=encoder, corpus=corpus, categories=small["categories"], per_category=small["per_category"],
+            exchanges=tuple(e.strip() for e in exchange.split(",") if e.strip()),
+            **({"cache": cache} if cache else {}))
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+        result = _foundation_with_progress(network, settings, out and out / "foundation-points.json", json_out)
+    except SpecError as exc:
+        raise UserError(str(exc)) from None
+    if out is not None:
+        figure = plot_foundation(result)
+        (out / "foundation.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / "foundation.png").write_bytes(figure)
+    if json_out:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    else:
+        _show_foundation(result)
+        if out is not None:
+            Console().print(f"written to {out}/: foundation.json, foundation.png, foundation-points.json")
+
+
+def _foundation_with_progress(network, settings, results: Path | None, json_out: bool) -> dict:
+    """The study with a progress bar on stderr, advancing per grid point (on a terminal only)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from manymodels.studies.foundation_study import foundation_study
+
+    err = Console(stderr=True)
+    quiet = json_out or not err.is_terminal
+    if not quiet:
+        err.print(f"encoding the texts with {settings.encoder} (once: then from the cache) ...", highlight=False)
+    with Progress(TextColumn("[bold]foundation study"), BarColumn(), MofNCompleteColumn(), TextColumn("points"),
+                  TextColumn("{task.fields[point]}"), TimeElapsedColumn(), console=err, transient=True,
+                  disable=quiet) as progress:
+        task = progress.add_task("points", total=None, point="")
+
+        def on_point(done: int, total: int, point: dict) -> None:
+            progress.update(task, completed=done, total=total, point=f"{point['features']} {point['training']}")
+        return foundation_study(network, settings, results, on_point)
+
+
+def _show_foundation(result: dict) -> None:
+    console = Console()
+    table = Table(title=f"{len(result['results']['foundation'][result['trainings'][0]]['accuracy']['models'])} "
+                        f"downstream models, {result['corpus']['name']} ({len(result['corpus']['categories'])} "
+                        f"categories, {result['corpus']['test']} held out)")
+    columns = ("features", "training", "accuracy", "probe-only", "errors", "inherited", "if independent",
+               "idiosyncratic", "agree (models)", "agree (probe-only)", "variance")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("features", "training") else "right")
+    for features, by_training in result["results"].items():
+        for training, m in by_training.items():
+            e, a = m["errors"], m["agreement"]
+            table.add_row(features, training, f"{m['accuracy']['mean']:.3f}", f"{m['accuracy']['reference']:.3f}",
+                          f"{e['mean_error']:.3f}", f"{e['inherited']:.3f}", f"{e['inherited_if_independent']:.3f}",
+                          f"{e['idiosyncratic']:.3f}",
+                          f"{a['between_models']:.3f}", f"{a['with_reference']:.3f}", f"{m['prediction_variance']:.4f}")
+    console.print(table)
+    removed = ", ".join(f"{t} {'n/a' if v is None else f'{v:+.0%}'}" for t, v in result["variance_removed"].items())
+    console.print(f"prediction variance the shared encoder removes: {removed}", highlight=False)
+    sha = result["encoder"].get("model_safetensors_sha256")
+    console.print(f"encoder {result['encoder']['name']}" + (f", model.safetensors SHA-256 {sha}" if sha else "") +
+                  f"; {result['wall_seconds']:.0f} s", highlight=False)
+
+
+def plot_foundation(result: dict) -> bytes:
+    """Left: each setting's mean error split into inherited (every model wrong) and idiosyncratic, with
+    and without the foundation; right: agreement between the models and with the probe-only predictor."""
+    trainings, results = result["trainings"], result["results"]
+    fig = _figure(11, 4)
+    left, right = fig.subplots(1, 2)
+    width, colours = 0.38, {"foundation": ("#1f4e79", "#8fb3d9"), "scratch": ("#7f3b08", "#f1a340")}
+    for k, features in enumerate(results):
+        xs = [t + (k - 0.5) * width for t in range(len(trainings))]
+        inherited = [results[features][t]["errors"]["inherited"] for t in trainings]
+        own = [results[features][t]["errors"]["idiosyncratic"] for t in trainings]
+        left.bar(xs, inherited, width, color=colours[features][0], label=f"{features}: inherited")
+        left.bar(xs, own, width, bottom=inherited, color=colours[features][1], label=f"{features}: idiosyncratic")
+        chance = [results[features][t]["errors"]["inherited_if_independent"] for t in trainings]
+        left.hlines(chance, [x - width / 2 for x in xs], [x + width / 2 for x in xs], colors="black",
+                    linestyles="dashed", label="inherited if errors were independent" if k else None)
+        for offset, key, hatch in ((-width / 4, "between_models", ""), (width / 4, "with_reference", "//")):
+            right.bar([x + offset for x in xs], [results[features][t]["agreement"][key] for t in trainings],
+                      width / 2, color=colours[features][0 if key == "between_models" else 1], hatch=hatch,
+                      label=f"{features}: {'between models' if key == 'between_models' else 'with probe-only'}")
+    for ax, ylabel in ((left, "share of held-out inputs (mean error)"), (right, "agreement")):
+        ax.set_xticks(range(len(trainings)), trainings)
+        ax.set(ylabel=ylabel, ylim=(0, 1.4), yticks=[0, 0.2, 0.4, 0.6, 0.8, 1])
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize="small", ncol=2, loc="upper center")
+    left.set_title("errors: all models wrong (inherited) vs some (idiosyncratic)")
+    right.set_title("agreement of the downstream models")
+    fig.suptitle(f"{result['encoder']['name']} foundation vs hashed bag-of-words from scratch, "
+                 f"{result['corpus']['name']}")
     return _png(fig)

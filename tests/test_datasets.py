@@ -179,3 +179,21 @@ def test_missing_mnist1d_names_the_package(monkeypatch):
     with pytest.raises(DatasetError) as err:
         load_dataset("mnist1d")
     assert str(err.value) == "mnist1d needs the Python package mnist1d (pip install mnist1d)"
+
+
+def test_a_dataset_in_a_file_reads_back_as_written(tmp_path):
+    from manymodels.node.learning.datasets import npz_bytes
+
+    rng = np.random.default_rng(0)
+    ds = Dataset("features", rng.normal(size=(12, 5)).astype(np.float32), rng.integers(0, 3, 12),
+                 rng.normal(size=(4, 5)).astype(np.float32), np.array([0, 1, 2, 2]), 3, (5,))
+    (tmp_path / "features.npz").write_bytes(npz_bytes(ds))
+    back = load_dataset(f"npz:{tmp_path / 'features.npz'}", max_train=6)
+    assert back.name == "features" and back.num_classes == 3 and back.input_shape == (5,)
+    assert back.x_train.shape == (6, 5) and back.x_train.dtype == np.float32 and back.y_train.dtype == np.int64
+    np.testing.assert_array_equal(back.x_test, ds.x_test)
+    (tmp_path / "bad.npz").write_bytes(npz_bytes(Dataset("bad", ds.x_train, ds.y_train, ds.x_test, ds.y_test + 1, 3, (5,))))
+    with pytest.raises(DatasetError, match="labels outside 0..2"):
+        load_dataset(f"npz:{tmp_path / 'bad.npz'}")
+    with pytest.raises(DatasetError, match="not a dataset file"):
+        load_dataset(f"npz:{tmp_path / 'missing.npz'}")

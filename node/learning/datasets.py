@@ -1,13 +1,16 @@
 """Datasets a node can load offline, with the same test set on every node and every run.
 
 No code path downloads. `digits` ships with scikit-learn; Fashion-MNIST is read from the Debian package
-`dataset-fashion-mnist`; MNIST-1D is generated locally by the `mnist1d` package. Only numpy is imported
-here at module load: scikit-learn and mnist1d are imported by the loader that needs them.
+`dataset-fashion-mnist`; MNIST-1D is generated locally by the `mnist1d` package. `npz:FILE` is a dataset
+someone computed (e.g. a study's text embeddings, studies/encoders.py): a .npz of x_train, y_train,
+x_test, y_test and num_classes, read without pickle. Only numpy is imported here at module load:
+scikit-learn and mnist1d are imported by the loader that needs them.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import random
 from dataclasses import dataclass, replace
@@ -17,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 DATASETS = ("digits", "fashion-mnist", "mnist1d")
+FILE_PREFIX = "npz:"  # a dataset in a file: npz:PATH
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_DIR_ENV = "MANYMODELS_FASHION_MNIST_DIR"
@@ -53,15 +57,18 @@ class Dataset:
 def load_dataset(
     name: str, seed: int = 0, *, max_train: int | None = None, max_test: int | None = None
 ) -> Dataset:
-    """Load dataset `name` (one of DATASETS), optionally subsampled for speed.
+    """Load dataset `name` (one of DATASETS, or npz:PATH), optionally subsampled for speed.
 
     `seed` only chooses the `max_train` training subsample; the test set (and its `max_test`
     subsample) never depends on it.
     """
     loaders = {"digits": _load_digits, "fashion-mnist": _load_fashion_mnist, "mnist1d": _load_mnist1d}
-    if name not in loaders:
+    if name.startswith(FILE_PREFIX):
+        ds = load_npz(Path(name[len(FILE_PREFIX):]))
+    elif name not in loaders:
         raise DatasetError(f"unknown dataset {name!r}: available datasets are {', '.join(DATASETS)}")
-    ds = loaders[name]()
+    else:
+        ds = loaders[name]()
     train = _subsample(len(ds.y_train), max_train, seed, "max_train")
     test = _subsample(len(ds.y_test), max_test, SPLIT_SEED, "max_test")
     return replace(
@@ -167,3 +174,30 @@ def _load_mnist1d() -> Dataset:
         10,
         (40,),
     )
+
+
+def npz_bytes(ds: Dataset) -> bytes:
+    """`ds` as the bytes of a file that load_npz reads back (`np.savez`: no pickle)."""
+    out = io.BytesIO()
+    np.savez(out, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test, y_test=ds.y_test,
+             num_classes=np.int64(ds.num_classes))
+    return out.getvalue()
+
+
+def load_npz(path: Path) -> Dataset:
+    """A dataset from a .npz file (npz_bytes'): inputs as float32, labels as int64 in [0, num_classes)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {key: f[key] for key in ("x_train", "y_train", "x_test", "y_test", "num_classes")}
+    except (OSError, ValueError, KeyError) as e:
+        raise DatasetError(f"{path}: not a dataset file of x_train, y_train, x_test, y_test, num_classes ({e})") from None
+    num_classes = int(arrays.pop("num_classes"))
+    x_train, x_test = (arrays[k].astype(np.float32) for k in ("x_train", "x_test"))
+    y_train, y_test = (arrays[k].astype(np.int64) for k in ("y_train", "y_test"))
+    if x_train.shape[1:] != x_test.shape[1:] or len(x_train) != len(y_train) or len(x_test) != len(y_test):
+        raise DatasetError(f"{path}: shapes disagree: x_train {x_train.shape}, y_train {y_train.shape}, "
+                           f"x_test {x_test.shape}, y_test {y_test.shape}")
+    labels = np.concatenate([y_train, y_test])
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DatasetError(f"{path}: labels outside 0..{num_classes - 1}")
+    return Dataset(path.stem, x_train, y_train, x_test, y_test, num_classes, tuple(x_train.shape[1:]))

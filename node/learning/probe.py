@@ -32,12 +32,18 @@ class ProbeSet:
 def split_probe(data: Dataset, size: int = DEFAULT_SIZE) -> tuple[ProbeSet, Dataset]:
     """The built-in probe set: `size` training inputs (labels dropped) set aside from every node's
     private data. Chosen with a fixed seed, so every node derives the same probe and digest."""
-    if not 0 < size < len(data.y_train):
-        raise ProbeError(f"probe size must be in 1..{len(data.y_train) - 1}, got {size}")
-    order = np.random.default_rng(SPLIT_SEED).permutation(len(data.y_train))
-    probe, rest = np.sort(order[:size]), np.sort(order[size:])
+    probe, rest = probe_indices(len(data.y_train), size)
     probe_set = ProbeSet(f"{data.name}:{size}", np.ascontiguousarray(data.x_train[probe], dtype=np.float32))
     return probe_set, replace(data, x_train=data.x_train[rest], y_train=data.y_train[rest])
+
+
+def probe_indices(n: int, size: int = DEFAULT_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """Which of `n` training examples split_probe sets aside (sorted), and which it keeps (sorted): a
+    study that knows the labels can fit a probe-only predictor on them."""
+    if not 0 < size < n:
+        raise ProbeError(f"probe size must be in 1..{n - 1}, got {size}")
+    order = np.random.default_rng(SPLIT_SEED).permutation(n)
+    return np.sort(order[:size]), np.sort(order[size:])
 
 
 def load_probe(path: str | Path, input_shape: tuple[int, ...]) -> ProbeSet:

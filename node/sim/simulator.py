@@ -6,9 +6,10 @@ app, gives each node its learner and what its exchange is built from, and every 
 node/spec.py's build_node, as in the daemon. Every simulation also trains each node alone
 (local-only) and one model per architecture on all the private data (pooled), so its report answers
 "many models vs one model vs alone" on held-out data. A study runs smaller networks of the same nodes
-(`run_members`: no baselines, no report) and may replay folds (`before_fold`, node/sim/foldlog.py).
-This is the local engine; node/sim/ray_backend.py runs the same steps (build_member, record,
-node_report...) in shards on Ray, and node/sim/backends.py picks one."""
+(`run_members`: no baselines, no report; `member_outputs`: each model's held-out outputs) and may
+replay folds (`before_fold`, node/sim/foldlog.py). This is the local engine; node/sim/ray_backend.py
+runs the same steps (build_member, record, node_report...) in shards on Ray, and node/sim/backends.py
+picks one."""
 from __future__ import annotations
 
 import hashlib
@@ -107,6 +108,13 @@ def run_members(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, membe
     called before each honest node's fold, with the node (a LoggedNode) holding what it will fold."""
     *_, series = _run(spec, world, members, before_fold=before_fold)
     return {i: series[k]["history"][-1] for k, i in enumerate(members) if i not in spec.attackers}
+
+
+def member_outputs(spec: SimulationSpec, world: _DatasetWorld, members: list[int]) -> dict[int, np.ndarray]:
+    """Each honest member's model output (logits) on every held-out input after the last round, when
+    the network is only `members` (as in run_members): what a study compares across models."""
+    _, nodes, _ = _run(spec, world, members)
+    return {i: node.learner.predict(world.data.x_test) for i, node in zip(members, nodes) if i not in spec.attackers}
 
 
 def _run(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, members: list[int],
