@@ -35,7 +35,8 @@ CompressLogitsOption = Annotated[Optional[str], typer.Option(
 
 DpNoiseOption = Annotated[Optional[float], typer.Option(
     metavar="SIGMA", help="DP-SGD: the noise multiplier (Gaussian noise of SIGMA x --dp-clip on each step's summed "
-    "clipped gradients); see docs/PRIVACY.md.", show_default="off")]
+    "clipped gradients); with --exchange synthetic, of the class moments' noise; see docs/PRIVACY.md.",
+    show_default="off")]
 DpClipOption = Annotated[Optional[float], typer.Option(
     metavar="C", help="DP-SGD: each example's gradient is clipped to this L2 norm.", show_default="1")]
 DpEpsilonOption = Annotated[Optional[float], typer.Option(

@@ -30,13 +30,14 @@ def status_lines(s: dict) -> list[str]:
 
 
 def _privacy_line(p: dict | None) -> list[str]:
-    """DP-SGD's spending, when the node runs it."""
+    """What DP has spent, when the node runs it (DP-SGD, or the synthetic exchange's noisy moments)."""
     if p is None:
         return []
     spent = "-" if p["epsilon"] is None else f"{p['epsilon']:.3g}"
     budget = f" of a budget of {p['budget']:g}" if p["budget"] else ""
     stopped = "" if p["publishing"] else "; budget spent, publishing stopped"
-    return [f"DP-SGD: epsilon {spent}{budget} at delta {p['delta']:g}{stopped}"]
+    mechanism = "noisy class moments" if p.get("mechanism") == "moments" else "DP-SGD"
+    return [f"{mechanism}: epsilon {spent}{budget} at delta {p['delta']:g}{stopped}"]
 
 
 def status_view(s: dict, peers: list[dict] | None = None) -> RenderableType:

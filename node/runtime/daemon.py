@@ -574,12 +574,14 @@ class Daemon:
                 "discovery": self._discovery_status(), "privacy": self._privacy_status()}
 
     def _privacy_status(self) -> dict | None:
-        """DP-SGD's settings and what this run's learner has spent (None: no DP)."""
+        """The DP settings and what this run has spent (None: no DP): DP-SGD's learner, or with the
+        synthetic exchange the noisy class moments (`mechanism`)."""
         p = self.config.recipe.privacy
         if not p.on:
             return None
         spent = (self.node.privacy if self.node else None) or {}
-        return {"epsilon": spent.get("epsilon"), "delta": p.delta, "budget": p.epsilon or None,
+        return {"mechanism": "moments" if self.spec.moments.on else "dp-sgd", "epsilon": spent.get("epsilon"),
+                "delta": p.delta, "budget": p.epsilon or None,
                 "noise_multiplier": spent.get("noise_multiplier", p.noise or None), "clip": p.clip,
                 "publishing": self.node is None or self.node.budget_spent_at is None}
 
