@@ -52,6 +52,13 @@ message ``key`` that does not deserialize), so :func:`guard_stream_handler` and
 
 **DHT provider records**: :func:`providers_from_peer` (one peer's answer, which py-libp2p's own
 ``find_providers`` skips once it holds a record) and :func:`stop_providing`.
+
+**DHT routing table**: :func:`kad_servers_only`. py-libp2p puts every peer that opens a
+``/ipfs/kad/1.0.0`` stream to us into its routing table unchecked (``_do_handle_stream`` passes
+``skip_server_mode_check``), and any peer whose identify has not come in yet. A DHT *client*
+(js-libp2p's mode off a public address, a home node's) queries but serves nothing: once in the
+table it was sent ``ADD_PROVIDER`` every period (refused: ``protocol not supported``, a log line
+each) and its ephemeral port redialed after it left.
 """
 from __future__ import annotations
 
@@ -63,6 +70,7 @@ from collections import deque
 from collections.abc import Callable
 
 import trio
+from libp2p.kad_dht.common import PROTOCOL_ID as DHT_PROTOCOL_ID
 from libp2p.io.exceptions import ConnectionClosedError, IncompleteReadError
 from libp2p.security.noise.io import NoiseTransportReadWriter
 from libp2p.security.noise.transport import Transport as NoiseTransport
@@ -490,6 +498,33 @@ async def providers_from_peer(dht, peer_id, key: bytes) -> list:
     require_pinned()
     providers, _closer = await dht.provider_store._get_providers_from_peer_with_closers(peer_id, key)
     return providers
+
+
+def serves_kad(host, peer_id) -> bool:
+    """Whether a peer may be in the routing table: identify says it serves the kad protocol; or
+    identify never ran because we are not connected to it (a peer named by another server's
+    answer, whose own table holds servers only); never a connected peer not identified yet."""
+    try:
+        protocols = host.get_peerstore().get_protocols(peer_id)
+    except Exception:  # noqa: BLE001 -- not in the peerstore
+        protocols = []
+    if protocols:
+        return str(DHT_PROTOCOL_ID) in protocols
+    return not host.get_network().get_connections(peer_id)
+
+
+def kad_servers_only(dht, host) -> None:
+    """Let only peers that ``serves_kad`` into the DHT's routing table, whoever adds them."""
+    require_pinned()
+    table = dht.routing_table
+    add_peer = table.add_peer
+
+    async def add_server(peer, *, skip_server_mode_check: bool = False) -> bool:
+        if not serves_kad(host, getattr(peer, "peer_id", peer)):
+            return False
+        return await add_peer(peer, skip_server_mode_check=skip_server_mode_check)
+
+    table.add_peer = add_server
 
 
 def stop_providing(dht, key: bytes) -> None:
