@@ -3,7 +3,8 @@
 :class:`UnsupportedLibp2p` with one line that says so: the private names used here
 (``_write_frame``, ``_finalize_stream_locked``, ``_auto_tune_and_send_window_update``,
 ``_read_data_body``, ``_yamux_data_read_timeout``, ``_handle_dead_peer``,
-``_get_providers_from_peer_with_closers``, the provider store's tables) may change in any release.
+``_query_single_peer_for_closest``, ``_get_providers_from_peer_with_closers``, the provider
+store's tables) may change in any release.
 Nothing in site-packages is patched: subclasses, and wrappers on our own instances.
 
 **Throughput** (libp2p.py's hosts and streams).
@@ -57,8 +58,9 @@ message ``key`` that does not deserialize), so :func:`guard_stream_handler` and
 ``/ipfs/kad/1.0.0`` stream to us into its routing table unchecked (``_do_handle_stream`` passes
 ``skip_server_mode_check``), and any peer whose identify has not come in yet. A DHT *client*
 (js-libp2p's mode off a public address, a home node's) queries but serves nothing: once in the
-table it was sent ``ADD_PROVIDER`` every period (refused: ``protocol not supported``, a log line
-each) and its ephemeral port redialed after it left.
+table -- or merely in the peerstore, which a lookup falls back on while the table is small -- it
+was queried and sent ``ADD_PROVIDER`` every period (refused: ``protocol not supported``, a log
+line each), and its ephemeral port redialed after it left.
 """
 from __future__ import annotations
 
@@ -514,17 +516,29 @@ def serves_kad(host, peer_id) -> bool:
 
 
 def kad_servers_only(dht, host) -> None:
-    """Let only peers that ``serves_kad`` into the DHT's routing table, whoever adds them."""
+    """Only peers that ``serves_kad`` go into the DHT's routing table, whoever adds them, and
+    only they are asked in a lookup (whose fallback, while the table is small, takes every
+    connected peer and every peerstore entry) or sent ``ADD_PROVIDER`` (sent to what a lookup found)."""
     require_pinned()
-    table = dht.routing_table
-    add_peer = table.add_peer
+    table, routing = dht.routing_table, dht.peer_routing
+    add_peer, find_closest, ask_one = table.add_peer, routing.find_closest_peers_network, \
+        routing._query_single_peer_for_closest
 
     async def add_server(peer, *, skip_server_mode_check: bool = False) -> bool:
         if not serves_kad(host, getattr(peer, "peer_id", peer)):
             return False
         return await add_peer(peer, skip_server_mode_check=skip_server_mode_check)
 
+    async def ask_server(peer, target_key: bytes, new_peers: list) -> None:
+        if serves_kad(host, peer):
+            await ask_one(peer, target_key, new_peers)
+
+    async def closest_servers(target_key: bytes, count: int = 20) -> list:
+        return [p for p in await find_closest(target_key, count) if serves_kad(host, p)]
+
     table.add_peer = add_server
+    routing._query_single_peer_for_closest = ask_server
+    routing.find_closest_peers_network = closest_servers
 
 
 def stop_providing(dht, key: bytes) -> None:

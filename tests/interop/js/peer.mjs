@@ -122,8 +122,11 @@ async function findProvider (node, digestHex, daemonId) {
 async function main () {
   const target = multiaddr(process.argv[2])
   const daemonId = target.getPeerId()
+  let hungUp = false
   const node = await createLibp2p({
     addresses: { listen: ['/ip4/127.0.0.1/tcp/0'] },
+    // once we have hung up, only the daemon's own dial may connect us again
+    connectionGater: { denyDialPeer: (peerId) => hungUp && peerId.toString() === daemonId },
     transports: [tcp()],
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
@@ -153,6 +156,7 @@ async function main () {
     await findProvider(node, seen.announcements.latest, daemonId).catch((err) => { seen.lookup_error = err.message })
     return seen.providers.includes(daemonId)
   })
+  hungUp = true
   await node.hangUp(target)
   say({ event: 'hung_up', ...seen })
 
