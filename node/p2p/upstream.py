@@ -502,17 +502,22 @@ async def providers_from_peer(dht, peer_id, key: bytes) -> list:
     return providers
 
 
-def serves_kad(host, peer_id) -> bool:
-    """Whether a peer may be in the routing table: identify says it serves the kad protocol; or
-    identify never ran because we are not connected to it (a peer named by another server's
-    answer, whose own table holds servers only); never a connected peer not identified yet."""
+def speaks(host, peer_id, protocols) -> bool:
+    """Whether a peer may be asked for one of ``protocols``: identify lists one of them; or we are
+    not connected to it, so identify could not tell (e.g. a DHT server named by another server's
+    answer); never a connected peer whose identify has not come in yet."""
     try:
-        protocols = host.get_peerstore().get_protocols(peer_id)
+        known = host.get_peerstore().get_protocols(peer_id)
     except Exception:  # noqa: BLE001 -- not in the peerstore
-        protocols = []
-    if protocols:
-        return str(DHT_PROTOCOL_ID) in protocols
+        known = []
+    if known:
+        return any(str(p) in known for p in protocols)
     return not host.get_network().get_connections(peer_id)
+
+
+def serves_kad(host, peer_id) -> bool:
+    """Whether a peer may be in the DHT's routing table (``speaks`` the kad protocol)."""
+    return speaks(host, peer_id, [DHT_PROTOCOL_ID])
 
 
 def kad_servers_only(dht, host) -> None:
