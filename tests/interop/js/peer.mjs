@@ -8,7 +8,8 @@
 //       does not serve /ipfs/kad/1.0.0, as a home node would not);
 //   {"event": "hung_up", ...what it saw}        after closing its connection; it then waits for
 //       the daemon to dial it (`manymodels connect <our address>`);
-//   {"event": "dialed", "by": <peer id>, "direction": "inbound"}, then it exits 0.
+//   {"event": "dialed", "by": <peer id>, "direction": "inbound", "messages": n, ...} once a
+//       message has come over that connection, then it exits 0.
 // Any failure: {"event": "error", "message": ...} and exit 1.
 
 // Node 20 has no Promise.withResolvers (libp2p 2.x uses it); the imports below come after this.
@@ -133,7 +134,7 @@ async function main () {
     services: {
       identify: identify(),
       ping: ping(),
-      pubsub: gossipsub({ msgIdFn: announceMsgId, allowPublishToZeroTopicPeers: true }),
+      pubsub: gossipsub({ msgIdFn: announceMsgId }),
       // loopback addresses are all the test has: keep the private ones, as a LAN DHT does
       dht: kadDHT({ protocol: KAD, clientMode: true, peerInfoMapper: removePublicAddressesMapper })
     }
@@ -162,7 +163,10 @@ async function main () {
 
   const inbound = await until('the daemon to dial us', 20000, () =>
     node.getConnections().find((c) => c.remotePeer.toString() === daemonId && c.direction === 'inbound'))
-  say({ event: 'dialed', by: inbound.remotePeer.toString(), direction: inbound.direction })
+  const before = seen.messages.verified
+  await until('a message over the daemon\'s connection', 10000, () => seen.messages.verified > before)
+  say({ event: 'dialed', by: inbound.remotePeer.toString(), direction: inbound.direction,
+    messages: seen.messages.verified - before, invalid: seen.messages.invalid })
   await node.stop()
 }
 
