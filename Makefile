@@ -28,10 +28,22 @@ $(DEBS_STAMP): $(PY)
 	else echo "no apt-get (or not root): $(DEBS) not installed; the tests that need them will skip"; fi
 	touch $(DEBS_STAMP)
 
+# The js-libp2p peer of the interop test (tests/test_interop_js.py), pinned by its package-lock.json,
+# where node and npm exist (the registry is needed here only; the test runs offline). Elsewhere, or
+# if npm fails, that test skips and says why.
+JS_PEER  := tests/interop/js
+JS_STAMP := $(JS_PEER)/node_modules/.installed
+
+$(JS_STAMP): $(JS_PEER)/package-lock.json
+	@if command -v node >/dev/null && command -v npm >/dev/null; then \
+		(npm ci --prefix $(JS_PEER) --no-audit --no-fund --loglevel=error && touch $(JS_STAMP)) \
+		|| echo "npm ci failed: the js-libp2p interop test will skip"; \
+	else echo "no node or npm: the js-libp2p interop test will skip"; fi
+
 demo: $(STAMP)
 	$(VENV)/bin/manymodels simulate --nodes 8 --rounds 20 --dataset digits --partition dirichlet:0.5 --report run.json
 
-test: $(STAMP)
+test: $(STAMP) $(JS_STAMP)
 	$(PY) -m pytest -q
 
 # The pure and in-process tests (under a minute): leaves out those marked slow or multiprocess.
@@ -54,4 +66,4 @@ bench: $(STAMP)
 	$(PY) bench/bench_privacy.py
 
 clean:
-	rm -rf $(VENV) run.json build *.egg-info
+	rm -rf $(VENV) run.json build *.egg-info $(JS_PEER)/node_modules

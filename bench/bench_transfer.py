@@ -20,10 +20,14 @@ end in one trio loop (one core does both ends). --ablate adds `ours` with one fi
   ours:stock-noise     py-libp2p's Noise session instead of the buffered one
   ours:64k-frames      yamux DATA frames of 64 KiB (py-libp2p's size) instead of 1 MiB
   ours:default-window  no up-front 16 MiB window grant (py-libp2p's 256 KiB, auto-tuned)
+--quic adds `ours` over QUIC (docs/NETWORK.md):
+  ours:quic            both ends listen on /ip4/127.0.0.1/udp/0/quic-v1 (py-libp2p's QUIC: aioquic,
+                       TLS 1.3, QUIC's own streams; no Noise, no yamux); slow, so use small sizes
 --profile prints a cProfile of `ours` moving the largest payload in one process, then exits.
 
     python bench/bench_transfer.py                        # 10 MB and 100 MB, 5 rounds, two processes
     python bench/bench_transfer.py --inproc --ablate --json transfer.json
+    python bench/bench_transfer.py --sizes 5 --rounds 2 --methods raw,ours --quic
 """
 from __future__ import annotations
 
@@ -45,6 +49,7 @@ ACK = b"k"
 CHUNK = 1 << 20
 METHODS = ("raw", "raw-discard", "bare-libp2p", "ours")
 ABLATIONS = ("ours:stock-noise", "ours:64k-frames", "ours:default-window")
+QUIC = "ours:quic"
 BARE_PROTOCOL = "/bench/bare/1.0.0"
 
 
@@ -53,7 +58,8 @@ def _ours_options(method: str) -> dict:
     return {"ours": {},
             "ours:stock-noise": {"buffered_noise": False},
             "ours:64k-frames": {"yamux_frame": MAX_MESSAGE_SIZE - HEADER_SIZE},
-            "ours:default-window": {"recv_window": DEFAULT_WINDOW_SIZE}}[method]
+            "ours:default-window": {"recv_window": DEFAULT_WINDOW_SIZE},
+            QUIC: {"listen": ["/ip4/127.0.0.1/udp/0/quic-v1"]}}[method]
 
 
 # --------------------------------------------------------------------------- receivers
@@ -261,6 +267,7 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--inproc", action="store_true", help="every end in one trio loop")
     parser.add_argument("--ablate", action="store_true", help="also run ours with one fix off at a time")
+    parser.add_argument("--quic", action="store_true", help="also run ours over QUIC")
     parser.add_argument("--profile", action="store_true", help="cProfile ours on the largest size, then exit")
     parser.add_argument("--json", help="write the rows here")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
@@ -271,7 +278,7 @@ def main() -> None:
     sizes = [int(float(s) * MB) for s in args.sizes.split(",")]
     if args.profile:
         return profile(max(sizes))
-    methods = args.methods.split(",") + (list(ABLATIONS) if args.ablate else [])
+    methods = args.methods.split(",") + (list(ABLATIONS) if args.ablate else []) + ([QUIC] if args.quic else [])
     where = "one process" if args.inproc else "receivers in their own processes"
     load = os.getloadavg()[0]
     print(f"# bulk transfer on loopback, {where}; best and median of {args.rounds} interleaved rounds; "

@@ -83,7 +83,7 @@ def start(
     home: HomeOption,
     listen: Annotated[Optional[list[str]], typer.Option(
         help="Multiaddr to listen on (repeatable). The default is loopback: only this machine can connect; "
-             "/ip4/0.0.0.0/tcp/PORT listens on every interface.")] = None,
+             "/ip4/0.0.0.0/tcp/PORT listens on every interface; /ip4/ADDR/udp/PORT/quic-v1 on QUIC.")] = None,
     bootstrap: Annotated[Optional[list[str]], typer.Option(
         help="A peer's multiaddr, ending in /p2p/<peer id>, to join through (repeatable).")] = None,
     dataset: DatasetOption = None,

@@ -1,6 +1,6 @@
 """Where a daemon listens: an ephemeral port is kept across restarts (so peers and bootstrap lists
 that name the node stay valid), and a port that another process listens on is refused up front
-(py-libp2p's listeners use SO_REUSEPORT, so binding it would silently succeed)."""
+(py-libp2p's listeners use SO_REUSEPORT, so binding it would silently succeed); QUIC's UDP ports alike."""
 import socket
 
 import pytest
@@ -64,3 +64,19 @@ def test_a_listen_address_this_machine_cannot_have_is_refused_before_it_is_saved
     out = cli("node", "start", "--home", home, "--listen", "/ip4/192.0.2.1/tcp/4005", "--detach")
     assert out.returncode == 2 and "cannot listen on 192.0.2.1" in out.stderr, out.stderr
     assert out.stderr.strip().count("\n") == 0 and not (home / "config.json").exists()
+
+
+def test_quic_ports_are_kept_and_checked_like_tcp_ones():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.bind(("127.0.0.1", 0))
+        port = udp.getsockname()[1]
+        with pytest.raises(ListenError, match=f"port {port} is in use"):
+            listen_addrs([f"/ip4/127.0.0.1/udp/{port}/quic-v1"], [])
+    peer = "12D3KooWA4Xop1JaT3MHxwYMkCepYsv4iPVopMXwCz5iHYdBfeSB"
+    before = [f"/ip4/127.0.0.1/tcp/{free_port()}", f"/ip4/127.0.0.1/udp/{port}/quic-v1/p2p/{peer}"]
+    assert listen_addrs(["/ip4/127.0.0.1/udp/0/quic-v1"], before) == [f"/ip4/127.0.0.1/udp/{port}/quic-v1"]
+    check_listen("/ip4/127.0.0.1/udp/0/quic-v1")
+    with pytest.raises(ListenError, match="QUIC v1 only"):
+        check_listen("/ip4/127.0.0.1/udp/4001")
+    with pytest.raises(ListenError, match="cannot listen on 192.0.2.1"):
+        check_listen("/ip4/192.0.2.1/udp/0/quic-v1")

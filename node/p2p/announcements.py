@@ -36,7 +36,7 @@ from manymodels.protocol import Message, Reason, RejectedMessage, ReplayGuard, o
 
 from .config import DiscoveryConfig, DiscoveryStats
 from .gate import NEW_AUTHORS
-from .upstream import guard_pubsub
+from .upstream import guard_pubsub, speaks
 
 logger = logging.getLogger(__name__)
 
@@ -243,12 +243,14 @@ class Announcements:
     # ---- peers
 
     def meet(self, peers: Iterable) -> None:
-        """Open a pubsub stream to each connected peer (py-libp2p ids) pubsub does not know yet:
-        a connection made before pubsub started fires no notifee."""
+        """Open a pubsub stream to each connected peer (py-libp2p ids) pubsub does not know yet
+        and that speaks gossipsub: a connection made before pubsub started fires no notifee."""
         if self.pubsub is None or self._nursery is None:
             return
-        for pid in peers:
-            if pid not in self.pubsub.peers and pid not in self._pubsub_pending:
+        protocols = self.router.get_protocols()
+        for pid in peers:  # not a peer whose identify names no gossipsub: it would refuse each round
+            if (pid not in self.pubsub.peers and pid not in self._pubsub_pending
+                    and speaks(self.pubsub.host, pid, protocols)):
                 self._pubsub_pending.add(pid)
                 self._nursery.start_soon(self._ensure_pubsub_peer, pid)
 

@@ -20,6 +20,7 @@ from libp2p.discovery.mdns.mdns import MDNSDiscovery
 from libp2p.peer.id import ID
 
 from .config import DiscoveryConfig, DiscoveryStats
+from .upstream import serves_kad
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,8 @@ class Dialing:
         self._kick.set()
 
     async def refresh(self) -> int:
-        """One round: every connected peer into the routing table (and ``on_round``), a
+        """One round: every connected peer that serves the DHT into the routing table, those
+        that turned out not to out of it (``on_round`` hears of every connected peer), a
         routing-table refresh, then dial the peers found. Returns how many new peers were connected."""
         connected = list(self.transport.host.get_connected_peers())
         if self.on_round is not None:
@@ -88,6 +90,10 @@ class Dialing:
 
     async def _refresh_table(self, connected: list) -> None:
         gate = self.transport.gate
+        host = self.transport.host
+        for pid in self.dht.routing_table.get_peer_ids():
+            if not serves_kad(host, pid):  # identify came in after it was added: a DHT client
+                self.dht.routing_table.remove_peer(pid)
         for pid in connected:
             if gate.is_blocked(pid.to_base58(), time.monotonic()):
                 continue  # being disconnected: it must not come back into the table

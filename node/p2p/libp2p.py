@@ -10,7 +10,8 @@
   is the libp2p peer id; inbound messages are attributed to the peer id that Noise authenticated.
 * **Security: Noise only.** py-libp2p's default host also offers ``/plaintext/2.0.0`` (where a
   peer just *claims* a public key), TLS and SECIO; this host offers and accepts ``/noise`` alone.
-  Muxer: yamux alone.
+  Muxer: yamux alone. A ``/udp/.../quic-v1`` listen address adds py-libp2p's QUIC transport,
+  whose own TLS 1.3 (libp2p certificate extension) and streams replace Noise and yamux there.
 * **Messages** travel on ``/manymodels/msg/1.0.0``: a stream carries a sequence of frames, each an
   8-byte big-endian length then that many bytes. A reader refuses a length above ``max_frame``
   before reading any of it (the stream is reset and ``stats.rejected_oversize`` counted; the

@@ -1,6 +1,8 @@
 """Kad-DHT provider records: who claims to hold the blob with a given payload digest.
 
-The DHT runs in server mode, values off, strict validation. ``provide(digest)`` announces that we
+The DHT runs in server mode, values off, strict validation; its routing table holds only peers
+that serve it (a client-mode peer, e.g. a js-libp2p home node, queries us but is never sent
+``ADD_PROVIDER`` nor redialed for the table's sake). ``provide(digest)`` announces that we
 hold the blob whose payload digest is ``digest`` (the DHT key is its sha2-256 multihash,
 ``provider_key``); ``find_providers(digest)`` returns the peer ids that claim to, deduplicated,
 within ``lookup_timeout`` seconds, and puts their addresses in the peerstore so the transport can
@@ -21,7 +23,7 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from .config import DiscoveryConfig, DiscoveryStats
 from .logs import bound_libp2p_logs, quiet_clean_eof_warnings
-from .upstream import guard_stream_handler, providers_from_peer, stop_providing
+from .upstream import guard_stream_handler, kad_servers_only, providers_from_peer, stop_providing
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +41,12 @@ def provider_key(digest: bytes) -> str:
 
 
 async def open_dht(stack: AsyncExitStack, host, on_stream_error: Callable[[], None]) -> KadDHT:
-    """A Kad-DHT server on the host, its stream handler guarded, its warnings bounded."""
+    """A Kad-DHT server on the host, its stream handler guarded, its warnings bounded, its
+    routing table for peers that serve the DHT (``upstream.kad_servers_only``)."""
     quiet_clean_eof_warnings()
     bound_libp2p_logs()
     dht = KadDHT(host, DHTMode.SERVER, enable_values=False, strict_validation=True)
+    kad_servers_only(dht, host)
     guard_stream_handler(host, [DHT_PROTOCOL_ID], dht.handle_stream, on_stream_error)
     await stack.enter_async_context(background_trio_service(dht))
     return dht

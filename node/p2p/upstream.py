@@ -3,7 +3,8 @@
 :class:`UnsupportedLibp2p` with one line that says so: the private names used here
 (``_write_frame``, ``_finalize_stream_locked``, ``_auto_tune_and_send_window_update``,
 ``_read_data_body``, ``_yamux_data_read_timeout``, ``_handle_dead_peer``,
-``_get_providers_from_peer_with_closers``, the provider store's tables) may change in any release.
+``_query_single_peer_for_closest``, ``_get_providers_from_peer_with_closers``, the provider
+store's tables) may change in any release.
 Nothing in site-packages is patched: subclasses, and wrappers on our own instances.
 
 **Throughput** (libp2p.py's hosts and streams).
@@ -52,6 +53,14 @@ message ``key`` that does not deserialize), so :func:`guard_stream_handler` and
 
 **DHT provider records**: :func:`providers_from_peer` (one peer's answer, which py-libp2p's own
 ``find_providers`` skips once it holds a record) and :func:`stop_providing`.
+
+**DHT routing table**: :func:`kad_servers_only`. py-libp2p puts every peer that opens a
+``/ipfs/kad/1.0.0`` stream to us into its routing table unchecked (``_do_handle_stream`` passes
+``skip_server_mode_check``), and any peer whose identify has not come in yet. A DHT *client*
+(js-libp2p's mode off a public address, a home node's) queries but serves nothing: once in the
+table -- or merely in the peerstore, which a lookup falls back on while the table is small -- it
+was queried and sent ``ADD_PROVIDER`` every period (refused: ``protocol not supported``, a log
+line each), and its ephemeral port redialed after it left.
 """
 from __future__ import annotations
 
@@ -63,6 +72,7 @@ from collections import deque
 from collections.abc import Callable
 
 import trio
+from libp2p.kad_dht.common import PROTOCOL_ID as DHT_PROTOCOL_ID
 from libp2p.io.exceptions import ConnectionClosedError, IncompleteReadError
 from libp2p.security.noise.io import NoiseTransportReadWriter
 from libp2p.security.noise.transport import Transport as NoiseTransport
@@ -490,6 +500,50 @@ async def providers_from_peer(dht, peer_id, key: bytes) -> list:
     require_pinned()
     providers, _closer = await dht.provider_store._get_providers_from_peer_with_closers(peer_id, key)
     return providers
+
+
+def speaks(host, peer_id, protocols) -> bool:
+    """Whether a peer may be asked for one of ``protocols``: identify lists one of them; or we are
+    not connected to it, so identify could not tell (e.g. a DHT server named by another server's
+    answer); never a connected peer whose identify has not come in yet."""
+    try:
+        known = host.get_peerstore().get_protocols(peer_id)
+    except Exception:  # noqa: BLE001 -- not in the peerstore
+        known = []
+    if known:
+        return any(str(p) in known for p in protocols)
+    return not host.get_network().get_connections(peer_id)
+
+
+def serves_kad(host, peer_id) -> bool:
+    """Whether a peer may be in the DHT's routing table (``speaks`` the kad protocol)."""
+    return speaks(host, peer_id, [DHT_PROTOCOL_ID])
+
+
+def kad_servers_only(dht, host) -> None:
+    """Only peers that ``serves_kad`` go into the DHT's routing table, whoever adds them, and
+    only they are asked in a lookup (whose fallback, while the table is small, takes every
+    connected peer and every peerstore entry) or sent ``ADD_PROVIDER`` (sent to what a lookup found)."""
+    require_pinned()
+    table, routing = dht.routing_table, dht.peer_routing
+    add_peer, find_closest, ask_one = table.add_peer, routing.find_closest_peers_network, \
+        routing._query_single_peer_for_closest
+
+    async def add_server(peer, *, skip_server_mode_check: bool = False) -> bool:
+        if not serves_kad(host, getattr(peer, "peer_id", peer)):
+            return False
+        return await add_peer(peer, skip_server_mode_check=skip_server_mode_check)
+
+    async def ask_server(peer, target_key: bytes, new_peers: list) -> None:
+        if serves_kad(host, peer):
+            await ask_one(peer, target_key, new_peers)
+
+    async def closest_servers(target_key: bytes, count: int = 20) -> list:
+        return [p for p in await find_closest(target_key, count) if serves_kad(host, p)]
+
+    table.add_peer = add_server
+    routing._query_single_peer_for_closest = ask_server
+    routing.find_closest_peers_network = closest_servers
 
 
 def stop_providing(dht, key: bytes) -> None:
