@@ -22,7 +22,8 @@ from .topology import TopologyError, neighbours
 _LATER_OPTIONS = {**{key: getattr(DEFAULT_TRAINING, key) for key in
                      ("hidden", "optimizer", "momentum", "weight_decay", "shuffle")}, "plants": (), "share": "all",
                   "compress": DEFAULT_CODECS["weights"], "compress_logits": DEFAULT_CODECS["logits"],
-                  **{f"dp_{key}": getattr(NO_PRIVACY, key) for key in ("noise", "clip", "epsilon", "delta")}}
+                  **{f"dp_{key}": getattr(NO_PRIVACY, key) for key in ("noise", "clip", "epsilon", "delta")},
+                  "data_seed": None, "label_noise": 0.0}
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,10 @@ class SimulationConfig:
     client_app: str | None = None
     run_config: str = ""  # the client's context.run_config overrides, "k=v k2=v2" as `flwr run --run-config`
     share: str = "all"  # who gets each node's knowledge: all, reciprocal[:N] or allowlist:FILE
+    # The training data's draw apart from the rest (a study's data resample with the initialisation kept):
+    # the max_train subsample, the partition, planted peers and label noise; None: `seed` draws them too.
+    data_seed: int | None = None
+    label_noise: float = 0.0  # this fraction of the training labels (not the test set's) set to another class
 
     def to_report(self) -> dict:
         report = asdict(self)
@@ -97,6 +102,8 @@ class SimulationSpec:
             raise SpecError("--nodes, --rounds and --local-epochs must be at least 1")
         if not 0 <= c.loss <= 1:
             raise SpecError(f"--loss is the probability that a message is lost, in [0, 1]; got {c.loss:g}")
+        if not 0 <= c.label_noise < 1:
+            raise SpecError(f"--label-noise is a fraction of the training labels, in [0, 1); got {c.label_noise:g}")
         recipe = LearnerRecipe(
             dataset=c.dataset, partition=c.partition, num_partitions=c.nodes, model=c.model, seed=c.seed, lr=c.lr,
             batch_size=c.batch_size, hidden=tuple(c.hidden), optimizer=c.optimizer, momentum=c.momentum,
@@ -120,8 +127,9 @@ class SimulationSpec:
             raise SpecError(str(exc)) from None
         if c.client_app and "labelflip" in attackers.values():
             raise SpecError("labelflip poisons the simulator's dataset; a Flower client loads its own data")
-        if c.client_app and c.plants:
-            raise SpecError("planted peers change the simulator's dataset; a Flower client loads its own data")
+        if c.client_app and (c.plants or c.label_noise):
+            raise SpecError("planted peers and label noise change the simulator's dataset; a Flower client loads "
+                            "its own data")
         return cls(c, node, archs, adjacency, attackers, plants)
 
     def recipe(self, i: int) -> LearnerRecipe:
