@@ -98,3 +98,63 @@ def test_bad_shapes_and_losses_are_refused():
         decompose(np.zeros((1, 1, 2, 2)), np.zeros(2, dtype=int), "hinge")
     with pytest.raises(ValueError, match="shaped"):
         decompose(np.zeros((2, 2, 2)), np.zeros(2, dtype=int))
+
+
+TINY = ("--widths", "4,32", "--seeds", "2", "--resamples", "1", "--exchanges", "weights,distill", "--nodes", "2",
+        "--rounds", "2", "--local-epochs", "2", "--max-train", "160", "--probe-size", "40")
+
+
+@pytest.mark.slow
+def test_study_homogeneity_from_the_console_script_resumes_what_it_has(cli, tmp_path):
+    """A whole run, then the same study interrupted after its first point (the results file holds only
+    that): the rerun trains the other points only, and the numbers are the same."""
+    import json
+
+    first = cli("study", "homogeneity", *TINY, "--json", "--out", "full")
+    assert first.returncode == 0, first.stderr
+    whole = json.loads(first.stdout)
+    assert whole["grid"] == {**whole["grid"], "points": 4, "run": 4, "resumed": 0}
+    assert list(whole["curves"]) == ["alone", "weights", "distill", "pooled"]
+    assert whole["curves"]["weights"]["within_run_disagreement"] == [0, 0]  # one model after the last fold
+    assert json.loads((tmp_path / "full" / "homogeneity.json").read_text()) == whole
+    for png in ("homogeneity-curves.png", "homogeneity-disagreement.png"):
+        assert (tmp_path / "full" / png).read_bytes()[:4] == b"\x89PNG"
+
+    runs = json.loads((tmp_path / "full" / "homogeneity-runs.json").read_text())
+    assert len(runs["points"]) == 4
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "homogeneity-runs.json").write_text(json.dumps({**runs, "points": runs["points"][:1]}))
+    again = cli("study", "homogeneity", *TINY, "--json", "--out", "cut")
+    assert again.returncode == 0, again.stderr
+    resumed = json.loads(again.stdout)
+    assert resumed["grid"] == {**resumed["grid"], "points": 4, "run": 3, "resumed": 1}
+    assert {k: v for k, v in resumed.items() if k != "grid"} == {k: v for k, v in whole.items() if k != "grid"}
+
+    other = cli("study", "homogeneity", *TINY, "--label-noise", "0.1", "--out", "full")
+    assert other.returncode == 2 and "other settings" in other.stderr
+
+
+def test_study_homogeneity_says_what_is_wrong_in_one_line(cli):
+    for args, message in ((("--widths", "4,x"), "--widths takes whole numbers"),
+                          (("--label-noise", "1.5"), "--label-noise is a fraction")):
+        out = cli("study", "homogeneity", *args, timeout=60)
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and len(lines) == 1 and message in lines[0], out.stderr
+
+
+def test_settings_that_cannot_make_a_study_are_refused():
+    from manymodels.node.sim.spec import SimulationConfig
+    from manymodels.node.spec import SpecError
+    from manymodels.studies.homogeneity_study import HomogeneitySettings
+
+    config = SimulationConfig(nodes=3)
+    for settings, message in ((HomogeneitySettings(widths=(4, 4)), "--widths must be distinct"),
+                              (HomogeneitySettings(exchanges=("weights", "mixed")), "--exchanges"),
+                              (HomogeneitySettings(loss="hinge"), "--loss must be one of ce, mse"),
+                              (HomogeneitySettings(seeds=1, resamples=1), "at least 2 runs")):
+        with pytest.raises(SpecError, match=message):
+            settings.check(config)
+    with pytest.raises(SpecError, match="at least 2"):
+        HomogeneitySettings().check(SimulationConfig(nodes=1))
+    with pytest.raises(SpecError, match="no --client-app, attacks"):
+        HomogeneitySettings().check(SimulationConfig(nodes=3, attacks=("signflip:0.3",)))
