@@ -185,7 +185,7 @@ HOMOGENEITY_QUICK = {"widths": "4,16,64", "seeds": 2, "resamples": 2, "nodes": 3
 @study.command()
 def homogeneity(
     widths: Annotated[str, typer.Option(help="Hidden-layer widths of the one-hidden-layer mlp, comma-separated "
-                                        "(a log grid across the interpolation threshold).")] = "2,4,8,16,32,64,128,256",
+                                        "(a log grid across the interpolation threshold).")] = "4,16,64,256,1024",
     seeds: Annotated[int, typer.Option(help="Initialisation seeds per width.")] = 2,
     resamples: Annotated[int, typer.Option(help="Draws of the training data per width.")] = 2,
     exchanges: Annotated[str, typer.Option(help="Network exchange kinds, comma-separated: weights, distill, "

@@ -35,8 +35,8 @@ FITS = 0.01  # a model "fits its training labels" (interpolates) at a training e
 
 @dataclass(frozen=True)
 class HomogeneitySettings:
-    widths: tuple[int, ...] = (2, 4, 8, 16, 32, 64, 128, 256)
-    seeds: int = 3  # initialisations
+    widths: tuple[int, ...] = (4, 16, 64, 256, 1024)
+    seeds: int = 2  # initialisations
     resamples: int = 2  # data draws
     exchanges: tuple[str, ...] = EXCHANGES
     loss: str = "ce"

@@ -104,46 +104,72 @@ TINY = ("--widths", "4,32", "--seeds", "2", "--resamples", "1", "--exchanges", "
         "--rounds", "2", "--local-epochs", "2", "--max-train", "160", "--probe-size", "40")
 
 
+def tiny_study(results, loss="ce", on_point=None):
+    from manymodels.node.sim.spec import SimulationConfig
+    from manymodels.studies.homogeneity_study import HomogeneitySettings, homogeneity_study
+
+    config = SimulationConfig(nodes=2, rounds=2, local_epochs=2, max_train=160, probe_size=40, partition="iid",
+                              label_noise=0.2)
+    settings = HomogeneitySettings(widths=(4, 32), seeds=2, resamples=1, exchanges=("weights", "distill"), loss=loss)
+    return homogeneity_study(config, settings, results, on_point)
+
+
+def without_grid(report):
+    return {k: v for k, v in report.items() if k != "grid"}
+
+
 @pytest.mark.slow
-def test_study_homogeneity_from_the_console_script_resumes_what_it_has(cli, tmp_path):
-    """A whole run, then the same study interrupted after its first point (the results file holds only
-    that): the rerun trains the other points only, and the numbers are the same."""
+def test_an_interrupted_study_runs_only_the_points_it_lacks(tmp_path):
+    """A whole run; then the same study cut after its first point (its results file holds only that):
+    the rerun trains the three others, and every number is the same; a rerun with the other loss
+    trains nothing."""
     import json
 
-    first = cli("study", "homogeneity", *TINY, "--json", "--out", "full")
-    assert first.returncode == 0, first.stderr
-    whole = json.loads(first.stdout)
+    whole = tiny_study(tmp_path / "whole.json")
     assert whole["grid"] == {**whole["grid"], "points": 4, "run": 4, "resumed": 0}
     assert list(whole["curves"]) == ["alone", "weights", "distill", "pooled"]
     assert whole["curves"]["weights"]["within_run_disagreement"] == [0, 0]  # one model after the last fold
-    assert json.loads((tmp_path / "full" / "homogeneity.json").read_text()) == whole
-    for png in ("homogeneity-curves.png", "homogeneity-disagreement.png"):
-        assert (tmp_path / "full" / png).read_bytes()[:4] == b"\x89PNG"
+    assert whole["network"]["weights"]["within_run_disagreement"] == [1, 1]
+    for curve in whole["curves"].values():
+        assert np.allclose(np.add(curve["bias2"], curve["variance"]), curve["risk"], atol=1e-6)
 
-    runs = json.loads((tmp_path / "full" / "homogeneity-runs.json").read_text())
-    assert len(runs["points"]) == 4
-    (tmp_path / "cut").mkdir()
-    (tmp_path / "cut" / "homogeneity-runs.json").write_text(json.dumps({**runs, "points": runs["points"][:1]}))
-    again = cli("study", "homogeneity", *TINY, "--json", "--out", "cut")
-    assert again.returncode == 0, again.stderr
-    resumed = json.loads(again.stdout)
+    saved = json.loads((tmp_path / "whole.json").read_text())
+    assert len(saved["points"]) == 4
+    (tmp_path / "cut.json").write_text(json.dumps({**saved, "points": saved["points"][:1]}))
+    progress = []
+    resumed = tiny_study(tmp_path / "cut.json", on_point=lambda k, n, point: progress.append((k, n)))
     assert resumed["grid"] == {**resumed["grid"], "points": 4, "run": 3, "resumed": 1}
-    assert {k: v for k, v in resumed.items() if k != "grid"} == {k: v for k, v in whole.items() if k != "grid"}
+    assert progress == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert without_grid(resumed) == without_grid(whole)
+    mse = tiny_study(tmp_path / "cut.json", loss="mse")
+    assert mse["grid"]["run"] == 0 and mse["settings"]["loss"] == "mse"
 
-    other = cli("study", "homogeneity", *TINY, "--label-noise", "0.1", "--out", "full")
-    assert other.returncode == 2 and "other settings" in other.stderr
+
+@pytest.mark.slow
+def test_study_homogeneity_from_the_console_script(cli, tmp_path):
+    import json
+
+    out = cli("study", "homogeneity", *TINY, "--json", "--out", "here")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["widths"] == [4, 32] and result["grid"]["run"] == 4
+    assert json.loads((tmp_path / "here" / "homogeneity.json").read_text()) == result
+    assert len(json.loads((tmp_path / "here" / "homogeneity-runs.json").read_text())["points"]) == 4
+    for png in ("homogeneity-curves.png", "homogeneity-disagreement.png"):
+        assert (tmp_path / "here" / png).read_bytes()[:4] == b"\x89PNG"
+    other = cli("study", "homogeneity", *TINY, "--label-noise", "0.1", "--out", "here")
+    lines = other.stderr.strip().splitlines()
+    assert other.returncode == 2 and len(lines) == 1 and "other settings" in lines[0], other.stderr
 
 
 def test_study_homogeneity_says_what_is_wrong_in_one_line(cli):
-    for args, message in ((("--widths", "4,x"), "--widths takes whole numbers"),
-                          (("--label-noise", "1.5"), "--label-noise is a fraction")):
-        out = cli("study", "homogeneity", *args, timeout=60)
-        lines = out.stderr.strip().splitlines()
-        assert out.returncode == 2 and len(lines) == 1 and message in lines[0], out.stderr
+    out = cli("study", "homogeneity", "--widths", "4,x", timeout=60)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and "--widths takes whole numbers" in lines[0], out.stderr
 
 
 def test_settings_that_cannot_make_a_study_are_refused():
-    from manymodels.node.sim.spec import SimulationConfig
+    from manymodels.node.sim.spec import SimulationConfig, SimulationSpec
     from manymodels.node.spec import SpecError
     from manymodels.studies.homogeneity_study import HomogeneitySettings
 
@@ -158,3 +184,29 @@ def test_settings_that_cannot_make_a_study_are_refused():
         HomogeneitySettings().check(SimulationConfig(nodes=1))
     with pytest.raises(SpecError, match="no --client-app, attacks"):
         HomogeneitySettings().check(SimulationConfig(nodes=3, attacks=("signflip:0.3",)))
+    with pytest.raises(SpecError, match="--label-noise is a fraction"):
+        SimulationSpec.parse(SimulationConfig(label_noise=1.5))
+
+
+def test_the_data_seed_draws_the_data_and_the_seed_the_initialisation():
+    """What the study's resamples and seeds rest on (node/sim/simulator.py): data_seed draws the training
+    subsample, the label noise and the partition; seed the initial parameters."""
+    from dataclasses import replace
+
+    from manymodels.node.sim.simulator import make_world
+    from manymodels.node.sim.spec import SimulationConfig, SimulationSpec
+
+    def world(**changes):
+        config = SimulationConfig(nodes=2, max_train=300, probe_size=40, label_noise=0.2)
+        return make_world(SimulationSpec.parse(replace(config, **changes)))
+    a, same_data, same_init = world(seed=1, data_seed=5), world(seed=2, data_seed=5), world(seed=1, data_seed=6)
+    assert np.array_equal(a.data.y_train, same_data.data.y_train)
+    assert all(np.array_equal(p, q) for p, q in zip(a.parts, same_data.parts))
+    assert not np.array_equal(a.data.x_train, same_init.data.x_train)
+    first = [w.tolist() for w in a.alone(0).get_weights()]
+    assert first == [w.tolist() for w in same_init.alone(0).get_weights()]
+    assert first != [w.tolist() for w in same_data.alone(0).get_weights()]
+    clean = world(seed=1, data_seed=5, label_noise=0.0)
+    assert np.array_equal(clean.data.x_train, a.data.x_train)
+    assert np.sum(clean.data.y_train != a.data.y_train) == round(0.2 * len(a.data.y_train))
+    assert np.array_equal(clean.data.y_test, a.data.y_test)  # the test set stays clean
