@@ -274,18 +274,22 @@ def _run_with_progress(run, json_out: bool):
 
 
 def _show_homogeneity(result: dict) -> None:
-    console, curves = Console(), result["curves"]
-    table = Table(title=f"risk / bias² / variance ({result['settings']['loss']}) by width")
-    for column in ("width", "params", *curves):
-        table.add_column(column, justify="right")
-    for k, (width, params) in enumerate(zip(result["widths"], result["parameters"])):
-        table.add_row(str(width), str(params), *(
-            f"{c['risk'][k]:.3f} / {c['bias2'][k]:.3f} / {c['variance'][k]:.3f}" for c in curves.values()))
-    console.print(table)
-    alike = Table(title="how much more alike than alone: 1 - networked/alone (between one run's nodes; variance)")
+    console, widths = Console(), result["widths"]
+    terms = Table(title=f"the decomposition ({result['settings']['loss']}) on held-out data, by setting and width")
+    columns = {"risk": "risk", "bias2": "bias²", "variance": "variance", "sampling": "sampling",
+               "initialisation": "init", "interaction": "interaction", "disagreement": "disagree",
+               "train_error": "train err"}
+    for column in ("setting", "width", *columns.values()):
+        terms.add_column(column, justify="left" if column == "setting" else "right")
+    for name, curve in result["curves"].items():
+        for k, width in enumerate(widths):
+            terms.add_row(name if k == 0 else "", str(width), *(f"{curve[key][k]:.3f}" for key in columns),
+                          end_section=k == len(widths) - 1)
+    console.print(terms)
+    alike = Table(title="more alike than alone (1 - networked/alone): disagreement in a run; variance")
     for column in ("width", *result["network"]):
         alike.add_column(column, justify="right")
-    for k, width in enumerate(result["widths"]):
+    for k, width in enumerate(widths):
         alike.add_row(str(width), *(f"{_share(n['within_run_disagreement'][k])}; {_share(n['variance'][k])}"
                                     for n in result["network"].values()))
     console.print(alike)
@@ -303,7 +307,7 @@ def plot_homogeneity(result: dict) -> bytes:
     """One panel per training setting: risk, bias² and variance (and its three parts) against width,
     with the width from which the models fit their training labels marked."""
     curves, widths = result["curves"], result["widths"]
-    fig = _figure(3.6 * len(curves), 3.6)
+    fig = _figure(3.6 * len(curves), 4)
     axes = fig.subplots(1, len(curves), sharey=True, squeeze=False)[0]
     styles = {"risk": ("black", "-"), "bias2": ("tab:blue", "-"), "variance": ("tab:red", "-"),
               "sampling": ("tab:red", ":"), "initialisation": ("tab:orange", ":"), "interaction": ("tab:gray", ":")}
@@ -317,7 +321,8 @@ def plot_homogeneity(result: dict) -> bytes:
         ax.set(xscale="log", title=name, xlabel="hidden width")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"{result['settings']['loss']} on the test set")
-    axes[-1].legend(fontsize="small")
+    legend = {label: handle for ax in axes for handle, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=7, fontsize="small")
     fig.suptitle("bias-variance decomposition against width")
     return _png(fig)
 
@@ -328,13 +333,16 @@ def plot_disagreement(result: dict) -> bytes:
     import numpy as np
 
     names, by_width = result["disagreement_matrix"]["settings"], result["disagreement_matrix"]["by_width"]
-    columns = min(4, len(by_width))
+    columns = min(5, len(by_width))
     rows = -(-len(by_width) // columns)
     fig = _figure(3.2 * columns, 3.2 * rows)
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
     for ax, width, matrix in zip(axes, result["widths"], by_width):
         m = np.array(matrix, dtype=float)
         image = ax.imshow(m, cmap="viridis", vmin=0, vmax=1)
+        for (i, j), value in np.ndenumerate(m):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize="x-small",
+                    color="white" if value < 0.5 else "black")
         ax.set(title=f"width {width}", xticks=range(len(names)), yticks=range(len(names)))
         ax.set_xticklabels(names, rotation=45, fontsize="small")
         ax.set_yticklabels(names, fontsize="small")
