@@ -189,7 +189,7 @@ def homogeneity(
     seeds: Annotated[int, typer.Option(help="Initialisation seeds per width.")] = 2,
     resamples: Annotated[int, typer.Option(help="Draws of the training data per width.")] = 2,
     exchanges: Annotated[str, typer.Option(help="Network exchange kinds, comma-separated: weights, distill, "
-                                           "synthetic.")] = "weights,distill,synthetic",
+                                           "synthetic ('': alone and pooled only).")] = "weights,distill,synthetic",
     loss: Annotated[str, typer.Option(help="The decomposition's loss: ce (Yang et al. 2020) or mse on one-hot "
                                       "targets (the models train with cross-entropy either way).")] = "ce",
     label_noise: Annotated[float, typer.Option(help="Fraction of training labels set to another class.")] = 0.2,
