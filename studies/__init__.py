@@ -1,2 +1,3 @@
 """The research instruments: grids of simulations run through node/sim, and pure analyses of what they
-measured (value: what each peer's data is worth to each model)."""
+measured (value: what each peer's data is worth to each model; homogeneity: how alike models become
+as they grow, alone and networked)."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -48,7 +47,8 @@ class HomogeneitySettings:
             raise SpecError("--seeds and --resamples must be at least 1, and give at least 2 runs to compare")
         unknown = [x for x in self.exchanges if x not in EXCHANGES]
         if unknown or len(set(self.exchanges)) != len(self.exchanges):
-            raise SpecError(f"--exchanges: distinct kinds among {', '.join(EXCHANGES)}, got {', '.join(self.exchanges)}")
+            raise SpecError(f"--exchanges: distinct kinds among {', '.join(EXCHANGES)}, "
+                            f"got {', '.join(self.exchanges)}")
         if self.loss not in LOSSES:
             raise SpecError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if config.client_app or config.attacks or config.plants or config.model != "mlp":
@@ -102,7 +102,8 @@ def run_point(config: SimulationConfig, exchanges: tuple[str, ...], point: dict)
         "labels": data.y_test.tolist(),
         "parameters": int(sum(a.size for a in alone[0].get_weights())),
         "training_examples": {"nodes": [len(i) for i in parts], "pooled": len(data.y_train)},
-        "log_probs": {k: _pack(np.stack([log_softmax(m.predict(data.x_test)) for m in ms])) for k, ms in models.items()},
+        "log_probs": {k: _pack(np.stack([log_softmax(m.predict(data.x_test)) for m in ms]))
+                      for k, ms in models.items()},
         "train_error": {k: [round(1 - m.evaluate(data.x_train[i], data.y_train[i])["accuracy"], 6)
                             for m, i in zip(ms, own.get(k, parts))] for k, ms in models.items()},
     }
