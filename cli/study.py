@@ -1,4 +1,5 @@
-"""`manymodels study ...`: the research instruments of studies/, one command each (value, foundation)."""
+"""`manymodels study ...`: the research instruments of studies/, one command each (value, homogeneity,
+foundation)."""
 from __future__ import annotations
 
 import io
@@ -322,4 +323,178 @@ def plot_foundation(result: dict) -> bytes:
     right.set_title("agreement of the downstream models")
     fig.suptitle(f"{result['encoder']['name']} foundation vs hashed bag-of-words from scratch, "
                  f"{result['corpus']['name']}")
+
+
+HOMOGENEITY_QUICK = {"widths": "4,16,64", "seeds": 2, "resamples": 2, "nodes": 3, "rounds": 3, "local_epochs": 5,
+                     "max_train": 300}
+
+
+@study.command()
+def homogeneity(
+    widths: Annotated[str, typer.Option(help="Hidden-layer widths of the one-hidden-layer mlp, comma-separated "
+                                        "(a log grid across the interpolation threshold).")] = "4,16,64,256,1024",
+    seeds: Annotated[int, typer.Option(help="Initialisation seeds per width.")] = 2,
+    resamples: Annotated[int, typer.Option(help="Draws of the training data per width.")] = 2,
+    exchanges: Annotated[str, typer.Option(help="Network exchange kinds, comma-separated: weights, distill, "
+                                           "synthetic ('': alone and pooled only).")] = "weights,distill,synthetic",
+    loss: Annotated[str, typer.Option(help="The decomposition's loss: ce (Yang et al. 2020) or mse on one-hot "
+                                      "targets (the models train with cross-entropy either way).")] = "ce",
+    label_noise: Annotated[float, typer.Option(help="Fraction of training labels set to another class.")] = 0.2,
+    nodes: Annotated[int, typer.Option(help="Peers per network.")] = 4,
+    rounds: Annotated[int, typer.Option(help="Gossip rounds (alone and pooled train as many epochs).")] = 6,
+    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 10,
+    dataset: Annotated[str, typer.Option(help="digits, fashion-mnist or mnist1d.")] = "digits",
+    max_train: Annotated[Optional[int], typer.Option(
+        help="Training examples drawn per resample (the probe set comes out of them).")] = 500,
+    partition: Annotated[str, typer.Option(help="iid, dirichlet:ALPHA or shards:K.")] = "iid",
+    probe_size: Annotated[int, typer.Option(help="Public probe inputs for distillation.")] = 100,
+    rule: Annotated[str, typer.Option(help="Weights rule; see `manymodels rules`.")] = "fedavg",
+    logit_rule: Annotated[str, typer.Option(help="Logits rule for distill.")] = "logit-probmean",
+    optimizer: OptimizerOption = None, lr: LrOption = None, momentum: MomentumOption = None,
+    weight_decay: WeightDecayOption = None, batch_size: BatchSizeOption = None,
+    seed: Annotated[int, typer.Option(help="The first initialisation seed and the first data seed.")] = 0,
+    quick: Annotated[bool, typer.Option(
+        help="A small study in under a minute: widths 4,16,64, 2 seeds, 2 resamples, 3 peers, 3 rounds of "
+             "5 epochs, 300 examples (over those options).")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Write homogeneity.json and its two figures (matplotlib) into this folder, and keep the grid's "
+             "results in homogeneity-runs.json there: an interrupted study resumes from it.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """As models grow, do they behave more alike? Risk, bias², variance (sampling, initialisation,
+    interaction) and disagreement against width: alone, in the network per exchange kind, and pooled."""
+    from manymodels.node.sim.spec import SimulationConfig
+    from manymodels.node.spec import SpecError
+    from manymodels.studies.homogeneity_study import HomogeneitySettings, homogeneity_study
+
+    given = {"widths": widths, "seeds": seeds, "resamples": resamples, "nodes": nodes, "rounds": rounds,
+             "local_epochs": local_epochs, "max_train": max_train}
+    small = {**given, **HOMOGENEITY_QUICK} if quick else given
+    try:
+        config = SimulationConfig(
+            nodes=small["nodes"], rounds=small["rounds"], local_epochs=small["local_epochs"], dataset=dataset,
+            max_train=small["max_train"], partition=partition, probe_size=probe_size, label_noise=label_noise,
+            rule=rule, logit_rule=logit_rule, seed=seed,
+            **training_options(None, optimizer, lr, momentum, weight_decay, batch_size, None))
+        settings = HomogeneitySettings(widths=_integers(small["widths"], "--widths"), seeds=small["seeds"],
+                                       resamples=small["resamples"], loss=loss,
+                                       exchanges=tuple(x.strip() for x in exchanges.split(",") if x.strip()))
+        if out is not None:
+            _figure(1, 1)  # without matplotlib, say so before the study runs
+            out.mkdir(parents=True, exist_ok=True)
+        result = _run_with_progress(lambda on_point: homogeneity_study(
+            config, settings, out / "homogeneity-runs.json" if out else None, on_point), json_out)
+    except SpecError as exc:
+        raise UserError(str(exc)) from None
+    if out is not None:
+        (out / "homogeneity-curves.png").write_bytes(plot_homogeneity(result))
+        (out / "homogeneity-disagreement.png").write_bytes(plot_disagreement(result))
+        (out / "homogeneity.json").write_text(json.dumps(result, indent=2) + "\n")
+    if json_out:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    else:
+        _show_homogeneity(result)
+        if out is not None:
+            Console().print(f"written to {out}/: homogeneity.json, homogeneity-curves.png, "
+                            "homogeneity-disagreement.png (the grid's runs: homogeneity-runs.json)")
+
+
+def _integers(text: str, what: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"{what} takes whole numbers separated by commas, got {text!r}") from None
+
+
+def _run_with_progress(run, json_out: bool):
+    """run(on_point) under a bar that advances per grid point (on a terminal only, as simulate's)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    err = Console(stderr=True)
+    with Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TextColumn("grid points"),
+                  TextColumn("{task.fields[point]}"), TimeElapsedColumn(), console=err, transient=True,
+                  disable=json_out or not err.is_terminal) as progress:
+        task = progress.add_task("points", total=None, point="")
+        return run(lambda k, n, point: progress.update(
+            task, completed=k, total=n, point=", ".join(f"{key} {value}" for key, value in point.items())))
+
+
+def _show_homogeneity(result: dict) -> None:
+    console, widths = Console(), result["widths"]
+    terms = Table(title=f"the decomposition ({result['settings']['loss']}) on held-out data, by setting and width")
+    columns = {"risk": "risk", "bias2": "bias²", "variance": "variance", "sampling": "sampling",
+               "initialisation": "init", "interaction": "interaction", "disagreement": "disagree",
+               "train_error": "train err"}
+    for column in ("setting", "width", *columns.values()):
+        terms.add_column(column, justify="left" if column == "setting" else "right")
+    for name, curve in result["curves"].items():
+        for k, width in enumerate(widths):
+            terms.add_row(name if k == 0 else "", str(width), *(f"{curve[key][k]:.3f}" for key in columns),
+                          end_section=k == len(widths) - 1)
+    console.print(terms)
+    alike = Table(title="more alike than alone (1 - networked/alone): disagreement in a run; variance")
+    for column in ("width", *result["network"]):
+        alike.add_column(column, justify="right")
+    for k, width in enumerate(widths):
+        alike.add_row(str(width), *(f"{_share(n['within_run_disagreement'][k])}; {_share(n['variance'][k])}"
+                                    for n in result["network"].values()))
+    console.print(alike)
+    for name, shape in result["shape"].items():
+        peak = "inside the grid" if shape["variance_peaks_inside"] else "at an end of the grid"
+        console.print(f"{name}: fits its training labels from width {shape['interpolation_width'] or '(none)'}; "
+                      f"variance peaks at width {shape['variance_peak_width']}, {peak}", highlight=False)
+
+
+def _share(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.2f}"
+
+
+def plot_homogeneity(result: dict) -> bytes:
+    """One panel per training setting: risk, bias² and variance (and its three parts) against width,
+    with the width from which the models fit their training labels marked."""
+    curves, widths = result["curves"], result["widths"]
+    fig = _figure(3.6 * len(curves), 4)
+    axes = fig.subplots(1, len(curves), sharey=True, squeeze=False)[0]
+    styles = {"risk": ("black", "-"), "bias2": ("tab:blue", "-"), "variance": ("tab:red", "-"),
+              "sampling": ("tab:red", ":"), "initialisation": ("tab:orange", ":"), "interaction": ("tab:gray", ":")}
+    for ax, (name, c) in zip(axes, curves.items()):
+        for key, (colour, line) in styles.items():
+            ax.plot(widths, c[key], line, color=colour, marker="o" if line == "-" else None, markersize=3,
+                    label="bias²" if key == "bias2" else key)
+        fits = result["shape"][name]["interpolation_width"]
+        if fits:
+            ax.axvline(fits, color="green", alpha=0.5, linestyle="--", label="fits training labels")
+        ax.set(xscale="log", title=name, xlabel="hidden width")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"{result['settings']['loss']} on the test set")
+    legend = {label: handle for ax in axes for handle, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=7, fontsize="small")
+    fig.suptitle("bias-variance decomposition against width")
+    return _png(fig)
+
+
+def plot_disagreement(result: dict) -> bytes:
+    """Per width, how often a model of one setting and a model of another predict different classes
+    (the diagonal: two models of the same setting)."""
+    import numpy as np
+
+    names, by_width = result["disagreement_matrix"]["settings"], result["disagreement_matrix"]["by_width"]
+    columns = min(5, len(by_width))
+    rows = -(-len(by_width) // columns)
+    fig = _figure(3.2 * columns, 3.2 * rows)
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for ax, width, matrix in zip(axes, result["widths"], by_width):
+        m = np.array(matrix, dtype=float)
+        image = ax.imshow(m, cmap="viridis", vmin=0, vmax=1)
+        for (i, j), value in np.ndenumerate(m):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize="x-small",
+                    color="white" if value < 0.5 else "black")
+        ax.set(title=f"width {width}", xticks=range(len(names)), yticks=range(len(names)))
+        ax.set_xticklabels(names, rotation=45, fontsize="small")
+        ax.set_yticklabels(names, fontsize="small")
+    for ax in axes[len(by_width):]:
+        ax.axis("off")
+    fig.colorbar(image, ax=axes.tolist(), shrink=0.6, label="disagreement rate")
+    fig.suptitle("pairwise disagreement on held-out inputs")
     return _png(fig)

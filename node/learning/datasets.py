@@ -80,6 +80,18 @@ def load_dataset(
     )
 
 
+def with_label_noise(data: Dataset, fraction: float, seed: int) -> Dataset:
+    """`data` with round(fraction * n) of its training labels, chosen by `seed`, each set to another class
+    drawn uniformly; the test set stays clean (what the model is measured against)."""
+    if not fraction:
+        return data
+    rng = np.random.default_rng([seed, 0x1ABE1])
+    y = data.y_train.copy()
+    flip = rng.choice(len(y), size=round(fraction * len(y)), replace=False)
+    y[flip] = (y[flip] + rng.integers(1, data.num_classes, size=len(flip))) % data.num_classes
+    return replace(data, y_train=y)
+
+
 def _subsample(n: int, limit: int | None, seed: int, what: str) -> slice | np.ndarray:
     """Sorted indices of a seeded random subset of at most `limit` of `n` samples."""
     if limit is None or limit >= n:

@@ -6,10 +6,10 @@ app, gives each node its learner and what its exchange is built from, and every 
 node/spec.py's build_node, as in the daemon. Every simulation also trains each node alone
 (local-only) and one model per architecture on all the private data (pooled), so its report answers
 "many models vs one model vs alone" on held-out data. A study runs smaller networks of the same nodes
-(`run_members`: no baselines, no report; `member_outputs`: each model's held-out outputs) and may
-replay folds (`before_fold`, node/sim/foldlog.py). This is the local engine; node/sim/ray_backend.py
-runs the same steps (build_member, record, node_report...) in shards on Ray, and node/sim/backends.py
-picks one."""
+(`run_members`: no baselines, no report; `member_outputs`: each model's held-out outputs), may replay
+folds (`before_fold`, node/sim/foldlog.py), or read the trained models themselves (`run_models`,
+`baseline_models`). This is the local engine; node/sim/ray_backend.py runs the same steps
+(build_member, record, node_report...) in shards on Ray, and node/sim/backends.py picks one."""
 from __future__ import annotations
 
 import hashlib
@@ -29,7 +29,7 @@ from .attacks import ATTACKS, Attack, AttackContext, Attacker, folds
 from .foldlog import LoggedNode
 from ..core.node import Node, sealed
 from ..core.transport import Transport
-from ..learning.datasets import DatasetError, load_dataset
+from ..learning.datasets import DatasetError, load_dataset, with_label_noise
 from ..learning.generator import fit_generator
 from ..learning.learner import Learner
 from ..learning.partition import PartitionError, partition
@@ -209,17 +209,35 @@ def _rounds(spec: SimulationSpec, nodes: list[Node], network: MemoryNetwork, con
     return series
 
 
+def run_models(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld) -> list[Learner]:
+    """Every honest node's model after the whole network's rounds: for a study that reads the models
+    themselves (e.g. their predictions), not only their accuracy."""
+    _, nodes, _ = _run(spec, world, list(range(spec.config.nodes)))
+    return [node.learner for i, node in enumerate(nodes) if i not in spec.attackers]
+
+
+def baseline_models(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld
+                    ) -> tuple[list[Learner], dict[str, Learner]]:
+    """Each node's model trained alone, and one model per architecture on all the private data
+    (pooled), for as many epochs as the network trained."""
+    return ([_trained(spec, world.alone(i)) for i in range(spec.config.nodes)],
+            {arch: _trained(spec, world.pooled(arch)) for arch in sorted(set(world.archs))})
+
+
 def _baselines(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld) -> tuple[list[float], dict[str, float]]:
-    """Each node's model trained alone, and one model per architecture on all the private data, for
-    as many epochs as the network trained."""
-    local_only = [baseline(spec, world, world.alone(i)) for i in range(spec.config.nodes)]
-    return local_only, {arch: baseline(spec, world, world.pooled(arch)) for arch in sorted(set(world.archs))}
+    local_only, pooled = baseline_models(spec, world)
+    return [world.accuracy(one) for one in local_only], {arch: world.accuracy(one) for arch, one in pooled.items()}
 
 
 def baseline(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, learner: Learner) -> float:
-    """A baseline's accuracy: trained for as many epochs as the network trained."""
+    """A baseline's accuracy (a Ray shard trains its nodes' own)."""
+    return world.accuracy(_trained(spec, learner))
+
+
+def _trained(spec: SimulationSpec, learner: Learner) -> Learner:
+    """A baseline trained for as many epochs as the network trained."""
     learner.fit(spec.config.rounds * spec.config.local_epochs)
-    return world.accuracy(learner)
+    return learner
 
 
 def _report(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, nodes: list[Node], series: Series,
@@ -311,13 +329,15 @@ class _DatasetWorld:
     def __init__(self, spec: SimulationSpec) -> None:
         c = spec.config
         self.spec, self.archs, self.exchange, self.warnings = spec, spec.archs, c.exchange, []
+        self.data_seed = c.seed if c.data_seed is None else c.data_seed
         try:
-            self.probe, self.data = split_probe(
-                load_dataset(c.dataset, seed=c.seed, max_train=c.max_train, max_test=c.max_test), c.probe_size)
+            self.probe, data = split_probe(
+                load_dataset(c.dataset, seed=self.data_seed, max_train=c.max_train, max_test=c.max_test), c.probe_size)
+            self.data = with_label_noise(data, c.label_noise, self.data_seed)
             if c.probe_file:
                 self.probe = load_probe(c.probe_file, self.data.input_shape)
-            self.parts = spec.plants.partitions(partition(self.data.y_train, c.nodes, c.partition, seed=c.seed),
-                                                c.seed)
+            self.parts = spec.plants.partitions(
+                partition(self.data.y_train, c.nodes, c.partition, seed=self.data_seed), self.data_seed)
         except (DatasetError, PartitionError, ProbeError) as exc:
             raise SpecError(str(exc)) from None
         self.num_classes, self.test_examples = self.data.num_classes, int(len(self.data.y_test))
@@ -345,7 +365,7 @@ class _DatasetWorld:
             np.random.default_rng(seed))
 
     def _labels(self, i: int) -> np.ndarray:
-        return self.spec.plants.labels(i, self.data.y_train[self.parts[i]], self.spec.config.seed)
+        return self.spec.plants.labels(i, self.data.y_train[self.parts[i]], self.data_seed)
 
     def accuracy(self, learner: Learner) -> float:
         return round(learner.evaluate(self.data.x_test, self.data.y_test)["accuracy"], 6)

@@ -24,7 +24,8 @@ _LATER_OPTIONS = {**{key: getattr(DEFAULT_TRAINING, key) for key in
                      ("hidden", "optimizer", "momentum", "weight_decay", "shuffle")}, "plants": (), "share": "all",
                   "compress": DEFAULT_CODECS["weights"], "compress_logits": DEFAULT_CODECS["logits"],
                   **{f"dp_{key}": getattr(NO_PRIVACY, key) for key in ("noise", "clip", "epsilon", "delta")},
-                  "schedule": "sync", "speeds": "same", "churn": ""}
+                  "schedule": "sync", "speeds": "same", "churn": "",
+                  "data_seed": None, "label_noise": 0.0}
 SCHEDULES = ("sync", "async")
 
 # Options that say how a run was carried out, not what ran: a report never lists them.
@@ -88,6 +89,10 @@ class SimulationConfig:
     # local one if None; node/sim/ray_backend.py). Not in the report: both give the same report.
     backend: str = "local"
     address: str | None = None
+    # The training data's draw apart from the rest (a study's data resample with the initialisation kept):
+    # the max_train subsample, the partition, planted peers and label noise; None: `seed` draws them too.
+    data_seed: int | None = None
+    label_noise: float = 0.0  # this fraction of the training labels (not the test set's) set to another class
 
     def to_report(self) -> dict:
         report = asdict(self)
@@ -121,6 +126,8 @@ class SimulationSpec:
             raise SpecError(f"--schedule is sync or async; got {c.schedule!r}")
         if c.churn and c.schedule != "async":
             raise SpecError("--churn needs --schedule async: a synchronous round waits for every node")
+        if not 0 <= c.label_noise < 1:
+            raise SpecError(f"--label-noise is a fraction of the training labels, in [0, 1); got {c.label_noise:g}")
         recipe = LearnerRecipe(
             dataset=c.dataset, partition=c.partition, num_partitions=c.nodes, model=c.model, seed=c.seed, lr=c.lr,
             batch_size=c.batch_size, hidden=tuple(c.hidden), optimizer=c.optimizer, momentum=c.momentum,
@@ -145,8 +152,9 @@ class SimulationSpec:
             raise SpecError(str(exc)) from None
         if c.client_app and "labelflip" in attackers.values():
             raise SpecError("labelflip poisons the simulator's dataset; a Flower client loads its own data")
-        if c.client_app and c.plants:
-            raise SpecError("planted peers change the simulator's dataset; a Flower client loads its own data")
+        if c.client_app and (c.plants or c.label_noise):
+            raise SpecError("planted peers and label noise change the simulator's dataset; a Flower client loads "
+                            "its own data")
         return cls(c, node, archs, adjacency, attackers, plants, clocks)
 
     def recipe(self, i: int) -> LearnerRecipe:
