@@ -125,6 +125,20 @@ def start(
     metrics: Annotated[Optional[str], typer.Option(
         help="Serve Prometheus metrics at http://HOST:PORT/metrics; :PORT or PORT serves on loopback "
              "(127.0.0.1), 'off' serves none.")] = None,
+    relay: Annotated[Optional[bool], typer.Option("--relay/--no-relay", help=(
+        "Relay for nodes that cannot be dialed (circuit relay v2), within the --relay-* limits; run it on a "
+        "node with a public address (see docs/NETWORK.md)."))] = None,
+    relay_reservations: Annotated[Optional[int], typer.Option(
+        help="With --relay: how many peers may hold a reservation on this node at once.")] = None,
+    relay_circuits: Annotated[Optional[int], typer.Option(
+        help="With --relay: circuits open at once to one reserved peer.")] = None,
+    relay_circuit_bytes: Annotated[Optional[int], typer.Option(
+        help="With --relay: bytes one circuit may carry (both ways together) before it is reset.")] = None,
+    relay_circuit_seconds: Annotated[Optional[int], typer.Option(
+        help="With --relay: seconds one circuit may stay open.")] = None,
+    relay_bulk: Annotated[Optional[int], typer.Option(
+        help="Bytes an hour of large messages (models, pulled chunks; over 256 KiB) this node sends through "
+             "relays to peers it has no direct connection to; 0: only small messages cross a relay.")] = None,
     detach: Annotated[bool, typer.Option(
         help="Run in the background: return once the node listens, printing its id and addresses (the "
              "learner then loads for a few seconds; `node status` says when it runs).")] = False,
@@ -157,7 +171,10 @@ def start(
     config = update_config(h, listen=listen, bootstrap=bootstrap, dataset=dataset, partition=partition,
                            partition_id=partition_id, num_partitions=num_partitions, model=model, exchange=exchange,
                            rule=rule, period=period, reputation=reputation, push_limit=push_limit, seed=seed,
-                           client_app=_app_spec(client_app), mdns=mdns, metrics=_metrics(metrics),
+                           client_app=_app_spec(client_app), mdns=mdns, metrics=_metrics(metrics), relay=relay,
+                           relay_reservations=relay_reservations, relay_circuits=relay_circuits,
+                           relay_circuit_bytes=relay_circuit_bytes, relay_circuit_seconds=relay_circuit_seconds,
+                           relay_bulk=relay_bulk,
                            share=share_spec(share), run_config=None if run_config is None else " ".join(run_config),
                            **training, **codec_options(compress, compress_logits),
                            **privacy_options(dp_noise, dp_clip, dp_epsilon, dp_delta, dp_epochs=dp_epochs))

@@ -73,6 +73,16 @@ class ReachConfig:
     check_s: float = 30.0  # seconds between reachability checks once it is known
     dialback_timeout: float = 5.0
 
+    def __post_init__(self) -> None:
+        for option, value in (("--relay-reservations", self.relay_reservations),
+                              ("--relay-circuits", self.relay_circuits),
+                              ("--relay-circuit-bytes", self.relay_circuit_bytes),
+                              ("--relay-circuit-seconds", self.relay_circuit_s)):
+            if not value >= 1:
+                raise ValueError(f"{option} must be at least 1, got {value}")
+        if not self.relay_bulk >= 0:
+            raise ValueError(f"--relay-bulk must be at least 0 bytes an hour, got {self.relay_bulk}")
+
 
 class _DialBack(AutoNATService):
     """AutoNAT with a dial-back that proves something: from a throwaway host (py-libp2p's dials
