@@ -33,14 +33,15 @@ def nat(tmp_path_factory):
         start(homes["relay"], *RECIPE, "--partition-id", "0", "--listen", f"/ip4/{RELAY_IP}/tcp/{PORT}", "--relay",
               prefix=net.prefix("relay"))
         relay = status(homes["relay"])["addrs"][0]
+        def start_home(i: int, side: str) -> None:
+            start(homes[f"home_{side}"], *RECIPE, "--partition-id", str(i), "--bootstrap", relay,
+                  "--listen", f"/ip4/{net.home_ip(side)}/tcp/{PORT}", prefix=net.prefix(f"home_{side}"))
         with ThreadPoolExecutor(2) as pool:  # the home nodes start side by side
-            list(pool.map(lambda i, side: start(homes[f"home_{side}"], *RECIPE, "--partition-id", str(i),
-                                                "--bootstrap", relay, "--listen", f"/ip4/{net.home_ip(side)}/tcp/{PORT}",
-                                                prefix=net.prefix(f"home_{side}")), (1, 2), "ab"))
+            list(pool.map(start_home, (1, 2), "ab"))
         yield net, homes
     finally:
-        for home in homes.values():
-            stop(home)
+        with ThreadPoolExecutor(3) as pool:
+            list(pool.map(stop, homes.values()))
         net.__exit__()
 
 

@@ -251,11 +251,12 @@ class Reach(TrioService):
             del self.relays[relay]
         if self.reachability == PRIVATE:
             for pid in self._direct_peers(HOP_PROTOCOL):
-                relay = pid.to_base58()
-                due = held.get(pid, 0) - now < 60
-                if (relay in self.relays and not due) or (relay not in self.relays and len(self.relays) >= self.config.max_relays):
-                    continue
-                await self.reserve(pid)
+                if pid.to_base58() in self.relays:
+                    renew = held.get(pid, 0) - now < 2 * self.config.check_s  # before it lapses
+                else:
+                    renew = len(self.relays) < self.config.max_relays
+                if renew:
+                    await self.reserve(pid)
         else:
             self.relays.clear()
         self.transport.relayed_addrs = sorted(self.relays.values())
@@ -277,7 +278,8 @@ class Reach(TrioService):
         conns = self.transport.host.get_network().get_connections(relay)
         addrs = [str(a) for c in conns for a in c.get_transport_addresses() if "/p2p-circuit" not in str(a)]
         if addrs:
-            self.relays[relay.to_base58()] = f"{addrs[0]}/p2p/{relay.to_base58()}/p2p-circuit/p2p/{self.transport.address}"
+            relay_id = relay.to_base58()
+            self.relays[relay_id] = f"{addrs[0]}/p2p/{relay_id}/p2p-circuit/p2p/{self.transport.address}"
         return True
 
     def _admit_bulk(self, peer: str, nbytes: int) -> bool:
