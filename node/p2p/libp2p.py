@@ -33,6 +33,12 @@
   as they open, until the block ends. One log line per block, none per frame.
 * **Writes** time out (``write_timeout``, plus a second per MiB): a peer that stops reading
   cannot hold a lane.
+* **Relays** (set up by ``reach.Reach``): ``connect`` dials ``/p2p-circuit`` addresses through a
+  relay; ``listen_addrs`` includes our addresses through relays; ``path(peer)`` says whether we are
+  connected directly or only through a relay, and ``path_bytes`` counts the bytes sent and received
+  by path, per peer. A frame above ``small_frame`` crosses a relayed connection only if
+  ``admit_relayed_bulk`` allows it (else ``stats.dropped_relay_budget``). Once a peer is also
+  connected directly (a punched hole), its lanes move their streams to the direct connection.
 * **Throughput**: see ``upstream`` (bigger yamux frames, event-driven window credit, a
   buffered Noise session): bench/bench_transfer.py measures it.
 
