@@ -40,6 +40,8 @@ def test_a_node_that_cannot_be_dialed_is_reached_through_a_relay_within_its_bulk
             addrs = await async_wait_until(lambda: hidden_t.listen_addrs(), "a relayed address",
                                            until=lambda a: any("/p2p-circuit" in x for x in a))
             assert hidden.reachability == PRIVATE and relay.status()["reserved_here"] == 1
+            assert relay.status()["dialbacks"] >= 1  # and the dial-backs left no connection behind
+            assert sorted(relay_t.connected_peers()) == sorted([hidden_t.address, dialer_t.address])
             await dialer_t.connect(addrs[0])
             assert dialer_t.path(hidden_t.address) == RELAYED
             dialer_t.send(hidden_t.address, b"hello")

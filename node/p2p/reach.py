@@ -14,7 +14,9 @@ Built on py-libp2p 0.8.1's circuit relay v2, DCUtR and AutoNAT, for a running ``
   answers decide (ties: private). We answer such requests too, for addresses on the asker's observed
   IP only, at most one per peer per ``DIALBACK_EVERY`` s. py-libp2p's own server dials back with
   ``host.connect``, which returns at once when the asker is connected -- and it always is, since it
-  asked -- so every asker would be public; ours dials from a throwaway host of its own.
+  asked -- so every asker would be public. Ours opens a TCP connection of its own and completes a
+  Noise handshake with the asker's key (from a throwaway key, no muxer after it: the asker's swarm
+  never counts it as a connection).
 * **Relay service** (``relay=True``): the circuit relay v2 hop protocol, within limits: at most
   ``relay_reservations`` peers hold a reservation, each with at most ``relay_circuits`` circuits
   open, each circuit carrying at most ``relay_circuit_bytes`` bytes (both ways together) for at most
@@ -39,18 +41,22 @@ from dataclasses import dataclass
 
 import multiaddr
 import trio
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.host.autonat.autonat import AUTONAT_PROTOCOL_ID, AutoNATService
 from libp2p.host.autonat.pb.autonat_pb2 import Message as AutoNATMessage
 from libp2p.peer.id import ID
-from libp2p.peer.peerinfo import PeerInfo
 from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
 from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
 from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL, CircuitV2Protocol
 from libp2p.relay.circuit_v2.resources import RelayLimits
 from libp2p.relay.circuit_v2.transport import CircuitV2Transport
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
+from libp2p.transport.tcp.tcp import TCP
+from libp2p.transport.upgrader import TransportUpgrader
 
-from .libp2p import RELAYED, noise_only_host
+from .libp2p import RELAYED, key_pair_from_seed
 from .service import TrioService
 
 MiB = 1 << 20
@@ -85,8 +91,9 @@ class ReachConfig:
 
 
 class _DialBack(AutoNATService):
-    """AutoNAT with a dial-back that proves something: from a throwaway host (py-libp2p's dials
-    with ``host.connect``, which returns the asker's own connection), rate-limited per peer."""
+    """AutoNAT with a dial-back that proves something (py-libp2p's dials with ``host.connect``,
+    which returns the asker's own connection): a Noise handshake with the asker's key, on a TCP
+    connection of its own from a throwaway key; rate-limited per peer."""
 
     def __init__(self, host, timeout: float) -> None:
         super().__init__(host, serve=True, confirmations=1)
@@ -110,16 +117,30 @@ class _DialBack(AutoNATService):
 
     async def _try_dial(self, peer_id: ID, addrs: list[bytes]) -> bytes | None:
         self.counts["dialbacks"] += 1
-        probe = noise_only_host(os.urandom(32), buffered_noise=False)
-        async with probe.run([]):
-            for addr in addrs:
-                with trio.move_on_after(self.timeout):
-                    try:
-                        await probe.connect(PeerInfo(peer_id, [multiaddr.Multiaddr(addr)]))
-                        return bytes(addr)
-                    except Exception:  # noqa: BLE001 -- unreachable there: the next address
-                        continue
-            return None
+        for addr in addrs:
+            with trio.move_on_after(self.timeout):
+                if await _noise_handshake(multiaddr.Multiaddr(addr), peer_id):
+                    return bytes(addr)
+        return None
+
+
+async def _noise_handshake(addr, peer_id: ID) -> bool:
+    """Whether the peer answers a TCP dial at ``addr`` with a Noise handshake under its own key.
+    A throwaway key, and no muxer after the handshake: the peer's swarm never counts a connection."""
+    noise = NoiseTransport(key_pair_from_seed(os.urandom(32)), noise_privkey=create_x25519_key_pair().private_key)
+    try:
+        raw = await TCP().dial(addr)
+    except Exception:  # noqa: BLE001 -- not reachable there
+        return False
+    try:
+        secure = await TransportUpgrader({NOISE_PROTOCOL_ID: noise}, {}).upgrade_security(raw, True, peer_id)
+        await secure.close()
+        return True
+    except Exception:  # noqa: BLE001 -- not Noise, or another peer's key
+        return False
+    finally:
+        with trio.CancelScope(shield=True):
+            await raw.close()
 
 
 class _DCUtR(DCUtRProtocol):
