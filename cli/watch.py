@@ -37,8 +37,8 @@ def _reach_line(r: dict | None) -> list[str]:
     through = f"; reached through {len(r['relayed_addrs'])} relays" if r["relayed_addrs"] else ""
     serving = (f"; relaying for {r['reserved_here']} peers ({r['circuits_here']} circuits)"
                if r["relay_service"] else "")
-    punched = f"; {r.get('punched', 0)} holes punched, {r.get('punch_failed', 0)} failed" if "punched" in r or \
-        "punch_failed" in r else ""
+    tried = r.get("punched", 0) + r.get("punch_failed", 0)
+    punched = f"; {r.get('punched', 0)} of {tried} hole punches direct" if tried else ""
     return [f"reachability {r['reachability']}{through}{serving}{punched}"]
 
 

@@ -29,6 +29,10 @@ Built on py-libp2p 0.8.1's circuit relay v2, DCUtR and AutoNAT, for a running ``
 * **Bulk over relays**: frames above the transport's ``small_frame`` (models, pulled chunks) cross
   a relayed connection only within ``relay_bulk`` bytes an hour (a token bucket; 0: never).
   Small messages (hello, announcements, small models) always may.
+
+py-libp2p's internals this leans on (0.8.1): the relay transport's ``_make_reservation`` and
+``_reservations``, the relay's ``resource_manager._reservations`` and ``_active_relays`` (counted
+in ``status``), DCUtR's ``_get_observed_addrs`` and ``_perform_hole_punch`` (counted).
 """
 from __future__ import annotations
 
