@@ -93,7 +93,7 @@ def serve(role: str, listen: str, relay: str) -> None:
     from manymodels.node.p2p.reach import Reach, ReachConfig
     from manymodels.protocol import Identity
 
-    big = dict(relay_circuit_bytes=1 << 40, relay_circuit_s=3600, relay_circuits=64, relay_bulk=1 << 40)
+    big = dict(relay_circuit_bytes=1 << 40, relay_circuit_seconds=3600, relay_circuits=64, relay_bulk=1 << 40)
 
     def say(**what) -> None:
         print(json.dumps(what), flush=True)

@@ -20,7 +20,7 @@ Built on py-libp2p 0.8.1's circuit relay v2, DCUtR and AutoNAT, for a running ``
 * **Relay service** (``relay=True``): the circuit relay v2 hop protocol, within limits: at most
   ``relay_reservations`` peers hold a reservation, each with at most ``relay_circuits`` circuits
   open, each circuit carrying at most ``relay_circuit_bytes`` bytes (both ways together) for at most
-  ``relay_circuit_s`` seconds; a circuit over a limit is reset. The relay sees Noise ciphertext only.
+  ``relay_circuit_seconds`` seconds; a circuit over a limit is reset. The relay sees Noise ciphertext only.
 * **Reservations**: a *private* node reserves a slot on up to ``max_relays`` connected peers that
   offer the hop protocol and advertises ``<relay addr>/p2p/<relay>/p2p-circuit/p2p/<us>`` in its
   addresses (hello, peer exchange, status); the transport dials such addresses through the relay.
@@ -77,7 +77,7 @@ class ReachConfig:
     relay_reservations: int = 64  # peers that may hold a reservation on us at once
     relay_circuits: int = 4  # circuits open at once to one reserved peer
     relay_circuit_bytes: int = 64 * MiB  # bytes one circuit carries, both ways together
-    relay_circuit_s: int = 600  # seconds one circuit stays open
+    relay_circuit_seconds: int = 600  # seconds one circuit stays open
     relay_bulk: int = 0  # bytes an hour of frames above small_frame we send over relayed connections
     max_relays: int = 2  # relays a private node reserves a slot on
     check_s: float = 30.0  # seconds between reachability checks once it is known
@@ -87,7 +87,7 @@ class ReachConfig:
         for option, value in (("--relay-reservations", self.relay_reservations),
                               ("--relay-circuits", self.relay_circuits),
                               ("--relay-circuit-bytes", self.relay_circuit_bytes),
-                              ("--relay-circuit-seconds", self.relay_circuit_s)):
+                              ("--relay-circuit-seconds", self.relay_circuit_seconds)):
             if not value >= 1:
                 raise ValueError(f"{option} must be at least 1, got {value}")
         if not self.relay_bulk >= 0:
@@ -177,6 +177,8 @@ class _Bucket:
 
 
 class Reach(TrioService):
+    """Reachability, relaying, reservations and hole punching for a running ``Libp2pTransport``."""
+
     def __init__(self, transport, config: ReachConfig | None = None) -> None:
         super().__init__()
         self.transport = transport
@@ -190,7 +192,7 @@ class Reach(TrioService):
     # --- lifecycle
     async def _open(self, stack: AsyncExitStack) -> None:
         host, c = self.transport.host, self.config
-        limits = RelayLimits(duration=c.relay_circuit_s, data=c.relay_circuit_bytes,
+        limits = RelayLimits(duration=c.relay_circuit_seconds, data=c.relay_circuit_bytes,
                              max_circuit_conns=c.relay_circuits, max_reservations=c.relay_reservations)
         self.circuit = CircuitV2Protocol(host, limits=limits, allow_hop=c.relay)
         await stack.enter_async_context(background_trio_service(self.circuit))

@@ -88,7 +88,7 @@ class DaemonConfig:
     relay_reservations: int = ReachConfig.relay_reservations
     relay_circuits: int = ReachConfig.relay_circuits
     relay_circuit_bytes: int = ReachConfig.relay_circuit_bytes
-    relay_circuit_seconds: int = ReachConfig.relay_circuit_s
+    relay_circuit_seconds: int = ReachConfig.relay_circuit_seconds
     relay_bulk: int = ReachConfig.relay_bulk
 
     def to_json(self) -> dict:
@@ -102,7 +102,7 @@ class DaemonConfig:
         try:
             return ReachConfig(relay=self.relay, relay_reservations=self.relay_reservations,
                                relay_circuits=self.relay_circuits, relay_circuit_bytes=self.relay_circuit_bytes,
-                               relay_circuit_s=self.relay_circuit_seconds, relay_bulk=self.relay_bulk)
+                               relay_circuit_seconds=self.relay_circuit_seconds, relay_bulk=self.relay_bulk)
         except ValueError as exc:
             raise SpecError(str(exc)) from None
 
