@@ -1,6 +1,6 @@
 """Reach on real hosts over 127.0.0.1: dial-back reachability, a relay reservation, a relayed
-connection with bytes counted by path, and the bulk-over-relay budget. (The same across real NAT,
-with hole punching: test_nat.py.)"""
+connection with bytes counted by path, the bulk-over-relay budget, and a relay's limits. (The same
+across real NAT, with hole punching: test_nat.py.)"""
 from __future__ import annotations
 
 import pytest
@@ -17,6 +17,13 @@ pytestmark = pytest.mark.slow
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 MiB = 1 << 20
+
+
+def run(test, seconds: float = 60) -> None:
+    async def bounded():
+        with trio.fail_after(seconds):
+            await test()
+    trio.run(bounded)
 
 
 def test_a_node_that_cannot_be_dialed_is_reached_through_a_relay_within_its_bulk_budget():
@@ -55,7 +62,40 @@ def test_a_node_that_cannot_be_dialed_is_reached_through_a_relay_within_its_bulk
             assert hidden_t.path_bytes[dialer_t.address] == {"relayed_received": MiB + 5}
             assert dialer.status()["relay_bulk_per_hour"] == int(1.5 * MiB)
 
-    async def bounded():
-        with trio.fail_after(60):
-            await main()
-    trio.run(bounded)
+    run(main)
+
+
+def test_a_relay_keeps_to_its_limits_on_reservations_and_circuit_bytes():
+    received = []
+
+    async def main():
+        relay_t = Libp2pTransport(Identity.generate(), listen=LOOPBACK)
+        hidden_ts = [Libp2pTransport(Identity.generate(), listen=[]) for _ in range(2)]
+        dialer_t = Libp2pTransport(Identity.generate(), listen=LOOPBACK)
+        for t in hidden_ts:
+            t.set_receiver(lambda peer, data: received.append(len(data)))
+        limits = ReachConfig(relay=True, check_s=1, relay_reservations=1, relay_circuit_bytes=256 * 1024)
+        async with relay_t.running(), hidden_ts[0].running(), hidden_ts[1].running(), dialer_t.running(), \
+                Reach(relay_t, limits).running() as relay, \
+                Reach(hidden_ts[0], ReachConfig(check_s=1)).running() as a, \
+                Reach(hidden_ts[1], ReachConfig(check_s=1)).running() as b, \
+                Reach(dialer_t, ReachConfig(check_s=1, relay_bulk=8 * MiB)).running():
+            for t in (*hidden_ts, dialer_t):
+                await t.connect(relay_t.listen_addrs()[0])
+            # one reservation at a time: the second node is refused
+            def outcomes():  # (reserved, refused) for each hidden node
+                return [(bool(t.relayed_addrs), r.counts["reservations_failed"] > 0) for t, r in zip(hidden_ts, (a, b))]
+            await async_wait_until(lambda: sorted(outcomes()), "one reservation and one refusal",
+                                   until=lambda seen: seen == [(False, True), (True, False)])
+            assert relay.status()["reserved_here"] == 1
+            reserved = next(t for t in hidden_ts if t.relayed_addrs)
+            await dialer_t.connect(reserved.relayed_addrs[0])
+            dialer_t.send(reserved.address, b"small")
+            await async_wait_until(lambda: received, "the small message through the relay")
+            # a circuit carries 256 KiB at most: a 1 MiB frame resets it, and never arrives
+            dialer_t.send(reserved.address, b"z" * MiB)
+            await async_wait_until(lambda: dialer_t.path(reserved.address), "the circuit to be reset",
+                                   until=lambda path: path is None)
+            assert received == [5]
+
+    run(main)
