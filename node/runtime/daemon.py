@@ -1,6 +1,7 @@
 """The node daemon: one node on the real network, run from a home directory.
 
-The trio loop owns the network (libp2p transport, control socket) and never waits on learning:
+The trio loop owns the network (libp2p transport, discovery, reach -- reachability, relays and
+hole punching: docs/NETWORK.md -- and the control socket) and never waits on learning:
 the model lives in a worker process (`WorkerLearner`), and each learning cycle runs in a thread
 that only waits on that process. Inbound frames are verified off the loop (`Inbound`: a bounded
 queue, one verifier thread); a message on a direct stream must be signed by the peer Noise
