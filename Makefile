@@ -9,9 +9,10 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-# Debian packages the tests use: Fashion-MNIST (a dataset test) and chromium (renders the HTML
-# report). Installed where apt-get can (root, Debian); elsewhere those tests skip and say why.
-DEBS := dataset-fashion-mnist chromium
+# Debian packages the tests use: Fashion-MNIST (a dataset test), chromium (renders the HTML
+# report), iproute2 and iptables (the NAT test network, tests/nat_network.py). Installed where
+# apt-get can (root, Debian); elsewhere those tests skip and say why.
+DEBS := dataset-fashion-mnist chromium iproute2 iptables
 DEBS_STAMP := $(VENV)/.debs
 
 # constraints.txt pins torch to the CPU build that lies on disk here (pip takes it offline), flwr and ray.
@@ -20,7 +21,7 @@ $(STAMP): $(PY) pyproject.toml constraints.txt $(DEBS_STAMP)
 	touch $(STAMP)
 
 $(DEBS_STAMP): $(PY)
-	@if [ -d /usr/share/datasets/fashion-mnist ] && command -v chromium >/dev/null; then :; \
+	@if [ -d /usr/share/datasets/fashion-mnist ] && command -v chromium >/dev/null && command -v iptables >/dev/null; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		(apt-get install -y -qq --no-install-recommends $(DEBS) || \
 		 (apt-get update -qq && apt-get install -y -qq --no-install-recommends $(DEBS))) >/dev/null \

@@ -41,6 +41,21 @@ ShareOption = Annotated[Optional[str], typer.Option(
     help="Who gets this node's knowledge: all; reciprocal[:N], the peers that gave at least N knowledge messages "
          "in the last 5 versions (a newcomer gets 3 versions' trial); allowlist:FILE, the peer ids in FILE (one a "
          "line). A peer left out gets no model, only the announcements.")]
+# reach (docs/NETWORK.md): the relay service and its limits, and bulk bytes over relays
+RelayOption = Annotated[Optional[bool], typer.Option("--relay/--no-relay", help=(
+    "Relay for nodes that cannot be dialed (circuit relay v2), within the --relay-* limits; run it on a node "
+    "with a public address (see docs/NETWORK.md)."))]
+RelayReservationsOption = Annotated[Optional[int], typer.Option(
+    help="With --relay: how many peers may hold a reservation on this node at once.")]
+RelayCircuitsOption = Annotated[Optional[int], typer.Option(
+    help="With --relay: circuits open at once to one reserved peer.")]
+RelayCircuitBytesOption = Annotated[Optional[int], typer.Option(
+    help="With --relay: bytes one circuit may carry (both ways together) before it is reset.")]
+RelayCircuitSecondsOption = Annotated[Optional[int], typer.Option(
+    help="With --relay: seconds one circuit may stay open.")]
+RelayBulkOption = Annotated[Optional[int], typer.Option(
+    help="Bytes an hour of large messages (models, pulled chunks: over 256 KiB) this node sends through relays to "
+         "peers it has no direct connection to; 0: only small messages cross a relay.")]
 WideOption = Annotated[bool, typer.Option("--wide", help="Never truncate a cell (ids, digests), however wide the "
                                                          "table gets; otherwise a truncated cell ends in '…'.")]
 
@@ -125,6 +140,12 @@ def start(
     metrics: Annotated[Optional[str], typer.Option(
         help="Serve Prometheus metrics at http://HOST:PORT/metrics; :PORT or PORT serves on loopback "
              "(127.0.0.1), 'off' serves none.")] = None,
+    relay: RelayOption = None,
+    relay_reservations: RelayReservationsOption = None,
+    relay_circuits: RelayCircuitsOption = None,
+    relay_circuit_bytes: RelayCircuitBytesOption = None,
+    relay_circuit_seconds: RelayCircuitSecondsOption = None,
+    relay_bulk: RelayBulkOption = None,
     detach: Annotated[bool, typer.Option(
         help="Run in the background: return once the node listens, printing its id and addresses (the "
              "learner then loads for a few seconds; `node status` says when it runs).")] = False,
@@ -146,10 +167,7 @@ def start(
     from manymodels.node.spec import SpecError
 
     h = Home(home)
-    if wait and not detach:
-        raise UserError("--wait goes with --detach (a node in the foreground runs until stopped)")
-    if running(h):  # before anything is saved: a running node's config stays as it runs
-        raise UserError(f"a node is already running in {h.path}")
+    _may_start(h, wait, detach)
     try:
         training = training_options(hidden, optimizer, lr, momentum, weight_decay, batch_size, shuffle)
     except SpecError as exc:
@@ -157,7 +175,9 @@ def start(
     config = update_config(h, listen=listen, bootstrap=bootstrap, dataset=dataset, partition=partition,
                            partition_id=partition_id, num_partitions=num_partitions, model=model, exchange=exchange,
                            rule=rule, period=period, reputation=reputation, push_limit=push_limit, seed=seed,
-                           client_app=_app_spec(client_app), mdns=mdns, metrics=_metrics(metrics),
+                           client_app=_app_spec(client_app), mdns=mdns, metrics=_metrics(metrics), relay=relay,
+                           relay_reservations=relay_reservations, relay_circuits=relay_circuits, relay_bulk=relay_bulk,
+                           relay_circuit_bytes=relay_circuit_bytes, relay_circuit_seconds=relay_circuit_seconds,
                            share=share_spec(share), run_config=None if run_config is None else " ".join(run_config),
                            **training, **codec_options(compress, compress_logits),
                            **privacy_options(dp_noise, dp_clip, dp_epsilon, dp_delta, dp_epochs=dp_epochs))
@@ -198,6 +218,14 @@ def start(
         if error is None:
             raise
         raise UserError(error) from None
+
+
+def _may_start(h, wait: bool, detach: bool) -> None:
+    """Checked before anything is saved: a running node's config stays as it runs."""
+    if wait and not detach:
+        raise UserError("--wait goes with --detach (a node in the foreground runs until stopped)")
+    if running(h):
+        raise UserError(f"a node is already running in {h.path}")
 
 
 def _startup_error(exc: BaseException) -> str | None:

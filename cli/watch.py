@@ -26,7 +26,20 @@ def status_lines(s: dict) -> list[str]:
             f"listening on {' '.join(s['addrs'])}",
             f"{s['peers']} peers connected; model version {s['version']}, held-out accuracy {accuracy}; "
             f"{s['messages_accepted']} messages accepted ({s['pulled']} pulled by digest), "
-            f"{sum(s['rejected'].values())} rejected; up {s['uptime_s']:.0f} s", *_privacy_line(s.get("privacy"))]
+            f"{sum(s['rejected'].values())} rejected; up {s['uptime_s']:.0f} s", *_privacy_line(s.get("privacy")),
+            *_reach_line(s.get("reach"))]
+
+
+def _reach_line(r: dict | None) -> list[str]:
+    """Whether peers can dial the node, the relays it is reached through, what it relays itself."""
+    if r is None:
+        return []
+    through = f"; reached through {len(r['relayed_addrs'])} relays" if r["relayed_addrs"] else ""
+    serving = (f"; relaying for {r['reserved_here']} peers ({r['circuits_here']} circuits)"
+               if r["relay_service"] else "")
+    tried = r.get("punched", 0) + r.get("punch_failed", 0)
+    punched = f"; {r.get('punched', 0)} of {tried} hole punches direct" if tried else ""
+    return [f"reachability {r['reachability']}{through}{serving}{punched}"]
 
 
 def _privacy_line(p: dict | None) -> list[str]:
@@ -71,7 +84,7 @@ def peers_table(rows: list[dict]) -> Table:
     for p in rows:
         offered = ", ".join(f"{k} {v}".strip() for k, v in p["offered"].items())
         reputation = "banned" if p["banned"] else ("-" if p["reputation"] is None else f"{p['reputation']:.2f}")
-        table.add_row(p["id"], "yes" if p["connected"] else "no", _ago(p["last_seen"]), offered,
+        table.add_row(p["id"], p.get("path") or ("yes" if p["connected"] else "no"), _ago(p["last_seen"]), offered,
                       str(p["accepted"]), str(p["rejected"]), reputation)
     return table
 

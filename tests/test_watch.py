@@ -43,6 +43,11 @@ def test_the_live_view_shows_the_status_its_counters_by_reason_and_the_peers():
     assert f"{PEER} yes never weights mlp 40 3 banned" in text
     fresh = shown(status_view({**STATUS, "accuracy": None}))
     assert "held-out accuracy -" in fresh and "last seen" not in fresh  # no peers, no table
+    reach = {"reachability": "private", "relayed_addrs": ["/ip4/198.51.100.1/tcp/4001/p2p/R/p2p-circuit/p2p/x"],
+             "relay_service": False, "reserved_here": 0, "circuits_here": 0, "punched": 1, "punch_failed": 1}
+    behind_nat = shown(status_view({**STATUS, "reach": reach}, [{**PEERS[0], "path": "relayed"}]))
+    assert "reachability private; reached through 1 relays; 1 of 2 hole punches direct" in behind_nat
+    assert f"{PEER} relayed never" in behind_nat
     loading = shown(status_view({**STATUS, "state": "loading"}))
     assert f"node {STATUS['id']} (mlp, weights, rule fedavg, compress float32); loading its learner" in loading
 

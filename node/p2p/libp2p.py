@@ -34,6 +34,12 @@
   as they open, until the block ends. One log line per block, none per frame.
 * **Writes** time out (``write_timeout``, plus a second per MiB): a peer that stops reading
   cannot hold a lane.
+* **Relays** (set up by ``reach.Reach``): ``connect`` dials ``/p2p-circuit`` addresses through a
+  relay; ``listen_addrs`` includes our addresses through relays; ``path(peer)`` says whether we are
+  connected directly or only through a relay, and ``path_bytes`` counts the bytes sent and received
+  by path, per peer. A frame above ``small_frame`` crosses a relayed connection only if
+  ``admit_relayed_bulk`` allows it (else ``stats.dropped_relay_budget``). Once a peer is also
+  connected directly (a punched hole), its lanes move their streams to the direct connection.
 * **Throughput**: see ``upstream`` (bigger yamux frames, event-driven window credit, a
   buffered Noise session): bench/bench_transfer.py measures it.
 
@@ -114,6 +120,7 @@ class Libp2pStats:
     rejected_busy: int = 0  # inbound_bytes or inbound_streams_per_peer would have been exceeded
     truncated: int = 0  # a peer's stream ended or stalled in the middle of a frame
     refused_by_gate: int = 0  # frames dropped unread: the peer was throttled, over its rate or blocked
+    dropped_relay_budget: int = 0  # bulk frames not sent over a relayed connection: over the relay bulk budget
     blocked_connections: int = 0  # connections of blocked peers closed as they opened
     stream_errors: int = 0  # other inbound stream failures
     receiver_errors: int = 0  # the receiver callback raised
@@ -125,7 +132,9 @@ class Libp2pStats:
                 + self.dropped_not_running)
 
 
-_SENT, _WRITE_FAILED, _NO_STREAM = "sent", "write failed", "no stream"
+_SENT, _WRITE_FAILED, _NO_STREAM, _OVER_RELAY_BUDGET = "sent", "write failed", "no stream", "over relay budget"
+RELAYED, DIRECT = "relayed", "direct"
+MAX_PATH_PEERS = 4096  # peers whose bytes by path are kept (least recently counted dropped)
 
 
 @dataclass
@@ -251,6 +260,11 @@ class Libp2pTransport(TrioService):
         self.write_timeout = write_timeout
         self.on_block: list[Callable[[str], None]] = []  # called with a peer id once it is blocked
         self.host = None  # the py-libp2p host, once run() has started (for pubsub, DHT, ...)
+        # set by reach.Reach: dialing /p2p-circuit addresses, our relayed addresses, the bulk budget
+        self.circuit_dialer: Callable | None = None  # async (multiaddr) -> connection through a relay
+        self.relayed_addrs: list[str] = []
+        self.admit_relayed_bulk: Callable[[str, int], bool] = lambda peer, nbytes: True
+        self.path_bytes: dict[str, Counter] = {}  # peer id -> {"relayed_sent": n, "direct_received": n, ...}
         self._listen = list(listen)
         self._buffered_noise = buffered_noise
         self._host_options = dict(host_options or {})
@@ -306,7 +320,7 @@ class Libp2pTransport(TrioService):
         if self.host is None:
             return []
         suffix = f"/p2p/{self.address}"
-        return [a if a.endswith(suffix) else a + suffix for a in map(str, self.host.get_addrs())]
+        return [a if a.endswith(suffix) else a + suffix for a in map(str, self.host.get_addrs())] + self.relayed_addrs
 
     async def connect(self, address: str) -> str:
         """Dial a peer at a multiaddr ending in /p2p/<peer id>; returns that peer id.
@@ -320,9 +334,15 @@ class Libp2pTransport(TrioService):
             raise ValueError(f"not a /p2p multiaddr: {address!r} ({exc})") from None
         if info.peer_id.to_base58() == self.address:
             raise ValueError("that address is this node's own")
+        relayed = "/p2p-circuit" in address
+        if relayed and self.circuit_dialer is None:
+            raise ConnectionError(f"dialing {address}: this node does not dial through relays")
         try:
             with trio.fail_after(self.dial_timeout):
-                await self.host.connect(info)
+                if relayed:
+                    await self.circuit_dialer(multiaddr.Multiaddr(address))
+                else:
+                    await self.host.connect(info)
         except trio.TooSlowError:
             raise ConnectionError(f"dialing {address} timed out after {self.dial_timeout:.0f} s") from None
         except Exception as exc:
@@ -338,6 +358,14 @@ class Libp2pTransport(TrioService):
         if self.host is None:
             return []
         return sorted(p.to_base58() for p in self.host.get_connected_peers())
+
+    def path(self, peer: str) -> str | None:
+        """How we are connected to a peer now: DIRECT (any direct connection), RELAYED, or None."""
+        pid = self._peer_id(peer)
+        conns = self.host.get_network().get_connections(pid) if self.host is not None and pid else []
+        if not conns:
+            return None
+        return RELAYED if all(_is_relayed(c) for c in conns) else DIRECT
 
     def peer_addrs(self, peer: str) -> list[str]:
         if self.host is None:
@@ -443,6 +471,8 @@ class Libp2pTransport(TrioService):
                 if outcome is _SENT:
                     stats.messages_sent += 1
                     stats.bytes_sent += len(data)
+                elif outcome is _OVER_RELAY_BUDGET:
+                    stats.dropped_relay_budget += 1
                 elif outcome is _WRITE_FAILED:  # this message only (e.g. the peer refused its size)
                     stats.dropped_unreachable += 1
                 else:  # no stream at all: what is queued behind would fail the same way
@@ -464,6 +494,9 @@ class Libp2pTransport(TrioService):
         """Write one frame, on the peer's open stream if there is one. A reused stream may have
         been closed by the peer meanwhile: then one retry on a fresh stream."""
         while True:
+            if ob.stream is not None and _is_relayed(ob.stream.swarm_conn) and self.path(pid.to_base58()) == DIRECT:
+                stream, ob.stream = ob.stream, None  # a hole was punched: new streams take the direct connection
+                await _quietly(stream.close())
             reused = ob.stream is not None
             if not reused:
                 try:
@@ -474,9 +507,13 @@ class Libp2pTransport(TrioService):
                     return _NO_STREAM
                 adopt_stream(stream, max_frame=self.yamux_frame)
                 ob.stream = stream
+            peer, relayed = pid.to_base58(), _is_relayed(ob.stream.swarm_conn)
+            if relayed and len(data) > self.small_frame and not self.admit_relayed_bulk(peer, len(data)):
+                return _OVER_RELAY_BUDGET
             try:
                 with trio.fail_after(self.write_timeout + len(data) / MiB):
                     await write_frame(ob.stream, data, chunk_size=self.chunk_size)
+                self._count_path(peer, relayed, "sent", len(data))
                 return _SENT
             except Exception as exc:
                 logger.debug("writing to %s failed: %s: %s", pid, type(exc).__name__, exc)
@@ -550,6 +587,7 @@ class Libp2pTransport(TrioService):
                 return
             stats.messages_received += 1
             stats.bytes_received += len(data)
+            self._count_path(peer, _is_relayed(stream.swarm_conn), "received", len(data))
             receiver = self._receiver
             if receiver is None:
                 continue
@@ -559,6 +597,13 @@ class Libp2pTransport(TrioService):
                 stats.receiver_errors += 1
                 logger.exception("the receiver raised on a message from %s", peer)
             del data
+
+    def _count_path(self, peer: str, relayed: bool, way: str, nbytes: int) -> None:
+        counts = self.path_bytes.pop(peer, None) or Counter()
+        counts[f"{RELAYED if relayed else DIRECT}_{way}"] += nbytes
+        self.path_bytes[peer] = counts  # most recently counted last
+        while len(self.path_bytes) > MAX_PATH_PEERS:
+            del self.path_bytes[next(iter(self.path_bytes))]
 
     def _refused(self, peer: str, exc: Exception) -> None:
         """Count why a peer's stream was reset; strike the peer where it is at fault."""
@@ -610,6 +655,14 @@ class _Bouncer(INotifee):
 
     async def listen_close(self, network, multiaddr) -> None:
         pass
+
+
+def _is_relayed(conn) -> bool:
+    """Whether a swarm connection runs through a relay (its transport address is a /p2p-circuit one)."""
+    try:
+        return any("/p2p-circuit" in str(a) for a in conn.get_transport_addresses())
+    except Exception:  # noqa: BLE001 -- a connection without transport addresses is a direct one here
+        return False
 
 
 async def _quietly(awaitable) -> None:

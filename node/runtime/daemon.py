@@ -1,6 +1,7 @@
 """The node daemon: one node on the real network, run from a home directory.
 
-The trio loop owns the network (libp2p transport, control socket) and never waits on learning:
+The trio loop owns the network (libp2p transport, discovery, reach -- reachability, relays and
+hole punching: docs/NETWORK.md -- and the control socket) and never waits on learning:
 the model lives in a worker process (`WorkerLearner`), and each learning cycle runs in a thread
 that only waits on that process. Inbound frames are verified off the loop (`Inbound`: a bounded
 queue, one verifier thread); a message on a direct stream must be signed by the peer Noise
@@ -32,6 +33,7 @@ from .logs import size
 from .metrics import Metrics
 from ..p2p.discovery import Discovery, DiscoveryConfig
 from ..p2p.logs import bound_libp2p_logs
+from ..p2p.reach import Reach, ReachConfig
 from ..learning.probe import ProbeSet
 from ..learning.recipe import LearnerRecipe
 from ..core.exchange import Folded
@@ -55,7 +57,7 @@ MAX_KEPT_EXAMPLES = 4 * MAX_SENDERS_PER_PERIOD  # knowledge messages whose weigh
 SERVE_QUEUE_PER_PEER = PULL_WINDOW * BLOB_CHUNK  # blob bytes waiting to be sent to one peer
 SERVE_QUEUE_TOTAL = 256 << 20  # ... and to all peers together
 SEQ_MARGIN = 10_000  # sequence numbers a crash may have used since the last save
-DIALS_PER_MINUTE = 8  # addresses learnt from other peers that this node dials
+DIALS_PER_MINUTE = 8  # peers learnt from other peers that this node dials
 # Each period sends every neighbour up to 4 frames (hello, peer list, knowledge); a peer admits 20 a
 # second from one connection (GateConfig.frames_per_s) before it strikes. 0.5 s keeps under half that.
 MIN_PERIOD = 0.5
@@ -82,6 +84,13 @@ class DaemonConfig:
     metrics: str = ""  # HOST:PORT to serve Prometheus metrics on ("": none)
     compress: str = DEFAULT_CODECS["weights"]  # the codec weights travel in
     compress_logits: str = DEFAULT_CODECS["logits"]  # the codec logits travel in
+    # reach (p2p/reach.py): offer the relay service, its limits, and bulk bytes an hour over relays
+    relay: bool = False
+    relay_reservations: int = ReachConfig.relay_reservations
+    relay_circuits: int = ReachConfig.relay_circuits
+    relay_circuit_bytes: int = ReachConfig.relay_circuit_bytes
+    relay_circuit_seconds: int = ReachConfig.relay_circuit_seconds
+    relay_bulk: int = ReachConfig.relay_bulk
 
     def to_json(self) -> dict:
         return {**asdict(self), "recipe": self.recipe.to_json()}
@@ -90,6 +99,14 @@ class DaemonConfig:
     def from_json(cls, value: dict) -> DaemonConfig:
         return cls(**{**value, "recipe": LearnerRecipe.from_json(value["recipe"])})
 
+    def reach_config(self) -> ReachConfig:
+        try:
+            return ReachConfig(relay=self.relay, relay_reservations=self.relay_reservations,
+                               relay_circuits=self.relay_circuits, relay_circuit_bytes=self.relay_circuit_bytes,
+                               relay_circuit_seconds=self.relay_circuit_seconds, relay_bulk=self.relay_bulk)
+        except ValueError as exc:
+            raise SpecError(str(exc)) from None
+
     def node_spec(self) -> NodeSpec:
         """The node this config runs, checked; a SpecError is one line for the user."""
         if not self.period >= MIN_PERIOD:  # saved, a period <= 0 would stop every later start (or spin)
@@ -97,6 +114,7 @@ class DaemonConfig:
                             f"to 4 messages, and peers admit 20 a second), got {self.period:g}")
         if self.push_limit < 0:
             raise SpecError(f"--push-limit must be at least 0 bytes, got {self.push_limit}")
+        self.reach_config()
         if self.recipe.client_app and self.exchange != "weights":
             raise SpecError(f"a daemon runs a Flower client with --exchange weights (--exchange {self.exchange} "
                             "needs the built-in datasets, or the simulator's --probe for a client's distill hooks)")
@@ -344,7 +362,9 @@ class Daemon:
         self.ledger = Ledger()  # what each peer's knowledge did to the model
         self.stopping = trio.Event()
         self.discovery: Discovery | None = None
+        self.reach: Reach | None = None
         self._dials: list[float] = []  # when peer-exchange dials happened (the last minute's)
+        self._dialing: set[str] = set()  # peers being dialed now
         self.inbound: Inbound | None = None
         self.listening: list[str] = []  # our multiaddrs, saved so that a restart keeps its ports
         self._counted = _counts(NodeStats())  # at the last fold (or the start)
@@ -496,23 +516,28 @@ class Daemon:
     async def _dial(self, node: DaemonNode, transport, addrs: list[str]) -> None:
         """Dial peers another peer told us of: only peers this node can attribute (it holds a
         message they signed: an announcement, or a hello on an earlier connection), and at most
-        DIALS_PER_MINUTE, so a peer's list cannot point this node at arbitrary hosts."""
+        DIALS_PER_MINUTE, so a peer's list cannot point this node at arbitrary hosts. A peer's
+        addresses are dialed side by side, the first to connect wins: a home node's LAN address
+        times out from elsewhere while its address through a relay connects."""
         connected = set(transport.connected_peers()) | {node.id}
         known = set(node.remote_models) | {p for p, entry in node.peers.items() if "agent" in entry}
+        by_peer: dict[str, list[str]] = {}
         for addr in addrs[:16]:
-            peer = addr.rsplit("/p2p/", 1)[-1]
-            if peer in connected or peer not in known or len(connected) > MAX_PEERS:
+            by_peer.setdefault(addr.rsplit("/p2p/", 1)[-1], []).append(addr)
+        for peer, its_addrs in by_peer.items():
+            if peer in connected or peer in self._dialing or peer not in known or len(connected) > MAX_PEERS:
                 continue
             now = time.monotonic()
             self._dials = [t for t in self._dials if now - t < 60]
             if len(self._dials) >= DIALS_PER_MINUTE:
                 return
             self._dials.append(now)
+            self._dialing.add(peer)
             try:
-                await transport.connect(addr)
-                connected.add(peer)
-            except (ValueError, ConnectionError):
-                pass  # stale or unreachable: another peer may know better
+                if await _first_to_connect(transport, its_addrs):
+                    connected.add(peer)
+            finally:
+                self._dialing.discard(peer)
 
     # --- control commands ----------------------------------------------------------------------
     async def _control(self, transport, request: dict):
@@ -527,6 +552,7 @@ class Daemon:
         if cmd == "peers":
             connected = set(transport.connected_peers())
             return [{**p, "connected": p["id"] in connected, "rejected": node.stats.rejected_from[p["id"]],
+                     "path": transport.path(p["id"]), "bytes_by_path": dict(transport.path_bytes.get(p["id"], {})),
                      **transport.gate.standing(p["id"], time.monotonic()),
                      "reputation": node.reputation.scores.get(_key_of(p["id"], node)),
                      "banned": _key_of(p["id"], node) in node.banned}
@@ -571,7 +597,8 @@ class Daemon:
                 "pulled": pulled, "withheld": stats.withheld, "share": self.config.share,
                 "gate": {**transport.gate.events, "blocked_now": transport.gate.blocked_count(time.monotonic()),
                          "inbound_dropped": self.inbound.dropped if self.inbound else 0},
-                "discovery": self._discovery_status(), "privacy": self._privacy_status()}
+                "discovery": self._discovery_status(), "privacy": self._privacy_status(),
+                "reach": self.reach.status() if self.reach is not None else None}
 
     def _privacy_status(self) -> dict | None:
         """The DP settings and what this run has spent (None: no DP): DP-SGD's learner, or with the
@@ -643,8 +670,8 @@ class Daemon:
         try:
             discovery_config = DiscoveryConfig(mdns=self.config.mdns)
             async with transport.running(), Discovery(transport, config=discovery_config).running() as discovery, \
-                    trio.open_nursery() as nursery:
-                self.discovery = discovery
+                    Reach(transport, self.config.reach_config()).running() as reach, trio.open_nursery() as nursery:
+                self.discovery, self.reach = discovery, reach
                 self.listening = transport.listen_addrs()
                 await nursery.start(serve_control, self.home.socket, lambda request: self._control(transport, request))
                 log.info("%s listening on %s", self.identity.peer_id, " ".join(self.listening))
@@ -716,6 +743,25 @@ def _counts(stats: NodeStats) -> tuple[int, int, Counter, Counter]:
     """Bytes sent and received, rejections and refusals by reason: what the period line counts.
     Copies: the verifier thread counts while this runs."""
     return stats.bytes_sent, stats.bytes_received, Counter(dict(stats.rejected)), Counter(dict(stats.refused))
+
+
+async def _first_to_connect(transport, addrs: list[str]) -> bool:
+    """Dial these addresses of one peer side by side; True once one connects (the others are cancelled)."""
+    connected = False
+
+    async def dial(addr: str, cancel_scope: trio.CancelScope) -> None:
+        nonlocal connected
+        try:
+            await transport.connect(addr)
+        except (ValueError, ConnectionError):
+            return  # stale or unreachable: another address, or another peer, may know better
+        connected = True
+        cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        for addr in addrs:
+            nursery.start_soon(dial, addr, nursery.cancel_scope)
+    return connected
 
 
 def _hex(text: str) -> bytes:
