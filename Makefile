@@ -21,7 +21,7 @@ $(STAMP): $(PY) pyproject.toml constraints.txt $(DEBS_STAMP)
 	touch $(STAMP)
 
 $(DEBS_STAMP): $(PY)
-	@if [ -d /usr/share/datasets/fashion-mnist ] && command -v chromium >/dev/null && command -v iptables >/dev/null; then :; \
+	@if [ -d /usr/share/datasets/fashion-mnist ] && command -v chromium >/dev/null && command -v iptables >/dev/null && command -v ip >/dev/null; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		(apt-get install -y -qq --no-install-recommends $(DEBS) || \
 		 (apt-get update -qq && apt-get install -y -qq --no-install-recommends $(DEBS))) >/dev/null \
