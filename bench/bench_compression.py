@@ -1,7 +1,8 @@
 """Compression (issue 12): what each codec saves, what it costs in accuracy, and how fast it runs.
 
 1. Bytes to reach 90 % of pooled accuracy (mean node accuracy >= 0.9 x pooled, pooled from the same run;
-   bench_many_models.py's measure) on digits, Dirichlet alpha=0.1, a homogeneous mlp network:
+   bench_many_models.py's measure) on digits (or --dataset fashion-mnist --max-train N), Dirichlet
+   alpha=0.1, a homogeneous mlp network:
    weight gossip with each weights codec (float32, float16, int8, top-k 1 % and 5 % with error
    feedback, ...) and distillation with float16 and uint8 logits; the final accuracy's loss against
    float32 (goal: a weights codec >= 8x fewer bytes at <= 1 point loss; distill >= 10x fewer than
@@ -33,7 +34,8 @@ GOAL_WEIGHTS, GOAL_LOSS, GOAL_DISTILL, LINK_MBPS = 8.0, 1.0, 10.0, 125.0
 
 def simulate(exchange: str, codec: str, args) -> dict:
     option = {"compress": codec} if exchange == "weights" else {"compress_logits": codec}
-    config = SimulationConfig(nodes=args.nodes, rounds=args.rounds, dataset="digits", partition="dirichlet:0.1",
+    config = SimulationConfig(nodes=args.nodes, rounds=args.rounds, dataset=args.dataset, max_train=args.max_train,
+                              partition="dirichlet:0.1",
                               exchange=exchange, seed=args.seed, **option)
     report = run_simulation(config)
     s = report["summary"]
@@ -129,6 +131,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default=WEIGHTS, help="weights codecs to compare")
     parser.add_argument("--distill", default=DISTILL, help="logits codecs to compare")
+    parser.add_argument("--dataset", default="digits", help="digits, fashion-mnist or mnist1d")
+    parser.add_argument("--max-train", type=int, default=None, help="subsample the training set (fashion-mnist)")
     parser.add_argument("--nodes", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
@@ -142,7 +146,7 @@ def main() -> None:
     speed_rows, speed_data = throughput_section(args)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     md = ["## Compression: bytes to target, accuracy, throughput", "",
-          f"digits, Dirichlet alpha=0.1, {args.nodes} mlp nodes, {args.rounds} rounds, full topology, seed {args.seed}, "
+          f"{args.dataset}{f' (at most {args.max_train:,} training examples)' if args.max_train else ''}, Dirichlet alpha=0.1, {args.nodes} mlp nodes, {args.rounds} rounds, full topology, seed {args.seed}, "
           "fedavg; other options at the simulator's defaults. Bytes are everything all nodes sent (weights or logits "
           "messages, signed envelopes). Goals: a weights codec >= 8x fewer bytes than float32 at <= 1 point "
           "accuracy loss; distill >= 10x fewer than float32 weight gossip.", "", *bytes_rows, "",
