@@ -56,12 +56,16 @@ class TorchLearner(Learner):
         # parameter by about lr, which on digits cost 4 points (weights, α=0.1) to 37 (mixed).
         self.module.load_state_dict(new)
 
+    def epoch_order(self, n: int) -> torch.Tensor:
+        """The order of n examples in the next epoch: shuffled by this node's own generator."""
+        return torch.randperm(n, generator=self._generator) if self.shuffle else torch.arange(n)
+
     def _epochs(self, x: torch.Tensor, epochs: int, loss_of) -> float:
         """Mini-batch steps over x for `epochs`; loss_of(batch indices, logits) -> scalar loss."""
         self.module.train()
         total, batches = 0.0, 0
         for _ in range(epochs):
-            order = torch.randperm(len(x), generator=self._generator) if self.shuffle else torch.arange(len(x))
+            order = self.epoch_order(len(x))
             for start in range(0, len(x), self.batch_size):
                 idx = order[start:start + self.batch_size]
                 self.optimizer.zero_grad()
