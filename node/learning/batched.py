@@ -246,12 +246,13 @@ class _Stacked:
 
     def store(self, learners: list[TorchLearner]) -> None:
         """Every learner's parameters and optimizer state become its rows of the stacks (no copy)."""
-        steps = torch.full((len(learners),), float(self.taken))
+        # one step count per parameter, as torch keeps them (each parameter's step adds one to its own)
+        steps = torch.full((len(self.params), len(learners)), float(self.taken))
         for i, one in enumerate(learners):
             for k, p in enumerate(one.module.parameters()):
                 p.data = self.params[k].detach()[i]
                 if self.settings[0] == "adam":
-                    one.optimizer.state[p] = {"step": steps[i], "exp_avg": self.moments[0][k][i],
+                    one.optimizer.state[p] = {"step": steps[k, i], "exp_avg": self.moments[0][k][i],
                                               "exp_avg_sq": self.moments[1][k][i]}
                 elif self.settings[2]:
                     one.optimizer.state[p] = {"momentum_buffer": self.buffers[k][i]}

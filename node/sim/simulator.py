@@ -22,8 +22,10 @@ from manymodels.aggregation import check_inputs
 from manymodels.protocol import Identity, peer_id
 
 from .attacks import ATTACKS, Attack, AttackContext, Attacker
+from .batching import train_nodes
 from .foldlog import LoggedNode
 from ..core.node import Node, sealed
+from ..learning.batched import accuracies, fit_all
 from ..learning.datasets import DatasetError, load_dataset
 from ..learning.generator import GaussianClassGenerator
 from ..learning.learner import Learner
@@ -157,8 +159,7 @@ def _rounds(spec: SimulationSpec, nodes: list[Node], network: MemoryNetwork, con
     for r in range(spec.config.rounds):
         context.round = r
         before = [(Counter(node.stats.sent_by_kind), Counter(node.stats.rejected)) for node in nodes]
-        for node in nodes:
-            node.train(spec.node.local_epochs)
+        train_nodes(nodes, spec.node.local_epochs, spec.config.batched)
         # attackers publish last, so the colluding ones (ALIE, IPM, Sybil) read this round's honest models
         for i in sorted(range(len(nodes)), key=lambda i: i in attackers):
             nodes[i].publish()
@@ -170,7 +171,8 @@ def _rounds(spec: SimulationSpec, nodes: list[Node], network: MemoryNetwork, con
                 if before_fold:
                     before_fold(r, members[i], node)
                 node.fold()
-            series[i]["history"].append(world.accuracy(node.learner))
+        for i, (node, accuracy) in enumerate(zip(nodes, world.accuracies([n.learner for n in nodes]))):
+            series[i]["history"].append(accuracy)
             series[i]["bytes_sent_per_round"].append(dict(node.stats.sent_by_kind - before[i][0]))
             series[i]["rejected_per_round"].append(dict(sorted((node.stats.rejected - before[i][1]).items())))
             series[i]["banned_per_round"].append(len(node.banned))
@@ -187,10 +189,12 @@ def _baselines(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld) -> tup
     as many epochs as the network trained."""
     epochs = spec.config.rounds * spec.config.local_epochs
     local_only = []
-    for i in range(spec.config.nodes):
-        alone = world.alone(i)
-        alone.fit(epochs)
-        local_only.append(world.accuracy(alone))
+    # batched: in blocks of learners trained together (a Flower client's learners one at a time, as before)
+    block = 1024 if spec.config.batched and not spec.config.client_app else 1
+    for start in range(0, spec.config.nodes, block):
+        alone = [world.alone(i) for i in range(start, min(start + block, spec.config.nodes))]
+        fit_all(alone, epochs)
+        local_only += world.accuracies(alone)
     pooled = {}
     for arch in sorted(set(world.archs)):
         one = world.pooled(arch)
@@ -312,6 +316,12 @@ class _DatasetWorld:
     def accuracy(self, learner: Learner) -> float:
         return round(learner.evaluate(self.data.x_test, self.data.y_test)["accuracy"], 6)
 
+    def accuracies(self, learners: list[Learner]) -> list[float]:
+        """accuracy() of each; with batched training, evaluated in batches too (equal)."""
+        if not self.spec.config.batched:
+            return [self.accuracy(learner) for learner in learners]
+        return [round(a, 6) for a in accuracies(learners, self.data.x_test, self.data.y_test)]
+
     def alone(self, i: int) -> Learner:
         return self._learner(self.archs[i], self.parts[i], node_seed(self.spec.config.seed, i), self._labels(i))
 
@@ -381,6 +391,9 @@ class _FlowerWorld:
         metrics = learner.evaluate()
         self.test_examples = int(metrics.get("num-examples", self.test_examples))
         return round(metrics["accuracy"], 6)
+
+    def accuracies(self, learners: list[Learner]) -> list[float]:
+        return [self.accuracy(learner) for learner in learners]
 
     def alone(self, i: int) -> Learner:
         one = self._learner(i, self.config.nodes, node_seed(self.config.seed, i))

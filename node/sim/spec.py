@@ -22,7 +22,8 @@ from .topology import TopologyError, neighbours
 _LATER_OPTIONS = {**{key: getattr(DEFAULT_TRAINING, key) for key in
                      ("hidden", "optimizer", "momentum", "weight_decay", "shuffle")}, "plants": (), "share": "all",
                   "compress": DEFAULT_CODECS["weights"], "compress_logits": DEFAULT_CODECS["logits"],
-                  **{f"dp_{key}": getattr(NO_PRIVACY, key) for key in ("noise", "clip", "epsilon", "delta")}}
+                  **{f"dp_{key}": getattr(NO_PRIVACY, key) for key in ("noise", "clip", "epsilon", "delta")},
+                  "batched": True, "protocol_only": False}
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,12 @@ class SimulationConfig:
     client_app: str | None = None
     run_config: str = ""  # the client's context.run_config overrides, "k=v k2=v2" as `flwr run --run-config`
     share: str = "all"  # who gets each node's knowledge: all, reciprocal[:N] or allowlist:FILE
+    # Nodes of one architecture train (and are evaluated) in batches, equal to one by one in every bit
+    # (node/learning/batched.py); False: one by one, as before.
+    batched: bool = True
+    # Signed messages and no training (node/sim/protocol_only.py): dissemination, bandwidth and Byzantine
+    # effects at scale; the report has no accuracies.
+    protocol_only: bool = False
 
     def to_report(self) -> dict:
         report = asdict(self)
