@@ -103,6 +103,12 @@ def simulate(
              "--dataset, --partition and --model are then unused.")] = None,
     run_config: Annotated[Optional[list[str]], typer.Option(
         help='The Flower client\'s run config, "key=value key=value" as `flwr run --run-config` takes it.')] = None,
+    batched: Annotated[bool, typer.Option(
+        "--batched/--one-by-one", help="Train nodes of one architecture together, in batches (the same numbers "
+                                       "as one by one, faster; docs/SIMULATION.md).")] = True,
+    protocol_only: Annotated[bool, typer.Option(
+        "--protocol-only", help="Signed weights messages and no training (a random step a round): "
+                                "dissemination, bandwidth and attacks at scale; the report has no accuracies.")] = False,
     report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     save_config: Annotated[Optional[Path], typer.Option(metavar="FILE.toml", help=
@@ -123,8 +129,8 @@ def simulate(
             probe_size=probe_size, probe_file=str(probe) if probe else None, temperature=temperature,
             synthetic_weight=synthetic_weight, licence=licence, attacks=tuple(attack or ()), reputation=reputation,
             **({"share": share} if share is not None else {}),
-            client_app=client_app, run_config=" ".join(run_config or ()),
-            **training_options(hidden, optimizer, lr, momentum, weight_decay, batch_size, shuffle),
+            client_app=client_app, run_config=" ".join(run_config or ()), batched=batched,
+            protocol_only=protocol_only, **training_options(hidden, optimizer, lr, momentum, weight_decay, batch_size, shuffle),
             **codec_options(compress, compress_logits), **privacy_options(dp_noise, dp_clip, dp_epsilon, dp_delta),
             **({"accept_licences": tuple(accept_licence)} if accept_licence else {}))
     except SpecError as exc:
@@ -148,7 +154,7 @@ def simulate(
     if json_out:
         _print_json(result)
     else:
-        _show_report(result)
+        (_show_protocol_report if protocol_only else _show_report)(result)
         if report is not None:
             console.print(f"report written to {report}")
 
@@ -179,6 +185,14 @@ def _show_report(result: dict) -> None:
         f"alone {s['mean_local_only_accuracy']:.3f} | one pooled model {s['pooled_accuracy']:.3f}"
         + (f" | {s['wall_seconds']:.1f} s" if "wall_seconds" in s else "")  # the golden reports leave it out
     )
+
+
+def _show_protocol_report(result: dict) -> None:
+    s = result["summary"]
+    console.print(
+        f"{len(result['nodes'])} nodes, {len(s['seconds_per_round'])} rounds: {s['mean_seconds_per_round']:.3f} s a round | "
+        f"messages sent {s['messages_sent']}, verified {s['messages_verified']} (accepted {s['messages_accepted']}, "
+        f"rejected {s['rejected_messages']}), dropped {s['messages_dropped']} | {size(s['bytes_sent'])} sent")
 
 
 @app.command()

@@ -34,6 +34,7 @@ from ..learning.probe import ProbeError, load_probe, split_probe
 from ..learning.recipe import make_learner, node_seed
 from ..spec import NodeData, NodeSpec, SpecError, build_node
 from .network import LinkModel, MemoryNetwork
+from .protocol_only import ProtocolWorld, RoundClock, protocol_report
 from .spec import SimulationConfig, SimulationSpec
 
 # Virtual time starts at a fixed instant so timestamps (and thus every byte) repeat for a seed.
@@ -57,6 +58,8 @@ def run_simulation(config: SimulationConfig, on_round: Callable[[int, float], No
     """`adversary(round, network, nodes)` runs after the honest nodes publish and before delivery:
     it may attach its own endpoints to the network and send whatever bytes it likes."""
     spec = SimulationSpec.parse(config)
+    if config.protocol_only:
+        return _protocol_only(spec, on_round, adversary)
     if not config.client_app:
         return _simulate(spec, on_round, adversary)
     from ..learning.flower import FlowerError
@@ -77,6 +80,18 @@ def _simulate(spec: SimulationSpec, on_round: Callable[[int, float], None] | Non
                              wall_seconds=round(time.perf_counter() - started, 3))
     if world.warnings:
         report["warnings"] = world.warnings
+    return report
+
+
+def _protocol_only(spec: SimulationSpec, on_round: Callable[[int, float], None] | None,
+                   adversary: Adversary | None) -> dict:
+    """Signed messages and no training (node/sim/protocol_only.py); a report without accuracies."""
+    started = time.perf_counter()
+    clock = RoundClock(on_round)
+    world = ProtocolWorld(spec, clock)
+    network, nodes, series = _run(spec, world, list(range(spec.config.nodes)), clock.tick, adversary)
+    report = protocol_report(_report(spec, world, nodes, series, world.baselines()), network, clock)
+    report["summary"]["wall_seconds"] = round(time.perf_counter() - started, 3)
     return report
 
 
