@@ -61,7 +61,7 @@ def simulate(
     ctx: typer.Context,
     nodes: Annotated[int, typer.Option(help="How many nodes.")] = 8,
     rounds: Annotated[int, typer.Option(help="Gossip rounds.")] = 20,
-    dataset: Annotated[str, typer.Option(help="digits, fashion-mnist or mnist1d.")] = "digits",
+    dataset: Annotated[str, typer.Option(help="digits, fashion-mnist, mnist1d or mnist1d:N (N samples).")] = "digits",
     partition: Annotated[str, typer.Option(help="iid, dirichlet:ALPHA or shards:K.")] = "dirichlet:0.5",
     model: Annotated[str, typer.Option(
         help="logreg, mlp, mlp-wide, cnn, forest; 'mixed' (one of each in turn) or a comma list.")] = "mlp",
