@@ -74,11 +74,12 @@ def test_what_trains_alone(digits):
     assert group_key(logreg) is None  # not torch's plain Adam step
 
 
-def test_batched_data_are_views_of_one_tensor(digits):
+def test_a_batched_learner_keeps_its_own_tensors(digits):
     learners = _learners(digits, "logreg", Training())[:4]
     fit_all(learners, 1)
-    base = learners[0].x.untyped_storage().data_ptr()
-    assert all(one.x.untyped_storage().data_ptr() == base for one in learners)
+    one = learners[1]
+    tensors = [*one.module.parameters(), *(t for s in one.optimizer.state.values() for t in s.values()), one.x]
+    assert all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in tensors)
 
 
 def _report(**options):

@@ -13,9 +13,10 @@ bias correction is one number for the group). Ragged data: the last step of an e
 sub-batches of learners whose last batch is as wide (no padding: torch sums a short batch in
 another order than a padded one). Everything else trains alone, as before.
 
-Memory: a group's examples are gathered once into one tensor and every learner's x and y become
-views into it; after a step each learner's parameters and optimizer state are views into the
-group's stacked tensors (in-place updates, set_weights and solo training still work on them)."""
+Memory: a learner keeps its own partition (all of them together: one copy of the training set, no
+per-node copy of the dataset); a batched fit gathers its group's examples, parameters and optimizer
+state into stacked tensors for its duration and copies the results back, so each learner stays
+self-contained (a copy of one, as the value study makes, copies that one alone)."""
 from __future__ import annotations
 
 import math
@@ -137,15 +138,9 @@ class _Group:
         self.x, self.y = self._gather()
 
     def _gather(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every learner's examples in one tensor; their x and y become views into it."""
-        x = torch.cat([one.x.reshape(one.num_examples, -1) for one in self.learners])
-        y = torch.cat([one.y for one in self.learners])
-        start = 0
-        for one in self.learners:
-            n = one.num_examples
-            one.x, one.y = x[start:start + n].view(one.x.shape), y[start:start + n]
-            start += n
-        return x, y
+        """Every learner's examples in one tensor, for as long as the group trains."""
+        return (torch.cat([one.x.reshape(one.num_examples, -1) for one in self.learners]),
+                torch.cat([one.y for one in self.learners]))
 
     def _epoch_rows(self) -> torch.Tensor:
         """(node, steps * batch): the rows of x each learner trains on this epoch, in its own order."""
@@ -244,18 +239,19 @@ class _Stacked:
         for param, grad in zip(self.params, grads):
             param.add_(grad, alpha=-lr)
 
+    @torch.no_grad()
     def store(self, learners: list[TorchLearner]) -> None:
-        """Every learner's parameters and optimizer state become its rows of the stacks (no copy)."""
-        # one step count per parameter, as torch keeps them (each parameter's step adds one to its own)
-        steps = torch.full((len(self.params), len(learners)), float(self.taken))
-        for i, one in enumerate(learners):
-            for k, p in enumerate(one.module.parameters()):
-                p.data = self.params[k].detach()[i]
+        """Every learner's parameters and optimizer state, copied back from its rows of the stacks
+        (into tensors of its own: a copy of the learner, as a study makes, copies it alone)."""
+        for k, ps in enumerate(zip(*(one.module.parameters() for one in learners))):
+            for i, (one, p, row) in enumerate(zip(learners, ps, self.params[k].detach().unbind(0))):
+                p.copy_(row)
                 if self.settings[0] == "adam":
-                    one.optimizer.state[p] = {"step": steps[k, i], "exp_avg": self.moments[0][k][i],
-                                              "exp_avg_sq": self.moments[1][k][i]}
+                    one.optimizer.state[p] = {"step": torch.tensor(float(self.taken)),
+                                              "exp_avg": self.moments[0][k][i].clone(),
+                                              "exp_avg_sq": self.moments[1][k][i].clone()}
                 elif self.settings[2]:
-                    one.optimizer.state[p] = {"momentum_buffer": self.buffers[k][i]}
+                    one.optimizer.state[p] = {"momentum_buffer": self.buffers[k][i].clone()}
 
 
 def eval_key(learner: Learner) -> tuple | None:
