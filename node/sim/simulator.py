@@ -5,7 +5,9 @@ app, gives each node its learner and what its exchange is built from, and every 
 node/spec.py's build_node, as in the daemon. Every simulation also trains each node alone
 (local-only) and one model per architecture on all the private data (pooled), so its report answers
 "many models vs one model vs alone" on held-out data. A study runs smaller networks of the same nodes
-(`run_members`: no baselines, no report) and may replay folds (`before_fold`, node/sim/foldlog.py)."""
+(`run_members`: no baselines, no report) and may replay folds (`before_fold`, node/sim/foldlog.py).
+Nodes of one architecture train and are evaluated in batches (node/sim/batching.py), with the same
+numbers as one by one; `protocol_only` runs signed messages without training (node/sim/protocol_only.py)."""
 from __future__ import annotations
 
 import hashlib
