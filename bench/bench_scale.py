@@ -3,6 +3,7 @@ protocol-only mode buy: logistic regression on a random topology (about K neighb
 
 Parts, each case in its own process so its peak memory is its own, ratios from the same run:
   sizes     digits, Dirichlet 0.5, sizes 50,100,200: seconds and memory against the smallest size.
+  training  training alone (no messages): --compare learners one epoch, one by one and batched.
   batched   the same network trained one by one (today's way) and batched: ms per node-round.
   big       --big logistic nodes (10,000) on MNIST-1D generated with --per-node training examples each
             (an iid partition, here and in `batched`: every node gets that many).
@@ -98,6 +99,32 @@ def batched(args) -> None:
           f"accuracy {one['mean_accuracy']} = {many['mean_accuracy']}\n")
 
 
+def training(args) -> None:
+    """Training alone, in this process: --compare learners one epoch each, one by one and batched."""
+    import torch
+
+    from manymodels.node.learning.batched import fit_all
+    from manymodels.node.learning.datasets import load_dataset
+    from manymodels.node.learning.recipe import make_learner
+
+    torch.set_num_threads(1)
+    data = load_dataset(f"mnist1d:{args.compare * args.per_node * 5 // 4}")
+    seconds = []
+    for batched in (False, True):
+        learners = [make_learner("logreg", data.x_train[i::args.compare], data.y_train[i::args.compare], data,
+                                 init_seed=0, seed=i) for i in range(args.compare)]
+        started = time.perf_counter()
+        for _ in range(args.rounds):
+            if batched:
+                fit_all(learners, 1)
+            else:
+                for one in learners:
+                    one.fit(1)
+        seconds.append((time.perf_counter() - started) / args.rounds / args.compare * 1e3)
+    print(f"training alone, {args.compare} logistic learners x {args.per_node} examples, one epoch: one by one "
+          f"{seconds[0]:.3f} ms per node, batched {seconds[1]:.3f} ({seconds[0] / seconds[1]:.1f}x)\n")
+
+
 def big(args) -> None:
     samples = args.big * args.per_node * 5 // 4  # MNIST-1D keeps 80 % for training
     r = run({"config": dict(nodes=args.big, rounds=args.rounds, model="logreg", topology=args.topology,
@@ -122,7 +149,7 @@ def protocol(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", default="sizes,batched,big,protocol")
+    parser.add_argument("--parts", default="sizes,training,batched,big,protocol")
     parser.add_argument("--sizes", default="50,100,200")
     parser.add_argument("--compare", type=int, default=1000, help="nodes in the one-by-one vs batched comparison")
     parser.add_argument("--big", type=int, default=10_000)
@@ -135,7 +162,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return child(json.loads(args.child))
-    parts = {"sizes": sizes, "batched": batched, "big": big, "protocol": protocol}
+    parts = {"sizes": sizes, "training": training, "batched": batched, "big": big, "protocol": protocol}
     for name in args.parts.split(","):
         parts[name](args)
 
