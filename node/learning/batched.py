@@ -53,9 +53,15 @@ def _settings(optimizer: torch.optim.Optimizer) -> tuple | None:
     return None
 
 
+def _params(learner: TorchLearner) -> list[torch.Tensor]:
+    """The module's parameters in order, as its optimizer holds them (a list: cheaper than
+    module.parameters(), which walks the module tree each call)."""
+    return learner.optimizer.param_groups[0]["params"]
+
+
 def _steps_taken(learner: TorchLearner) -> int:
     """Adam's step count; for SGD whether its momentum buffer exists (its first step starts it)."""
-    state = learner.optimizer.state.get(next(learner.module.parameters()), {})
+    state = learner.optimizer.state.get(_params(learner)[0], {})
     if "step" in state:
         return int(state["step"])
     return int(state.get("momentum_buffer") is not None)
@@ -68,7 +74,7 @@ def group_key(learner: Learner) -> tuple | None:
     settings = _settings(learner.optimizer)
     if settings is None or not _layers_batch(learner.module):
         return None
-    return (learner.architecture, tuple(learner.x.shape[1:]), tuple(p.shape for p in learner.module.parameters()),
+    return (learner.architecture, tuple(learner.x.shape[1:]), tuple(p.shape for p in _params(learner)),
             settings, learner.batch_size, math.ceil(learner.num_examples / learner.batch_size),
             _steps_taken(learner))
 
@@ -190,7 +196,7 @@ class _Stacked:
 
     def __init__(self, learners: list[TorchLearner], settings: tuple) -> None:
         self.settings = settings
-        per_node = [list(one.module.parameters()) for one in learners]
+        per_node = [_params(one) for one in learners]
         self.params = [torch.stack([p.detach() for p in ps]).requires_grad_() for ps in zip(*per_node)]
         self.taken = _steps_taken(learners[0])
 
@@ -243,7 +249,7 @@ class _Stacked:
     def store(self, learners: list[TorchLearner]) -> None:
         """Every learner's parameters and optimizer state, copied back from its rows of the stacks
         (into tensors of its own: a copy of the learner, as a study makes, copies it alone)."""
-        for k, ps in enumerate(zip(*(one.module.parameters() for one in learners))):
+        for k, ps in enumerate(zip(*map(_params, learners))):
             for i, (one, p, row) in enumerate(zip(learners, ps, self.params[k].detach().unbind(0))):
                 p.copy_(row)
                 if self.settings[0] == "adam":
