@@ -179,3 +179,11 @@ def test_missing_mnist1d_names_the_package(monkeypatch):
     with pytest.raises(DatasetError) as err:
         load_dataset("mnist1d")
     assert str(err.value) == "mnist1d needs the Python package mnist1d (pip install mnist1d)"
+
+
+def test_mnist1d_of_n_samples():
+    pytest.importorskip("mnist1d", reason="pip install mnist1d")
+    _check(load_dataset("mnist1d:250"), 200, 50, (40,))  # the package keeps 80 % for training
+    for bad in ("mnist1d:x", "mnist1d:5", "digits:100"):
+        with pytest.raises(DatasetError):
+            load_dataset(bad)
