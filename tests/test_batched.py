@@ -74,6 +74,15 @@ def test_what_trains_alone(digits):
     assert group_key(logreg) is None  # not torch's plain Adam step
 
 
+def test_dp_sgd_learners_train_alone(digits):
+    pytest.importorskip("opacus")
+    from manymodels.node.learning.privacy import Privacy
+
+    private = make_learner("logreg", digits.x_train[:64], digits.y_train[:64], digits, init_seed=0, seed=0,
+                           training=Training(privacy=Privacy(noise=1.0)))
+    assert group_key(private) is None  # Opacus' per-example gradients are another computation
+
+
 def test_a_batched_learner_keeps_its_own_tensors(digits):
     learners = _learners(digits, "logreg", Training())[:4]
     fit_all(learners, 1)
