@@ -62,7 +62,7 @@ def simulate(
     ctx: typer.Context,
     nodes: Annotated[int, typer.Option(help="How many nodes.")] = 8,
     rounds: Annotated[int, typer.Option(help="Gossip rounds.")] = 20,
-    dataset: Annotated[str, typer.Option(help="digits, fashion-mnist or mnist1d.")] = "digits",
+    dataset: Annotated[str, typer.Option(help="digits, fashion-mnist, mnist1d or mnist1d:N (N samples).")] = "digits",
     partition: Annotated[str, typer.Option(help="iid, dirichlet:ALPHA or shards:K.")] = "dirichlet:0.5",
     model: Annotated[str, typer.Option(
         help="logreg, mlp, mlp-wide, cnn, forest; 'mixed' (one of each in turn) or a comma list.")] = "mlp",
@@ -117,6 +117,12 @@ def simulate(
     address: Annotated[Optional[str], typer.Option(
         help="With --backend ray: the Ray cluster to join (HOST:PORT, or auto: the one `ray start` started "
              "here); without it, a Ray cluster on this machine for the run.")] = None,
+    batched: Annotated[bool, typer.Option(
+        "--batched/--one-by-one", help="Train nodes of one architecture together, in batches (the same numbers "
+                                       "as one by one, faster; docs/SIMULATION.md).")] = True,
+    protocol_only: Annotated[bool, typer.Option(
+        "--protocol-only", help="Signed weights messages and no training (a random step a round): "
+                                "dissemination, bandwidth and attacks at scale; the report has no accuracies.")] = False,
     report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     save_config: Annotated[Optional[Path], typer.Option(metavar="FILE.toml", help=
@@ -140,6 +146,7 @@ def simulate(
             synthetic_weight=synthetic_weight, licence=licence, attacks=tuple(attack or ()), reputation=reputation,
             **({"share": share} if share is not None else {}),
             client_app=client_app, run_config=" ".join(run_config or ()), backend=backend, address=address,
+            batched=batched, protocol_only=protocol_only,
             **training_options(hidden, optimizer, lr, momentum, weight_decay, batch_size, shuffle),
             **codec_options(compress, compress_logits), **privacy_options(dp_noise, dp_clip, dp_epsilon, dp_delta),
             **({"accept_licences": tuple(accept_licence)} if accept_licence else {}))
@@ -164,7 +171,7 @@ def simulate(
     if json_out:
         _print_json(result)
     else:
-        _show_report(result)
+        (_show_protocol_report if protocol_only else _show_report)(result)
         if report is not None:
             console.print(f"report written to {report}")
 
@@ -198,6 +205,14 @@ def _show_report(result: dict) -> None:
     if result.get("history_ms"):
         console.print(f"virtual time {round(result['history_ms'][-1] / 1000, 1):g} s "
                       f"({result['config'].get('schedule', 'sync')})")
+
+
+def _show_protocol_report(result: dict) -> None:
+    s = result["summary"]
+    console.print(
+        f"{len(result['nodes'])} nodes, {len(s['seconds_per_round'])} rounds: {s['mean_seconds_per_round']:.3f} s a round | "
+        f"messages sent {s['messages_sent']}, verified {s['messages_verified']} (accepted {s['messages_accepted']}, "
+        f"rejected {s['rejected_messages']}), dropped {s['messages_dropped']} | {size(s['bytes_sent'])} sent")
 
 
 @app.command()

@@ -2,6 +2,7 @@
 so a node's id is its libp2p peer id."""
 from __future__ import annotations
 
+import functools
 import os
 
 import base58
@@ -21,6 +22,11 @@ _IDENTITY_MULTIHASH_PREFIX = bytes([0x00, len(_LIBP2P_ED25519_PREFIX) + PUBLIC_K
 
 
 def peer_id(public_key: bytes) -> str:
+    return _peer_id(bytes(public_key))
+
+
+@functools.lru_cache(maxsize=1 << 16)  # every received message names its sender; base58 costs ~50 us
+def _peer_id(public_key: bytes) -> str:
     if len(public_key) != PUBLIC_KEY_SIZE:
         raise ValueError(f"an Ed25519 public key is {PUBLIC_KEY_SIZE} bytes, got {len(public_key)}")
     return base58.b58encode(_IDENTITY_MULTIHASH_PREFIX + _LIBP2P_ED25519_PREFIX + public_key).decode()

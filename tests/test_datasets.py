@@ -197,3 +197,11 @@ def test_a_dataset_in_a_file_reads_back_as_written(tmp_path):
         load_dataset(f"npz:{tmp_path / 'bad.npz'}")
     with pytest.raises(DatasetError, match="not a dataset file"):
         load_dataset(f"npz:{tmp_path / 'missing.npz'}")
+
+
+def test_mnist1d_of_n_samples():
+    pytest.importorskip("mnist1d", reason="pip install mnist1d")
+    _check(load_dataset("mnist1d:250"), 200, 50, (40,))  # the package keeps 80 % for training
+    for bad in ("mnist1d:x", "mnist1d:5", "digits:100"):
+        with pytest.raises(DatasetError):
+            load_dataset(bad)

@@ -47,21 +47,25 @@ class TorchLearner(Learner):
         state = self.module.state_dict()
         if len(weights) != len(state):
             raise ValueError(f"{self.architecture} has {len(state)} tensors, got {len(weights)}")
-        new = {}
         for (name, current), array in zip(state.items(), weights):
             if tuple(array.shape) != tuple(current.shape):
                 raise ValueError(f"{self.architecture}.{name} is {tuple(current.shape)}, got {tuple(array.shape)}")
-            new[name] = torch.tensor(np.array(array, copy=True), dtype=current.dtype)
         # The optimizer's state (Adam's moments, SGD's momentum) is kept across a merge: cleared, every first step after a merge moves each
         # parameter by about lr, which on digits cost 4 points (weights, α=0.1) to 37 (mixed).
-        self.module.load_state_dict(new)
+        with torch.no_grad():  # in place, as load_state_dict copies (the state dict's tensors are the parameters')
+            for current, array in zip(state.values(), weights):
+                current.copy_(_tensor(array, array.dtype))
+
+    def epoch_order(self, n: int) -> torch.Tensor:
+        """The order of n examples in the next epoch: shuffled by this node's own generator."""
+        return torch.randperm(n, generator=self._generator) if self.shuffle else torch.arange(n)
 
     def _epochs(self, x: torch.Tensor, epochs: int, loss_of) -> float:
         """Mini-batch steps over x for `epochs`; loss_of(batch indices, logits) -> scalar loss."""
         self.module.train()
         total, batches = 0.0, 0
         for _ in range(epochs):
-            order = torch.randperm(len(x), generator=self._generator) if self.shuffle else torch.arange(len(x))
+            order = self.epoch_order(len(x))
             for start in range(0, len(x), self.batch_size):
                 idx = order[start:start + self.batch_size]
                 self.optimizer.zero_grad()

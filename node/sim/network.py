@@ -39,6 +39,7 @@ class MemoryNetwork:
         self._counter = 0  # ties in delivery time resolve in send order
         self._links: dict[str, set[str]] = {}
         self.dropped = 0
+        self.sent = 0  # every send, dropped or not
 
     def attach(self, address: str) -> MemoryTransport:
         if address in self._receivers:
@@ -50,6 +51,7 @@ class MemoryNetwork:
         (self._offline.discard if online else self._offline.add)(address)
 
     def _send(self, src: str, dst: str, data: bytes) -> None:
+        self.sent += 1
         if dst == src or dst not in self._receivers or src in self._offline or self._rng.random() < self.link.loss:
             self.dropped += 1
             return

@@ -28,6 +28,7 @@ from manymodels.protocol import Identity
 
 from .attacks import ATTACKS, AttackContext, folds
 from .network import LinkModel, MemoryNetwork
+from .batching import train_nodes
 from .series import counts, new_series, record
 from .simulator import (EPOCH_MS, ROUND_MS, assemble_report, baseline, build_member, check_rules,
                         finish_report, make_world, node_identity, node_report)
@@ -190,8 +191,7 @@ class Shard:
         """Train every node, publish the honest ones: what they sent."""
         self.now_ms, self.context.round = now_ms, r
         self.before = {i: counts(node) for i, node in self.nodes.items()}
-        for node in self.nodes.values():
-            node.train(self.spec.node.local_epochs)
+        train_nodes(list(self.nodes.values()), self.spec.node.local_epochs, self.spec.config.batched)
         for i, node in self.nodes.items():
             if i not in self.spec.attackers:
                 node.publish()
@@ -224,7 +224,9 @@ class Shard:
         for i, node in self.nodes.items():
             if folds(self.spec.attackers, i):
                 node.fold()
-            record(self.series[i], node, self.before[i], self.world.accuracy)
+        learners = [node.learner for node in self.nodes.values()]
+        for (i, node), accuracy in zip(self.nodes.items(), self.world.accuracies(learners)):
+            record(self.series[i], node, self.before[i], accuracy)
         return {i: self.series[i]["history"][-1] for i in self.nodes}
 
     def baselines(self, archs: list[str]) -> tuple[dict[int, float], dict[str, float]]:

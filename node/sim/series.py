@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
 
 from ..core.node import Node
-from ..learning.learner import Learner
 
 # per node, what each round did: "history" (its accuracy after the round), "bytes_sent_per_round"
 # and "rejected_per_round" (by kind, by reason: what this round added) and "banned_per_round" (how
@@ -24,9 +22,9 @@ def counts(node: Node) -> Counts:
     return Counter(node.stats.sent_by_kind), Counter(node.stats.rejected)
 
 
-def record(series: dict[str, list], node: Node, before: Counts, accuracy: Callable[[Learner], float]) -> None:
-    """The node as it is now, and what it did since `before`."""
-    series["history"].append(accuracy(node.learner))
+def record(series: dict[str, list], node: Node, before: Counts, accuracy: float) -> None:
+    """The node as it is now (its held-out `accuracy`), and what it did since `before`."""
+    series["history"].append(accuracy)
     series["bytes_sent_per_round"].append(dict(node.stats.sent_by_kind - before[0]))
     series["rejected_per_round"].append(dict(sorted((node.stats.rejected - before[1]).items())))
     series["banned_per_round"].append(len(node.banned))

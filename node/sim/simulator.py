@@ -9,13 +9,15 @@ node/spec.py's build_node, as in the daemon. Every simulation also trains each n
 (`run_members`: no baselines, no report; `member_outputs`: each model's held-out outputs), may replay
 folds (`before_fold`, node/sim/foldlog.py), or read the trained models themselves (`run_models`,
 `baseline_models`). This is the local engine; node/sim/ray_backend.py runs the same steps
-(build_member, record, node_report...) in shards on Ray, and node/sim/backends.py picks one."""
+(build_member, record, node_report...) in shards on Ray, and node/sim/backends.py picks one.
+Nodes of one architecture train and are evaluated in batches (node/sim/batching.py), with the same
+numbers as one by one; `protocol_only` runs signed messages without training (node/sim/protocol_only.py)."""
 from __future__ import annotations
 
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import numpy as np
@@ -26,9 +28,11 @@ from manymodels.protocol import Identity, peer_id
 
 from .asynchronous import gossip, history_ms
 from .attacks import ATTACKS, Attack, AttackContext, Attacker, folds
+from .batching import train_nodes
 from .foldlog import LoggedNode
 from ..core.node import Node, sealed
 from ..core.transport import Transport
+from ..learning.batched import accuracies, fit_all
 from ..learning.datasets import DatasetError, load_dataset, with_label_noise
 from ..learning.generator import fit_generator
 from ..learning.learner import Learner
@@ -38,6 +42,7 @@ from ..learning.recipe import make_learner, node_seed
 from ..spec import NodeData, NodeSpec, SpecError, build_node
 from .network import LinkModel, MemoryNetwork
 from .series import Series, counts, new_series, record
+from .protocol_only import ProtocolWorld, RoundClock, protocol_report
 from .spec import SimulationConfig, SimulationSpec
 
 # Virtual time starts at a fixed instant so timestamps (and thus every byte) repeat for a seed.
@@ -63,6 +68,8 @@ def run_simulation(config: SimulationConfig, on_round: Callable[[int, float], No
                          "node/sim/backends.py's simulate")
     if adversary and config.schedule == "async":
         raise SpecError("an adversary acts between rounds; the async schedule has none")
+    if config.protocol_only:
+        return _protocol_only(spec, on_round, adversary)
     if not config.client_app:
         return _simulate(spec, on_round, adversary)
     from ..learning.flower import FlowerError
@@ -91,6 +98,18 @@ def finish_report(report: dict, spec: SimulationSpec, world: _DatasetWorld | _Fl
         report["history_ms"] = times
     if world.warnings:
         report["warnings"] = world.warnings
+    return report
+
+
+def _protocol_only(spec: SimulationSpec, on_round: Callable[[int, float], None] | None,
+                   adversary: Adversary | None) -> dict:
+    """Signed messages and no training (node/sim/protocol_only.py); a report without accuracies."""
+    started = time.perf_counter()
+    clock = RoundClock(on_round)
+    world = ProtocolWorld(spec, clock)
+    network, nodes, series = _run(spec, world, list(range(spec.config.nodes)), clock.tick, adversary)
+    report = protocol_report(_report(spec, world, nodes, series, world.baselines()), network, clock)
+    report["summary"]["wall_seconds"] = round(time.perf_counter() - started, 3)
     return report
 
 
@@ -189,8 +208,7 @@ def _rounds(spec: SimulationSpec, nodes: list[Node], network: MemoryNetwork, con
     for r in range(spec.config.rounds):
         context.round = r
         before = [counts(node) for node in nodes]
-        for node in nodes:
-            node.train(spec.node.local_epochs)
+        train_nodes(nodes, spec.node.local_epochs, spec.config.batched)
         # attackers publish last, so the colluding ones (ALIE, IPM, Sybil) read this round's honest models
         for i in sorted(range(len(nodes)), key=lambda i: i in attackers):
             nodes[i].publish()
@@ -202,7 +220,8 @@ def _rounds(spec: SimulationSpec, nodes: list[Node], network: MemoryNetwork, con
                 if before_fold:
                     before_fold(r, members[i], node)
                 node.fold()
-            record(series[i], node, before[i], world.accuracy)
+        for i, (node, accuracy) in enumerate(zip(nodes, world.accuracies([n.learner for n in nodes]))):
+            record(series[i], node, before[i], accuracy)
         if on_round:
             honest = [series[i]["history"][-1] for i in range(len(nodes)) if i not in attackers]
             on_round(r + 1, float(np.mean(honest)))
@@ -220,13 +239,25 @@ def baseline_models(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld
                     ) -> tuple[list[Learner], dict[str, Learner]]:
     """Each node's model trained alone, and one model per architecture on all the private data
     (pooled), for as many epochs as the network trained."""
-    return ([_trained(spec, world.alone(i)) for i in range(spec.config.nodes)],
+    return ([one for block in _alone_blocks(spec, world) for one in block],
             {arch: _trained(spec, world.pooled(arch)) for arch in sorted(set(world.archs))})
 
 
 def _baselines(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld) -> tuple[list[float], dict[str, float]]:
-    local_only, pooled = baseline_models(spec, world)
-    return [world.accuracy(one) for one in local_only], {arch: world.accuracy(one) for arch, one in pooled.items()}
+    """Each node's model trained alone, and one model per architecture on all the private data, for
+    as many epochs as the network trained."""
+    local_only = [a for block in _alone_blocks(spec, world) for a in world.accuracies(block)]
+    return local_only, {arch: world.accuracy(_trained(spec, world.pooled(arch))) for arch in sorted(set(world.archs))}
+
+
+def _alone_blocks(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld) -> Iterator[list[Learner]]:
+    """Each node's model trained alone, in blocks of learners trained together (batched; a Flower
+    client's learners one at a time, as before)."""
+    block = 1024 if spec.config.batched and not spec.config.client_app else 1
+    for start in range(0, spec.config.nodes, block):
+        alone = [world.alone(i) for i in range(start, min(start + block, spec.config.nodes))]
+        fit_all(alone, spec.config.rounds * spec.config.local_epochs)
+        yield alone
 
 
 def baseline(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, learner: Learner) -> float:
@@ -370,6 +401,12 @@ class _DatasetWorld:
     def accuracy(self, learner: Learner) -> float:
         return round(learner.evaluate(self.data.x_test, self.data.y_test)["accuracy"], 6)
 
+    def accuracies(self, learners: list[Learner]) -> list[float]:
+        """accuracy() of each; with batched training, evaluated in batches too (equal)."""
+        if not self.spec.config.batched:
+            return [self.accuracy(learner) for learner in learners]
+        return [round(a, 6) for a in accuracies(learners, self.data.x_test, self.data.y_test)]
+
     def alone(self, i: int) -> Learner:
         return self._learner(self.archs[i], self.parts[i], node_seed(self.spec.config.seed, i), self._labels(i))
 
@@ -439,6 +476,9 @@ class _FlowerWorld:
         metrics = learner.evaluate()
         self.test_examples = int(metrics.get("num-examples", self.test_examples))
         return round(metrics["accuracy"], 6)
+
+    def accuracies(self, learners: list[Learner]) -> list[float]:
+        return [self.accuracy(learner) for learner in learners]
 
     def alone(self, i: int) -> Learner:
         one = self._learner(i, self.config.nodes, node_seed(self.config.seed, i))

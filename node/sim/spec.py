@@ -25,7 +25,7 @@ _LATER_OPTIONS = {**{key: getattr(DEFAULT_TRAINING, key) for key in
                   "compress": DEFAULT_CODECS["weights"], "compress_logits": DEFAULT_CODECS["logits"],
                   **{f"dp_{key}": getattr(NO_PRIVACY, key) for key in ("noise", "clip", "epsilon", "delta")},
                   "schedule": "sync", "speeds": "same", "churn": "",
-                  "data_seed": None, "label_noise": 0.0}
+                  "data_seed": None, "label_noise": 0.0, "batched": True, "protocol_only": False}
 SCHEDULES = ("sync", "async")
 
 # Options that say how a run was carried out, not what ran: a report never lists them.
@@ -93,6 +93,12 @@ class SimulationConfig:
     # the max_train subsample, the partition, planted peers and label noise; None: `seed` draws them too.
     data_seed: int | None = None
     label_noise: float = 0.0  # this fraction of the training labels (not the test set's) set to another class
+    # Nodes of one architecture train (and are evaluated) in batches, equal to one by one in every bit
+    # (node/learning/batched.py); False: one by one, as before.
+    batched: bool = True
+    # Signed messages and no training (node/sim/protocol_only.py): dissemination, bandwidth and Byzantine
+    # effects at scale; the report has no accuracies.
+    protocol_only: bool = False
 
     def to_report(self) -> dict:
         report = asdict(self)
