@@ -56,6 +56,10 @@ def value(
         help="The one-run estimate's orders of the peers per round and model (fewer: cheaper, rougher).")] = 20,
     tolerance: Annotated[float, typer.Option(
         help="Truncation: an order stops once the coalition is this close to the whole network's accuracy.")] = 0.005,
+    backend: Annotated[str, typer.Option(
+        help="Where the networks run: local (one after another, here) or ray (those known in advance at once, "
+             "as Ray tasks over a Ray cluster; docs/STUDIES.md). Both give the same values.")] = "local",
+    address: AddressOption = None,
     quick: Annotated[bool, typer.Option(
         help="A small study in seconds: 4 peers, 5 rounds, logreg, 10 permutations (over those options).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -73,7 +77,7 @@ def value(
         config = SimulationConfig(
             nodes=small["nodes"], rounds=small["rounds"], dataset=dataset, partition=partition, model=small["model"],
             exchange=exchange, rule=rule, logit_rule=logit_rule, topology=topology, local_epochs=local_epochs,
-            seed=seed, attacks=tuple(attack or ()), plants=tuple(plant or ()),
+            seed=seed, attacks=tuple(attack or ()), plants=tuple(plant or ()), backend=backend, address=address,
             **training_options(hidden, optimizer, lr, momentum, weight_decay, batch_size, shuffle))
         chosen = [m for m in METHODS if m != "exact" or config.nodes <= MAX_EXACT] if methods is None else \
             [m.strip() for m in methods.split(",") if m.strip()]

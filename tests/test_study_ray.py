@@ -59,3 +59,24 @@ def test_a_study_on_ray_without_ray_is_one_line(cli, tmp_path):
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [f"error: {RAY_MISSING}"]
     assert not result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.timeout(300)
+def test_the_value_study_simulates_its_known_networks_on_ray(ray_cluster):
+    """loo's and exact's networks as Ray tasks, mc then reading them: the local values and costs."""
+    from manymodels.studies.value_study import ValueSettings, value_study
+
+    _, nodes = ray_cluster
+    settings = ValueSettings(methods=("loo", "exact", "mc"), permutations=3)
+
+    def study(**where):
+        return value_study(SimulationConfig(nodes=3, rounds=3, model="logreg", **where), settings)
+    local, on_ray = study(), study(backend="ray", address=nodes.address)
+    for report in (local, on_ray):
+        for method in report["methods"].values():
+            assert method["cost"].pop("seconds") > 0
+    ray = on_ray.pop("ray")  # every network of 3 peers, one a task, over both Ray nodes
+    assert ray["simulations"] == 7 and len(ray["ray_nodes"]) == 2
+    assert on_ray == local and local["methods"]["exact"]["cost"]["simulations"] == 7
