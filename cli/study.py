@@ -329,6 +329,7 @@ def plot_foundation(result: dict) -> bytes:
     right.set_title("agreement of the downstream models")
     fig.suptitle(f"{result['encoder']['name']} foundation vs hashed bag-of-words from scratch, "
                  f"{result['corpus']['name']}")
+    return _png(fig)
 
 
 HOMOGENEITY_QUICK = {"widths": "4,16,64", "seeds": 2, "resamples": 2, "nodes": 3, "rounds": 3, "local_epochs": 5,

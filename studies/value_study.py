@@ -110,8 +110,8 @@ class Runs:
         how many, and on which Ray nodes."""
         points = [{"network": sorted(m)} for m in sorted(networks, key=sorted) if m not in self._runs]
         config = self.spec.config
-        grid = run_grid("value", {}, points, partial(network_accuracy, replace(config, backend="local", address=None)),
-                        backend="ray", address=config.address)
+        run = partial(network_accuracy, replace(config, backend="local", address=None))
+        grid = run_grid("value", {}, points, run, backend="ray", address=config.address)
         for point, result in zip(points, grid.results):
             accuracy = {int(i): a for i, a in result["accuracy"].items()}
             self._runs[frozenset(point["network"])] = accuracy, result["seconds"]
