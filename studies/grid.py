@@ -62,7 +62,7 @@ def run_grid(study: str, settings: dict, points: Sequence[dict], run: Callable[[
             cpu += where["cpu_seconds"]
             where_ran.append((where["ray_node"], where["address"]))
     return Grid([done[point_key(p)] for p in points], len(pending), round(cpu, 1),
-                {node: {"address": address, "points": n} for (node, address), n in Counter(where_ran).items()})
+                {node: {"address": ip, "points": n} for (node, ip), n in Counter(where_ran).items()})
 
 
 def _ran(run: Callable[[dict], dict], points: list[dict], backend: str, address: str | None) -> Ran:
