@@ -15,6 +15,7 @@ from rich.table import Table
 
 from manymodels.node.runtime.logs import size
 
+from .backend_options import AddressOption
 from .config_file import ConfigOption
 from .config_file import save as save_options
 from .errors import UserError
@@ -114,9 +115,7 @@ def simulate(
     backend: Annotated[str, typer.Option(
         help="Where the nodes run: local (this process) or ray (shards on a Ray cluster; docs/SIMULATION.md). "
              "Both give the same report.")] = "local",
-    address: Annotated[Optional[str], typer.Option(
-        help="With --backend ray: the Ray cluster to join (HOST:PORT, or auto: the one `ray start` started "
-             "here); without it, a Ray cluster on this machine for the run.")] = None,
+    address: AddressOption = None,
     batched: Annotated[bool, typer.Option(
         "--batched/--one-by-one", help="Train nodes of one architecture together, in batches (the same numbers "
                                        "as one by one, faster; docs/SIMULATION.md).")] = True,

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .backend_options import AddressOption, StudyBackendOption
 from .config_file import ConfigOption
 from .errors import UserError
 from .learner_options import (BatchSizeOption, HiddenOption, LrOption, MomentumOption, OptimizerOption,
@@ -55,6 +56,10 @@ def value(
         help="The one-run estimate's orders of the peers per round and model (fewer: cheaper, rougher).")] = 20,
     tolerance: Annotated[float, typer.Option(
         help="Truncation: an order stops once the coalition is this close to the whole network's accuracy.")] = 0.005,
+    backend: Annotated[str, typer.Option(
+        help="Where the networks run: local (one after another, here) or ray (those known in advance at once, "
+             "as Ray tasks over a Ray cluster; docs/STUDIES.md). Both give the same values.")] = "local",
+    address: AddressOption = None,
     quick: Annotated[bool, typer.Option(
         help="A small study in seconds: 4 peers, 5 rounds, logreg, 10 permutations (over those options).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -72,7 +77,7 @@ def value(
         config = SimulationConfig(
             nodes=small["nodes"], rounds=small["rounds"], dataset=dataset, partition=partition, model=small["model"],
             exchange=exchange, rule=rule, logit_rule=logit_rule, topology=topology, local_epochs=local_epochs,
-            seed=seed, attacks=tuple(attack or ()), plants=tuple(plant or ()),
+            seed=seed, attacks=tuple(attack or ()), plants=tuple(plant or ()), backend=backend, address=address,
             **training_options(hidden, optimizer, lr, momentum, weight_decay, batch_size, shuffle))
         chosen = [m for m in METHODS if m != "exact" or config.nodes <= MAX_EXACT] if methods is None else \
             [m.strip() for m in methods.split(",") if m.strip()]
@@ -208,6 +213,7 @@ def foundation(
     cache: Annotated[Optional[Path], typer.Option(
         help="Where encoded texts are kept (by the encoder's and the texts' digests).",
         show_default="~/.cache/manymodels/embeddings")] = None,
+    backend: StudyBackendOption = "local", address: AddressOption = None,
     quick: Annotated[bool, typer.Option(
         help="A small study: 4 nodes, 5 rounds, 4 categories of 300 texts (over those options).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -227,7 +233,7 @@ def foundation(
     try:
         network = SimulationConfig(
             nodes=small["nodes"], rounds=small["rounds"], partition=partition, model=model, topology=topology,
-            probe_size=probe_size, seed=seed,
+            probe_size=probe_size, seed=seed, backend=backend, address=address,
             **training_options(hidden, optimizer, lr, None, None, batch_size, None))
         settings = FoundationSettings(
             encoder=encoder, corpus=corpus, categories=small["categories"], per_category=small["per_category"],
@@ -323,6 +329,7 @@ def plot_foundation(result: dict) -> bytes:
     right.set_title("agreement of the downstream models")
     fig.suptitle(f"{result['encoder']['name']} foundation vs hashed bag-of-words from scratch, "
                  f"{result['corpus']['name']}")
+    return _png(fig)
 
 
 HOMOGENEITY_QUICK = {"widths": "4,16,64", "seeds": 2, "resamples": 2, "nodes": 3, "rounds": 3, "local_epochs": 5,
@@ -353,6 +360,7 @@ def homogeneity(
     optimizer: OptimizerOption = None, lr: LrOption = None, momentum: MomentumOption = None,
     weight_decay: WeightDecayOption = None, batch_size: BatchSizeOption = None,
     seed: Annotated[int, typer.Option(help="The first initialisation seed and the first data seed.")] = 0,
+    backend: StudyBackendOption = "local", address: AddressOption = None,
     quick: Annotated[bool, typer.Option(
         help="A small study in under a minute: widths 4,16,64, 2 seeds, 2 resamples, 3 peers, 3 rounds of "
              "5 epochs, 300 examples (over those options).")] = False,
@@ -375,7 +383,7 @@ def homogeneity(
         config = SimulationConfig(
             nodes=small["nodes"], rounds=small["rounds"], local_epochs=small["local_epochs"], dataset=dataset,
             max_train=small["max_train"], partition=partition, probe_size=probe_size, label_noise=label_noise,
-            rule=rule, logit_rule=logit_rule, seed=seed,
+            rule=rule, logit_rule=logit_rule, seed=seed, backend=backend, address=address,
             **training_options(None, optimizer, lr, momentum, weight_decay, batch_size, None))
         settings = HomogeneitySettings(widths=_integers(small["widths"], "--widths"), seeds=small["seeds"],
                                        resamples=small["resamples"], loss=loss,

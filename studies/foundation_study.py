@@ -12,12 +12,15 @@ as on any built-in dataset: same specs, same engine.
 The grid: {foundation, scratch} x {alone, each exchange}. `alone` trains every node's head on its
 own data only (a network of one node, node by node); an exchange trains the whole network. Each
 point's measures go to the results file as soon as they are known (studies/grid.py), so an
-interrupted study resumes there.
+interrupted study resumes there. With `config.backend` "ray" the points run as Ray tasks over the
+cluster at `config.address` (studies/ray_grid.py); each reads its features from the embeddings cache,
+which every Ray node must then see at the same path.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +66,7 @@ def foundation_study(config: SimulationConfig, settings: FoundationSettings, res
                      on_point: OnPoint | None = None) -> dict:
     """The study's report; `config` is the network's (its dataset is replaced by the corpus's features)."""
     settings.check(config)
+    SimulationSpec.parse(config)  # the network's options, --backend's too, before anything is encoded
     started = time.perf_counter()
     encoder = make_encoder(settings.encoder)
     corpus = load_corpus(settings.corpus, settings.categories, settings.per_category)
@@ -73,9 +77,10 @@ def foundation_study(config: SimulationConfig, settings: FoundationSettings, res
     network = {k: v for k, v in config.to_report().items() if k not in ("dataset", "exchange")}
     grid_settings = {"network": network, "corpus": corpus.digest,
                      "features": {name: one.digest for name, one in features.items()}}
-    outcomes = run_grid("foundation", grid_settings, points,
-                        lambda p: run_point(config, data[p["features"]].path, p["training"]), results, on_point)
-    by_point = {(p["features"], p["training"]): o for p, o in zip(points, outcomes)}
+    run = partial(run_point, replace(config, backend="local", address=None),
+                  {name: str(e.path) for name, e in data.items()})
+    grid = run_grid("foundation", grid_settings, points, run, results, on_point, config.backend, config.address)
+    by_point = {(p["features"], p["training"]): o for p, o in zip(points, grid.results)}
     return {
         "question": "which behaviours of downstream models come from the frozen foundation they share",
         "encoder": _describe(encoder), "scratch": _describe(features["scratch"]),
@@ -93,9 +98,11 @@ def foundation_study(config: SimulationConfig, settings: FoundationSettings, res
     }
 
 
-def run_point(config: SimulationConfig, dataset: Path, training: str) -> dict:
-    """One grid point: the downstream models trained on `dataset` alone (each node a network of its
-    own) or in the network with exchange `training`; the measures of their held-out outputs."""
+def run_point(config: SimulationConfig, datasets: dict[str, str], point: dict) -> dict:
+    """One grid point, from plain inputs (it may run in a Ray task): the downstream models trained on
+    the point's features (`datasets`: each features' file) alone (each node a network of its own) or in
+    the network with the point's exchange; the measures of their held-out outputs."""
+    dataset, training = Path(datasets[point["features"]]), point["training"]
     started = time.perf_counter()
     spec = SimulationSpec.parse(replace(config, dataset=f"{FILE_PREFIX}{dataset}",
                                         exchange="weights" if training == "alone" else training))

@@ -8,7 +8,9 @@ one model pooled on everyone's data. A point's seed is the network's (initial pa
 message timing: the "initialisation"); its resample is the data seed (the training subsample, label
 noise and partition: the "sampling"). What a point keeps is every model's log-probabilities on the
 held-out test set (float16, so the results file stays a few megabytes) and its training error; the
-analysis runs over the whole grid afterwards, so a rerun with another `loss` trains nothing.
+analysis runs over the whole grid afterwards, so a rerun with another `loss` trains nothing. With
+`config.backend` "ray" the points run at once as Ray tasks over the cluster at `config.address`
+(studies/ray_grid.py), with the same results.
 
 For a node's model the data draw is (resample, node): which training data it saw. The pooled model has
 one draw per resample."""
@@ -17,6 +19,7 @@ from __future__ import annotations
 import base64
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -71,17 +74,15 @@ def homogeneity_study(config: SimulationConfig, settings: HomogeneitySettings, r
         SimulationSpec.parse(replace(config, exchange=exchange))
     points = [{"width": w, "seed": config.seed + s, "resample": config.seed + r}
               for w in settings.widths for s in range(settings.seeds) for r in range(settings.resamples)]
-    ran, started, cpu = [], time.perf_counter(), time.process_time()
-
-    def run(point: dict) -> dict:
-        ran.append(point)
-        return run_point(config, settings.exchanges, point)
-    done = run_grid("homogeneity", {"config": config.to_report(), "exchanges": list(settings.exchanges)},
-                    points, run, results, on_point)
-    report = analyse(config, settings, done)
-    report["grid"] = {"points": len(points), "run": len(ran), "resumed": len(points) - len(ran),
+    started, cpu = time.perf_counter(), time.process_time()
+    grid = run_grid("homogeneity", {"config": config.to_report(), "exchanges": list(settings.exchanges)}, points,
+                    partial(run_point, replace(config, backend="local", address=None), settings.exchanges),
+                    results, on_point, config.backend, config.address)
+    report = analyse(config, settings, grid.results)
+    report["grid"] = {"points": len(points), "run": grid.run, "resumed": len(points) - grid.run,
                       "seconds": round(time.perf_counter() - started, 1),
-                      "cpu_seconds": round(time.process_time() - cpu, 1)}
+                      "cpu_seconds": round(time.process_time() - cpu + grid.cpu_seconds, 1),
+                      **({"ray_nodes": grid.ray_nodes} if grid.ray_nodes else {})}
     return report
 
 

@@ -20,13 +20,20 @@ says what it means), by four methods, each with its cost:
 
 Every network is simulated once (`Runs` caches them) and each method is charged the simulations it
 read, with the seconds they took, as if it had run alone.
+
+With `config.backend` "ray", the networks known before any is read (the whole network, each model
+alone, and every network loo and exact read: their coalitions do not depend on the utilities) are
+simulated at once as Ray tasks over the cluster (studies/grid.py, studies/ray_grid.py), then read from
+the cache. Monte-Carlo's orders adapt to what they read (truncation, the time cap) and gtg replays
+folds inside its one run, so what they read beyond that is simulated here, one network after another.
 """
 from __future__ import annotations
 
 import copy
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import lru_cache, partial
 
 import numpy as np
 
@@ -35,6 +42,7 @@ from manymodels.node.sim.simulator import BeforeFold, make_world, node_identity,
 from manymodels.node.sim.spec import SimulationConfig, SimulationSpec
 from manymodels.node.spec import SpecError
 
+from .grid import run_grid
 from .value import (Game, MonteCarlo, efficient, exact_shapley, leave_one_out, monte_carlo_shapley, peer_totals,
                     spearman)
 
@@ -80,11 +88,15 @@ class Runs:
         self.run(self.models[:1])  # torch's first steps are slow: charged to no method
 
     def accuracy(self, network: frozenset[int]) -> dict[int, float]:
+        return self.timed(network)[0]
+
+    def timed(self, network: frozenset[int]) -> tuple[dict[int, float], float]:
+        """Model i's accuracy in `network`, and the seconds its simulation took."""
         if network not in self._runs:
             started = time.perf_counter()
             accuracy = self.run(network)
             self._runs[network] = accuracy, time.perf_counter() - started
-        return self._runs[network][0]
+        return self._runs[network]
 
     def run(self, network: Iterable[int], before_fold: BeforeFold | None = None) -> dict[int, float]:
         """One simulation of `network`, not cached (node/sim/simulator.py's run_members)."""
@@ -92,6 +104,18 @@ class Runs:
             return run_members(self.spec, self.world, sorted(network), before_fold)
         except SpecError as exc:  # e.g. a rule that needs more inputs than a small network has
             raise SpecError(f"the network of peers {sorted(network)} cannot run: {exc}") from None
+
+    def run_at_once(self, networks: set[frozenset[int]]) -> dict:
+        """Simulate the networks not cached yet all at once, as Ray tasks (studies/grid.py's backend ray):
+        how many, and on which Ray nodes."""
+        points = [{"network": sorted(m)} for m in sorted(networks, key=sorted) if m not in self._runs]
+        config = self.spec.config
+        run = partial(network_accuracy, replace(config, backend="local", address=None))
+        grid = run_grid("value", {}, points, run, backend="ray", address=config.address)
+        for point, result in zip(points, grid.results):
+            accuracy = {int(i): a for i, a in result["accuracy"].items()}
+            self._runs[frozenset(point["network"])] = accuracy, result["seconds"]
+        return {"simulations": len(points), "ray_nodes": grid.ray_nodes}
 
     def game(self, read: set[frozenset[int]]) -> Game:
         """The games of studies/value.py over these simulations; the networks read are added to `read`."""
@@ -105,10 +129,37 @@ class Runs:
         return {"simulations": len(read), "seconds": round(sum(self._runs[m][1] for m in read), 3)}
 
 
+def network_accuracy(config: SimulationConfig, point: dict) -> dict:
+    """One network's simulation from plain inputs (in a Ray task): its members' accuracy and seconds.
+    A Ray worker keeps its Runs (world built, torch warmed up) for the tasks that follow."""
+    accuracy, seconds = _runs_here(config).timed(frozenset(point["network"]))
+    return {"accuracy": {str(i): a for i, a in accuracy.items()}, "seconds": seconds}
+
+
+@lru_cache(maxsize=1)
+def _runs_here(config: SimulationConfig) -> Runs:
+    return Runs(config)
+
+
+def planned(runs: Runs, methods: Iterable[str]) -> set[frozenset[int]]:
+    """The networks known to be read before any is simulated: the report's (the whole network, each
+    model alone) and those of the methods that do not adapt to what they read (loo, exact)."""
+    wanted = {frozenset(range(runs.n))} | {frozenset({i}) for i in runs.models}
+
+    def record(i: int, coalition: frozenset[int]) -> float:
+        wanted.add(coalition | {i})
+        return 0.0
+    for name, method in (("loo", leave_one_out), ("exact", exact_shapley)):
+        if name in methods:
+            method(record, runs.n, runs.models)
+    return wanted
+
+
 def value_study(config: SimulationConfig, settings: ValueSettings) -> dict:
     """The study's report: each method's value matrix, peer totals and cost; their agreement with exact."""
     settings.check(config)
     runs = Runs(config)
+    on_ray = runs.run_at_once(planned(runs, settings.methods)) if config.backend == "ray" else None
     everyone = frozenset(range(runs.n))
     methods = {name: _method(name, runs, settings) for name in settings.methods}
     report = {
@@ -126,6 +177,8 @@ def value_study(config: SimulationConfig, settings: ValueSettings) -> dict:
             name: {"spearman": _number(spearman(values, exact)),
                    "spearman_totals": _number(spearman(peer_totals(values), peer_totals(exact)))}
             for name, (values, _) in methods.items() if name != "exact"}
+    if on_ray:
+        report["ray"] = on_ray
     return report
 
 

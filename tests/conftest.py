@@ -34,3 +34,25 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """(ray, a Ray cluster of two Ray nodes of one CPU each), every Ray process on 127.0.0.1."""
+    from manymodels.node.sim.ray_backend import import_ray
+    from manymodels.node.spec import SpecError
+
+    try:
+        ray = import_ray(loopback=True)
+    except SpecError:
+        pytest.skip("Ray is not installed: pip install 'manymodels[ray]'")
+    from ray.cluster_utils import Cluster
+
+    try:
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+    except Exception as exc:  # noqa: BLE001 - whatever stops Ray starting here is the reason to skip
+        pytest.skip(f"Ray cannot start a cluster here: {exc}")
+    yield ray, cluster
+    cluster.shutdown()

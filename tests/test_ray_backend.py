@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from manymodels.node.sim.ray_backend import RAY_MISSING, import_ray, shard_indices, simulate_on_ray
+from manymodels.node.sim.ray_backend import RAY_MISSING, shard_indices, simulate_on_ray
 from manymodels.node.sim.simulator import SimulationConfig, run_simulation
 from manymodels.node.sim.spec import SimulationSpec
 from manymodels.node.spec import SpecError
@@ -23,30 +23,11 @@ def _without_wall_time(report: dict) -> dict:
     return report
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """Two Ray nodes of one CPU each, every Ray process on 127.0.0.1."""
-    try:
-        ray = import_ray(loopback=True)
-    except SpecError:
-        pytest.skip("Ray is not installed: pip install 'manymodels[ray]'")
-    from ray.cluster_utils import Cluster
-
-    try:
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-        cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-    except Exception as exc:  # noqa: BLE001 - whatever stops Ray starting here is the reason to skip
-        pytest.skip(f"Ray cannot start a cluster here: {exc}")
-    yield ray, cluster
-    cluster.shutdown()
-
-
 @pytest.mark.slow
 @pytest.mark.multiprocess
 @pytest.mark.timeout(300)
-def test_shards_on_two_ray_nodes_give_the_local_report(cluster, monkeypatch):
-    ray, nodes = cluster
+def test_shards_on_two_ray_nodes_give_the_local_report(ray_cluster, monkeypatch):
+    ray, nodes = ray_cluster
     monkeypatch.setenv("RAY_ADDRESS", nodes.address)  # where `ray start` leaves it for --address auto
     config = SimulationConfig(backend="ray", address="auto", **CONFIG)
     on_ray, placement = simulate_on_ray(SimulationSpec.parse(config))

@@ -25,7 +25,7 @@ def test_an_interrupted_grid_resumes_where_it_stopped(tmp_path):
     resumed, seen = True, []
     out = run_grid("toy", {"n": 1}, POINTS, run, results, on_point=lambda k, n, p: seen.append((k, n)))
     assert calls == POINTS  # the first two ran once, before the interruption
-    assert out == [{"risk": 10}, {"risk": 11}, {"risk": 20}, {"risk": 21}]
+    assert out.results == [{"risk": 10}, {"risk": 11}, {"risk": 20}, {"risk": 21}] and out.run == 2
     assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
 
 

@@ -12,14 +12,16 @@ attackers, each in index order, as the local engine does), runs the network to t
 hands each shard its nodes' deliveries in time order, each with its virtual time; the shards fold and
 record. The baselines (local-only, pooled) train on the shards too.
 
-Ray is an optional extra, imported here only; backends.py picks this engine or the local one."""
+Ray is an optional extra, imported here only; backends.py picks this engine or the local one. The
+studies run their grids of whole simulations on Ray through the same session (studies/ray_grid.py)."""
 from __future__ import annotations
 
 import logging
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -62,24 +64,39 @@ def simulate_on_ray(spec: SimulationSpec, on_round: Callable[[int, float], None]
     """The report the local engine gives for the spec, and where each shard ran: its Ray node's id
     and address and its nodes' indices. `spec.config.address`: the cluster to join ("auto": the one
     `ray start` started on this machine); None starts one on this machine, on loopback, for the run."""
-    address = spec.config.address
-    ray = import_ray(loopback=address is None)
+    import_ray(loopback=spec.config.address is None)  # a missing Ray is said before any work
     started = time.perf_counter()
     world = make_world(spec)  # the driver's: the options checked before Ray starts, and the report's numbers
     check_rules(replace(spec.node, exchange=world.exchange), list(world.archs), spec.adjacency)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # Ray's tip about accelerators: none are used
-        ray.init(address=address, include_dashboard=False if address is None else None, log_to_driver=False,
-                 logging_level=logging.WARNING)
-    try:
+    with ray_session(spec.config.address) as ray:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         actor = ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(Shard)
         shards = [actor.remote(spec.config, indices) for indices in shard_indices(spec, max(1, cpus))]
         placement = ray.get([shard.where.remote() for shard in shards])
         network, per_node = _Driver(ray, spec, shards, placement).run(on_round)
+    return finish_report(assemble_report(spec, world, per_node), spec, world, network, started), placement
+
+
+@contextmanager
+def ray_session(address: str | None) -> Iterator:
+    """Ray, connected to the cluster at `address` for the `with` block ("auto": the one `ray start`
+    started on this machine; None: one started on this machine, on loopback, and stopped after)."""
+    ray = import_ray(loopback=address is None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # Ray's tip about accelerators: none are used
+        ray.init(address=address, include_dashboard=False if address is None else None, log_to_driver=False,
+                 logging_level=logging.WARNING)
+    try:
+        yield ray
     finally:
         ray.shutdown()
-    return finish_report(assemble_report(spec, world, per_node), spec, world, network, started), placement
+
+
+def where_this_runs() -> dict:
+    """The Ray node this actor or task runs on: its id and address."""
+    import ray
+
+    return {"ray_node": ray.get_runtime_context().get_node_id(), "address": ray.util.get_node_ip_address()}
 
 
 def shard_indices(spec: SimulationSpec, count: int) -> list[list[int]]:
@@ -181,11 +198,7 @@ class Shard:
         self.before = {}
 
     def where(self) -> dict:
-        import ray
-
-        context = ray.get_runtime_context()
-        return {"ray_node": context.get_node_id(), "address": ray.util.get_node_ip_address(),
-                "nodes": sorted(self.nodes)}
+        return {**where_this_runs(), "nodes": sorted(self.nodes)}
 
     def train_and_publish(self, r: int, now_ms: float) -> Sent:
         """Train every node, publish the honest ones: what they sent."""
