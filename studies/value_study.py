@@ -48,7 +48,7 @@ class ValueSettings:
     permutations: int = 30  # Monte-Carlo's cap on sampled orders of the peers
     max_seconds: float | None = None  # and on its wall time
     tolerance: float = 0.005  # truncation (Monte-Carlo, and within and between rounds for gtg)
-    round_permutations: int = 20  # gtg's orders per round and model
+    round_permutations: int = 4  # gtg's orders per round and model (in antithetic pairs)
     seed: int = 0  # the orders' randomness (the network's is the simulation config's)
 
     def check(self, config: SimulationConfig) -> None:
@@ -157,7 +157,7 @@ class _Log:
     refolds: int = 0
     folds: int = 0
     truncated_rounds: int = 0
-    previous: dict[int, float] = field(default_factory=dict)  # each model's accuracy after its last fold
+    previous: dict[int, float] = field(default_factory=dict)  # each model's log-likelihood after its last fold
 
 
 def one_run_estimate(runs: Runs, settings: ValueSettings) -> tuple[np.ndarray, dict]:
@@ -170,14 +170,14 @@ def one_run_estimate(runs: Runs, settings: ValueSettings) -> tuple[np.ndarray, d
     log = _Log(values)
 
     def before_fold(r: int, i: int, node: LoggedNode) -> None:
-        game, cache = _round_game(node, index, world.accuracy, world.exchange != "weights")
+        game, cache = _round_game(node, index, world.log_likelihood, world.exchange != "weights")
         log.folds += 1
         folded = game(i, frozenset(index[m.sender] for m in node.received))
         if abs(folded - log.previous.get(i, np.inf)) < settings.tolerance:  # the round moved the model too little
             log.truncated_rounds += 1
         else:
             mc = monte_carlo_shapley(game, n, [i], permutations=settings.round_permutations,
-                                     tolerance=settings.tolerance, seed=[settings.seed, r, i])
+                                     tolerance=settings.tolerance, seed=[settings.seed, r, i], antithetic=True)
             log.values[:, i] += np.nan_to_num(mc.values[:, i])
         log.refolds += len(cache)
         log.previous[i] = folded
@@ -200,8 +200,8 @@ def _timed(run):
     return result, time.perf_counter() - started
 
 
-def _round_game(node: LoggedNode, index: dict[bytes, int], accuracy, trains: bool) -> tuple[Game, dict]:
-    """This round's game of the node's model: its accuracy after folding only a coalition's messages
+def _round_game(node: LoggedNode, index: dict[bytes, int], score, trains: bool) -> tuple[Game, dict]:
+    """This round's game of the node's model: its `score` after folding only a coalition's messages
     into a copy of its model as it is now (peers that sent nothing change nothing). A fold that
     `trains` (distillation) gets a fresh copy, optimizer state and all; a weights fold only sets
     weights, so one copy serves every coalition."""
@@ -215,7 +215,7 @@ def _round_game(node: LoggedNode, index: dict[bytes, int], accuracy, trains: boo
             learner = copy.deepcopy(start) if trains else start
             learner.set_weights(weights)
             node.refold(learner, {sent[j] for j in key})
-            cache[key] = accuracy(learner)
+            cache[key] = score(learner)
         return cache[key]
     return utility, cache
 

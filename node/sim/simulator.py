@@ -31,7 +31,7 @@ from ..core.node import Node, sealed
 from ..core.transport import Transport
 from ..learning.datasets import DatasetError, load_dataset, with_label_noise
 from ..learning.generator import fit_generator
-from ..learning.learner import Learner
+from ..learning.learner import Learner, log_soft_labels
 from ..learning.partition import PartitionError, partition
 from ..learning.probe import ProbeError, load_probe, split_probe
 from ..learning.recipe import make_learner, node_seed
@@ -370,6 +370,12 @@ class _DatasetWorld:
     def accuracy(self, learner: Learner) -> float:
         return round(learner.evaluate(self.data.x_test, self.data.y_test)["accuracy"], 6)
 
+    def log_likelihood(self, learner: Learner) -> float:
+        """The mean log-probability of the held-out labels: a smoother score than accuracy, which
+        moves by whole test examples (the one-run value estimate's, studies/value_study.py)."""
+        y = self.data.y_test
+        return float(np.mean(log_soft_labels(learner.predict(self.data.x_test), 1.0)[np.arange(len(y)), y]))
+
     def alone(self, i: int) -> Learner:
         return self._learner(self.archs[i], self.parts[i], node_seed(self.spec.config.seed, i), self._labels(i))
 
@@ -439,6 +445,11 @@ class _FlowerWorld:
         metrics = learner.evaluate()
         self.test_examples = int(metrics.get("num-examples", self.test_examples))
         return round(metrics["accuracy"], 6)
+
+    def log_likelihood(self, learner: Learner) -> float:
+        """The client's loss, negated (the log-likelihood for cross-entropy); accuracy if it reports none."""
+        metrics = learner.evaluate()
+        return -float(metrics["loss"]) if "loss" in metrics else round(metrics["accuracy"], 6)
 
     def alone(self, i: int) -> Learner:
         one = self._learner(i, self.config.nodes, node_seed(self.config.seed, i))
