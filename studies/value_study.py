@@ -157,7 +157,7 @@ class _Log:
     refolds: int = 0
     folds: int = 0
     truncated_rounds: int = 0
-    previous: dict[int, float] = field(default_factory=dict)  # each model's log-likelihood after its last fold
+    previous: dict[int, float] = field(default_factory=dict)  # each model's score after its last fold
 
 
 def one_run_estimate(runs: Runs, settings: ValueSettings) -> tuple[np.ndarray, dict]:
@@ -170,7 +170,7 @@ def one_run_estimate(runs: Runs, settings: ValueSettings) -> tuple[np.ndarray, d
     log = _Log(values)
 
     def before_fold(r: int, i: int, node: LoggedNode) -> None:
-        game, cache = _round_game(node, index, world.log_likelihood, world.exchange != "weights")
+        game, cache = _round_game(node, index, world.smooth_accuracy, world.exchange != "weights")
         log.folds += 1
         folded = game(i, frozenset(index[m.sender] for m in node.received))
         if abs(folded - log.previous.get(i, np.inf)) < settings.tolerance:  # the round moved the model too little
@@ -182,8 +182,10 @@ def one_run_estimate(runs: Runs, settings: ValueSettings) -> tuple[np.ndarray, d
         log.refolds += len(cache)
         log.previous[i] = folded
 
+    _, before = _timed(lambda: runs.run(range(n)))  # the plain simulation, timed before and after the run
     final, seconds = _timed(lambda: runs.run(range(n), before_fold))
-    _, plain = _timed(lambda: runs.run(range(n)))  # right after: the same load on the machine
+    _, after = _timed(lambda: runs.run(range(n)))  # (the same load on a shared machine, on average)
+    plain = (before + after) / 2
     alone = {frozenset({i}) for i in runs.models}
     gains = np.array([final[i] - runs.accuracy(frozenset({i}))[i] if i in final else np.nan for i in range(n)])
     seconds += runs.cost(alone)["seconds"]

@@ -59,6 +59,20 @@ def test_monte_carlo_converges_to_exact_on_five_players():
     assert spearman(many.values, exact) > 0.95 and many.permutations == 2000 and many.truncated == 0
 
 
+def test_antithetic_orders_pair_each_order_with_its_reverse():
+    # model 0 and two other peers: an order and its reverse are both orders of the two, so an
+    # antithetic pair is exact Shapley for any game; two independent orders are often the same one
+    rng = np.random.default_rng(4)
+    values = rng.normal(size=8)
+    game = lambda i, s: values[sum(1 << j for j in s)] if i == 0 else 0.0  # noqa: E731
+    exact = exact_shapley(game, 3, [0])
+    for seed in range(10):
+        pair = monte_carlo_shapley(game, 3, [0], permutations=2, seed=seed, antithetic=True)
+        assert np.allclose(pair.values[1:, 0], exact[1:, 0])
+    plain = [monte_carlo_shapley(game, 3, [0], permutations=2, seed=seed).values[1:, 0] for seed in range(10)]
+    assert not all(np.allclose(v, exact[1:, 0]) for v in plain)
+
+
 def test_truncation_skips_what_cannot_matter():
     game = lambda i, s: min(len(s), 1)  # noqa: E731  the first peer brings everything
     mc = monte_carlo_shapley(game, 4, range(4), permutations=50, tolerance=0.01)

@@ -370,11 +370,13 @@ class _DatasetWorld:
     def accuracy(self, learner: Learner) -> float:
         return round(learner.evaluate(self.data.x_test, self.data.y_test)["accuracy"], 6)
 
-    def log_likelihood(self, learner: Learner) -> float:
-        """The mean log-probability of the held-out labels: a smoother score than accuracy, which
-        moves by whole test examples (the one-run value estimate's, studies/value_study.py)."""
+    def smooth_accuracy(self, learner: Learner) -> float:
+        """Held-out accuracy plus the mean log-probability of the held-out labels: accuracy moves by
+        whole test examples, the log-likelihood between them (the one-run value estimate's score,
+        studies/value_study.py)."""
         y = self.data.y_test
-        return float(np.mean(log_soft_labels(learner.predict(self.data.x_test), 1.0)[np.arange(len(y)), y]))
+        log_p = log_soft_labels(learner.predict(self.data.x_test), 1.0)
+        return float(np.mean(log_p.argmax(axis=1) == y) + np.mean(log_p[np.arange(len(y)), y]))
 
     def alone(self, i: int) -> Learner:
         return self._learner(self.archs[i], self.parts[i], node_seed(self.spec.config.seed, i), self._labels(i))
@@ -446,10 +448,10 @@ class _FlowerWorld:
         self.test_examples = int(metrics.get("num-examples", self.test_examples))
         return round(metrics["accuracy"], 6)
 
-    def log_likelihood(self, learner: Learner) -> float:
-        """The client's loss, negated (the log-likelihood for cross-entropy); accuracy if it reports none."""
+    def smooth_accuracy(self, learner: Learner) -> float:
+        """The client's accuracy less its loss (plus the log-likelihood for cross-entropy), or its accuracy."""
         metrics = learner.evaluate()
-        return -float(metrics["loss"]) if "loss" in metrics else round(metrics["accuracy"], 6)
+        return metrics["accuracy"] - float(metrics.get("loss", 0.0))
 
     def alone(self, i: int) -> Learner:
         one = self._learner(i, self.config.nodes, node_seed(self.config.seed, i))
