@@ -31,7 +31,7 @@ from ..core.node import Node, sealed
 from ..core.transport import Transport
 from ..learning.datasets import DatasetError, load_dataset, with_label_noise
 from ..learning.generator import fit_generator
-from ..learning.learner import Learner, log_soft_labels
+from ..learning.learner import Learner
 from ..learning.partition import PartitionError, partition
 from ..learning.probe import ProbeError, load_probe, split_probe
 from ..learning.recipe import make_learner, node_seed
@@ -374,9 +374,10 @@ class _DatasetWorld:
         """Held-out accuracy plus the mean log-probability of the held-out labels: accuracy moves by
         whole test examples, the log-likelihood between them (the one-run value estimate's score,
         studies/value_study.py)."""
-        y = self.data.y_test
-        log_p = log_soft_labels(learner.predict(self.data.x_test), 1.0)
-        return float(np.mean(log_p.argmax(axis=1) == y) + np.mean(log_p[np.arange(len(y)), y]))
+        y, logits = self.data.y_test, learner.predict(self.data.x_test)
+        top = logits.max(axis=1)
+        log_p = logits[np.arange(len(y)), y] - top - np.log(np.exp(logits - top[:, None]).sum(axis=1))
+        return float(np.mean(logits.argmax(axis=1) == y) + np.mean(log_p))
 
     def alone(self, i: int) -> Learner:
         return self._learner(self.archs[i], self.parts[i], node_seed(self.spec.config.seed, i), self._labels(i))
