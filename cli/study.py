@@ -54,8 +54,7 @@ def value(
     round_permutations: Annotated[int, typer.Option(
         help="The one-run estimate's orders of the peers per round and model, in antithetic pairs (fewer: cheaper, rougher).")] = 8,
     tolerance: Annotated[float, typer.Option(
-        help="Truncation: an order stops once the coalition is this close to the whole network's accuracy "
-             "(the one-run estimate's: its score, accuracy plus log-likelihood).")] = 0.005,
+        help="Truncation: an order stops once the coalition is this close to the whole network's accuracy.")] = 0.005,
     quick: Annotated[bool, typer.Option(
         help="A small study in seconds: 4 peers, 5 rounds, logreg, 10 permutations (over those options).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,

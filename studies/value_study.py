@@ -6,17 +6,15 @@ says what it means), by four methods, each with its cost:
 - `exact`: Shapley over every network, 2^N - 1 simulations (up to MAX_EXACT peers): the reference;
 - `gtg`: one run, GTG-style (Liu et al. 2022). The whole network is simulated once; before each fold,
   the fold is replayed on a copy of the node's model with only a coalition's messages (node/sim/foldlog.py)
-  and scored on the held-out data: round r's game of model i is the score after folding coalition S's
+  and scored on the held-out data: round r's game of model i is the accuracy after folding coalition S's
   round-r messages into i's round-r model, its Shapley values (truncated Monte-Carlo over antithetic
-  pairs of orders) are summed over the rounds. The score is held-out accuracy plus the mean
-  log-likelihood of the held-out labels: accuracy alone moves by whole test examples, and its ties
-  between coalitions made the ranking noisy. Between-round truncation skips a round after which the
-  model's score is within the tolerance of the previous round's (the round changed little, so
-  neither did anyone's part in it). Summed fold gains overcount what the network added (local
-  training in between undoes part of each fold), so each model's column is then scaled to sum to its
-  measured accuracy gain, the network's final accuracy minus the model trained alone (Shapley's
-  efficiency; N one-node runs, about one simulation's training more). A replay is an exact re-aggregation for the weights
-  exchange (with a stateless rule; a Flower strategy's server state starts from the round's), a
+  pairs of orders: each order, then its reverse) are summed over the rounds. Between-round truncation
+  skips a round after which the model's accuracy is within the tolerance of the previous round's (the
+  round changed little, so neither did anyone's part in it). Summed fold gains overcount what the
+  network added (local training in between undoes part of each fold), so each model's column is then
+  scaled to sum to its measured gain, the network's final accuracy minus the model trained alone
+  (Shapley's efficiency; N one-node runs, about one simulation's training more). A replay is an exact
+  re-aggregation for the weights exchange (with a stateless rule; a Flower strategy's server state starts from the round's), a
   re-distillation on the probe set for distill (and both for mixed): no private data is trained on.
   Synthetic samples act only in the next local training, which a replay would have to redo: the
   one-run estimate refuses that exchange.
@@ -50,7 +48,7 @@ class ValueSettings:
     methods: tuple[str, ...] = METHODS
     permutations: int = 30  # Monte-Carlo's cap on sampled orders of the peers
     max_seconds: float | None = None  # and on its wall time
-    tolerance: float = 0.005  # truncation (Monte-Carlo; within and between rounds for gtg, on its score)
+    tolerance: float = 0.005  # truncation (Monte-Carlo, and within and between rounds for gtg)
     round_permutations: int = 8  # gtg's orders per round and model (in antithetic pairs)
     seed: int = 0  # the orders' randomness (the network's is the simulation config's)
 
@@ -160,7 +158,7 @@ class _Log:
     refolds: int = 0
     folds: int = 0
     truncated_rounds: int = 0
-    previous: dict[int, float] = field(default_factory=dict)  # each model's score after its last fold
+    previous: dict[int, float] = field(default_factory=dict)  # each model's accuracy after its last fold
 
 
 def one_run_estimate(runs: Runs, settings: ValueSettings) -> tuple[np.ndarray, dict]:
@@ -173,7 +171,7 @@ def one_run_estimate(runs: Runs, settings: ValueSettings) -> tuple[np.ndarray, d
     log = _Log(values)
 
     def before_fold(r: int, i: int, node: LoggedNode) -> None:
-        game, cache = _round_game(node, index, world.smooth_accuracy, world.exchange != "weights")
+        game, cache = _round_game(node, index, world.accuracy, world.exchange != "weights")
         log.folds += 1
         folded = game(i, frozenset(index[m.sender] for m in node.received))
         if abs(folded - log.previous.get(i, np.inf)) < settings.tolerance:  # the round moved the model too little
@@ -205,8 +203,8 @@ def _timed(run):
     return result, time.perf_counter() - started
 
 
-def _round_game(node: LoggedNode, index: dict[bytes, int], score, trains: bool) -> tuple[Game, dict]:
-    """This round's game of the node's model: its `score` after folding only a coalition's messages
+def _round_game(node: LoggedNode, index: dict[bytes, int], accuracy, trains: bool) -> tuple[Game, dict]:
+    """This round's game of the node's model: its accuracy after folding only a coalition's messages
     into a copy of its model as it is now (peers that sent nothing change nothing). A fold that
     `trains` (distillation) gets a fresh copy, optimizer state and all; a weights fold only sets
     weights, so one copy serves every coalition."""
@@ -220,7 +218,7 @@ def _round_game(node: LoggedNode, index: dict[bytes, int], score, trains: bool) 
             learner = copy.deepcopy(start) if trains else start
             learner.set_weights(weights)
             node.refold(learner, {sent[j] for j in key})
-            cache[key] = score(learner)
+            cache[key] = accuracy(learner)
         return cache[key]
     return utility, cache
 

@@ -370,15 +370,6 @@ class _DatasetWorld:
     def accuracy(self, learner: Learner) -> float:
         return round(learner.evaluate(self.data.x_test, self.data.y_test)["accuracy"], 6)
 
-    def smooth_accuracy(self, learner: Learner) -> float:
-        """Held-out accuracy plus the mean log-probability of the held-out labels: accuracy moves by
-        whole test examples, the log-likelihood between them (the one-run value estimate's score,
-        studies/value_study.py)."""
-        y, logits = self.data.y_test, learner.predict(self.data.x_test)
-        top = logits.max(axis=1)
-        log_p = logits[np.arange(len(y)), y] - top - np.log(np.exp(logits - top[:, None]).sum(axis=1))
-        return float(np.mean(logits.argmax(axis=1) == y) + np.mean(log_p))
-
     def alone(self, i: int) -> Learner:
         return self._learner(self.archs[i], self.parts[i], node_seed(self.spec.config.seed, i), self._labels(i))
 
@@ -448,11 +439,6 @@ class _FlowerWorld:
         metrics = learner.evaluate()
         self.test_examples = int(metrics.get("num-examples", self.test_examples))
         return round(metrics["accuracy"], 6)
-
-    def smooth_accuracy(self, learner: Learner) -> float:
-        """The client's accuracy less its loss (plus the log-likelihood for cross-entropy), or its accuracy."""
-        metrics = learner.evaluate()
-        return metrics["accuracy"] - float(metrics.get("loss", 0.0))
 
     def alone(self, i: int) -> Learner:
         one = self._learner(i, self.config.nodes, node_seed(self.config.seed, i))
