@@ -14,8 +14,9 @@ says what it means), by four methods, each with its cost:
   network added (local training in between undoes part of each fold), so each model's column is then
   scaled to sum to its measured gain, the network's final accuracy minus the model trained alone
   (Shapley's efficiency; N one-node runs, about one simulation's training more). A replay is an exact
-  re-aggregation for the weights exchange (with a stateless rule; a Flower strategy's server state starts from the round's), a
-  re-distillation on the probe set for distill (and both for mixed): no private data is trained on.
+  re-aggregation for the weights exchange (with a stateless rule; a Flower strategy's server state
+  starts from the round's), a re-distillation on the probe set for distill (and both for mixed): no
+  private data is trained on.
   Synthetic samples act only in the next local training, which a replay would have to redo: the
   one-run estimate refuses that exchange.
 
