@@ -159,7 +159,7 @@ def planted():
 def test_estimates_agree_with_exact_shapley_and_say_their_cost(plain):
     agreement, methods = plain["agreement_with_exact"], plain["methods"]
     assert agreement["mc"]["spearman"] >= 0.8  # measured 0.91
-    assert agreement["gtg"]["spearman"] >= 0.6  # measured 0.71: below the 0.8 goal (docs/STUDIES.md)
+    assert agreement["gtg"]["spearman"] >= 0.6  # measured 0.62: below the 0.8 goal (docs/STUDIES.md)
     assert methods["exact"]["cost"]["simulations"] == 2 ** 4 - 1 and methods["loo"]["cost"]["simulations"] == 5
     assert methods["gtg"]["cost"]["simulations"] == 1 and methods["gtg"]["cost"]["refolds"] > 0
     assert methods["mc"]["convergence"]["permutations"] == 30 and methods["mc"]["convergence"]["max_stderr"] < 0.05
@@ -178,7 +178,7 @@ def test_planted_peers_get_the_values_they_should(planted):
     assert t.argmin() == 0 and t[0] < 0  # shuffled labels: the lowest, and it hurts
     assert abs(t[1]) < 0.25 * t.max()  # almost no data: near zero
     assert abs(t[2] - t[3]) < 0.1 * (t[2] + t[3])  # the same data: the value split between the two
-    assert planted["agreement_with_exact"]["gtg"]["spearman"] >= 0.5  # measured 0.65
+    assert planted["agreement_with_exact"]["gtg"]["spearman"] >= 0.5  # measured 0.62
 
 
 @pytest.mark.slow
@@ -189,7 +189,7 @@ def test_an_attacker_is_valued_below_zero_by_every_method():
         t = totals(result, method)
         assert t[attacker] < 0 and t.argmin() == attacker, method
         assert all(v is None for v in np.array(result["methods"][method]["values"], dtype=object)[:, attacker])
-    assert result["agreement_with_exact"]["gtg"]["spearman"] >= 0.5  # measured 0.63
+    assert result["agreement_with_exact"]["gtg"]["spearman"] >= 0.6  # measured 0.70
 
 
 def test_planted_peers_change_only_their_partitions():
