@@ -53,7 +53,8 @@ def value(
     permutations: Annotated[int, typer.Option(help="Monte-Carlo's cap on sampled orders of the peers.")] = 30,
     max_seconds: Annotated[Optional[float], typer.Option(help="Monte-Carlo's cap on wall time.")] = None,
     round_permutations: Annotated[int, typer.Option(
-        help="The one-run estimate's orders of the peers per round and model (fewer: cheaper, rougher).")] = 20,
+        help="The one-run estimate's orders of the peers per round and model, in antithetic pairs "
+             "(fewer: cheaper, rougher).")] = 8,
     tolerance: Annotated[float, typer.Option(
         help="Truncation: an order stops once the coalition is this close to the whole network's accuracy.")] = 0.005,
     backend: Annotated[str, typer.Option(

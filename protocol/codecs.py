@@ -124,6 +124,10 @@ class Codec:
     def lossless(self) -> bool:
         return self.name == "float32"
 
+    def __deepcopy__(self, memo: dict) -> Codec:
+        """Immutable: a copy of what holds a codec (an exchange, replayed per fold) shares it."""
+        return self
+
     def encode(self, array: np.ndarray, rng: np.random.Generator | None = None,
                base: np.ndarray | None = None) -> Tensor:
         return self.definition.encode(np.asarray(array), rng, base, **self.params)

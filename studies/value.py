@@ -71,13 +71,15 @@ class MonteCarlo:
 
 
 def monte_carlo_shapley(game: Game, n: int, models: Iterable[int], *, permutations: int, tolerance: float = 0.0,
-                        seed: int | Sequence[int] = 0, max_seconds: float | None = None) -> MonteCarlo:
+                        seed: int | Sequence[int] = 0, max_seconds: float | None = None,
+                        antithetic: bool = False) -> MonteCarlo:
     """Permutation sampling with truncation (TMC-Shapley, Ghorbani & Zou 2019): along a random order
     of the peers, each one's marginal contribution to model i; once the coalition's utility is within
     `tolerance` of the whole network's, the rest of the order contributes 0 without being measured.
     One order of all N peers per sample serves every model (model i skips itself), so the models'
     coalitions overlap and a cached game measures each network once. Stops after `permutations`
-    samples or `max_seconds` (at least one sample)."""
+    samples or `max_seconds` (at least one sample). `antithetic`: every second order is the one before
+    reversed, so a peer sampled early in one is late in the other (less variance from few orders)."""
     models = list(models)
     rng = np.random.default_rng(seed)
     grand = {i: game(i, frozenset(_others(i, n))) for i in models}
@@ -85,7 +87,7 @@ def monte_carlo_shapley(game: Game, n: int, models: Iterable[int], *, permutatio
     count = truncated = total = 0
     started = time.perf_counter()
     while count < permutations and (count == 0 or max_seconds is None or time.perf_counter() - started < max_seconds):
-        order = rng.permutation(n)
+        order = order[::-1] if antithetic and count % 2 else rng.permutation(n)
         for i in models:
             coalition, before = frozenset(), game(i, frozenset())
             for j in (int(j) for j in order if j != i):

@@ -7,14 +7,16 @@ says what it means), by four methods, each with its cost:
 - `gtg`: one run, GTG-style (Liu et al. 2022). The whole network is simulated once; before each fold,
   the fold is replayed on a copy of the node's model with only a coalition's messages (node/sim/foldlog.py)
   and scored on the held-out data: round r's game of model i is the accuracy after folding coalition S's
-  round-r messages into i's round-r model, its Shapley values (truncated Monte-Carlo) are summed over the
-  rounds. Between-round truncation skips a round after which the model's accuracy is within the
-  tolerance of the previous round's (the round changed little, so neither did anyone's part in it). Summed fold gains overcount what the network added (local training in between undoes
-  part of each fold), so each model's column is then scaled to sum to its measured gain, the
-  network's final accuracy minus the model trained alone (Shapley's efficiency; N one-node runs,
-  about one simulation's training more). A replay is an exact re-aggregation for the weights
-  exchange (with a stateless rule; a Flower strategy's server state starts from the round's), a
-  re-distillation on the probe set for distill (and both for mixed): no private data is trained on.
+  round-r messages into i's round-r model, its Shapley values (truncated Monte-Carlo over antithetic
+  pairs of orders: each order, then its reverse) are summed over the rounds. Between-round truncation
+  skips a round after which the model's accuracy is within the tolerance of the previous round's (the
+  round changed little, so neither did anyone's part in it). Summed fold gains overcount what the
+  network added (local training in between undoes part of each fold), so each model's column is then
+  scaled to sum to its measured gain, the network's final accuracy minus the model trained alone
+  (Shapley's efficiency; N one-node runs, about one simulation's training more). A replay is an exact
+  re-aggregation for the weights exchange (with a stateless rule; a Flower strategy's server state
+  starts from the round's), a re-distillation on the probe set for distill (and both for mixed): no
+  private data is trained on.
   Synthetic samples act only in the next local training, which a replay would have to redo: the
   one-run estimate refuses that exchange.
 
@@ -56,7 +58,7 @@ class ValueSettings:
     permutations: int = 30  # Monte-Carlo's cap on sampled orders of the peers
     max_seconds: float | None = None  # and on its wall time
     tolerance: float = 0.005  # truncation (Monte-Carlo, and within and between rounds for gtg)
-    round_permutations: int = 20  # gtg's orders per round and model
+    round_permutations: int = 8  # gtg's orders per round and model (in antithetic pairs)
     seed: int = 0  # the orders' randomness (the network's is the simulation config's)
 
     def check(self, config: SimulationConfig) -> None:
@@ -230,13 +232,15 @@ def one_run_estimate(runs: Runs, settings: ValueSettings) -> tuple[np.ndarray, d
             log.truncated_rounds += 1
         else:
             mc = monte_carlo_shapley(game, n, [i], permutations=settings.round_permutations,
-                                     tolerance=settings.tolerance, seed=[settings.seed, r, i])
+                                     tolerance=settings.tolerance, seed=[settings.seed, r, i], antithetic=True)
             log.values[:, i] += np.nan_to_num(mc.values[:, i])
         log.refolds += len(cache)
         log.previous[i] = folded
 
+    _, before = _timed(lambda: runs.run(range(n)))  # the plain simulation, timed before and after the run
     final, seconds = _timed(lambda: runs.run(range(n), before_fold))
-    _, plain = _timed(lambda: runs.run(range(n)))  # right after: the same load on the machine
+    _, after = _timed(lambda: runs.run(range(n)))  # (the same load on a shared machine, on average)
+    plain = (before + after) / 2
     alone = {frozenset({i}) for i in runs.models}
     gains = np.array([final[i] - runs.accuracy(frozenset({i}))[i] if i in final else np.nan for i in range(n)])
     seconds += runs.cost(alone)["seconds"]

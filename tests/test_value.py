@@ -59,6 +59,20 @@ def test_monte_carlo_converges_to_exact_on_five_players():
     assert spearman(many.values, exact) > 0.95 and many.permutations == 2000 and many.truncated == 0
 
 
+def test_antithetic_orders_pair_each_order_with_its_reverse():
+    # model 0 and two other peers: an order and its reverse are both orders of the two, so an
+    # antithetic pair is exact Shapley for any game; two independent orders are often the same one
+    rng = np.random.default_rng(4)
+    values = rng.normal(size=8)
+    game = lambda i, s: values[sum(1 << j for j in s)] if i == 0 else 0.0  # noqa: E731
+    exact = exact_shapley(game, 3, [0])
+    for seed in range(10):
+        pair = monte_carlo_shapley(game, 3, [0], permutations=2, seed=seed, antithetic=True)
+        assert np.allclose(pair.values[1:, 0], exact[1:, 0])
+    plain = [monte_carlo_shapley(game, 3, [0], permutations=2, seed=seed).values[1:, 0] for seed in range(10)]
+    assert not all(np.allclose(v, exact[1:, 0]) for v in plain)
+
+
 def test_truncation_skips_what_cannot_matter():
     game = lambda i, s: min(len(s), 1)  # noqa: E731  the first peer brings everything
     mc = monte_carlo_shapley(game, 4, range(4), permutations=50, tolerance=0.01)
@@ -145,7 +159,7 @@ def planted():
 def test_estimates_agree_with_exact_shapley_and_say_their_cost(plain):
     agreement, methods = plain["agreement_with_exact"], plain["methods"]
     assert agreement["mc"]["spearman"] >= 0.8  # measured 0.91
-    assert agreement["gtg"]["spearman"] >= 0.6  # measured 0.71: below the 0.8 goal (docs/STUDIES.md)
+    assert agreement["gtg"]["spearman"] >= 0.6  # measured 0.62: below the 0.8 goal (docs/STUDIES.md)
     assert methods["exact"]["cost"]["simulations"] == 2 ** 4 - 1 and methods["loo"]["cost"]["simulations"] == 5
     assert methods["gtg"]["cost"]["simulations"] == 1 and methods["gtg"]["cost"]["refolds"] > 0
     assert methods["mc"]["convergence"]["permutations"] == 30 and methods["mc"]["convergence"]["max_stderr"] < 0.05
@@ -164,7 +178,7 @@ def test_planted_peers_get_the_values_they_should(planted):
     assert t.argmin() == 0 and t[0] < 0  # shuffled labels: the lowest, and it hurts
     assert abs(t[1]) < 0.25 * t.max()  # almost no data: near zero
     assert abs(t[2] - t[3]) < 0.1 * (t[2] + t[3])  # the same data: the value split between the two
-    assert planted["agreement_with_exact"]["gtg"]["spearman"] >= 0.5  # measured 0.65
+    assert planted["agreement_with_exact"]["gtg"]["spearman"] >= 0.5  # measured 0.62
 
 
 @pytest.mark.slow
@@ -175,7 +189,7 @@ def test_an_attacker_is_valued_below_zero_by_every_method():
         t = totals(result, method)
         assert t[attacker] < 0 and t.argmin() == attacker, method
         assert all(v is None for v in np.array(result["methods"][method]["values"], dtype=object)[:, attacker])
-    assert result["agreement_with_exact"]["gtg"]["spearman"] >= 0.5  # measured 0.63
+    assert result["agreement_with_exact"]["gtg"]["spearman"] >= 0.6  # measured 0.70
 
 
 def test_planted_peers_change_only_their_partitions():
