@@ -21,7 +21,6 @@ _LIBP2P_ED25519_PREFIX = bytes([0x08, 0x01, 0x12, 0x20])
 _IDENTITY_MULTIHASH_PREFIX = bytes([0x00, len(_LIBP2P_ED25519_PREFIX) + PUBLIC_KEY_SIZE])
 
 
-@functools.lru_cache(maxsize=4096)  # asked for every message a fold takes, and base58 is slow in Python
 def peer_id(public_key: bytes) -> str:
     return _peer_id(bytes(public_key))
 
