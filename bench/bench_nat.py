@@ -38,22 +38,12 @@ PORT = 4201
 
 def timeline(net, root: Path) -> dict:
     from manymodels.node.runtime.control import request
-    from nat_network import RELAY_IP
-    from test_daemon import start, status, stop
+    from nat_network import daemon_homes, start_daemons
+    from test_daemon import status, stop
 
-    recipe = ["--dataset", "digits", "--partition", "dirichlet:0.1", "--num-partitions", "3", "--model", "logreg",
-              "--period", "0.5"]
-    homes = {name: root / name for name in ("relay", "home_a", "home_b")}
+    homes = daemon_homes(root)
     try:
-        start(homes["relay"], *recipe, "--partition-id", "0", "--listen", f"/ip4/{RELAY_IP}/tcp/4101", "--relay",
-              prefix=net.prefix("relay"))
-        relay = status(homes["relay"])["addrs"][0]
-
-        def start_home(i: int, side: str) -> None:
-            start(homes[f"home_{side}"], *recipe, "--partition-id", str(i), "--bootstrap", relay,
-                  "--listen", f"/ip4/{net.home_ip(side)}/tcp/4101", prefix=net.prefix(f"home_{side}"))
-        with ThreadPoolExecutor(2) as pool:
-            list(pool.map(start_home, (1, 2), "ab"))
+        start_daemons(net, homes, 4101)
         t0 = time.time()
         b_id = status(homes["home_b"])["id"]
         seen: dict[str, float] = {}

@@ -17,10 +17,37 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 PUBLIC = "198.51.100"
 RELAY_IP = f"{PUBLIC}.1"
 ROUTERS = {"a": (f"{PUBLIC}.2", "192.168.1"), "b": (f"{PUBLIC}.3", "192.168.2")}
+
+
+# The daemons of the NAT tests and bench/bench_nat.py: the relay is partition 0, home_a 1, home_b 2.
+RECIPE = ["--dataset", "digits", "--partition", "dirichlet:0.1", "--num-partitions", "3", "--model", "logreg",
+          "--period", "0.5"]
+
+
+def daemon_homes(root: Path) -> dict[str, Path]:
+    return {name: root / name for name in ("relay", "home_a", "home_b")}
+
+
+def start_daemons(net: NatNetwork, homes: dict[str, Path], port: int) -> None:
+    """The relay daemon (with --relay) on the public segment, then a daemon behind each router joined
+    through it, side by side (`homes`: daemon_homes'). The caller stops them, also after a failure."""
+    from test_daemon import start, status
+
+    start(homes["relay"], *RECIPE, "--partition-id", "0", "--listen", f"/ip4/{RELAY_IP}/tcp/{port}", "--relay",
+          prefix=net.prefix("relay"))
+    relay = status(homes["relay"])["addrs"][0]
+
+    def start_home(i: int, side: str) -> None:
+        start(homes[f"home_{side}"], *RECIPE, "--partition-id", str(i), "--bootstrap", relay,
+              "--listen", f"/ip4/{net.home_ip(side)}/tcp/{port}", prefix=net.prefix(f"home_{side}"))
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(start_home, (1, 2), "ab"))
 
 
 class NatUnavailable(Exception):

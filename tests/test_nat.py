@@ -8,15 +8,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from manymodels.node.runtime.control import request
-from nat_network import RELAY_IP, NatNetwork, NatUnavailable
+from nat_network import RELAY_IP, NatNetwork, NatUnavailable, daemon_homes, start_daemons
 from manymodels.node.learning.recipe import LearnerRecipe
 from test_daemon import assert_provenance, start, status, stop
 from waiting import wait_until
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
-RECIPE = ["--dataset", "digits", "--partition", "dirichlet:0.1", "--num-partitions", "3", "--model", "logreg",
-          "--period", "0.5"]
 PORT = 4101
 
 
@@ -28,16 +26,9 @@ def nat(tmp_path_factory):
     except NatUnavailable as exc:
         pytest.skip(str(exc))
     root = tmp_path_factory.mktemp("nat")
-    homes = {name: root / name for name in ("relay", "home_a", "home_b")}
+    homes = daemon_homes(root)
     try:
-        start(homes["relay"], *RECIPE, "--partition-id", "0", "--listen", f"/ip4/{RELAY_IP}/tcp/{PORT}", "--relay",
-              prefix=net.prefix("relay"))
-        relay = status(homes["relay"])["addrs"][0]
-        def start_home(i: int, side: str) -> None:
-            start(homes[f"home_{side}"], *RECIPE, "--partition-id", str(i), "--bootstrap", relay,
-                  "--listen", f"/ip4/{net.home_ip(side)}/tcp/{PORT}", prefix=net.prefix(f"home_{side}"))
-        with ThreadPoolExecutor(2) as pool:  # the home nodes start side by side
-            list(pool.map(start_home, (1, 2), "ab"))
+        start_daemons(net, homes, PORT)
         yield net, homes
     finally:
         with ThreadPoolExecutor(3) as pool:
