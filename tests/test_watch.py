@@ -7,6 +7,7 @@ import re
 import select
 import signal
 import subprocess
+import time
 
 import pytest
 from rich.console import Console
@@ -73,12 +74,17 @@ class Watch:
 
     def ended(self) -> tuple[int, str, str]:
         """Exit code, all it showed, its stderr."""
-        code = self.process.wait(30)
-        while self.read[-1:] != [b""] and select.select([self.terminal], [], [], 1)[0]:
-            try:
-                self.read.append(os.read(self.terminal, 1 << 16))
-            except OSError:  # the other side closed
-                self.read.append(b"")
+        deadline = time.monotonic() + 30
+        # read while waiting: a full terminal would block the process's last writes, and so its exit
+        while self.read[-1:] != [b""] and (self.process.poll() is None or select.select([self.terminal], [], [], 1)[0]):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"node status --watch still runs 30 s after Ctrl-C: {b''.join(self.read)[-2000:]!r}")
+            if select.select([self.terminal], [], [], 0.2)[0]:
+                try:
+                    self.read.append(os.read(self.terminal, 1 << 16))
+                except OSError:  # the other side closed
+                    self.read.append(b"")
+        code = self.process.wait(5)
         os.close(self.terminal)
         return code, b"".join(self.read).decode(errors="replace"), self.process.stderr.read()
 

@@ -45,6 +45,7 @@ from .worker import WorkerLearner
 BLOB_CHUNK = 4 << 20
 MAX_BLOBS = 8  # sealed messages kept for peers to pull (the newest)
 PULL_TIMEOUT = 60
+CLOSE_S = 10  # what a stopping node gives its network services to close, its state already saved
 PULL_WINDOW = 4  # chunk requests in flight per pull: the link stays busy while a chunk is verified
 MAX_PEERS = 32  # peer exchange stops dialing beyond this many connections
 MAX_REMOTE_MODELS = 1024  # announcements remembered (one per author, the newest version)
@@ -669,29 +670,41 @@ class Daemon:
         transport = transport_factory(self.identity, listen=listen)
         try:
             discovery_config = DiscoveryConfig(mdns=self.config.mdns)
-            async with transport.running(), Discovery(transport, config=discovery_config).running() as discovery, \
-                    Reach(transport, self.config.reach_config()).running() as reach, trio.open_nursery() as nursery:
-                self.discovery, self.reach = discovery, reach
-                self.listening = transport.listen_addrs()
-                await nursery.start(serve_control, self.home.socket, lambda request: self._control(transport, request))
-                log.info("%s listening on %s", self.identity.peer_id, " ".join(self.listening))
-                for addr in self.config.bootstrap:
-                    try:
-                        await transport.connect(addr)
-                    except (ValueError, ConnectionError) as exc:  # a bootstrap peer may be down
-                        log.warning("bootstrap %s: %s", addr, exc)
-                discovery.kick()  # the DHT learns the rest of the network through them
-                node = await self._load(transport, discovery, nursery)
-                nursery.start_soon(self._cycles, node, transport)
-                await self.stopping.wait()
-                nursery.cancel_scope.cancel()
-            await trio.to_thread.run_sync(self.save, node)
-            log.info("%s stopped at version %d (state saved)", node.id, node.version)
+            # The state is saved before the network closes, and the network gets CLOSE_S to close: a
+            # library service that hangs on close must not keep a stopped node from exiting.
+            with trio.CancelScope() as closing:
+                async with transport.running(), Discovery(transport, config=discovery_config).running() as discovery, \
+                        Reach(transport, self.config.reach_config()).running() as reach:
+                    self.discovery, self.reach = discovery, reach
+                    async with trio.open_nursery() as nursery:
+                        node = await self._serve(transport, discovery, nursery)
+                        await self.stopping.wait()
+                        nursery.cancel_scope.cancel()
+                    await trio.to_thread.run_sync(self.save, node)
+                    log.info("%s stopped at version %d (state saved)", node.id, node.version)
+                    closing.deadline = trio.current_time() + CLOSE_S
+            if closing.cancelled_caught:
+                log.warning("the network services did not close within %g s; exiting anyway", CLOSE_S)
         finally:
             self.metrics.stop()
             if self.learner is not None:
                 self.learner.close()
             self.home.pid_file.unlink(missing_ok=True)
+
+    async def _serve(self, transport, discovery: Discovery, nursery: trio.Nursery) -> DaemonNode:
+        """The control socket, the bootstrap peers, the learner and the node's cycles, in `nursery`."""
+        self.listening = transport.listen_addrs()
+        await nursery.start(serve_control, self.home.socket, lambda request: self._control(transport, request))
+        log.info("%s listening on %s", self.identity.peer_id, " ".join(self.listening))
+        for addr in self.config.bootstrap:
+            try:
+                await transport.connect(addr)
+            except (ValueError, ConnectionError) as exc:  # a bootstrap peer may be down
+                log.warning("bootstrap %s: %s", addr, exc)
+        discovery.kick()  # the DHT learns the rest of the network through them
+        node = await self._load(transport, discovery, nursery)
+        nursery.start_soon(self._cycles, node, transport)
+        return node
 
     async def _load(self, transport, discovery: Discovery, nursery: trio.Nursery) -> DaemonNode:
         """Start the worker, build the node on it, take up the saved state, and put it behind the
