@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from manymodels.node.runtime.control import NotRunning, request
+from terminal import terminal_signals
 from waiting import wait_until
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
@@ -53,7 +54,8 @@ def foreground(home: Path, *args: str) -> Iterator[subprocess.Popen]:
     """`node start` in the foreground, in a session of its own (so that SIGINT to its process group
     is what a terminal's Ctrl-C sends); killed if it is still running when the block ends."""
     daemon = subprocess.Popen([str(EXE), "node", "start", "--home", str(home), *args], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+                              stderr=subprocess.PIPE, text=True, start_new_session=True,
+                              preexec_fn=terminal_signals)
     try:
         yield daemon
     finally:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from manymodels.node.runtime.control import NotRunning, request
+from terminal import terminal_signals
 from waiting import wait_until
 
 EXE = Path(sys.executable).parent / "manymodels"
@@ -59,6 +60,7 @@ def test_up_runs_a_network_in_one_live_table_ctrl_c_stops_it_and_up_restarts_it(
     with out.open("w") as stdout, err.open("w") as stderr:
         up = subprocess.Popen([str(EXE), "up", "3", "--home-root", str(root), "--interval", "1", *RECIPE],
                               stdout=stdout, stderr=stderr, start_new_session=True,
+                              preexec_fn=terminal_signals,
                               env={**os.environ, "TTY_COMPATIBLE": "1", "COLUMNS": "100"})
     try:
         seen = wait_until(lambda: statuses(root), "three nodes learning together", 90, until=learning_together)

@@ -15,6 +15,7 @@ from rich.console import Console
 from manymodels.cli.watch import status_view
 from test_cli_small import flat, read_more
 from test_daemon import EXE, start, status, stop
+from terminal import terminal_signals
 from waiting import wait_until
 
 PEER = "12D3KooWA4Xop1JaT3MHxwYMkCepYsv4iPVopMXwCz5iHYdBfeSB"
@@ -65,6 +66,7 @@ class Watch:
         self.terminal, other = pty.openpty()
         self.process = subprocess.Popen([str(EXE), "node", "status", "--home", str(home), "--watch", "--interval",
                                          "0.5"], stdout=other, stderr=subprocess.PIPE, text=True,
+                                        preexec_fn=terminal_signals,
                                         env={**os.environ, "TERM": "xterm", "COLUMNS": "200"})
         os.close(other)
         self.read: list[bytes] = []
