@@ -27,7 +27,7 @@ import numpy as np
 
 from manymodels.node.learning.datasets import FILE_PREFIX, load_npz
 from manymodels.node.learning.probe import probe_indices
-from manymodels.node.sim.simulator import make_world, member_outputs
+from manymodels.node.sim.simulator import make_world, run_models
 from manymodels.node.sim.spec import SimulationConfig, SimulationSpec
 from manymodels.node.spec import SpecError
 
@@ -109,9 +109,10 @@ def run_point(config: SimulationConfig, datasets: dict[str, str], point: dict) -
     world = make_world(spec)
     nodes = range(config.nodes)
     if training == "alone":
-        outputs = {i: member_outputs(spec, world, [i])[i] for i in nodes}
+        models = {i: run_models(spec, world, [i])[i] for i in nodes}
     else:
-        outputs = member_outputs(spec, world, list(nodes))
+        models = run_models(spec, world, list(nodes))
+    outputs = {i: model.predict(world.data.x_test) for i, model in models.items()}
     full = load_npz(dataset)
     probe, _ = probe_indices(len(full.y_train), config.probe_size)
     reference = nearest_centroid(full.x_train[probe], full.y_train[probe], full.x_test, full.num_classes)

@@ -96,7 +96,7 @@ def run_point(config: SimulationConfig, exchanges: tuple[str, ...], point: dict)
     models = {"alone": alone, "pooled": list(pooled.values())}
     for exchange in exchanges:
         networked = SimulationSpec.parse(replace(base, exchange=exchange))
-        models[exchange] = run_models(networked, make_world(networked))
+        models[exchange] = list(run_models(networked, make_world(networked)).values())
     data, parts = world.data, world.parts
     own = {"pooled": [np.arange(len(data.y_train))]}  # each model's training data
     return {

@@ -6,9 +6,8 @@ app, gives each node its learner and what its exchange is built from, and every 
 node/spec.py's build_node, as in the daemon. Every simulation also trains each node alone
 (local-only) and one model per architecture on all the private data (pooled), so its report answers
 "many models vs one model vs alone" on held-out data. A study runs smaller networks of the same nodes
-(`run_members`: no baselines, no report; `member_outputs`: each model's held-out outputs), may replay
-folds (`before_fold`, node/sim/foldlog.py), or read the trained models themselves (`run_models`,
-`baseline_models`). This is the local engine; node/sim/ray_backend.py runs the same steps
+(`run_members`: no baselines, no report), may replay folds (`before_fold`, node/sim/foldlog.py), or
+read the trained models themselves (`run_models`, `baseline_models`). This is the local engine; node/sim/ray_backend.py runs the same steps
 (build_member, record, node_report...) in shards on Ray, and node/sim/backends.py picks one.
 Nodes of one architecture train and are evaluated in batches (node/sim/batching.py), with the same
 numbers as one by one; `protocol_only` runs signed messages without training (node/sim/protocol_only.py)."""
@@ -129,13 +128,6 @@ def run_members(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, membe
     return {i: series[k]["history"][-1] for k, i in enumerate(members) if i not in spec.attackers}
 
 
-def member_outputs(spec: SimulationSpec, world: _DatasetWorld, members: list[int]) -> dict[int, np.ndarray]:
-    """Each honest member's model output (logits) on every held-out input after the last round, when
-    the network is only `members` (as in run_members): what a study compares across models."""
-    _, nodes, _ = _run(spec, world, members)
-    return {i: node.learner.predict(world.data.x_test) for i, node in zip(members, nodes) if i not in spec.attackers}
-
-
 def _run(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, members: list[int],
          on_round: Callable[[int, float], None] | None = None, adversary: Adversary | None = None,
          before_fold: BeforeFold | None = None) -> tuple[MemoryNetwork, list[Node], Series]:
@@ -228,11 +220,14 @@ def _rounds(spec: SimulationSpec, nodes: list[Node], network: MemoryNetwork, con
     return series
 
 
-def run_models(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld) -> list[Learner]:
-    """Every honest node's model after the whole network's rounds: for a study that reads the models
-    themselves (e.g. their predictions), not only their accuracy."""
-    _, nodes, _ = _run(spec, world, list(range(spec.config.nodes)))
-    return [node.learner for i, node in enumerate(nodes) if i not in spec.attackers]
+def run_models(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, members: list[int] | None = None
+               ) -> dict[int, Learner]:
+    """Each honest member's model after the last round, when the network is only `members` (all the
+    spec's nodes by default; as in run_members): for a study that reads the models themselves (their
+    predictions), not only their accuracy."""
+    members = list(range(spec.config.nodes)) if members is None else members
+    _, nodes, _ = _run(spec, world, members)
+    return {i: node.learner for i, node in zip(members, nodes) if i not in spec.attackers}
 
 
 def baseline_models(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld
