@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .weights import rows_median
+
 
 def logit_mean(logits: list[np.ndarray]) -> np.ndarray:
     """Elementwise mean of the logit matrices."""
@@ -14,7 +16,7 @@ def logit_mean(logits: list[np.ndarray]) -> np.ndarray:
 
 def logit_median(logits: list[np.ndarray]) -> np.ndarray:
     """Elementwise median of the logit matrices."""
-    return np.median(np.stack(logits), axis=0)
+    return rows_median(np.stack(logits))
 
 
 def logit_trimmed(logits: list[np.ndarray], *, beta: float) -> np.ndarray:

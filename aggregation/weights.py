@@ -83,12 +83,19 @@ def _sorted_mean(results: Results, lo: int, hi: int) -> NDArrays:
     along axis 0 (Flower's kernels) for a handful of updates (bench/bench_aggregation.py), and gives
     the same values.
     """
-    out = []
-    for tensors in zip(*(update for update, _ in results)):
-        stacked = np.stack(tensors)
-        stacked.sort(axis=0)
-        out.append(stacked[lo:hi].mean(axis=0))
-    return out
+    return [sorted_rows_mean(np.stack(tensors), lo, hi) for tensors in zip(*(update for update, _ in results))]
+
+
+def sorted_rows_mean(stacked: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Per column, the mean of the order statistics lo..hi-1 of the rows (sorts `stacked` in place)."""
+    stacked.sort(axis=0)
+    return stacked[lo:hi].mean(axis=0)
+
+
+def rows_median(stacked: np.ndarray) -> np.ndarray:
+    """np.median(stacked, axis=0), the same values, faster for a few rows (sorts `stacked` in place)."""
+    n = len(stacked)
+    return sorted_rows_mean(stacked, (n - 1) // 2, n // 2 + 1)
 
 
 def fedavg(results: Results, reference: NDArrays | None = None) -> NDArrays:

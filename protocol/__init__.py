@@ -1,6 +1,6 @@
 """Bytes <-> verified messages. Pure: no sockets, threads, torch or wall clock."""
 from .codecs import Codec, CodecError, CodecSpec, Coded, Tensor, codec_of, dense, get_codec, list_codecs
-from .envelope import MAX_ENVELOPE_BYTES, PROTOCOL_VERSION, Message, digest, open_envelope, seal
+from .envelope import MAX_ENVELOPE_BYTES, PROTOCOL_VERSION, Message, ReadingMemo, digest, open_envelope, seal
 from .errors import Reason, RejectedMessage
 from .identity import Identity, peer_id, strict_public_key, verify
 from .messages import (KINDS, Announce, BlobRequest, BlobResponse, Error, Hello, Logits, Payload, PeerExchange,
@@ -12,6 +12,6 @@ __all__ = [
     "ALLOWED_DTYPES", "Codec", "CodecError", "CodecSpec", "Coded", "KINDS", "Tensor", "codec_of", "dense", "get_codec",
     "list_codecs", "MAX_ENVELOPE_BYTES", "PROTOCOL_VERSION", "Announce", "BlobRequest",
     "BlobResponse", "Error", "Hello", "Identity", "Logits", "Message", "Payload", "PeerExchange", "Reason",
-    "RejectedMessage", "ReplayGuard", "SyntheticBatch", "Weights", "decode_array", "digest",
+    "ReadingMemo", "RejectedMessage", "ReplayGuard", "SyntheticBatch", "Weights", "decode_array", "digest",
     "array_digest", "encode_array", "open_envelope", "peer_id", "seal", "strict_public_key", "verify",
 ]

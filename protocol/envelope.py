@@ -25,7 +25,7 @@ manymodels.protocol.errors.RejectedMessage: digest_mismatch: payload does not ha
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Container
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,6 +109,100 @@ _HEADER_FIELDS = {
 }
 
 
+class _Reading:
+    """What one message's bytes say, whoever receives them: each stage of §7 that depends on the
+    bytes alone, run once when first asked for and kept, its failure included."""
+
+    __slots__ = ("data", "_header", "_cls", "_authentic", "_payload")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self._header = self._cls = self._authentic = self._payload = None
+
+    @staticmethod
+    def _once(stage: Any, run: Callable[[], Any]) -> tuple[Any, RejectedMessage | None]:
+        if stage is not None:
+            return stage
+        try:
+            return run(), None
+        except RejectedMessage as exc:
+            return None, exc
+
+    @staticmethod
+    def _result(stage: tuple[Any, RejectedMessage | None]) -> Any:
+        value, failure = stage
+        if failure is not None:  # a fresh exception each time: no traceback grows across receivers
+            raise RejectedMessage(failure.reason, failure.detail)
+        return value
+
+    def header(self) -> dict[str, Any]:
+        """Decoding, the header's schema, the sender key."""
+        self._header = self._once(self._header, self._read_header)
+        return self._result(self._header)
+
+    def _read_header(self) -> dict[str, Any]:
+        env = decode(memoryview(self.data), _read_header, "envelope")
+        if not strict_public_key(env["sender"]):
+            raise RejectedMessage(Reason.BAD_KEY,
+                                  f"sender key {env['sender'].hex()} is not canonical or has small order")
+        return env
+
+    def kind(self) -> type[Payload]:
+        """The version, the kind, the kind's payload limit."""
+        self._cls = self._once(self._cls, self._read_kind)
+        return self._result(self._cls)
+
+    def _read_kind(self) -> type[Payload]:
+        env = self.header()
+        if env["v"] != PROTOCOL_VERSION:
+            raise RejectedMessage(Reason.UNSUPPORTED_VERSION, f"version {env['v']}, this node speaks {PROTOCOL_VERSION}")
+        cls = KINDS.get(env["kind"])
+        if cls is None:
+            raise RejectedMessage(Reason.UNKNOWN_KIND, repr(env["kind"]))
+        if len(env["payload"]) > cls.MAX_BYTES:
+            raise RejectedMessage(Reason.TOO_LARGE, f"{cls.KIND} payload {len(env['payload'])} bytes > limit {cls.MAX_BYTES}")
+        return cls
+
+    def authenticate(self) -> None:
+        """The signature over the header, the payload's digest."""
+        self._authentic = self._once(self._authentic, self._check_signature)
+        self._result(self._authentic)
+
+    def _check_signature(self) -> bool:
+        env = self.header()
+        if not verify(env["sender"], env["sig"], signed_bytes(*(env[name] for name in HEADER_FIELDS))):
+            raise RejectedMessage(Reason.BAD_SIGNATURE, f"from {peer_id(env['sender'])}")
+        if digest(env["payload"]) != env["digest"]:
+            raise RejectedMessage(Reason.DIGEST_MISMATCH, "payload does not hash to the signed digest")
+        return True
+
+    def payload(self) -> Payload:
+        self._payload = self._once(self._payload, lambda: self.kind().from_bytes(self.header()["payload"]))
+        return self._result(self._payload)
+
+
+class ReadingMemo:
+    """For many receivers of the same bytes in one process (the simulator, where a node sends one
+    message to all its neighbours): each distinct message is decoded, its signature and digest
+    checked and its payload read once. What depends on the receiver (the author the transport
+    authenticated, its ban list, replay window and clock) is still checked by each. Payload arrays
+    are read-only, so receivers can share them. Holds up to `max_bytes` of messages, oldest out first."""
+
+    def __init__(self, max_bytes: int = 64 << 20) -> None:
+        self.max_bytes = max_bytes
+        self._readings: dict[bytes, _Reading] = {}
+        self._held = 0
+
+    def reading(self, data: bytes) -> _Reading:
+        reading = self._readings.get(data)
+        if reading is None:
+            reading = self._readings[data] = _Reading(data)
+            self._held += len(data)
+            while self._held > self.max_bytes and len(self._readings) > 1:
+                self._held -= len(self._readings.pop(next(iter(self._readings))).data)
+        return reading
+
+
 def open_envelope(
     data: bytes,
     *,
@@ -117,6 +211,7 @@ def open_envelope(
     banned: Container[bytes] = (),
     max_bytes: int = MAX_ENVELOPE_BYTES,
     author: str | None = None,
+    memo: ReadingMemo | None = None,
 ) -> Message:
     """Verify received bytes and return the message, or raise RejectedMessage.
 
@@ -124,40 +219,29 @@ def open_envelope(
     per-kind size, ban list, signature, payload digest, clock skew and replay window, payload.
     `author` is the peer id the transport authenticated, when the message came straight from its
     author. The guard records the sequence number only when every check has passed, and never
-    for an unsequenced kind (a reply).
+    for an unsequenced kind (a reply). `memo`: where the stages that depend on the bytes alone
+    are kept for other receivers of the same bytes.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise RejectedMessage(Reason.MALFORMED, "not bytes")
     if len(data) > max_bytes:
         raise RejectedMessage(Reason.TOO_LARGE, f"{len(data)} bytes > limit {max_bytes}")
     data = bytes(data)  # a no-op for bytes; received arrays must not alias a caller's mutable buffer
-    env = decode(memoryview(data), _read_header, "envelope")
+    reading = memo.reading(data) if memo is not None else _Reading(data)
+    env = reading.header()
     sender = env["sender"]
-    if not strict_public_key(sender):
-        raise RejectedMessage(Reason.BAD_KEY, f"sender key {sender.hex()} is not canonical or has small order")
     if author is not None and peer_id(sender) != author:
         raise RejectedMessage(Reason.FOREIGN_AUTHOR, f"signed by {peer_id(sender)}, sent by {author}")
-    if env["v"] != PROTOCOL_VERSION:
-        raise RejectedMessage(Reason.UNSUPPORTED_VERSION, f"version {env['v']}, this node speaks {PROTOCOL_VERSION}")
-    cls = KINDS.get(env["kind"])
-    if cls is None:
-        raise RejectedMessage(Reason.UNKNOWN_KIND, repr(env["kind"]))
-    body = env["payload"]
-    if len(body) > cls.MAX_BYTES:
-        raise RejectedMessage(Reason.TOO_LARGE, f"{cls.KIND} payload {len(body)} bytes > limit {cls.MAX_BYTES}")
+    cls = reading.kind()
     if sender in banned:
         raise RejectedMessage(Reason.BANNED, peer_id(sender))
-    header = [env[name] for name in HEADER_FIELDS]
-    if not verify(sender, env["sig"], signed_bytes(*header)):
-        raise RejectedMessage(Reason.BAD_SIGNATURE, f"from {peer_id(sender)}")
-    if digest(body) != env["digest"]:
-        raise RejectedMessage(Reason.DIGEST_MISMATCH, "payload does not hash to the signed digest")
+    reading.authenticate()
     if guard is not None:
         if cls.SEQUENCED:
             guard.check(sender, env["seq"], env["ts"], now_ms)
         else:
             guard.check_clock(env["ts"], now_ms)
-    payload = cls.from_bytes(body)
+    payload = reading.payload()
     if guard is not None and cls.SEQUENCED:
         guard.record(sender, env["seq"], env["ts"])
     return Message(cls.KIND, sender, env["seq"], env["ts"], env["digest"], payload, len(data))

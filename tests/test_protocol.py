@@ -892,3 +892,46 @@ def test_worst_valid_lists_cost_a_bounded_few_mib():
     data = seal(ALICE, Weights("m", 1, 1, [np.zeros(0, np.float32)] * 4096), 1, NOW)
     peak, outcome = _peak(data)
     assert outcome == "weights" and peak <= 3 * len(data) + 1 * 2**20
+
+
+# --- a memo shared by the receivers of the same bytes (the simulator) -------------------------------
+
+
+def _outcome(data, **kwargs):
+    try:
+        return accept(data, **kwargs).payload
+    except RejectedMessage as exc:
+        return exc.reason
+
+
+def test_a_memo_gives_every_receiver_what_it_would_get_alone(monkeypatch):
+    """Each distinct message is verified once; the author, ban list and replay window stay each
+    receiver's own, and a rejection is the same for every receiver (a fresh exception each time)."""
+    calls = []
+    real = protocol.envelope.verify
+    monkeypatch.setattr(protocol.envelope, "verify", lambda *a: calls.append(1) or real(*a))
+    forged = pack(envelope(encode_payload(HELLO), signer=BOB, sender=ALICE.public_key))
+    cases = [SEALED, forged, tamper(SEALED, v=2), tamper(SEALED, sender=bytes(32)), SEALED[:-3],
+             tamper(SEALED, payload=encode_payload(Hello(agent="evil"))), seal(BOB, HELLO, 7, NOW)]
+    alone = [_outcome(data) for data in cases]
+    calls.clear()
+    memo = protocol.ReadingMemo()
+    for receiver in range(3):
+        assert [_outcome(data, memo=memo) for data in cases] == alone
+    assert len(calls) == 4  # SEALED, forged, the changed payload, BOB's: the others fail before the signature
+    guard = ReplayGuard()
+    assert accept(SEALED, memo=memo, guard=guard).payload is accept(SEALED, memo=memo).payload  # shared, read-only
+    assert reason_of(SEALED, memo=memo, guard=guard) is Reason.REPLAYED
+    assert reason_of(SEALED, memo=memo, banned={ALICE.public_key}) is Reason.BANNED
+    assert reason_of(SEALED, memo=memo, author=BOB.peer_id) is Reason.FOREIGN_AUTHOR
+    assert reason_of(SEALED, memo=memo, max_bytes=len(SEALED) - 1) is Reason.TOO_LARGE
+    assert len(calls) == 4
+
+
+def test_a_memo_holds_at_most_its_bytes():
+    memo = protocol.ReadingMemo(max_bytes=3 * len(SEALED))
+    messages = [seal(ALICE, HELLO, seq, NOW) for seq in range(1, 11)]
+    for data in messages:
+        accept(data, memo=memo)
+    assert sum(len(r.data) for r in memo._readings.values()) <= 3 * len(SEALED) + 8
+    assert messages[-1] in memo._readings and messages[0] not in memo._readings

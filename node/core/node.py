@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from manymodels.protocol import (Identity, Message, Payload, Reason, RejectedMessage, ReplayGuard, open_envelope,
-                                 peer_id, seal)
+from manymodels.protocol import (Identity, Message, Payload, ReadingMemo, Reason, RejectedMessage, ReplayGuard,
+                                 open_envelope, peer_id, seal)
 
 from .exchange import Exchange, Folded, NodeView
 from ..learning.learner import Learner
@@ -81,6 +81,7 @@ class Node:
         self.banned: set[bytes] = set()
         self.reputation = reputation or Reputation()
         self.neighbours: list[str] = []
+        self.memo: ReadingMemo | None = None  # shared with the other receivers of the same bytes (the simulator)
         self.version = 0
         self.seq = 0
         self.stats = NodeStats()
@@ -160,7 +161,7 @@ class Node:
         try:
             with self._guard_lock:
                 message = open_envelope(data, now_ms=self.clock(), guard=self.guard, banned=self.banned,
-                                        author=author)
+                                        author=author, memo=self.memo)
             if digest is not None and message.digest != digest:
                 raise RejectedMessage(Reason.DIGEST_MISMATCH, "not the message that was asked for")
         except RejectedMessage as exc:

@@ -7,14 +7,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from manymodels.aggregation.weights import rows_median
+
 
 def outlier_ratios(vectors: list[np.ndarray], min_scale: float = 1e-12) -> np.ndarray:
     """Each vector's distance to the coordinate-wise median of all, over the median such distance
     (at least `min_scale`). The median is a consensus that a minority of liars cannot move far,
     whatever rule aggregates."""
     stacked = np.stack([np.asarray(v, dtype=np.float64).ravel() for v in vectors])
-    distances = np.linalg.norm(stacked - np.median(stacked, axis=0), axis=1)
-    return distances / max(float(np.median(distances)), min_scale)
+    distances = np.linalg.norm(stacked - rows_median(stacked.copy()), axis=1)
+    return distances / max(float(rows_median(distances.copy())), min_scale)
 
 
 @dataclass

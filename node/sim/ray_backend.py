@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from manymodels.protocol import Identity
+from manymodels.protocol import Identity, ReadingMemo
 
 from .attacks import ATTACKS, AttackContext, folds
 from .network import LinkModel, MemoryNetwork
@@ -187,8 +187,9 @@ class Shard:
         node_spec = replace(spec.node, exchange=self.world.exchange)
         clock = lambda: EPOCH_MS + int(self.now_ms)  # noqa: E731
         self.transports = {i: _Outbox(ids[i].peer_id, i, self.outbox) for i in indices}
-        self.nodes = {i: build_member(spec, node_spec, self.world, i, self.transports[i], clock, self.context)
-                      for i in indices}
+        memo = ReadingMemo()
+        self.nodes = {i: build_member(spec, node_spec, self.world, i, self.transports[i], clock, self.context,
+                                      memo=memo) for i in indices}
         for i, node in self.nodes.items():
             node.neighbours = [ids[j].peer_id for j in spec.adjacency[i]]
         # the honest nodes as the attackers see them: their own, or the others' as the driver gathers them
