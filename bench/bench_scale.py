@@ -8,9 +8,11 @@ Parts, each case in its own process so its peak memory is its own, ratios from t
   big       --big logistic nodes (10,000) on MNIST-1D generated with --per-node training examples each
             (an iid partition, here and in `batched`: every node gets that many).
   protocol  --big protocol-only nodes: seconds a round, messages verified a second, and the share of
-            the round that Ed25519 verification alone takes (its cost timed apart, times the messages).
+            the round's CPU that Ed25519 verification alone takes (its cost timed apart, times the
+            distinct messages: the receivers of the same bytes share one check, docs/SIMULATION.md).
 Seconds per round are the mean of rounds 2.. (measured between the ends of rounds: no building of
-the network, no baselines, no dataset generation); peak RSS covers the whole run. --profile prints
+the network, no baselines, no dataset generation), in wall time and in this process's CPU time (what
+to read on a shared machine); peak RSS covers the whole run. --profile prints
 where a case's time goes (cProfile, top functions by own time)."""
 from __future__ import annotations
 
@@ -26,25 +28,33 @@ def child(case: dict) -> None:
     from manymodels.node.sim.simulator import SimulationConfig, run_simulation
 
     ends: list[float] = []
+    cpu: list[float] = []
     config = SimulationConfig(**case["config"])
     started = time.perf_counter()
+
+    def on_round(r: int, accuracy: float) -> None:
+        ends.append(time.perf_counter())
+        cpu.append(time.process_time())
+
     if case.get("profile"):
         import cProfile
         import pstats
 
         profiler = cProfile.Profile()
-        report = profiler.runcall(run_simulation, config, on_round=lambda r, acc: ends.append(time.perf_counter()))
+        report = profiler.runcall(run_simulation, config, on_round=on_round)
         pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(25)
     else:
-        report = run_simulation(config, on_round=lambda r, acc: ends.append(time.perf_counter()))
+        report = run_simulation(config, on_round=on_round)
     s = report["summary"]
     print(json.dumps({
         "nodes": config.nodes,
         "seconds": time.perf_counter() - started,
         "per_round": (ends[-1] - ends[0]) / (len(ends) - 1),
+        "cpu_per_round": (cpu[-1] - cpu[0]) / (len(cpu) - 1),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "mean_accuracy": s.get("mean_accuracy"),
         "messages": sum(n["messages_accepted"] + n["rejected_messages"] for n in report["nodes"]),
+        "distinct": s.get("messages_distinct"),
         "rounds": config.rounds,
         "verify_us": _verify_us() if config.protocol_only else None,
     }))
@@ -132,18 +142,20 @@ def big(args) -> None:
              "profile": args.profile})
     print(f"{args.big} logistic nodes (MNIST-1D {samples} samples, {args.per_node} training examples each, "
           f"{args.max_test} test, {args.topology}): {r['per_round']:.2f} s/round "
-          f"({r['per_round'] / args.big * 1e3:.3f} ms per node-round), peak {r['peak_rss_mib']:.0f} MiB, "
+          f"({r['per_round'] / args.big * 1e3:.3f} ms per node-round; {r['cpu_per_round']:.2f} s of CPU), "
+          f"peak {r['peak_rss_mib']:.0f} MiB, "
           f"whole run {r['seconds']:.0f} s (dataset, baselines), mean accuracy {r['mean_accuracy']}\n")
 
 
 def protocol(args) -> None:
     r = run({"config": dict(nodes=args.big, rounds=args.rounds, model="logreg", topology=args.topology,
                             dataset="mnist1d", protocol_only=True), "profile": args.profile})
-    per_round = r["messages"] / r["rounds"]
-    verify_share = per_round * r["verify_us"] / 1e6 / r["per_round"]
-    print(f"{args.big} protocol-only nodes ({args.topology}): {r['per_round']:.2f} s/round, "
-          f"{per_round / r['per_round']:.0f} messages verified a second ({per_round:.0f} a round); "
-          f"Ed25519 verification alone {r['verify_us']:.0f} us each = {verify_share:.0%} of the round; "
+    per_round, distinct = r["messages"] / r["rounds"], r["distinct"] / r["rounds"]
+    verify_share = distinct * r["verify_us"] / 1e6 / r["cpu_per_round"]
+    print(f"{args.big} protocol-only nodes ({args.topology}): {r['per_round']:.2f} s/round "
+          f"({r['cpu_per_round']:.2f} s of CPU), {per_round / r['per_round']:.0f} messages verified a second "
+          f"({per_round:.0f} a round, {distinct:.0f} distinct, each signature checked once); Ed25519 "
+          f"verification alone {r['verify_us']:.0f} us each = {verify_share:.0%} of the round's CPU; "
           f"peak {r['peak_rss_mib']:.0f} MiB\n")
 
 

@@ -192,12 +192,14 @@ class ReadingMemo:
         self.max_bytes = max_bytes
         self._readings: dict[bytes, _Reading] = {}
         self._held = 0
+        self.distinct = 0  # messages read so far
 
     def reading(self, data: bytes) -> _Reading:
         reading = self._readings.get(data)
         if reading is None:
             reading = self._readings[data] = _Reading(data)
             self._held += len(data)
+            self.distinct += 1
             while self._held > self.max_bytes and len(self._readings) > 1:
                 self._held -= len(self._readings.pop(next(iter(self._readings))).data)
         return reading

@@ -117,6 +117,9 @@ def test_protocol_only_counts_add_up():
     forged_to = sum(n["neighbours"] for n in nodes if n["attack"])
     assert 0.9 * 3 * forged_to < s["rejected_messages"] <= 3 * forged_to
     assert len(s["seconds_per_round"]) == 3 and s["bytes_sent"] > 0
+    # each node's message of a round is the same bytes to all its neighbours: read and verified once
+    honest = sum(not n["attack"] for n in nodes)
+    assert 3 * honest * 0.95 <= s["messages_distinct"] <= s["messages_verified"] / 2
     assert "mean_accuracy" not in s and not any("final_accuracy" in n or "history" in n for n in nodes)
 
 

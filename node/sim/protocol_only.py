@@ -129,8 +129,9 @@ class ProtocolWorld:
         return [math.nan] * len(self.archs), {arch: math.nan for arch in self.archs}
 
 
-def protocol_report(report: dict, network: MemoryNetwork, clock: RoundClock) -> dict:
-    """The simulator's report of a protocol-only run: accuracies out, messages and round times in."""
+def protocol_report(report: dict, network: MemoryNetwork, clock: RoundClock, distinct: int) -> dict:
+    """The simulator's report of a protocol-only run: accuracies out, messages and round times in
+    (`distinct`: how many different messages the verified ones were, each read and verified once)."""
     for node in report["nodes"]:
         for key in _ACCURACY_KEYS:
             node.pop(key, None)
@@ -142,7 +143,7 @@ def protocol_report(report: dict, network: MemoryNetwork, clock: RoundClock) -> 
     seconds = clock.seconds
     summary.update(
         messages_sent=network.sent, messages_verified=accepted + summary["rejected_messages"],
-        messages_accepted=accepted, messages_dropped=network.dropped,
+        messages_accepted=accepted, messages_distinct=distinct, messages_dropped=network.dropped,
         bytes_received=sum(n["bytes_received"] for n in report["nodes"]),
         seconds_per_round=seconds, mean_seconds_per_round=round(float(np.mean(seconds)), 4))
     return report

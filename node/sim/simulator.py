@@ -110,7 +110,8 @@ def _protocol_only(spec: SimulationSpec, on_round: Callable[[int, float], None] 
     clock = RoundClock(on_round)
     world = ProtocolWorld(spec, clock)
     network, nodes, series = _run(spec, world, list(range(spec.config.nodes)), clock.tick, adversary)
-    report = protocol_report(_report(spec, world, nodes, series, world.baselines()), network, clock)
+    report = protocol_report(_report(spec, world, nodes, series, world.baselines()), network, clock,
+                             nodes[0].memo.distinct if nodes else 0)
     report["summary"]["wall_seconds"] = round(time.perf_counter() - started, 3)
     return report
 
