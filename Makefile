@@ -45,7 +45,7 @@ demo: $(STAMP)
 	$(VENV)/bin/manymodels simulate --nodes 8 --rounds 20 --dataset digits --partition dirichlet:0.5 --report run.json
 
 test: $(STAMP) $(JS_STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 # The pure and in-process tests (under a minute): leaves out those marked slow or multiprocess.
 test-fast: $(STAMP)

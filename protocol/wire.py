@@ -27,6 +27,8 @@ ARRAY = frozenset(range(0x90, 0xA0)) | frozenset((0xDC, 0xDD))
 MAP = frozenset(range(0x80, 0x90)) | frozenset((0xDE, 0xDF))
 # Width of the length that follows a type byte, for the types whose length we read ahead.
 _LENGTH_WIDTH = {0xD9: 1, 0xDA: 2, 0xDB: 4, 0xC4: 1, 0xC5: 2, 0xC6: 4, 0xDC: 2, 0xDD: 4, 0xDE: 2, 0xDF: 4}
+# Per type byte: the length a fix type carries in the byte itself (fixstr, fixarray, fixmap), else 0.
+_FIX_LENGTH = tuple(b & 0x1F if b in STR else b & 0x0F if b in ARRAY or b in MAP else 0 for b in range(256))
 # Everything msgpack raises for bytes that are not one msgpack value (UnicodeDecodeError is a ValueError).
 _NOT_MSGPACK = (msgpack.UnpackException, ValueError)
 
@@ -48,21 +50,27 @@ class Reader:
         size = max(len(data), 1)  # one buffer of exactly the input's size: no regrowth, no slack
         self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=size, read_size=size)
         self._unpacker.feed(data)
+        self._peeked_at, self._peeked = -1, (0, 0, 0)
 
     def _peek(self) -> tuple[int, int, int]:
         """(type byte, header length, declared length) of the next value; the length is 0 for
-        types whose length is not read ahead."""
+        types whose length is not read ahead. Kept until the cursor moves: a schema often peeks at
+        a value twice (is it there, then read it)."""
         pos = self._unpacker.tell()
+        if pos == self._peeked_at:
+            return self._peeked
         if pos >= len(self._data):
             raise malformed("truncated")
         byte = self._data[pos]
         width = _LENGTH_WIDTH.get(byte)
-        if width is not None:
-            if pos + 1 + width > len(self._data):
-                raise malformed("truncated")
-            return byte, 1 + width, int.from_bytes(self._data[pos + 1:pos + 1 + width], "big")
-        low = byte & (0x1F if byte in STR else 0x0F)
-        return byte, 1, low if byte in STR or byte in ARRAY or byte in MAP else 0
+        if width is None:
+            head = byte, 1, _FIX_LENGTH[byte]
+        elif pos + 1 + width > len(self._data):
+            raise malformed("truncated")
+        else:
+            head = byte, 1 + width, int.from_bytes(self._data[pos + 1:pos + 1 + width], "big")
+        self._peeked_at, self._peeked = pos, head
+        return head
 
     def skip(self) -> None:
         self._unpacker.skip()
