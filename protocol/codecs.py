@@ -337,14 +337,17 @@ def _largest_changes(flat: np.ndarray, base: np.ndarray, k: int) -> np.ndarray:
         return np.zeros(0, np.int64)
     stride = max(1, flat.size // _CHUNK)
     sample = np.abs(flat[::stride] - base[::stride])
-    # the sample's expected count at or above the k-th largest, plus 20 % and 4 standard deviations
-    above = min(sample.size, math.ceil(1.2 * k / stride + 4 * math.sqrt(k / stride)) + 8)
+    # the sample's expected count at or above the k-th largest, plus 5 % and 4 standard deviations
+    above = min(sample.size, math.ceil(1.05 * k / stride + 4 * math.sqrt(k / stride)) + 8)
     for threshold in (np.partition(sample, sample.size - above)[sample.size - above], 0.0):
         index, change = _changes_from(flat, base, threshold)
         if len(index) >= k:
             break
-    chosen = np.zeros(len(index), bool)
-    chosen[np.argpartition(change, len(change) - k)[len(change) - k:]] = True
+    kth = np.partition(change, len(change) - k)[len(change) - k]
+    if np.isnan(kth):
+        return index[np.flatnonzero(np.isnan(change))[:k]]
+    chosen = ~(change <= kth)  # above the k-th largest, and NaN
+    chosen[np.flatnonzero(change == kth)[:k - np.count_nonzero(chosen)]] = True
     return index[chosen]
 
 
