@@ -329,10 +329,10 @@ def _topk(array, rng, base, fraction: float):
 
 def _largest_changes(flat: np.ndarray, base: np.ndarray, k: int) -> np.ndarray:
     """The sorted indices of the k largest |flat - base| (`base` of one value: against it everywhere;
-    a NaN ranks largest, as in np.argpartition). One pass keeps the changes at or above a threshold
-    that a strided sample puts a little below the k-th largest; np.argpartition then picks k among
-    those few (an argpartition of all 10 M values takes ~0.15 s). A threshold too high for k is
-    followed by one of 0, which keeps everything."""
+    a NaN ranks largest, as numpy sorts it; among equal changes at the k-th, the first). One pass
+    keeps the changes at or above a threshold that a strided sample puts a little below the k-th
+    largest, and np.partition finds the k-th among those few (an argpartition of all 10 M values
+    takes ~0.15 s). A threshold too high for k is followed by one of 0, which keeps everything."""
     if k == 0:
         return np.zeros(0, np.int64)
     stride = max(1, flat.size // _CHUNK)
