@@ -329,10 +329,10 @@ def _topk(array, rng, base, fraction: float):
 
 def _largest_changes(flat: np.ndarray, base: np.ndarray, k: int) -> np.ndarray:
     """The sorted indices of the k largest |flat - base| (`base` of one value: against it everywhere;
-    a NaN ranks largest, as numpy sorts it). One pass keeps the changes at or above a threshold
-    that a strided sample puts a little below the k-th largest, and np.partition finds the k-th
-    among those few (an argpartition of all 10 M values takes ~0.15 s). A threshold too high for k
-    is followed by one of 0, which keeps everything."""
+    a NaN ranks largest, as numpy sorts it; of equal changes at the k-th, the first). One pass
+    keeps the changes at or above a threshold that a strided sample puts a little below the k-th
+    largest, and np.partition finds the k-th among those few (an argpartition of all 10 M values
+    takes ~0.15 s). A threshold too high for k is followed by one of 0, which keeps everything."""
     if k == 0:
         return np.zeros(0, np.int64)
     stride = max(1, flat.size // _CHUNK)
@@ -344,14 +344,10 @@ def _largest_changes(flat: np.ndarray, base: np.ndarray, k: int) -> np.ndarray:
         if len(index) >= k:
             break
     kth = np.partition(change, len(change) - k)[len(change) - k]
+    if np.isnan(kth):
+        return index[np.flatnonzero(np.isnan(change))[:k]]
     chosen = ~(change <= kth)  # above the k-th largest, and NaN
-    tied = np.flatnonzero(change == kth)
-    if np.isnan(kth) or len(tied) > k - np.count_nonzero(chosen):
-        # more equal changes at the k-th than places left (unchanged values, say): which of them go
-        # is np.argpartition's choice over all the changes, as it always was, so a seed's runs stay
-        # the same
-        return np.sort(np.argpartition(np.abs(flat - base), flat.size - k)[flat.size - k:])
-    chosen[tied] = True
+    chosen[np.flatnonzero(change == kth)[:k - np.count_nonzero(chosen)]] = True
     return index[chosen]
 
 
