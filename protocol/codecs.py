@@ -199,7 +199,7 @@ def _bfloat16_decode(coded: Coded, base) -> np.ndarray:
 
 # Values a codec's pass works on at a time: 256 KB of float32, so its temporaries stay in the core's
 # cache; whole-array temporaries make every step a trip to memory (and fault in fresh pages), several
-# times slower on 10 M values (bench/bench_compression.py). A multiple of 8, so chunks pack alike.
+# times slower on 10 M values (bench/bench_compression.py).
 _CHUNK = 1 << 16
 
 
