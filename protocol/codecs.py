@@ -195,36 +195,67 @@ def _bfloat16_decode(coded: Coded, base) -> np.ndarray:
     return (coded.parts[0].view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(coded.shape)
 
 
+# --- working a chunk at a time ------------------------------------------------------------------
+
+# Values a codec's pass works on at a time: 256 KB of float32, so its temporaries stay in the core's
+# cache; whole-array temporaries make every step a trip to memory (and fault in fresh pages), several
+# times slower on 10 M values (bench/bench_compression.py).
+_CHUNK = 1 << 16
+
+
+def _blockwise(op: np.ufunc, values: np.ndarray, scale: np.ndarray, block: int, start: int, out: np.ndarray) -> None:
+    """out = op(values, scale of each value's block), for the values at flat positions start, start + 1,
+    ...: the rest of the block `start` falls in, the whole blocks as rows, then the start of the next."""
+    n = len(values)
+    head = min(n, -start % block)
+    first = -(-start // block)  # the first block that starts in this run
+    whole = (n - head) // block
+    end = head + whole * block
+    if head:
+        op(values[:head], scale[first - 1], out=out[:head])
+    rows = (whole, block)
+    op(values[head:end].reshape(rows), scale[first:first + whole, None], out=out[head:end].reshape(rows))
+    if end < n:
+        op(values[end:], scale[first + whole], out=out[end:])
+
+
 # --- int8, qint: symmetric integers, one float32 scale per block ------------------------------------
 
-def _blocks(array: np.ndarray, block: int, levels: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
-    """`array` rounded to integers in [-levels, levels] plus `offset` (flat float32, whole numbers, for
-    the caller to cast in one pass) and one scale per `block` values (0: one block), each the block's
-    largest |value| / levels; and the block size used."""
+def _quantise(array: np.ndarray, block: int, levels: int, offset: int,
+              dtype: type) -> tuple[np.ndarray, np.ndarray, int]:
+    """`array` rounded to integers in [-levels, levels], plus `offset`, as flat `dtype`; one scale per
+    `block` values (0: one block), each the block's largest |value| / levels; and the block size used."""
     flat = np.asarray(array, np.float32).ravel()
     block = min(block or flat.size, flat.size) or 1
-    blocks = -(-flat.size // block)
-    if flat.size != blocks * block:  # a shorter last block: padded with zeros, which change no scale
-        flat = np.concatenate([flat, np.zeros(blocks * block - flat.size, np.float32)])
-    grid = flat.reshape(blocks, block)
-    scale = np.maximum(grid.max(axis=1, initial=0.0), -grid.min(axis=1, initial=0.0)) / levels
-    q = grid / np.where(scale > 0, scale, 1)[:, None]
-    np.rint(q, out=q)
-    np.clip(q, -levels, levels, out=q)
-    if offset:
-        q += offset
-    return q.ravel()[:array.size], scale.astype("<f4"), block
+    whole = flat.size // block * block  # a shorter last block has a scale of its own
+    grid, rest = flat[:whole].reshape(-1, block), flat[whole:].reshape(min(1, flat.size - whole), flat.size - whole)
+    largest = np.concatenate([grid.max(axis=1, initial=0.0), rest.max(axis=1, initial=0.0)])
+    smallest = np.concatenate([grid.min(axis=1, initial=0.0), rest.min(axis=1, initial=0.0)])
+    scale = (np.maximum(largest, -smallest) / levels).astype("<f4")
+    divisor = np.where(scale > 0, scale, np.float32(1))
+    codes, work = np.empty(flat.size, dtype), np.empty(min(_CHUNK, flat.size), np.float32)
+    for start in range(0, flat.size, _CHUNK):
+        q = work[:flat.size - start]
+        _blockwise(np.divide, flat[start:start + len(q)], divisor, block, start, q)
+        np.rint(q, out=q)
+        np.clip(q, -levels, levels, out=q)
+        if offset:
+            q += offset
+        codes[start:start + len(q)] = q
+    return codes, scale, block
 
 
-def _scaled(values: np.ndarray, scale: np.ndarray, block: int) -> np.ndarray:
-    """float32(values[i]) x scale[i // block]: whole blocks as rows, then the shorter last one (in place
-    when `values` is a float32 array of the caller's own)."""
-    out = values.astype(np.float32, copy=not values.flags.writeable or values.dtype != np.float32)
-    block = min(block, max(len(out), 1))  # a block beyond the tensor is one scale
-    whole = len(out) // block * block
-    out[:whole].reshape(-1, block)[...] *= scale[:whole // block, None]
-    out[whole:] *= scale[-1] if whole < len(out) else 1
-    return out
+def _dequantise(codes: np.ndarray, offset: int, scale: np.ndarray, block: int, shape: tuple[int, ...]) -> np.ndarray:
+    """float32(code - offset) x its block's scale, for each code."""
+    block = min(block, max(len(codes), 1))  # a block beyond the tensor is one scale
+    out = np.empty(len(codes), np.float32)
+    for start in range(0, len(out), _CHUNK):
+        chunk = out[start:start + _CHUNK]
+        chunk[...] = codes[start:start + _CHUNK]  # a plain cast: ~2x a ufunc's buffered mixed-type loop
+        if offset:
+            chunk -= np.float32(offset)
+        _blockwise(np.multiply, chunk, scale, block, start, chunk)
+    return out.reshape(shape)
 
 
 def _check_scales(coded: Coded, part: int, block: int, largest: int) -> None:
@@ -236,8 +267,8 @@ def _check_scales(coded: Coded, part: int, block: int, largest: int) -> None:
 
 
 def _int8(array, rng, base, block: int = 0):
-    q, scale, block = _blocks(array, block, 127)
-    return Coded("int8", array.shape, (float(block),), (q.astype(np.int8), scale))
+    codes, scale, block = _quantise(array, block, 127, 0, np.int8)
+    return Coded("int8", array.shape, (float(block),), (codes, scale))
 
 
 def _int8_check(coded: Coded) -> None:
@@ -248,14 +279,14 @@ def _int8_check(coded: Coded) -> None:
 
 
 def _int8_decode(coded: Coded, base) -> np.ndarray:
-    return _scaled(coded.parts[0], coded.parts[1], int(coded.params[0])).reshape(coded.shape)
+    return _dequantise(coded.parts[0], 0, coded.parts[1], int(coded.params[0]), coded.shape)
 
 
 def _qint(array, rng, base, bits: int, block: int = 0):
     """int8's scheme on 2^bits - 1 levels, packed: qint:4 is 4 bits a value and a scale per tensor."""
     levels = (1 << (bits - 1)) - 1
-    q, scale, block = _blocks(array, block, levels, offset=levels)
-    return Coded("qint", array.shape, (float(bits), float(block)), (_pack(q.astype(np.uint8), bits), scale))
+    codes, scale, block = _quantise(array, block, levels, levels, np.uint8)
+    return Coded("qint", array.shape, (float(bits), float(block)), (_pack(codes, bits), scale))
 
 
 def _qint_check(coded: Coded) -> None:
@@ -268,12 +299,8 @@ def _qint_check(coded: Coded) -> None:
 
 def _qint_decode(coded: Coded, base) -> np.ndarray:
     bits, block = int(coded.params[0]), int(coded.params[1])
-    levels = (1 << (bits - 1)) - 1
-    if bits in _BYTE_VALUES:  # each byte straight to its values as float32, less the offset: one gather
-        values = np.take(_BYTE_VALUES[bits].astype(np.float32) - levels, coded.parts[0], axis=0).ravel()[:coded.size]
-    else:
-        values = _unpack(coded.parts[0], coded.size, bits).astype(np.float32) - levels
-    return _scaled(values, coded.parts[1], block).reshape(coded.shape)
+    codes = _unpack(coded.parts[0], coded.size, bits)
+    return _dequantise(codes, (1 << (bits - 1)) - 1, coded.parts[1], block, coded.shape)
 
 
 # --- topk, randk: sparse, relative to a base --------------------------------------------------------
@@ -283,8 +310,8 @@ def _index_dtype(size: int) -> str:
 
 
 def _sparse(name: str, array: np.ndarray, index: np.ndarray) -> Coded:
-    index = np.sort(index).astype(_index_dtype(array.size))
-    return Coded(name, array.shape, (), (index, array.ravel()[index].astype("<f4")))
+    """The coded tensor of `array`'s values at `index` (sorted, of `_index_dtype`)."""
+    return Coded(name, array.shape, (), (index, np.take(array.ravel(), index).astype("<f4")))
 
 
 def _count(size: int, fraction: float) -> int:
@@ -294,16 +321,66 @@ def _count(size: int, fraction: float) -> int:
 def _topk(array, rng, base, fraction: float):
     """The k entries that differ most from `base` (error feedback: what was told before)."""
     flat = np.asarray(array, np.float32).ravel()
-    change = np.abs(flat - base.ravel() if base is not None else flat)
-    k = _count(change.size, fraction)
-    return _sparse("topk", array, np.argpartition(change, change.size - k)[change.size - k:] if k
-                   else np.zeros(0, np.int64))
+    base = np.zeros(1, np.float32) if base is None else np.asarray(base).ravel()
+    k = _count(flat.size, fraction)
+    index = _largest_changes(flat, base, k).astype(_index_dtype(flat.size))
+    return _sparse("topk", array, index)
+
+
+def _largest_changes(flat: np.ndarray, base: np.ndarray, k: int) -> np.ndarray:
+    """The sorted indices of the k largest |flat - base| (`base` of one value: against it everywhere;
+    a NaN ranks largest, as numpy sorts it; of equal changes at the k-th, the first). One pass
+    keeps the changes at or above a threshold that a strided sample puts a little below the k-th
+    largest, and np.partition finds the k-th among those few (an argpartition of all 10 M values
+    takes ~0.15 s). A threshold too high for k is followed by one of 0, which keeps everything."""
+    if k == 0:
+        return np.zeros(0, np.int64)
+    stride = max(1, flat.size // _CHUNK)
+    sample = np.abs(flat[::stride] - base[::stride])
+    # the sample's expected count at or above the k-th largest, plus 5 % and 4 standard deviations
+    above = min(sample.size, math.ceil(1.05 * k / stride + 4 * math.sqrt(k / stride)) + 8)
+    for threshold in (np.partition(sample, sample.size - above)[sample.size - above], 0.0):
+        index, change = _changes_from(flat, base, threshold)
+        if len(index) >= k:
+            break
+    kth = np.partition(change, len(change) - k)[len(change) - k]
+    if np.isnan(kth):
+        return index[np.flatnonzero(np.isnan(change))[:k]]
+    chosen = ~(change <= kth)  # above the k-th largest, and NaN
+    chosen[np.flatnonzero(change == kth)[:k - np.count_nonzero(chosen)]] = True
+    return index[chosen]
+
+
+def _changes_from(flat: np.ndarray, base: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """The indices (ascending) and values of the |flat - base| not below `threshold` (NaN included)."""
+    indices, changes = [], []
+    work = np.empty(min(_CHUNK, flat.size), np.result_type(flat, base))
+    below = np.empty(len(work), bool)
+    for start in range(0, flat.size, _CHUNK):
+        part = slice(start, start + _CHUNK)
+        change, low = work[:len(flat[part])], below[:len(flat[part])]
+        np.abs(np.subtract(flat[part], base[part] if base.size > 1 else base, out=change), out=change)
+        keep = np.flatnonzero(np.logical_not(np.less(change, threshold, out=low), out=low))
+        changes.append(np.take(change, keep))
+        indices.append(keep + start)
+    return np.concatenate(indices), np.concatenate(changes)
 
 
 def _randk(array, rng, base, fraction: float):
     """k entries drawn uniformly without replacement."""
     rng = rng if rng is not None else np.random.default_rng()
-    return _sparse("randk", array, rng.choice(array.size, _count(array.size, fraction), replace=False))
+    index = rng.choice(array.size, _count(array.size, fraction), replace=False)
+    return _sparse("randk", array, _ascending(index).astype(_index_dtype(array.size)))
+
+
+def _ascending(index: np.ndarray) -> np.ndarray:
+    """Distinct indices sorted; below 2^32 by two stable radix passes over their 16-bit halves, ~2.5x
+    np.sort's comparison sort on 100,000 of them."""
+    if len(index) == 0 or index.max() >= 2**32:
+        return np.sort(index)
+    index = index.astype(np.uint32)
+    index = index[np.argsort((index & 0xFFFF).astype(np.uint16), kind="stable")]
+    return index[np.argsort((index >> 16).astype(np.uint16), kind="stable")]
 
 
 def _sparse_check(coded: Coded) -> None:
@@ -327,46 +404,60 @@ def _sparse_decode(coded: Coded, base) -> np.ndarray:
 
 # --- packing: values of `bits` bits, little-endian bit order (uint8, qint) -------------------------
 
+# Each 8 values travel in `bits` bytes, value j of a group at bit j x bits: as one little-endian uint64
+# holding a value a byte, pushed together by three shift-and-mask steps (bytes into pairs, pairs into
+# fours, fours into one), and apart again by the same steps backwards. Per step: the width of a lane,
+# and how many values it holds in its low bits before it merges with its neighbour.
+_STEPS = ((8, 1), (16, 2), (32, 4))
+
+
+def _lanes(width: int, keep: int) -> int:
+    """A uint64 mask of the low `keep` bits of every other `width`-bit lane."""
+    return sum(((1 << keep) - 1) << (2 * width * i) for i in range(32 // width))
+
+
+def _squeeze(words: np.ndarray, bits: int, apart: bool) -> None:
+    """In place: a value a byte -> packed (apart=False), or back (apart=True)."""
+    moved = np.empty_like(words)
+    for width, step in reversed(_STEPS) if apart else _STEPS:
+        mask = np.uint64(_lanes(width, step * bits if apart else width))
+        np.bitwise_and(words, ~mask, out=moved)
+        words &= mask
+        if apart:
+            moved <<= np.uint64(width - step * bits)
+        else:
+            moved >>= np.uint64(width - step * bits)
+        words |= moved
+
+
 def _pack(values: np.ndarray, bits: int) -> np.ndarray:
-    """Unsigned `values` < 2^bits, value i at bit offset i x bits: where bits divides 8, each byte holds
-    8 / bits values; otherwise each 8 values fill `bits` bytes, built as one little-endian uint64."""
-    if 8 % bits == 0:
-        per = 8 // bits
-        padded = values
-        if len(values) % per or values.dtype != np.uint8:
-            padded = np.zeros(-(-len(values) // per) * per, np.uint8)
-            padded[:len(values)] = values
-        out = padded[0::per].copy()
-        for j in range(1, per):
-            out |= padded[j::per] << (j * bits)
-        return out
-    groups = np.zeros(-(-len(values) // 8) * 8, np.uint64)
-    groups[:len(values)] = values
-    columns = groups.reshape(-1, 8)
-    words = columns[:, 0].copy()
-    for j in range(1, 8):  # a column at a time: numpy's reduce over a short axis is ~5x slower
-        words |= columns[:, j] << _SHIFTS[bits][j]
-    return words.astype("<u8").view(np.uint8).reshape(-1, 8)[:, :bits].ravel()[:-(-len(values) * bits // 8)]
+    """Unsigned uint8 `values` < 2^bits, value i at bit offset i x bits."""
+    if bits == 8:
+        return values
+    groups = -(-len(values) // 8)
+    words = np.zeros((groups, 8), np.uint8)
+    words.ravel()[:len(values)] = values
+    _squeeze(words.view("<u8").ravel(), bits, apart=False)
+    packed = np.empty((groups, bits), np.uint8)
+    for byte in range(bits):  # a column at a time: numpy copies a (groups, bits) slice row by row, ~6x slower
+        packed[:, byte] = words[:, byte]
+    return packed.ravel()[:-(-len(values) * bits // 8)]
 
 
 def _unpack(packed: np.ndarray, count: int, bits: int) -> np.ndarray:
-    """The `count` unsigned values of `_pack` (uint8 where bits divides 8: a table lookup per byte)."""
+    """The `count` uint8 values of `_pack`."""
     if bits == 8:
         return packed
-    if 8 % bits == 0:
-        return np.take(_BYTE_VALUES[bits], packed, axis=0).ravel()[:count]  # take: ~4x fancy indexing's speed
     groups = -(-count // 8)
-    flat = np.zeros(groups * bits, np.uint8)
-    flat[:len(packed)] = packed
+    full = packed
+    if len(packed) != groups * bits:
+        full = np.zeros(groups * bits, np.uint8)
+        full[:len(packed)] = packed
     words = np.zeros((groups, 8), np.uint8)
-    words[:, :bits] = flat.reshape(groups, bits)
-    return ((words.view("<u8") >> _SHIFTS[bits]) & np.uint64((1 << bits) - 1)).ravel()[:count].astype(np.uint16)
-
-
-# the 8 / bits values each byte holds, for the bits that divide 8
-_BYTE_VALUES = {bits: ((np.arange(256)[:, None] >> (np.arange(8 // bits) * bits)) & ((1 << bits) - 1)).astype(np.uint8)
-                for bits in (1, 2, 4)}
-_SHIFTS = {bits: np.arange(8, dtype=np.uint64) * np.uint64(bits) for bits in range(1, 8)}
+    for byte, column in enumerate(full.reshape(groups, bits).T):
+        words[:, byte] = column
+    _squeeze(words.view("<u8").ravel(), bits, apart=True)
+    return words.ravel()[:count]
 
 
 # --- uint8: log-probabilities quantised to `bits`, packed -----------------------------------------
@@ -375,11 +466,27 @@ LOG_FLOOR = -16.0  # log-probabilities below are sent as this: e^-16 is no opini
 
 
 def _uint8(array, rng, base, bits: int = 8):
-    shifted = array.astype(np.float32) - array.max(axis=-1, keepdims=True, initial=0.0)
-    logp = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    rows = array.reshape(math.prod(array.shape[:-1]), array.shape[-1])
     levels = (1 << bits) - 1
-    q = np.rint((np.clip(logp, LOG_FLOOR, 0.0) - LOG_FLOOR) / -LOG_FLOOR * levels).astype(np.uint16).ravel()
-    return Coded("uint8", array.shape, (float(bits), LOG_FLOOR), (_pack(q, bits),))
+    codes = np.empty(rows.shape, np.uint8)
+    per = max(1, _CHUNK // max(rows.shape[1], 1))
+    for start in range(0, len(rows), per):
+        chunk = rows[start:start + per]
+        shifted = chunk.astype(np.float32) - _row_max(chunk)
+        logp = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+        codes[start:start + per] = np.rint((np.clip(logp, LOG_FLOOR, 0.0) - LOG_FLOOR) / -LOG_FLOOR * levels)
+    return Coded("uint8", array.shape, (float(bits), LOG_FLOOR), (_pack(codes.ravel(), bits),))
+
+
+def _row_max(rows: np.ndarray) -> np.ndarray:
+    """Each row's largest value and 0, as a column. Short rows (a probe set's classes) a column at a
+    time: numpy's reduce along a row of 10 costs ~40 ns a row, 8x this."""
+    if rows.shape[1] > 32:
+        return rows.max(axis=-1, keepdims=True, initial=0.0)
+    largest = np.zeros((len(rows), 1), rows.dtype)
+    for column in rows.T:
+        np.maximum(largest[:, 0], column, out=largest[:, 0])
+    return largest
 
 
 def _uint8_check(coded: Coded) -> None:

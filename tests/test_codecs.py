@@ -21,6 +21,7 @@ from manymodels.node.learning.recipe import LearnerRecipe
 from manymodels.aggregation import get_rule
 from manymodels.protocol import (CodecError, Coded, Identity, Logits, Reason, RejectedMessage, Weights, dense,
                                  get_codec, list_codecs, open_envelope, seal)
+from manymodels.protocol import codecs
 from manymodels.protocol.codecs import LOG_FLOOR
 
 RNG = np.random.default_rng(0)
@@ -105,6 +106,23 @@ def test_topk_keeps_exactly_the_k_values_that_differ_most_from_the_base():
     kept = np.zeros(X.size, bool)
     kept[index] = True
     np.testing.assert_array_equal(decoded[~kept], base.ravel()[~kept])  # the rest: the receiver's base
+
+
+@pytest.mark.parametrize("misleading_sample", [False, True])
+def test_topk_of_many_chunks_keeps_the_k_largest_changes(misleading_sample):
+    """Beyond a chunk, top-k keeps what a strided sample's threshold lets through; a sample that sees
+    only the largest changes (here every stride-th value changed by 2, the rest by at most 1) sets
+    it too high for k, and top-k then takes every change and still picks the k largest."""
+    n, fraction = 5 * codecs._CHUNK + 3, 0.25
+    stride, k = n // codecs._CHUNK, math.ceil(fraction * n)
+    base = RNG.normal(size=n).astype(np.float32)
+    change = RNG.uniform(-1, 1, n).astype(np.float32)
+    if misleading_sample:
+        change[::stride] = 2
+    x = base + change
+    index = get_codec(f"topk:{fraction}").encode(x, base=base).parts[0]
+    assert len(index) == k and np.all(np.diff(index) > 0)
+    np.testing.assert_array_equal(np.sort(np.abs(x - base)[index]), np.sort(np.abs(x - base))[-k:])
 
 
 def test_randk_moves_a_base_k_over_n_of_the_way_in_expectation():

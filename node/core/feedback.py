@@ -61,6 +61,6 @@ class ErrorFeedback:
             return coded
         target = tensor + kept  # the residual stays zero without feedback
         coded = self.codec.encode(target, self.rng)
-        if self.feedback:
-            self._kept[i] = target - dense(coded)
+        if self.feedback:  # into the old residual's memory: no fresh pages for a large model
+            np.subtract(target, dense(coded), out=kept)
         return coded
