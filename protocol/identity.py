@@ -22,7 +22,7 @@ _IDENTITY_MULTIHASH_PREFIX = bytes([0x00, len(_LIBP2P_ED25519_PREFIX) + PUBLIC_K
 
 
 def peer_id(public_key: bytes) -> str:
-    return _peer_id(bytes(public_key))
+    return _peer_id(public_key if type(public_key) is bytes else bytes(public_key))
 
 
 @functools.lru_cache(maxsize=1 << 16)  # every received message names its sender; base58 costs ~50 us

@@ -2,6 +2,7 @@
 walks the bytes against the kind's SCHEMA, checking every field before anything else may look at it."""
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -179,6 +180,12 @@ class Weights(Payload):
 
     def check_consistency(self) -> None:
         check_coded(self.tensors, self.MAX_BYTES)
+
+    @functools.cached_property
+    def finite(self) -> bool:
+        """No NaN or infinity in a plain tensor (a coded one is finite, or the protocol refused it);
+        worked out once for all the receivers that share this payload (the simulator's memo)."""
+        return all(np.isfinite(t).all() for t in self.tensors if isinstance(t, np.ndarray))
 
 
 @dataclass(frozen=True)

@@ -155,8 +155,8 @@ class WeightGossip(Exchange):
             return "other_architecture"
         if [tuple(t.shape) for t in payload.tensors] != [shape for shape, _ in node.tensor_specs]:
             return "tensor_mismatch"  # checked before anything of a coded tensor's dense size is built
-        if not all(np.isfinite(t).all() for t in payload.tensors if isinstance(t, np.ndarray)):
-            return "non_finite"  # a coded tensor is finite, or the protocol refused it (bad_coding)
+        if not payload.finite:
+            return "non_finite"
         previous = self._inbox.get(message.sender)
         if previous is None or payload.version >= previous.payload.version:
             self._inbox[message.sender] = message
