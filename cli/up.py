@@ -19,8 +19,9 @@ from rich.table import Table
 from .config_file import ConfigOption
 from .errors import UserError
 from .help_defaults import with_defaults
-from .learner_options import (BatchSizeOption, CompressLogitsOption, CompressOption, HiddenOption, LrOption,
-                              MomentumOption, OptimizerOption, ShuffleOption, WeightDecayOption, codec_options,
+from .learner_options import (BatchSizeOption, CompressLogitsOption, CompressOption, DpClipOption, DpDeltaOption,
+                              DpEpochsOption, DpEpsilonOption, DpNoiseOption, HiddenOption, LrOption, MomentumOption,
+                              OptimizerOption, ShuffleOption, WeightDecayOption, codec_options, privacy_options,
                               training_options)
 from .network import (DatasetOption, ExchangeOption, PartitionOption, PeriodOption, RuleOption, ShareOption, running,
                       share_spec, spawn, start_defaults, started, stop_node, update_config)
@@ -54,6 +55,11 @@ def up(
     share: ShareOption = None,
     compress: CompressOption = None,
     compress_logits: CompressLogitsOption = None,
+    dp_noise: DpNoiseOption = None,
+    dp_clip: DpClipOption = None,
+    dp_epsilon: DpEpsilonOption = None,
+    dp_delta: DpDeltaOption = None,
+    dp_epochs: DpEpochsOption = None,
     rule: RuleOption = None,
     period: PeriodOption = None,
     seed: Annotated[Optional[int], typer.Option(help="The network's seed (data split, initial models).")] = None,
@@ -81,6 +87,7 @@ def up(
     try:
         common = {"dataset": dataset, "partition": partition, "exchange": exchange, "rule": rule, "period": period,
                   "seed": seed, "share": share_spec(share), **codec_options(compress, compress_logits),
+                  **privacy_options(dp_noise, dp_clip, dp_epsilon, dp_delta, dp_epochs=dp_epochs),
                   **training_options(hidden, optimizer, lr, momentum, weight_decay, batch_size, shuffle)}
         options = [{**common, "partition_id": i, "num_partitions": nodes, "model": arch}
                    for i, arch in enumerate(_architectures(model, nodes))]

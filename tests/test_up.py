@@ -83,10 +83,14 @@ def test_up_runs_a_network_in_one_live_table_ctrl_c_stops_it_and_up_restarts_it(
 
     refused = cli("up", "2", "--home-root", root)  # partition i of 2 is not the data node i learnt from
     assert refused.returncode == 2 and refused.stderr.startswith(f"error: {root} holds a network of 3 nodes")
-    again = cli("up", "3", "--home-root", root, "--detach", "--share", "reciprocal", "--compress", "int8", timeout=180)
+    again = cli("up", "3", "--home-root", root, "--detach", "--share", "reciprocal", "--compress", "int8",
+                "--dp-noise", "1.0", "--dp-clip", "2", timeout=180)
     assert again.returncode == 0, again.stderr
     assert statuses(root)[0]["peers"] >= 1 and [s["id"] for s in statuses(root)] == ids
     assert all(s["share"] == "reciprocal" and s["compress"].startswith("int8") for s in statuses(root))
+    spending = wait_until(lambda: statuses(root), "DP-SGD spending epsilon", 60,
+                          until=lambda seen: all(s and (s["privacy"] or {}).get("epsilon") for s in seen))
+    assert all(s["privacy"]["mechanism"] == "dp-sgd" and s["privacy"]["epsilon"] > 0 for s in spending)
     pids = [int((root / f"node-{i}" / "daemon.pid").read_text()) for i in range(3)]
     down = cli("down", "--home-root", root)
     assert down.returncode == 0 and down.stdout == f"stopped 3 nodes in {root}\n", down.stdout + down.stderr
