@@ -33,22 +33,25 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache, partial
+from itertools import islice
 
 import numpy as np
 
+from manymodels.node.learning.batched import weights_accuracies
 from manymodels.node.sim.foldlog import LoggedNode
 from manymodels.node.sim.simulator import BeforeFold, make_world, node_identity, run_members
 from manymodels.node.sim.spec import SimulationConfig, SimulationSpec
 from manymodels.node.spec import SpecError
 
 from .grid import run_grid
-from .value import (Game, MonteCarlo, efficient, exact_shapley, leave_one_out, monte_carlo_shapley, peer_totals,
-                    spearman)
+from .value import (Game, MonteCarlo, efficient, exact_shapley, leave_one_out, monte_carlo_shapley, orders,
+                    peer_totals, spearman)
 
 METHODS = ("loo", "mc", "gtg", "exact")
+Prefetch = Callable[[Iterable[frozenset[int]]], None]  # coalitions a game will be asked for: scored at once
 MAX_EXACT = 8  # 255 simulations
 
 
@@ -225,16 +228,20 @@ def one_run_estimate(runs: Runs, settings: ValueSettings) -> tuple[np.ndarray, d
     log = _Log(values)
 
     def before_fold(r: int, i: int, node: LoggedNode) -> None:
-        game, cache = _round_game(node, index, world.accuracy, world.exchange != "weights")
+        game, prefetch, read = _round_game(node, index, world, spec.config.batched)
         log.folds += 1
         folded = game(i, frozenset(index[m.sender] for m in node.received))
         if abs(folded - log.previous.get(i, np.inf)) < settings.tolerance:  # the round moved the model too little
             log.truncated_rounds += 1
         else:
+            seed = [settings.seed, r, i]
+            # every coalition the orders may visit, scored at once (truncation may leave some unread)
+            prefetch(frozenset(int(j) for j in order[:k] if j != i) for order in
+                     islice(orders(n, seed, antithetic=True), settings.round_permutations) for k in range(n + 1))
             mc = monte_carlo_shapley(game, n, [i], permutations=settings.round_permutations,
-                                     tolerance=settings.tolerance, seed=[settings.seed, r, i], antithetic=True)
+                                     tolerance=settings.tolerance, seed=seed, antithetic=True)
             log.values[:, i] += np.nan_to_num(mc.values[:, i])
-        log.refolds += len(cache)
+        log.refolds += len(read)
         log.previous[i] = folded
 
     _, before = _timed(lambda: runs.run(range(n)))  # the plain simulation, timed before and after the run
@@ -257,24 +264,54 @@ def _timed(run):
     return result, time.perf_counter() - started
 
 
-def _round_game(node: LoggedNode, index: dict[bytes, int], accuracy, trains: bool) -> tuple[Game, dict]:
+def _round_game(node: LoggedNode, index: dict[bytes, int], world, batched: bool) -> tuple[Game, Prefetch, set]:
     """This round's game of the node's model: its accuracy after folding only a coalition's messages
-    into a copy of its model as it is now (peers that sent nothing change nothing). A fold that
-    `trains` (distillation) gets a fresh copy, optimizer state and all; a weights fold only sets
-    weights, so one copy serves every coalition."""
-    start, cache = copy.deepcopy(node.learner), {}
-    weights = start.get_weights()
+    into its model as it is now (peers that sent nothing change nothing); with what scores many
+    coalitions at once (`prefetch`), and the set of coalitions the game was asked for. A weights fold
+    with a built-in rule needs no replay (LoggedNode.coalition_weights): the coalitions' weights are
+    scored in one batched forward pass where the model allows (node/learning/batched.py). Otherwise
+    the fold is replayed (LoggedNode.refold): one that trains (distillation) on a fresh copy of the
+    model, optimizer state and all; a weights fold only sets weights, so one copy serves every coalition."""
+    start, cache, read = copy.deepcopy(node.learner), {}, set()
+    weights, combine = start.get_weights(), node.coalition_weights()
     sent = {index[m.sender]: m.sender for m in node.received}
+    trains = combine is None and world.exchange != "weights"
+
+    def replayed(key: frozenset[int]) -> float:
+        learner = copy.deepcopy(start) if trains else start
+        learner.set_weights(weights)
+        node.refold(learner, {sent[j] for j in key})
+        return world.accuracy(learner)
+
+    def prefetch(coalitions: Iterable[frozenset[int]]) -> None:
+        keys = list(dict.fromkeys(key for key in map(frozenset(sent).intersection, coalitions) if key not in cache))
+        if combine is None:
+            scores = [replayed(key) for key in keys]
+        else:
+            scores = _accuracies(world, start, [combine({sent[j] for j in key}) for key in keys], batched)
+        cache.update(zip(keys, scores))
 
     def utility(i: int, coalition: frozenset[int]) -> float:
         key = coalition.intersection(sent)
+        read.add(key)
         if key not in cache:
-            learner = copy.deepcopy(start) if trains else start
-            learner.set_weights(weights)
-            node.refold(learner, {sent[j] for j in key})
-            cache[key] = accuracy(learner)
+            prefetch([key])
         return cache[key]
-    return utility, cache
+    return utility, prefetch, read
+
+
+def _accuracies(world, learner, weights: list, batched: bool) -> list[float]:
+    """world.accuracy of `learner` with each of these weights: in batches where the model allows
+    (the same numbers: node/learning/batched.py), else set one after another."""
+    data = getattr(world, "data", None)  # a Flower client's evaluate has its own test data
+    scores = weights_accuracies(learner, weights, data.x_test, data.y_test) if batched and data and weights else None
+    if scores is not None:
+        return [round(score, 6) for score in scores]
+    scores = []
+    for one in weights:
+        learner.set_weights(one)
+        scores.append(world.accuracy(learner))
+    return scores
 
 
 def _peers(runs: Runs) -> list[dict]:

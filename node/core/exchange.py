@@ -177,24 +177,36 @@ class WeightGossip(Exchange):
     def fold(self, node: NodeView) -> Folded:
         if not self._inbox:
             return Folded()
-        inbox, self._inbox = self._inbox, {}  # one swap: a daemon's network thread may be adding
         own = node.learner.get_weights()
-        tensors = {peer: self._decode(peer, m.payload.tensors, own) for peer, m in inbox.items()}
-        node.judge(_flat(own), {peer: _flat(peer_tensors) for peer, peer_tensors in tensors.items()})
+        inbox, tensors = self._inbox, self.take_decoded(own)
+        node.judge(_flat(own), {peer: _flat(peer_tensors) for peer, (peer_tensors, _) in tensors.items()})
         inbox = {peer: m for peer, m in inbox.items() if peer not in node.banned}  # bans made just now too
         if not inbox:
             return Folded()
-        claims = capped_at_median([node.learner.num_examples, *(m.payload.num_examples for m in inbox.values())])
-        results = list(zip([own, *(tensors[peer] for peer in inbox)], claims.tolist()))
+        merged = self.merge(node, own, {peer: tensors[peer] for peer in inbox})
+        if merged is None:  # too few inputs this round (loss, churn): keep the local model
+            return Folded(refused=("rule_cannot_fold",))
+        node.learner.set_weights(merged)
+        return Folded(True, _inputs(inbox.values()))
+
+    def take_decoded(self, own: list[np.ndarray]) -> dict[bytes, tuple[list[np.ndarray], int]]:
+        """Empty the inbox: each sender's weights decoded against `own` (the node's), and the examples it claims."""
+        inbox, self._inbox = self._inbox, {}  # one swap: a daemon's network thread may be adding
+        return {peer: (self._decode(peer, m.payload.tensors, own), m.payload.num_examples) for peer, m in inbox.items()}
+
+    def merge(self, node: NodeView, own: list[np.ndarray],
+              peers: dict[bytes, tuple[list[np.ndarray], int]]) -> list[np.ndarray] | None:
+        """The rule's combination of the node's weights `own` with the peers' decoded ones, each weighed
+        by the examples it claims (capped at the median); None when the rule cannot fold so few."""
+        claims = capped_at_median([node.learner.num_examples, *(count for _, count in peers.values())])
+        results = list(zip([own, *(tensors for tensors, _ in peers.values())], claims.tolist()))
         banned = node.banned_neighbours()
         if banned not in self._rules:
             self._rules[banned] = after_bans(self.rule, banned)
         try:
-            merged = self._rules[banned](results, reference=own)
-        except RuleError:  # too few inputs this round (loss, churn): keep the local model
-            return Folded(refused=("rule_cannot_fold",))
-        node.learner.set_weights(merged)
-        return Folded(True, _inputs(inbox.values()))
+            return self._rules[banned](results, reference=own)
+        except RuleError:
+            return None
 
 
 @dataclass

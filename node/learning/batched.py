@@ -24,7 +24,7 @@ import math
 import torch
 from torch import nn
 
-from .learner import Learner
+from .learner import Learner, NDArrays
 from .torch_learner import TorchLearner
 
 _LAYERS = (nn.Flatten, nn.Linear, nn.ReLU)
@@ -274,17 +274,34 @@ def accuracies(learners: list[Learner], x, y) -> list[float]:
     groups, alone = _groups(learners, eval_key)
     x_t, y_t = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y)
     for members in groups.values():
-        layers = list(learners[members[0]].module)
-        widest = max(p.shape[0] for p in learners[members[0]].module.parameters())
-        chunk = max(1, _EVAL_ELEMENTS // (len(x_t) * widest))
-        for start in range(0, len(members), chunk):
-            part = members[start:start + chunk]
-            params = [torch.stack([p.detach() for p in ps])
-                      for ps in zip(*(learners[i].module.parameters() for i in part))]
-            flat = x_t.reshape(len(x_t), -1).expand(len(part), -1, -1)
-            hits = (_forward(layers, params, flat).argmax(-1) == y_t).sum(1)
-            for i, h in zip(part, hits.tolist()):
-                result[i] = h / len(y_t)
+        params = [[p.detach() for p in learners[i].module.parameters()] for i in members]
+        for i, accuracy in zip(members, _stacked_accuracies(list(learners[members[0]].module), params, x_t, y_t)):
+            result[i] = accuracy
     for i in alone:
         result[i] = learners[i].evaluate(x, y)["accuracy"]
+    return result
+
+
+@torch.no_grad()
+def weights_accuracies(learner: Learner, weights: list[NDArrays], x, y) -> list[float] | None:
+    """evaluate(x, y)["accuracy"] of `learner` with each of these weights (as its set_weights takes
+    them), all in batches, the learner left as it is; None where its model does not batch."""
+    if eval_key(learner) is None:
+        return None
+    params = [[torch.tensor(a, dtype=torch.float32) for a in one] for one in weights]
+    return _stacked_accuracies(list(learner.module), params, torch.as_tensor(x, dtype=torch.float32),
+                               torch.as_tensor(y))
+
+
+def _stacked_accuracies(layers: list[nn.Module], params: list[list[torch.Tensor]], x_t: torch.Tensor,
+                        y_t: torch.Tensor) -> list[float]:
+    """The accuracy on (x, y) of the model `layers` with each of these parameters, stacked in chunks."""
+    widest = max(p.shape[0] for p in params[0])
+    chunk = max(1, _EVAL_ELEMENTS // (len(x_t) * widest))
+    flat, result = x_t.reshape(len(x_t), -1), []
+    for start in range(0, len(params), chunk):
+        part = params[start:start + chunk]
+        stacked = [torch.stack(tensors) for tensors in zip(*part)]
+        hits = (_forward(layers, stacked, flat.expand(len(part), -1, -1)).argmax(-1) == y_t).sum(1)
+        result += [h / len(y_t) for h in hits.tolist()]
     return result

@@ -1,15 +1,18 @@
 """A node that keeps what its next fold takes from, so that fold can be replayed with only some of
 its senders: the one-run data-value estimate (studies/value_study.py) reconstructs the model a node
-would have had in a smaller network from what it folded in the real one, without retraining."""
+would have had in a smaller network from what it folded in the real one, without retraining. For the
+weights exchange with a built-in rule the replay needs no exchange at all: the messages are decoded
+once and each coalition's weights are the rule's combination of them (`coalition_weights`)."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Set
+from collections.abc import Callable, Set
 from dataclasses import replace
 
+from manymodels.aggregation.registry import BUILTINS
 from manymodels.protocol import Message
 
-from ..core.exchange import Exchange, Folded
+from ..core.exchange import Exchange, Folded, WeightGossip
 from ..core.node import Node
 from ..learning.learner import Learner
 
@@ -33,13 +36,36 @@ class LoggedNode(Node):
         self.received = []
         return super().fold()
 
+    def _replay_view(self, learner: Learner):
+        return replace(self.view, learner=learner, judge=lambda *args, **kwargs: None)
+
     def refold(self, learner: Learner, senders: Set[bytes]) -> None:
         """Fold into `learner`, a copy of this node's model before its fold, only what `senders`
         (public keys, as `Message.sender`) sent: the fold had only they been its neighbours. It
         judges nobody (a replay must not move reputations)."""
         exchange = copy.deepcopy(self._before)
-        view = replace(self.view, learner=learner, judge=lambda *args, **kwargs: None)
+        view = self._replay_view(learner)
         for message in self.received:
             if message.sender in senders:
                 exchange.receive(view, message)
         exchange.fold(view)
+
+    def coalition_weights(self) -> Callable[[Set[bytes]], list] | None:
+        """`senders` -> the weights `refold` would give this node's model, without replaying: for the
+        weights exchange with a built-in rule (a pure function, no state between calls), each message
+        is decoded once, here, and a coalition's weights are the exchange's merge of those arrays
+        (what its fold computes). None for any other exchange or rule: `refold` replays those."""
+        rule = self._before.rule if isinstance(self._before, WeightGossip) else None
+        if rule is None or rule.name not in BUILTINS or rule.fn is not BUILTINS[rule.name].fn:
+            return None
+        exchange, view = copy.deepcopy(self._before), self._replay_view(self.learner)
+        for message in self.received:
+            exchange.receive(view, message)
+        own = self.learner.get_weights()
+        decoded = exchange.take_decoded(own)
+
+        def weights(senders: Set[bytes]) -> list:
+            peers = {peer: one for peer, one in decoded.items() if peer in senders and peer not in view.banned}
+            merged = exchange.merge(view, own, peers) if peers else None
+            return own if merged is None else merged
+        return weights
