@@ -51,7 +51,8 @@ from .value import (Game, MonteCarlo, efficient, exact_shapley, leave_one_out, m
                     peer_totals, spearman)
 
 METHODS = ("loo", "mc", "gtg", "exact")
-Prefetch = Callable[[Iterable[frozenset[int]]], None]  # coalitions a game will be asked for: scored at once
+Plan = Callable[[Iterable[Iterable[frozenset[int]]]], None]  # paths of coalitions a game will be asked for in turn
+AHEAD = 8  # coalitions of a planned path scored together (the later ones may go unread: truncation)
 MAX_EXACT = 8  # 255 simulations
 
 
@@ -228,16 +229,15 @@ def one_run_estimate(runs: Runs, settings: ValueSettings) -> tuple[np.ndarray, d
     log = _Log(values)
 
     def before_fold(r: int, i: int, node: LoggedNode) -> None:
-        game, prefetch, read = _round_game(node, index, world, spec.config.batched)
+        game, plan, read = _round_game(node, index, world, spec.config.batched)
         log.folds += 1
         folded = game(i, frozenset(index[m.sender] for m in node.received))
         if abs(folded - log.previous.get(i, np.inf)) < settings.tolerance:  # the round moved the model too little
             log.truncated_rounds += 1
         else:
             seed = [settings.seed, r, i]
-            # every coalition the orders may visit, scored at once (truncation may leave some unread)
-            prefetch(frozenset(int(j) for j in order[:k] if j != i) for order in
-                     islice(orders(n, seed, antithetic=True), settings.round_permutations) for k in range(n + 1))
+            plan([frozenset(int(j) for j in order[:k] if j != i) for k in range(n + 1)]
+                 for order in islice(orders(n, seed, antithetic=True), settings.round_permutations))
             mc = monte_carlo_shapley(game, n, [i], permutations=settings.round_permutations,
                                      tolerance=settings.tolerance, seed=seed, antithetic=True)
             log.values[:, i] += np.nan_to_num(mc.values[:, i])
@@ -264,15 +264,16 @@ def _timed(run):
     return result, time.perf_counter() - started
 
 
-def _round_game(node: LoggedNode, index: dict[bytes, int], world, batched: bool) -> tuple[Game, Prefetch, set]:
+def _round_game(node: LoggedNode, index: dict[bytes, int], world, batched: bool) -> tuple[Game, Plan, set]:
     """This round's game of the node's model: its accuracy after folding only a coalition's messages
-    into its model as it is now (peers that sent nothing change nothing); with what scores many
-    coalitions at once (`prefetch`), and the set of coalitions the game was asked for. A weights fold
-    with a built-in rule needs no replay (LoggedNode.coalition_weights): the coalitions' weights are
-    scored in one batched forward pass where the model allows (node/learning/batched.py). Otherwise
+    into its model as it is now (peers that sent nothing change nothing); `plan`, which tells it the
+    paths of coalitions it will be asked for in turn (the orders' prefixes), so that asked for one it
+    scores the next AHEAD of its path with it; and the set of coalitions the game was asked for. A
+    weights fold with a built-in rule needs no replay (LoggedNode.coalition_weights): the coalitions'
+    weights are scored in one batched forward pass where the model allows (node/learning/batched.py). Otherwise
     the fold is replayed (LoggedNode.refold): one that trains (distillation) on a fresh copy of the
     model, optimizer state and all; a weights fold only sets weights, so one copy serves every coalition."""
-    start, cache, read = copy.deepcopy(node.learner), {}, set()
+    start, cache, read, ahead = copy.deepcopy(node.learner), {}, set(), {}
     weights, combine = start.get_weights(), node.coalition_weights()
     sent = {index[m.sender]: m.sender for m in node.received}
     trains = combine is None and world.exchange != "weights"
@@ -283,21 +284,27 @@ def _round_game(node: LoggedNode, index: dict[bytes, int], world, batched: bool)
         node.refold(learner, {sent[j] for j in key})
         return world.accuracy(learner)
 
-    def prefetch(coalitions: Iterable[frozenset[int]]) -> None:
-        keys = list(dict.fromkeys(key for key in map(frozenset(sent).intersection, coalitions) if key not in cache))
+    def score(keys: Iterable[frozenset[int]]) -> None:
+        keys = [key for key in dict.fromkeys(keys) if key not in cache]
         if combine is None:
             scores = [replayed(key) for key in keys]
         else:
-            scores = _accuracies(world, start, [combine({sent[j] for j in key}) for key in keys], batched)
+            scores = _accuracies(world, start, combine([{sent[j] for j in key} for key in keys]), batched)
         cache.update(zip(keys, scores))
+
+    def plan(paths: Iterable[Iterable[frozenset[int]]]) -> None:
+        for path in paths:
+            keys = [frozenset(sent).intersection(coalition) for coalition in path]
+            for k, key in enumerate(keys):
+                ahead.setdefault(key, keys[k + 1:k + AHEAD])
 
     def utility(i: int, coalition: frozenset[int]) -> float:
         key = coalition.intersection(sent)
         read.add(key)
         if key not in cache:
-            prefetch([key])
+            score([key, *ahead.get(key, ())])
         return cache[key]
-    return utility, prefetch, read
+    return utility, plan, read
 
 
 def _accuracies(world, learner, weights: list, batched: bool) -> list[float]:

@@ -9,6 +9,9 @@ import copy
 from collections.abc import Callable, Set
 from dataclasses import replace
 
+import numpy as np
+
+from manymodels.aggregation import NDArrays
 from manymodels.aggregation.registry import BUILTINS
 from manymodels.protocol import Message
 
@@ -50,11 +53,12 @@ class LoggedNode(Node):
                 exchange.receive(view, message)
         exchange.fold(view)
 
-    def coalition_weights(self) -> Callable[[Set[bytes]], list] | None:
-        """`senders` -> the weights `refold` would give this node's model, without replaying: for the
-        weights exchange with a built-in rule (a pure function, no state between calls), each message
-        is decoded once, here, and a coalition's weights are the exchange's merge of those arrays
-        (what its fold computes). None for any other exchange or rule: `refold` replays those."""
+    def coalition_weights(self) -> Callable[[list[Set[bytes]]], list[NDArrays]] | None:
+        """A list of sets of `senders` -> the weights `refold` would give this node's model with each,
+        without replaying: for the weights exchange with a built-in rule (a pure function, no state
+        between calls), each message is decoded once, here, and a coalition's weights are the
+        exchange's merge of those arrays (what its fold computes). None for any other exchange or
+        rule: `refold` replays those."""
         rule = self._before.rule if isinstance(self._before, WeightGossip) else None
         if rule is None or rule.name not in BUILTINS or rule.fn is not BUILTINS[rule.name].fn:
             return None
@@ -64,8 +68,21 @@ class LoggedNode(Node):
         own = self.learner.get_weights()
         decoded = exchange.take_decoded(own)
 
-        def weights(senders: Set[bytes]) -> list:
-            peers = {peer: one for peer, one in decoded.items() if peer in senders and peer not in view.banned}
+        def merged(inputs: dict[bytes, tuple[NDArrays, int]], own: NDArrays, senders: Set[bytes]) -> NDArrays:
+            peers = {peer: one for peer, one in inputs.items() if peer in senders and peer not in view.banned}
             merged = exchange.merge(view, own, peers) if peers else None
             return own if merged is None else merged
-        return weights
+        if not rule.definition.linear:
+            return lambda coalitions: [merged(decoded, own, senders) for senders in coalitions]
+        # A linear rule's merge of unit vectors is its coefficients: every coalition's weights at once,
+        # as one matrix product with the inputs (float64, as the rule sums them).
+        units = np.eye(len(decoded) + 1)
+        unit_inputs = {peer: ([units[k + 1]], count) for k, (peer, (_, count)) in enumerate(decoded.items())}
+        inputs = [np.stack([np.ravel(t) for t in tensors]).astype(np.float64)
+                  for tensors in zip(own, *(tensors for tensors, _ in decoded.values()))]
+
+        def combined(coalitions: list[Set[bytes]]) -> list[NDArrays]:
+            coefficients = np.array([merged(unit_inputs, [units[0]], senders)[0] for senders in coalitions])
+            tensors = [(coefficients @ x).astype(o.dtype).reshape(-1, *o.shape) for x, o in zip(inputs, own)]
+            return [list(one) for one in zip(*tensors)]
+        return combined
