@@ -40,7 +40,7 @@ from itertools import islice
 
 import numpy as np
 
-from manymodels.node.learning.batched import weights_accuracies
+from manymodels.node.learning.batched import eval_key, weights_accuracies
 from manymodels.node.sim.foldlog import LoggedNode
 from manymodels.node.sim.simulator import BeforeFold, make_world, node_identity, run_members
 from manymodels.node.sim.spec import SimulationConfig, SimulationSpec
@@ -273,9 +273,11 @@ def _round_game(node: LoggedNode, index: dict[bytes, int], world, batched: bool)
     weights are scored in one batched forward pass where the model allows (node/learning/batched.py). Otherwise
     the fold is replayed (LoggedNode.refold): one that trains (distillation) on a fresh copy of the
     model, optimizer state and all; a weights fold only sets weights, so one copy serves every coalition."""
-    start, cache, read, ahead = copy.deepcopy(node.learner), {}, set(), {}
-    weights, combine = start.get_weights(), node.coalition_weights()
-    sent = {index[m.sender]: m.sender for m in node.received}
+    cache, read, ahead, combine = {}, set(), {}, node.coalition_weights()
+    data = getattr(world, "data", None)  # a Flower client's evaluate has its own test data
+    batch = batched and combine is not None and data is not None and eval_key(node.learner) is not None
+    start = node.learner if batch else copy.deepcopy(node.learner)  # a batched scoring only reads its layers
+    weights, sent = start.get_weights(), {index[m.sender]: m.sender for m in node.received}
     trains = combine is None and world.exchange != "weights"
 
     def replayed(key: frozenset[int]) -> float:
@@ -289,7 +291,7 @@ def _round_game(node: LoggedNode, index: dict[bytes, int], world, batched: bool)
         if combine is None:
             scores = [replayed(key) for key in keys]
         else:
-            scores = _accuracies(world, start, combine([{sent[j] for j in key} for key in keys]), batched)
+            scores = _accuracies(world, start, combine([{sent[j] for j in key} for key in keys]), batch)
         cache.update(zip(keys, scores))
 
     def plan(paths: Iterable[Iterable[frozenset[int]]]) -> None:
@@ -307,13 +309,11 @@ def _round_game(node: LoggedNode, index: dict[bytes, int], world, batched: bool)
     return utility, plan, read
 
 
-def _accuracies(world, learner, weights: list, batched: bool) -> list[float]:
-    """world.accuracy of `learner` with each of these weights: in batches where the model allows
-    (the same numbers: node/learning/batched.py), else set one after another."""
-    data = getattr(world, "data", None)  # a Flower client's evaluate has its own test data
-    scores = weights_accuracies(learner, weights, data.x_test, data.y_test) if batched and data and weights else None
-    if scores is not None:
-        return [round(score, 6) for score in scores]
+def _accuracies(world, learner, weights: list, batch: bool) -> list[float]:
+    """world.accuracy of `learner` with each of these weights: in one batched forward pass (`batch`:
+    the same numbers, node/learning/batched.py) with the learner untouched, else set one after another."""
+    if batch and weights:
+        return [round(score, 6) for score in weights_accuracies(learner, weights, world.data.x_test, world.data.y_test)]
     scores = []
     for one in weights:
         learner.set_weights(one)

@@ -288,7 +288,7 @@ def weights_accuracies(learner: Learner, weights: list[NDArrays], x, y) -> list[
     them), all in batches, the learner left as it is; None where its model does not batch."""
     if eval_key(learner) is None:
         return None
-    params = [[torch.tensor(a, dtype=torch.float32) for a in one] for one in weights]
+    params = [[torch.as_tensor(a, dtype=torch.float32) for a in one] for one in weights]
     return _stacked_accuracies(list(learner.module), params, torch.as_tensor(x, dtype=torch.float32),
                                torch.as_tensor(y))
 

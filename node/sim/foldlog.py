@@ -75,7 +75,8 @@ class LoggedNode(Node):
         if not rule.definition.linear:
             return lambda coalitions: [merged(decoded, own, senders) for senders in coalitions]
         # A linear rule's merge of unit vectors is its coefficients: every coalition's weights at once,
-        # as one matrix product with the inputs (float64, as the rule sums them).
+        # as one matrix product with the inputs (float64, as the rule sums them; einsum, not BLAS's
+        # threads, as aggregation/weights.py's _combine says why).
         units = np.eye(len(decoded) + 1)
         unit_inputs = {peer: ([units[k + 1]], count) for k, (peer, (_, count)) in enumerate(decoded.items())}
         inputs = [np.stack([np.ravel(t) for t in tensors]).astype(np.float64)
@@ -83,6 +84,6 @@ class LoggedNode(Node):
 
         def combined(coalitions: list[Set[bytes]]) -> list[NDArrays]:
             coefficients = np.array([merged(unit_inputs, [units[0]], senders)[0] for senders in coalitions])
-            tensors = [(coefficients @ x).astype(o.dtype).reshape(-1, *o.shape) for x, o in zip(inputs, own)]
+            tensors = [np.einsum("ki,ij->kj", coefficients, x).astype(o.dtype).reshape(-1, *o.shape) for x, o in zip(inputs, own)]
             return [list(one) for one in zip(*tensors)]
         return combined
