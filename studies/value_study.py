@@ -14,9 +14,12 @@ says what it means), by four methods, each with its cost:
   network added (local training in between undoes part of each fold), so each model's column is then
   scaled to sum to its measured gain, the network's final accuracy minus the model trained alone
   (Shapley's efficiency; N one-node runs, about one simulation's training more). A replay is an exact
-  re-aggregation for the weights exchange (with a stateless rule; a Flower strategy's server state
-  starts from the round's), a re-distillation on the probe set for distill (and both for mixed): no
-  private data is trained on.
+  re-aggregation for the weights exchange: with a built-in rule no replay at all (each message decoded
+  once per fold, a coalition's weights the exchange's merge of those arrays, a linear rule's all in one
+  matrix product: LoggedNode.coalition_weights), the coalitions along the round's orders scored AHEAD
+  at a time in one batched forward pass; with another rule, through a copy of the exchange (a Flower
+  strategy's server state starts from the round's). For distill it is a re-distillation on the probe
+  set (and both for mixed): no private data is trained on.
   Synthetic samples act only in the next local training, which a replay would have to redo: the
   one-run estimate refuses that exchange.
 
