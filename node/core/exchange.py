@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from manymodels.aggregation import Rule, RuleError, after_bans
+from manymodels.aggregation import Rule, RuleError, after_bans, check_inputs
 from manymodels.protocol import (Codec, Coded, Logits, Message, Payload, SyntheticBatch, Tensor, Weights, codec_of,
                                  dense, get_codec)
 
@@ -198,15 +198,33 @@ class WeightGossip(Exchange):
               peers: dict[bytes, tuple[list[np.ndarray], int]]) -> list[np.ndarray] | None:
         """The rule's combination of the node's weights `own` with the peers' decoded ones, each weighed
         by the examples it claims (capped at the median); None when the rule cannot fold so few."""
-        claims = capped_at_median([node.learner.num_examples, *(count for _, count in peers.values())])
-        results = list(zip([own, *(tensors for tensors, _ in peers.values())], claims.tolist()))
+        claims = self._claims(node, [count for _, count in peers.values()])
+        try:
+            return self._rule(node)(list(zip([own, *(tensors for tensors, _ in peers.values())], claims)), reference=own)
+        except RuleError:
+            return None
+
+    def coefficients(self, node: NodeView, counts: list[int]) -> list[float] | None:
+        """A linear rule's coefficients of the node's weights and of peers' claiming `counts` examples
+        in what `merge` returns; None when the rule cannot fold so few. (Only for a rule with
+        `coefficients`: aggregation/base.py's RuleSpec.)"""
+        rule = self._rule(node)
+        if check_inputs(rule, len(counts) + 1):
+            return None
+        try:
+            return rule.definition.coefficients(self._claims(node, counts), **rule.params)
+        except RuleError:
+            return None
+
+    def _claims(self, node: NodeView, counts: list[int]) -> list[float]:
+        return capped_at_median([node.learner.num_examples, *counts]).tolist()
+
+    def _rule(self, node: NodeView) -> Rule:
+        """The rule after the node's bans of neighbours (after_bans), built once per number of bans."""
         banned = node.banned_neighbours()
         if banned not in self._rules:
             self._rules[banned] = after_bans(self.rule, banned)
-        try:
-            return self._rules[banned](results, reference=own)
-        except RuleError:
-            return None
+        return self._rules[banned]
 
 
 @dataclass

@@ -63,8 +63,8 @@ class LoggedNode(Node):
         """A list of sets of `senders` -> the weights `refold` would give this node's model with each,
         without replaying: for the weights exchange with a built-in rule (a pure function, no state
         between calls), each message is decoded once, here, and a coalition's weights are the
-        exchange's merge of those arrays (what its fold computes). None for any other exchange or
-        rule: `refold` replays those."""
+        exchange's merge of those arrays (what its fold computes); a linear rule's, its coefficients
+        times the arrays. None for any other exchange or rule: `refold` replays those."""
         rule = self._before.rule if isinstance(self._before, WeightGossip) else None
         if rule is None or rule.name not in BUILTINS or rule.fn is not BUILTINS[rule.name].fn:
             return None
@@ -74,26 +74,41 @@ class LoggedNode(Node):
         own = self.learner.get_weights()
         decoded = exchange.take_decoded(own)
 
-        def merged(inputs: dict[bytes, tuple[NDArrays, int]], own: NDArrays, senders: Set[bytes]) -> NDArrays:
-            peers = {peer: one for peer, one in inputs.items() if peer in senders and peer not in view.banned}
-            merged = exchange.merge(view, own, peers) if peers else None
-            return own if merged is None else merged
-        if not rule.definition.linear:
-            return lambda coalitions: [merged(decoded, own, senders) for senders in coalitions]
-        # A linear rule's merge of unit vectors is its coefficients: every coalition's weights at once,
-        # as one matrix product with the inputs, float64 as the rule sums them.
-        units = np.eye(len(decoded) + 1)
-        unit_inputs = {peer: ([units[k + 1]], count) for k, (peer, (_, count)) in enumerate(decoded.items())}
-        inputs = np.array([np.concatenate([np.ravel(t) for t in tensors])
-                           for tensors in [own, *(tensors for tensors, _ in decoded.values())]], dtype=np.float64)
-        ends = np.cumsum([t.size for t in own])
+        def taken(senders: Set[bytes]) -> dict[bytes, tuple[NDArrays, int]]:
+            """What a fold with only these senders merges, in the fold's order."""
+            return {peer: one for peer, one in decoded.items() if peer in senders and peer not in view.banned}
 
-        def combined(coalitions: list[Set[bytes]]) -> list[NDArrays]:
-            coefficients = np.array([merged(unit_inputs, [units[0]], senders)[0] for senders in coalitions])
-            out = np.empty((len(coalitions), inputs.shape[1]))
-            for start in range(0, inputs.shape[1], _COLUMNS):
-                part = slice(start, start + _COLUMNS)
-                np.matmul(coefficients, inputs[:, part], out=out[:, part])
-            tensors = [t.astype(o.dtype).reshape(-1, *o.shape) for t, o in zip(np.split(out, ends[:-1], axis=1), own)]
-            return [list(one) for one in zip(*tensors)]
-        return combined
+        def merged(senders: Set[bytes]) -> NDArrays:
+            peers = taken(senders)
+            weights = exchange.merge(view, own, peers) if peers else None
+            return own if weights is None else weights
+        if rule.definition.coefficients is None:
+            return lambda coalitions: [merged(senders) for senders in coalitions]
+        column = {peer: k + 1 for k, peer in enumerate(decoded)}  # column 0: the node's own weights
+
+        def coefficients(senders: Set[bytes]) -> np.ndarray:
+            peers, row = taken(senders), np.zeros(len(decoded) + 1)
+            found = exchange.coefficients(view, [count for _, count in peers.values()]) if peers else None
+            if found is None:  # nobody, or too few for the rule: the model as it is
+                row[0] = 1.0
+            else:
+                row[[0, *map(column.get, peers)]] = found
+            return row
+        combine = _combinations([own, *(tensors for tensors, _ in decoded.values())])
+        return lambda coalitions: combine(np.array([coefficients(senders) for senders in coalitions]))
+
+
+def _combinations(inputs: list[NDArrays]) -> Callable[[np.ndarray], list[NDArrays]]:
+    """(coalitions, inputs) coefficients -> each coalition's weights: one matrix product with the
+    inputs, float64 as a rule sums them, cast back to each tensor's dtype."""
+    flat = np.array([np.concatenate([np.ravel(t) for t in tensors]) for tensors in inputs], dtype=np.float64)
+    first, ends = inputs[0], np.cumsum([t.size for t in inputs[0]])
+
+    def combine(coefficients: np.ndarray) -> list[NDArrays]:
+        out = np.empty((len(coefficients), flat.shape[1]))
+        for start in range(0, flat.shape[1], _COLUMNS):
+            part = slice(start, start + _COLUMNS)
+            np.matmul(coefficients, flat[:, part], out=out[:, part])
+        tensors = [t.astype(o.dtype).reshape(-1, *o.shape) for t, o in zip(np.split(out, ends[:-1], axis=1), first)]
+        return [list(one) for one in zip(*tensors)]
+    return combine
