@@ -294,7 +294,7 @@ def _round_game(node: LoggedNode, index: dict[bytes, int], world, batched: bool)
         if combine is None:
             scores = [replayed(key) for key in keys]
         else:
-            scores = _accuracies(world, start, combine([{sent[j] for j in key} for key in keys]), batch)
+            scores = _accuracies(world, start, combine([{sent[j] for j in key} for key in keys]), batch) if keys else []
         cache.update(zip(keys, scores))
 
     def plan(paths: Iterable[Iterable[frozenset[int]]]) -> None:
@@ -312,14 +312,15 @@ def _round_game(node: LoggedNode, index: dict[bytes, int], world, batched: bool)
     return utility, plan, read
 
 
-def _accuracies(world, learner, weights: list, batch: bool) -> list[float]:
-    """world.accuracy of `learner` with each of these weights: in one batched forward pass (`batch`:
-    the same numbers, node/learning/batched.py) with the learner untouched, else set one after another."""
-    if batch and weights:
-        return [round(score, 6) for score in weights_accuracies(learner, weights, world.data.x_test, world.data.y_test)]
+def _accuracies(world, learner, stacked: list[np.ndarray], batch: bool) -> list[float]:
+    """world.accuracy of `learner` with each of these weights (each tensor stacked over them): in
+    one batched forward pass (`batch`: the same numbers, node/learning/batched.py) with the learner
+    untouched, else set one after another."""
+    if batch:
+        return [round(score, 6) for score in weights_accuracies(learner, stacked, world.data.x_test, world.data.y_test)]
     scores = []
-    for one in weights:
-        learner.set_weights(one)
+    for k in range(len(stacked[0])):
+        learner.set_weights([t[k] for t in stacked])
         scores.append(world.accuracy(learner))
     return scores
 

@@ -150,8 +150,9 @@ def test_coalition_weights_are_the_replayed_folds(model, rule):
     def before_fold(r, i, node):
         senders = sorted({m.sender for m in node.received})
         coalitions = [set(c) for size in range(len(senders) + 1) for c in combinations(senders, size)]
-        for coalition, weights in zip(coalitions, node.coalition_weights()(coalitions)):
-            replayed = copy.deepcopy(node.learner)
+        stacked = node.coalition_weights()(coalitions)
+        for k, coalition in enumerate(coalitions):
+            weights, replayed = [t[k] for t in stacked], copy.deepcopy(node.learner)
             node.refold(replayed, coalition)
             assert all(np.allclose(a, b, rtol=1e-6, atol=1e-7) for a, b in zip(weights, replayed.get_weights()))
             compared.append(len(coalition))

@@ -59,9 +59,9 @@ class LoggedNode(Node):
                 exchange.receive(view, message)
         exchange.fold(view)
 
-    def coalition_weights(self) -> Callable[[list[Set[bytes]]], list[NDArrays]] | None:
+    def coalition_weights(self) -> Callable[[list[Set[bytes]]], NDArrays] | None:
         """A list of sets of `senders` -> the weights `refold` would give this node's model with each,
-        without replaying: for the weights exchange with a built-in rule (a pure function, no state
+        each tensor stacked over the coalitions, (coalitions, *shape); without replaying: for the weights exchange with a built-in rule (a pure function, no state
         between calls), each message is decoded once, here, and a coalition's weights are the
         exchange's merge of those arrays (what its fold computes); a linear rule's, its coefficients
         times the arrays. None for any other exchange or rule: `refold` replays those."""
@@ -83,7 +83,7 @@ class LoggedNode(Node):
             weights = exchange.merge(view, own, peers) if peers else None
             return own if weights is None else weights
         if rule.definition.coefficients is None:
-            return lambda coalitions: [merged(senders) for senders in coalitions]
+            return lambda coalitions: [np.stack(t) for t in zip(*(merged(senders) for senders in coalitions))]
         column = {peer: k + 1 for k, peer in enumerate(decoded)}  # column 0: the node's own weights
 
         def coefficients(senders: Set[bytes]) -> np.ndarray:
@@ -98,17 +98,16 @@ class LoggedNode(Node):
         return lambda coalitions: combine(np.array([coefficients(senders) for senders in coalitions]))
 
 
-def _combinations(inputs: list[NDArrays]) -> Callable[[np.ndarray], list[NDArrays]]:
-    """(coalitions, inputs) coefficients -> each coalition's weights: one matrix product with the
-    inputs, float64 as a rule sums them, cast back to each tensor's dtype."""
+def _combinations(inputs: list[NDArrays]) -> Callable[[np.ndarray], NDArrays]:
+    """(coalitions, inputs) coefficients -> the coalitions' weights, stacked per tensor: one matrix
+    product with the inputs, float64 as a rule sums them, cast back to each tensor's dtype."""
     flat = np.array([np.concatenate([np.ravel(t) for t in tensors]) for tensors in inputs], dtype=np.float64)
     first, ends = inputs[0], np.cumsum([t.size for t in inputs[0]])
 
-    def combine(coefficients: np.ndarray) -> list[NDArrays]:
+    def combine(coefficients: np.ndarray) -> NDArrays:
         out = np.empty((len(coefficients), flat.shape[1]))
         for start in range(0, flat.shape[1], _COLUMNS):
             part = slice(start, start + _COLUMNS)
             np.matmul(coefficients, flat[:, part], out=out[:, part])
-        tensors = [t.astype(o.dtype).reshape(-1, *o.shape) for t, o in zip(np.split(out, ends[:-1], axis=1), first)]
-        return [list(one) for one in zip(*tensors)]
+        return [t.astype(o.dtype).reshape(-1, *o.shape) for t, o in zip(np.split(out, ends[:-1], axis=1), first)]
     return combine
