@@ -161,12 +161,13 @@ def test_coalition_weights_are_the_replayed_folds(model, rule):
 
 
 @pytest.mark.slow
-def test_the_one_run_estimate_is_the_same_without_replays(monkeypatch):
+@pytest.mark.parametrize("model", ["logreg", "mlp"])
+def test_the_one_run_estimate_is_the_same_without_replays(monkeypatch, model):
     from manymodels.node.sim.foldlog import LoggedNode
     from manymodels.node.sim.spec import SimulationConfig
     from manymodels.studies.value_study import Runs, ValueSettings, one_run_estimate
 
-    runs, settings = Runs(SimulationConfig(nodes=5, rounds=3, model="mlp")), ValueSettings(methods=("gtg",))
+    runs, settings = Runs(SimulationConfig(nodes=5, rounds=3, model=model)), ValueSettings(methods=("gtg",))
     fast, fast_cost = one_run_estimate(runs, settings)
     monkeypatch.setattr(LoggedNode, "coalition_weights", lambda self: None)  # every fold replayed
     replayed, replayed_cost = one_run_estimate(runs, settings)
