@@ -273,9 +273,10 @@ def _round_game(node: LoggedNode, index: dict[bytes, int], world, batched: bool)
     paths of coalitions it will be asked for in turn (the orders' prefixes), so that asked for one it
     scores the next AHEAD of its path with it; and the set of coalitions the game was asked for. A
     weights fold with a built-in rule needs no replay (LoggedNode.coalition_weights): the coalitions'
-    weights are scored in one batched forward pass where the model allows (node/learning/batched.py). Otherwise
-    the fold is replayed (LoggedNode.refold): one that trains (distillation) on a fresh copy of the
-    model, optimizer state and all; a weights fold only sets weights, so one copy serves every coalition."""
+    weights are scored in one batched forward pass where the model allows (node/learning/batched.py).
+    Otherwise the fold is replayed (LoggedNode.refold), a coalition at a time: one that trains
+    (distillation) on a fresh copy of the model, optimizer state and all; a weights fold only sets
+    weights, so one copy serves every coalition."""
     cache, read, ahead, combine = {}, set(), {}, node.coalition_weights()
     data = getattr(world, "data", None)  # a Flower client's evaluate has its own test data
     batch = batched and combine is not None and data is not None and eval_key(node.learner) is not None
@@ -306,8 +307,8 @@ def _round_game(node: LoggedNode, index: dict[bytes, int], world, batched: bool)
     def utility(i: int, coalition: frozenset[int]) -> float:
         key = coalition.intersection(sent)
         read.add(key)
-        if key not in cache:
-            score([key, *ahead.get(key, ())])
+        if key not in cache:  # replays gain nothing by going ahead
+            score([key, *ahead.get(key, ())] if combine is not None else [key])
         return cache[key]
     return utility, plan, read
 

@@ -200,7 +200,7 @@ class WeightGossip(Exchange):
         by the examples it claims (capped at the median); None when the rule cannot fold so few."""
         claims = self._claims(node, [count for _, count in peers.values()])
         try:
-            return self._rule(node)(list(zip([own, *(tensors for tensors, _ in peers.values())], claims)), reference=own)
+            return self._rule(node)(list(zip([own, *(t for t, _ in peers.values())], claims)), reference=own)
         except RuleError:
             return None
 

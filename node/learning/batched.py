@@ -278,7 +278,8 @@ def accuracies(learners: list[Learner], x, y) -> list[float]:
         chunk = _chunk(x_t, max(p.shape[0] for p in module.parameters()))
         for start in range(0, len(members), chunk):  # stacked a chunk at a time: a copy of every model's is big
             part = members[start:start + chunk]
-            stacked = [torch.stack([p.detach() for p in ps]) for ps in zip(*(learners[i].module.parameters() for i in part))]
+            stacked = [torch.stack([p.detach() for p in ps])
+                       for ps in zip(*(learners[i].module.parameters() for i in part))]
             for i, accuracy in zip(part, _stacked_accuracies(list(module), stacked, x_t, y_t)):
                 result[i] = accuracy
     for i in alone:

@@ -61,10 +61,11 @@ class LoggedNode(Node):
 
     def coalition_weights(self) -> Callable[[list[Set[bytes]]], NDArrays] | None:
         """A list of sets of `senders` -> the weights `refold` would give this node's model with each,
-        each tensor stacked over the coalitions, (coalitions, *shape); without replaying: for the weights exchange with a built-in rule (a pure function, no state
-        between calls), each message is decoded once, here, and a coalition's weights are the
-        exchange's merge of those arrays (what its fold computes); a linear rule's, its coefficients
-        times the arrays. None for any other exchange or rule: `refold` replays those."""
+        each tensor stacked over the coalitions, (coalitions, *shape); without replaying: for the
+        weights exchange with a built-in rule (a pure function, no state between calls), each message
+        is decoded once, here, and a coalition's weights are the exchange's merge of those arrays
+        (what its fold computes); a linear rule's, its coefficients times the arrays. None for any
+        other exchange or rule: `refold` replays those."""
         rule = self._before.rule if isinstance(self._before, WeightGossip) else None
         if rule is None or rule.name not in BUILTINS or rule.fn is not BUILTINS[rule.name].fn:
             return None
