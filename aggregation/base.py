@@ -57,6 +57,9 @@ class RuleSpec:
     example: str = ""  # a valid spec for messages; by default the name and the parameters' defaults
     named_params: bool = False  # parameters written key=value in any order, as Flower's strategies take them
     client_params: tuple[str, ...] = ()  # parameters the clients get in their fit config (FedProx's proximal_mu)
+    # A linear rule: coefficients(weights, **params) -> each input's coefficient in the weighted sum of
+    # the inputs the rule returns (from their weights alone, never their values); None: not linear.
+    coefficients: Callable[..., list[float]] | None = None
 
     def write(self, values: dict[str, Any]) -> str:
         """The spec of this rule with these parameter values: "name:v1:v2" or "name:k1=v1:k2=v2"."""

@@ -125,7 +125,8 @@ def after_bans(rule: Rule, banned: int) -> Rule:
 BUILTINS: dict[str, RuleSpec] = {
     s.name: s
     for s in (
-        RuleSpec("fedavg", "weights", _weights.fedavg, description="weighted mean of the updates (FedAvg)"),
+        RuleSpec("fedavg", "weights", _weights.fedavg, description="weighted mean of the updates (FedAvg)",
+                 coefficients=_weights.fedavg_coefficients),
         RuleSpec("median", "weights", _weights.median, description="coordinate-wise median"),
         RuleSpec(
             "trimmed", "weights", _weights.trimmed,
@@ -151,7 +152,7 @@ BUILTINS: dict[str, RuleSpec] = {
             "gossip", "weights", _weights.gossip,
             (Param("alpha", float, "in [0, 1]", lambda v: 0 <= v <= 1, default=0.5),),
             "(1-alpha) * own weights + alpha * mean of the neighbours' updates",
-            needs_reference=True, example="gossip:0.5",
+            needs_reference=True, example="gossip:0.5", coefficients=_weights.gossip_coefficients,
         ),
         RuleSpec(
             "clippedgossip", "weights", _weights.clippedgossip, (Param("tau", float, "> 0", lambda v: v > 0),),

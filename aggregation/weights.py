@@ -53,11 +53,16 @@ def _combine(updates: list[NDArrays], coefs: list[float]) -> NDArrays:
     return [o.reshape(a.shape) for o, a in zip(out, updates[0])]
 
 
-def _weighted_mean(results: Results) -> NDArrays:
-    total = sum(weight for _, weight in results)
+def fedavg_coefficients(weights: list[float]) -> list[float]:
+    """Each update's coefficient in fedavg's sum: its share of the weights."""
+    total = sum(weights)
     if total <= 0:
         raise RuleError("the weights of the updates to average sum to 0")
-    return _combine([update for update, _ in results], [weight / total for _, weight in results])
+    return [weight / total for weight in weights]
+
+
+def _weighted_mean(results: Results) -> NDArrays:
+    return _combine([update for update, _ in results], fedavg_coefficients([weight for _, weight in results]))
 
 
 def _sq_distances(updates: list[NDArrays]) -> np.ndarray:
@@ -144,13 +149,18 @@ def bulyan(results: Results, reference: NDArrays | None = None, *, f: int) -> ND
     return aggregate_bulyan(list(results), num_malicious=f, aggregation_rule=aggregate_krum, to_keep=0)
 
 
+def gossip_coefficients(weights: list[float], *, alpha: float = 0.5) -> list[float]:
+    """The coefficients in gossip's sum of the reference and the neighbours (the weights do not count)."""
+    neighbours = len(weights) - 1
+    if not neighbours:  # nothing to mix in
+        return [1.0]
+    return [1.0 - alpha] + [alpha / neighbours] * neighbours
+
+
 def gossip(results: Results, reference: NDArrays, *, alpha: float = 0.5) -> NDArrays:
     """(1 - alpha) * reference + alpha * unweighted mean of the neighbours' updates (results[1:])."""
-    neighbours = [update for update, _ in results[1:]]
-    if not neighbours:  # nothing to mix in
-        return _combine([reference], [1.0])
-    share = alpha / len(neighbours)
-    return _combine([reference, *neighbours], [1.0 - alpha] + [share] * len(neighbours))
+    return _combine([reference, *(update for update, _ in results[1:])],
+                    gossip_coefficients([weight for _, weight in results], alpha=alpha))
 
 
 def clippedgossip(results: Results, reference: NDArrays, *, tau: float) -> NDArrays:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -70,6 +70,17 @@ class MonteCarlo:
         return float(valued.max()) if valued.size else math.nan
 
 
+def orders(n: int, seed: int | Sequence[int], antithetic: bool = False) -> Iterator[np.ndarray]:
+    """The orders of the N peers that monte_carlo_shapley samples, in turn (`antithetic`: each
+    random order followed by its reverse)."""
+    rng = np.random.default_rng(seed)
+    while True:
+        order = rng.permutation(n)
+        yield order
+        if antithetic:
+            yield order[::-1]
+
+
 def monte_carlo_shapley(game: Game, n: int, models: Iterable[int], *, permutations: int, tolerance: float = 0.0,
                         seed: int | Sequence[int] = 0, max_seconds: float | None = None,
                         antithetic: bool = False) -> MonteCarlo:
@@ -80,14 +91,13 @@ def monte_carlo_shapley(game: Game, n: int, models: Iterable[int], *, permutatio
     coalitions overlap and a cached game measures each network once. Stops after `permutations`
     samples or `max_seconds` (at least one sample). `antithetic`: every second order is the one before
     reversed, so a peer sampled early in one is late in the other (less variance from few orders)."""
-    models = list(models)
-    rng = np.random.default_rng(seed)
+    models, sampled = list(models), orders(n, seed, antithetic)
     grand = {i: game(i, frozenset(_others(i, n))) for i in models}
     sums, squares = np.zeros((n, n)), np.zeros((n, n))
     count = truncated = total = 0
     started = time.perf_counter()
     while count < permutations and (count == 0 or max_seconds is None or time.perf_counter() - started < max_seconds):
-        order = order[::-1] if antithetic and count % 2 else rng.permutation(n)
+        order = next(sampled)
         for i in models:
             coalition, before = frozenset(), game(i, frozenset())
             for j in (int(j) for j in order if j != i):

@@ -14,9 +14,12 @@ says what it means), by four methods, each with its cost:
   network added (local training in between undoes part of each fold), so each model's column is then
   scaled to sum to its measured gain, the network's final accuracy minus the model trained alone
   (Shapley's efficiency; N one-node runs, about one simulation's training more). A replay is an exact
-  re-aggregation for the weights exchange (with a stateless rule; a Flower strategy's server state
-  starts from the round's), a re-distillation on the probe set for distill (and both for mixed): no
-  private data is trained on.
+  re-aggregation for the weights exchange: with a built-in rule no replay at all (each message decoded
+  once per fold, a coalition's weights the exchange's merge of those arrays, a linear rule's all in one
+  matrix product: LoggedNode.coalition_weights), the coalitions along the round's orders scored AHEAD
+  at a time in one batched forward pass; with another rule, through a copy of the exchange (a Flower
+  strategy's server state starts from the round's). For distill it is a re-distillation on the probe
+  set (and both for mixed): no private data is trained on.
   Synthetic samples act only in the next local training, which a replay would have to redo: the
   one-run estimate refuses that exchange.
 
@@ -33,22 +36,26 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache, partial
+from itertools import islice
 
 import numpy as np
 
+from manymodels.node.learning.batched import eval_key, weights_accuracies
 from manymodels.node.sim.foldlog import LoggedNode
 from manymodels.node.sim.simulator import BeforeFold, make_world, node_identity, run_members
 from manymodels.node.sim.spec import SimulationConfig, SimulationSpec
 from manymodels.node.spec import SpecError
 
 from .grid import run_grid
-from .value import (Game, MonteCarlo, efficient, exact_shapley, leave_one_out, monte_carlo_shapley, peer_totals,
-                    spearman)
+from .value import (Game, MonteCarlo, efficient, exact_shapley, leave_one_out, monte_carlo_shapley, orders,
+                    peer_totals, spearman)
 
 METHODS = ("loo", "mc", "gtg", "exact")
+Plan = Callable[[Iterable[Iterable[frozenset[int]]]], None]  # paths of coalitions a game will be asked for in turn
+AHEAD = 8  # coalitions of a planned path scored together (the later ones may go unread: truncation)
 MAX_EXACT = 8  # 255 simulations
 
 
@@ -225,16 +232,19 @@ def one_run_estimate(runs: Runs, settings: ValueSettings) -> tuple[np.ndarray, d
     log = _Log(values)
 
     def before_fold(r: int, i: int, node: LoggedNode) -> None:
-        game, cache = _round_game(node, index, world.accuracy, world.exchange != "weights")
+        game, plan, read = _round_game(node, index, world, spec.config.batched)
         log.folds += 1
         folded = game(i, frozenset(index[m.sender] for m in node.received))
         if abs(folded - log.previous.get(i, np.inf)) < settings.tolerance:  # the round moved the model too little
             log.truncated_rounds += 1
         else:
+            seed = [settings.seed, r, i]
+            plan([frozenset(int(j) for j in order[:k] if j != i) for k in range(n + 1)]
+                 for order in islice(orders(n, seed, antithetic=True), settings.round_permutations))
             mc = monte_carlo_shapley(game, n, [i], permutations=settings.round_permutations,
-                                     tolerance=settings.tolerance, seed=[settings.seed, r, i], antithetic=True)
+                                     tolerance=settings.tolerance, seed=seed, antithetic=True)
             log.values[:, i] += np.nan_to_num(mc.values[:, i])
-        log.refolds += len(cache)
+        log.refolds += len(read)
         log.previous[i] = folded
 
     _, before = _timed(lambda: runs.run(range(n)))  # the plain simulation, timed before and after the run
@@ -257,24 +267,63 @@ def _timed(run):
     return result, time.perf_counter() - started
 
 
-def _round_game(node: LoggedNode, index: dict[bytes, int], accuracy, trains: bool) -> tuple[Game, dict]:
+def _round_game(node: LoggedNode, index: dict[bytes, int], world, batched: bool) -> tuple[Game, Plan, set]:
     """This round's game of the node's model: its accuracy after folding only a coalition's messages
-    into a copy of its model as it is now (peers that sent nothing change nothing). A fold that
-    `trains` (distillation) gets a fresh copy, optimizer state and all; a weights fold only sets
+    into its model as it is now (peers that sent nothing change nothing); `plan`, which tells it the
+    paths of coalitions it will be asked for in turn (the orders' prefixes), so that asked for one it
+    scores the next AHEAD of its path with it; and the set of coalitions the game was asked for. A
+    weights fold with a built-in rule needs no replay (LoggedNode.coalition_weights): the coalitions'
+    weights are scored in one batched forward pass where the model allows (node/learning/batched.py).
+    Otherwise the fold is replayed (LoggedNode.refold), a coalition at a time: one that trains
+    (distillation) on a fresh copy of the model, optimizer state and all; a weights fold only sets
     weights, so one copy serves every coalition."""
-    start, cache = copy.deepcopy(node.learner), {}
-    weights = start.get_weights()
-    sent = {index[m.sender]: m.sender for m in node.received}
+    cache, read, ahead, combine = {}, set(), {}, node.coalition_weights()
+    data = getattr(world, "data", None)  # a Flower client's evaluate has its own test data
+    batch = batched and combine is not None and data is not None and eval_key(node.learner) is not None
+    start = node.learner if batch else copy.deepcopy(node.learner)  # a batched scoring only reads its layers
+    weights, sent = start.get_weights(), {index[m.sender]: m.sender for m in node.received}
+    trains = combine is None and world.exchange != "weights"
+
+    def replayed(key: frozenset[int]) -> float:
+        learner = copy.deepcopy(start) if trains else start
+        learner.set_weights(weights)
+        node.refold(learner, {sent[j] for j in key})
+        return world.accuracy(learner)
+
+    def score(keys: Iterable[frozenset[int]]) -> None:
+        keys = [key for key in dict.fromkeys(keys) if key not in cache]
+        if combine is None:
+            scores = [replayed(key) for key in keys]
+        else:
+            scores = _accuracies(world, start, combine([{sent[j] for j in key} for key in keys]), batch) if keys else []
+        cache.update(zip(keys, scores))
+
+    def plan(paths: Iterable[Iterable[frozenset[int]]]) -> None:
+        for path in paths:
+            keys = [frozenset(sent).intersection(coalition) for coalition in path]
+            for k, key in enumerate(keys):
+                ahead.setdefault(key, keys[k + 1:k + AHEAD])
 
     def utility(i: int, coalition: frozenset[int]) -> float:
         key = coalition.intersection(sent)
-        if key not in cache:
-            learner = copy.deepcopy(start) if trains else start
-            learner.set_weights(weights)
-            node.refold(learner, {sent[j] for j in key})
-            cache[key] = accuracy(learner)
+        read.add(key)
+        if key not in cache:  # replays gain nothing by going ahead
+            score([key, *ahead.get(key, ())] if combine is not None else [key])
         return cache[key]
-    return utility, cache
+    return utility, plan, read
+
+
+def _accuracies(world, learner, stacked: list[np.ndarray], batch: bool) -> list[float]:
+    """world.accuracy of `learner` with each of these weights (each tensor stacked over them): in
+    one batched forward pass (`batch`: the same numbers, node/learning/batched.py) with the learner
+    untouched, else set one after another."""
+    if batch:
+        return [round(score, 6) for score in weights_accuracies(learner, stacked, world.data.x_test, world.data.y_test)]
+    scores = []
+    for k in range(len(stacked[0])):
+        learner.set_weights([t[k] for t in stacked])
+        scores.append(world.accuracy(learner))
+    return scores
 
 
 def _peers(runs: Runs) -> list[dict]:

@@ -133,6 +133,48 @@ def test_a_replayed_fold_with_every_sender_is_the_real_fold(exchange):
         assert world.accuracy(alone) == world.accuracy(node.learner)  # nobody's messages: the model as it is
     assert run_members(spec, world, [0, 1, 2], before_fold) == replayed
 
+@pytest.mark.slow
+@pytest.mark.parametrize("model, rule", [("logreg", "fedavg"), ("mlp", "gossip"), ("mlp", "median")])
+def test_coalition_weights_are_the_replayed_folds(model, rule):
+    # what gtg reads instead of replaying a weights fold: a linear rule's coefficients times the
+    # decoded inputs (fedavg, gossip), another built-in rule run on them (median)
+    import copy
+    from itertools import combinations
+
+    from manymodels.node.sim.simulator import make_world, run_members
+    from manymodels.node.sim.spec import SimulationConfig, SimulationSpec
+
+    spec = SimulationSpec.parse(SimulationConfig(nodes=5, rounds=2, model=model, rule=rule))
+    world, compared = make_world(spec), []
+
+    def before_fold(r, i, node):
+        senders = sorted({m.sender for m in node.received})
+        coalitions = [set(c) for size in range(len(senders) + 1) for c in combinations(senders, size)]
+        stacked = node.coalition_weights()(coalitions)
+        for k, coalition in enumerate(coalitions):
+            weights, replayed = [t[k] for t in stacked], copy.deepcopy(node.learner)
+            node.refold(replayed, coalition)
+            assert all(np.allclose(a, b, rtol=1e-6, atol=1e-7) for a, b in zip(weights, replayed.get_weights()))
+            compared.append(len(coalition))
+    run_members(spec, world, list(range(5)), before_fold)
+    assert len(compared) == 5 * 2 * 2 ** 4 and max(compared) == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["logreg", "mlp"])
+def test_the_one_run_estimate_is_the_same_without_replays(monkeypatch, model):
+    from manymodels.node.sim.foldlog import LoggedNode
+    from manymodels.node.sim.spec import SimulationConfig
+    from manymodels.studies.value_study import Runs, ValueSettings, one_run_estimate
+
+    runs, settings = Runs(SimulationConfig(nodes=5, rounds=3, model=model)), ValueSettings(methods=("gtg",))
+    fast, fast_cost = one_run_estimate(runs, settings)
+    monkeypatch.setattr(LoggedNode, "coalition_weights", lambda self: None)  # every fold replayed
+    replayed, replayed_cost = one_run_estimate(runs, settings)
+    assert np.allclose(fast, replayed, atol=1e-9, equal_nan=True)
+    assert fast_cost["cost"]["refolds"] == replayed_cost["cost"]["refolds"] > 0
+
+
 def study(**changes):
     from manymodels.node.sim.spec import SimulationConfig
     from manymodels.studies.value_study import ValueSettings, value_study

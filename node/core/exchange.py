@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from manymodels.aggregation import Rule, RuleError, after_bans
+from manymodels.aggregation import Rule, RuleError, after_bans, check_inputs
 from manymodels.protocol import (Codec, Coded, Logits, Message, Payload, SyntheticBatch, Tensor, Weights, codec_of,
                                  dense, get_codec)
 
@@ -177,24 +177,54 @@ class WeightGossip(Exchange):
     def fold(self, node: NodeView) -> Folded:
         if not self._inbox:
             return Folded()
-        inbox, self._inbox = self._inbox, {}  # one swap: a daemon's network thread may be adding
         own = node.learner.get_weights()
-        tensors = {peer: self._decode(peer, m.payload.tensors, own) for peer, m in inbox.items()}
-        node.judge(_flat(own), {peer: _flat(peer_tensors) for peer, peer_tensors in tensors.items()})
+        inbox, tensors = self._inbox, self.take_decoded(own)
+        node.judge(_flat(own), {peer: _flat(peer_tensors) for peer, (peer_tensors, _) in tensors.items()})
         inbox = {peer: m for peer, m in inbox.items() if peer not in node.banned}  # bans made just now too
         if not inbox:
             return Folded()
-        claims = capped_at_median([node.learner.num_examples, *(m.payload.num_examples for m in inbox.values())])
-        results = list(zip([own, *(tensors[peer] for peer in inbox)], claims.tolist()))
-        banned = node.banned_neighbours()
-        if banned not in self._rules:
-            self._rules[banned] = after_bans(self.rule, banned)
-        try:
-            merged = self._rules[banned](results, reference=own)
-        except RuleError:  # too few inputs this round (loss, churn): keep the local model
+        merged = self.merge(node, own, {peer: tensors[peer] for peer in inbox})
+        if merged is None:  # too few inputs this round (loss, churn): keep the local model
             return Folded(refused=("rule_cannot_fold",))
         node.learner.set_weights(merged)
         return Folded(True, _inputs(inbox.values()))
+
+    def take_decoded(self, own: list[np.ndarray]) -> dict[bytes, tuple[list[np.ndarray], int]]:
+        """Empty the inbox: each sender's weights decoded against `own` (the node's), and the examples it claims."""
+        inbox, self._inbox = self._inbox, {}  # one swap: a daemon's network thread may be adding
+        return {peer: (self._decode(peer, m.payload.tensors, own), m.payload.num_examples) for peer, m in inbox.items()}
+
+    def merge(self, node: NodeView, own: list[np.ndarray],
+              peers: dict[bytes, tuple[list[np.ndarray], int]]) -> list[np.ndarray] | None:
+        """The rule's combination of the node's weights `own` with the peers' decoded ones, each weighed
+        by the examples it claims (capped at the median); None when the rule cannot fold so few."""
+        claims = self._claims(node, [count for _, count in peers.values()])
+        try:
+            return self._rule(node)(list(zip([own, *(t for t, _ in peers.values())], claims)), reference=own)
+        except RuleError:
+            return None
+
+    def coefficients(self, node: NodeView, counts: list[int]) -> list[float] | None:
+        """A linear rule's coefficients of the node's weights and of peers' claiming `counts` examples
+        in what `merge` returns; None when the rule cannot fold so few. (Only for a rule with
+        `coefficients`: aggregation/base.py's RuleSpec.)"""
+        rule = self._rule(node)
+        if check_inputs(rule, len(counts) + 1):
+            return None
+        try:
+            return rule.definition.coefficients(self._claims(node, counts), **rule.params)
+        except RuleError:
+            return None
+
+    def _claims(self, node: NodeView, counts: list[int]) -> list[float]:
+        return capped_at_median([node.learner.num_examples, *counts]).tolist()
+
+    def _rule(self, node: NodeView) -> Rule:
+        """The rule after the node's bans of neighbours (after_bans), built once per number of bans."""
+        banned = node.banned_neighbours()
+        if banned not in self._rules:
+            self._rules[banned] = after_bans(self.rule, banned)
+        return self._rules[banned]
 
 
 @dataclass

@@ -24,7 +24,7 @@ import math
 import torch
 from torch import nn
 
-from .learner import Learner
+from .learner import Learner, NDArrays
 from .torch_learner import TorchLearner
 
 _LAYERS = (nn.Flatten, nn.Linear, nn.ReLU)
@@ -274,17 +274,43 @@ def accuracies(learners: list[Learner], x, y) -> list[float]:
     groups, alone = _groups(learners, eval_key)
     x_t, y_t = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y)
     for members in groups.values():
-        layers = list(learners[members[0]].module)
-        widest = max(p.shape[0] for p in learners[members[0]].module.parameters())
-        chunk = max(1, _EVAL_ELEMENTS // (len(x_t) * widest))
-        for start in range(0, len(members), chunk):
+        module = learners[members[0]].module
+        chunk = _chunk(x_t, max(p.shape[0] for p in module.parameters()))
+        for start in range(0, len(members), chunk):  # stacked a chunk at a time: a copy of every model's is big
             part = members[start:start + chunk]
-            params = [torch.stack([p.detach() for p in ps])
-                      for ps in zip(*(learners[i].module.parameters() for i in part))]
-            flat = x_t.reshape(len(x_t), -1).expand(len(part), -1, -1)
-            hits = (_forward(layers, params, flat).argmax(-1) == y_t).sum(1)
-            for i, h in zip(part, hits.tolist()):
-                result[i] = h / len(y_t)
+            stacked = [torch.stack([p.detach() for p in ps])
+                       for ps in zip(*(learners[i].module.parameters() for i in part))]
+            for i, accuracy in zip(part, _stacked_accuracies(list(module), stacked, x_t, y_t)):
+                result[i] = accuracy
     for i in alone:
         result[i] = learners[i].evaluate(x, y)["accuracy"]
+    return result
+
+
+@torch.no_grad()
+def weights_accuracies(learner: Learner, stacked: NDArrays, x, y) -> list[float] | None:
+    """evaluate(x, y)["accuracy"] of `learner` with each of many weights, given stacked: each of its
+    tensors (as set_weights takes them) over the models, (models, *shape); in batches, the learner
+    left as it is. None where its model does not batch."""
+    if eval_key(learner) is None:
+        return None
+    params = [torch.as_tensor(a, dtype=torch.float32) for a in stacked]
+    return _stacked_accuracies(list(learner.module), params, torch.as_tensor(x, dtype=torch.float32),
+                               torch.as_tensor(y))
+
+
+def _chunk(x_t: torch.Tensor, widest: int) -> int:
+    """Models per evaluation: _EVAL_ELEMENTS activations of the widest layer on x."""
+    return max(1, _EVAL_ELEMENTS // (len(x_t) * widest))
+
+
+def _stacked_accuracies(layers: list[nn.Module], stacked: list[torch.Tensor], x_t: torch.Tensor,
+                        y_t: torch.Tensor) -> list[float]:
+    """The accuracy on (x, y) of the model `layers` with each of these parameters, stacked (model,
+    ...) per parameter; evaluated in chunks of models."""
+    chunk, flat, result = _chunk(x_t, max(p.shape[1] for p in stacked)), x_t.reshape(len(x_t), -1), []
+    for start in range(0, len(stacked[0]), chunk):
+        part = [p[start:start + chunk] for p in stacked]
+        hits = (_forward(layers, part, flat.expand(len(part[0]), -1, -1)).argmax(-1) == y_t).sum(1)
+        result += [h / len(y_t) for h in hits.tolist()]
     return result
