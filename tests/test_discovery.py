@@ -368,6 +368,10 @@ def test_connect_peers_dials_known_addresses_with_bounds_and_backoff():
             assert x.discovery.stats.dial_failures == 2  # dead, and the id with no address
             assert await x.discovery.connect_peers([dead, y.id]) == 0  # backoff, already connected
             assert x.discovery.stats.dial_failures == 2
+            await trio.sleep(config.dial_retry + 0.1)  # the first retry comes after dial_retry ...
+            assert await x.discovery.connect_peers([dead]) == 0 and x.discovery.stats.dial_failures == 3
+            await trio.sleep(config.dial_retry + 0.1)  # ... the next after twice as long
+            assert await x.discovery.connect_peers([dead]) == 0 and x.discovery.stats.dial_failures == 3
             for other in (z, w):
                 x.transport.add_peer_addrs(other.id, other.transport.listen_addrs())
             x.discovery.config.max_peers = 2

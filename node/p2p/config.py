@@ -39,7 +39,8 @@ class DiscoveryConfig:
     auto_connect: bool = True
     max_peers: int = 32  # stop dialing found peers at this many connections
     dial_concurrency: int = 4
-    dial_backoff: float = 30.0  # seconds before a failed peer is dialed again
+    dial_retry: float = 1.0  # seconds before a failed peer is dialed again, doubling with each failure ...
+    dial_backoff: float = 30.0  # ... up to this
     # mDNS
     mdns: bool = False
     mdns_poll: float = 0.5

@@ -2,8 +2,10 @@
 
 The routing table is refreshed every ``refresh_fast`` seconds while it grows, backing off to
 ``refresh_slow`` when it stops, and peers it learns of are dialed (up to ``max_peers``
-connections, ``dial_concurrency`` at once, a failed peer not again for ``dial_backoff`` seconds):
-a node that joined through one bootstrap peer meets the others. mDNS (``mdns=True``, off by
+connections, ``dial_concurrency`` at once; a failed peer is tried again after ``dial_retry``
+seconds, doubling up to ``dial_backoff``, and the next round comes no later than the next retry):
+a node that joined through one bootstrap peer meets the others, and a peer that went away and came
+back (a restarted daemon) is met again within seconds. mDNS (``mdns=True``, off by
 default) is py-libp2p's zeroconf service; peers it finds are dialed too. py-libp2p's own
 ``AutoConnector`` (in the transport's host) also dials peerstore entries; ``max_peers`` bounds only
 what is dialed here.
@@ -44,6 +46,7 @@ class Dialing:
         self.dht = None
         self.mdns = None
         self._dial_after: dict[str, float] = {}
+        self._failures: dict[str, int] = {}  # failed dials of a peer in a row
         self._kick = trio.Event()
 
     async def open_mdns(self, stack: AsyncExitStack, host) -> None:
@@ -121,6 +124,7 @@ class Dialing:
         now = trio.current_time()
         if len(self._dial_after) > _MAX_REMEMBERED:
             self._dial_after = {p: t for p, t in self._dial_after.items() if now < t < float("inf")}
+            self._failures = {p: n for p, n in self._failures.items() if p in self._dial_after}
         todo = [p for p in dict.fromkeys(peers)
                 if p != self.transport.address and p not in connected and self._dial_after.get(p, 0) <= now]
         todo = todo[:max(0, c.max_peers - len(connected))]
@@ -149,6 +153,7 @@ class Dialing:
                 continue
             self.stats.dials += 1
             self._dial_after.pop(peer, None)
+            self._failures.pop(peer, None)
             if self.on_peer is not None:
                 try:
                     self.on_peer(peer, addrs)
@@ -157,8 +162,15 @@ class Dialing:
                     logger.exception("on_peer raised")
             return True
         self.stats.dial_failures += 1
-        self._dial_after[peer] = trio.current_time() + self.config.dial_backoff
+        failures = self._failures[peer] = self._failures.get(peer, 0) + 1
+        wait = min(self.config.dial_backoff, self.config.dial_retry * 2 ** min(failures - 1, 32))
+        self._dial_after[peer] = trio.current_time() + wait
         return False
+
+    def _next_retry(self) -> float:
+        """Seconds until the soonest failed peer may be dialed again (inf: none waits)."""
+        now = trio.current_time()
+        return min((t - now for t in self._dial_after.values() if now < t < float("inf")), default=float("inf"))
 
     async def _maintenance_loop(self) -> None:
         c = self.config
@@ -173,7 +185,7 @@ class Dialing:
             after = (len(self.known_peers()), len(self.transport.connected_peers()))
             interval = c.refresh_fast if after != before else min(c.refresh_slow, interval * 2)
             self._kick = trio.Event()
-            with trio.move_on_after(interval):
+            with trio.move_on_after(max(min(interval, self._next_retry()), c.refresh_fast)):
                 await self._kick.wait()
 
     async def _mdns_loop(self) -> None:

@@ -342,6 +342,10 @@ class Libp2pTransport(TrioService):
                 if relayed:
                     await self.circuit_dialer(multiaddr.Multiaddr(address))
                 else:
+                    # py-libp2p refuses for 60 s any peer whose addresses all failed once (its
+                    # swarm's negative cache), also one that restarted since; our callers keep
+                    # their own backoff, so a dial we ask for is tried
+                    self.host.get_network().unblock_peer(info.peer_id)
                     await self.host.connect(info)
         except trio.TooSlowError:
             raise ConnectionError(f"dialing {address} timed out after {self.dial_timeout:.0f} s") from None
