@@ -120,19 +120,19 @@ class _Reading:
         self._header = self._cls = self._authentic = self._payload = None
 
     @staticmethod
-    def _once(stage: Any, run: Callable[[], Any]) -> tuple[Any, RejectedMessage | None]:
+    def _once(stage: Any, run: Callable[[], Any]) -> tuple[Any, tuple[Reason, str] | None]:
         if stage is not None:
             return stage
         try:
             return run(), None
-        except RejectedMessage as exc:
-            return None, exc
+        except RejectedMessage as exc:  # kept as (reason, detail): an exception would keep its frames
+            return None, (exc.reason, exc.detail)
 
     @staticmethod
-    def _result(stage: tuple[Any, RejectedMessage | None]) -> Any:
+    def _result(stage: tuple[Any, tuple[Reason, str] | None]) -> Any:
         value, failure = stage
-        if failure is not None:  # a fresh exception each time: no traceback grows across receivers
-            raise RejectedMessage(failure.reason, failure.detail)
+        if failure is not None:  # a fresh exception for each receiver
+            raise RejectedMessage(*failure)
         return value
 
     def header(self) -> dict[str, Any]:
