@@ -155,7 +155,7 @@ def _run(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, members: lis
 def _frozen_heap() -> Iterator[None]:
     """The network as built (nodes, learners, keys, data: millions of objects at 10,000 nodes) out of
     the garbage collector's sight while it runs, so that each full collection does not walk it all
-    again (10 % of a round at 4,000 nodes); back in sight after, to be freed with the run."""
+    again (9 % of a round at 5,000 nodes); back in sight after, to be freed with the run."""
     gc.freeze()
     try:
         yield
