@@ -681,10 +681,11 @@ class Daemon:
                         await self.stopping.wait()
                         nursery.cancel_scope.cancel()
                     await trio.to_thread.run_sync(self.save, node)
-                    log.info("%s stopped at version %d (state saved)", node.id, node.version)
                     closing.deadline = trio.current_time() + CLOSE_S
             if closing.cancelled_caught:
                 log.warning("the network services did not close within %g s; exiting anyway", CLOSE_S)
+            # the last line, after whatever the closing network services had to say
+            log.info("%s stopped at version %d (state saved)", node.id, node.version)
         finally:
             self.metrics.stop()
             if self.learner is not None:
