@@ -25,6 +25,15 @@ def cli(tmp_path):
     return run
 
 
+@pytest.fixture
+def without_ray(tmp_path) -> dict:
+    """The environment of a process where `import ray` fails, as where the extra is not installed."""
+    hidden = tmp_path / "no_ray"
+    hidden.mkdir()
+    (hidden / "ray.py").write_text("raise ImportError('No module named ray')\n")
+    return {"PYTHONPATH": os.pathsep.join([str(hidden), *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Train with one torch thread, as a daemon's worker process does: local-only baselines computed

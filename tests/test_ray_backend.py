@@ -2,7 +2,6 @@
 simulation whose shards land on both, and its report equal to the local engine's (all but wall
 time); and the one line a user gets where Ray is not installed."""
 import copy
-import os
 
 import pytest
 
@@ -70,13 +69,9 @@ def test_backend_options_are_checked(options, words):
 
 
 @pytest.mark.slow
-def test_ray_backend_without_ray_is_one_line(cli, tmp_path):
+def test_ray_backend_without_ray_is_one_line(cli, without_ray):
     """A real process where `import ray` fails, as where the extra is not installed."""
-    hidden = tmp_path / "no_ray"
-    hidden.mkdir()
-    (hidden / "ray.py").write_text("raise ImportError('No module named ray')\n")
-    path = os.pathsep.join([str(hidden), *filter(None, [os.environ.get("PYTHONPATH")])])
-    result = cli("simulate", "--backend", "ray", "--nodes", "2", "--rounds", "1", env={"PYTHONPATH": path})
+    result = cli("simulate", "--backend", "ray", "--nodes", "2", "--rounds", "1", env=without_ray)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [f"error: {RAY_MISSING}"]
     assert not result.stdout

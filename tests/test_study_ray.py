@@ -2,7 +2,6 @@
 starts on loopback (tests/conftest.py's ray_cluster), resumed from a results file as on the local
 backend, with the local backend's results; and the one line a user gets where Ray is not installed."""
 import json
-import os
 
 import pytest
 
@@ -49,13 +48,9 @@ def test_a_study_resumed_on_two_ray_nodes_gives_the_local_results(ray_cluster, t
 
 
 @pytest.mark.slow
-def test_a_study_on_ray_without_ray_is_one_line(cli, tmp_path):
+def test_a_study_on_ray_without_ray_is_one_line(cli, without_ray):
     """A real process where `import ray` fails, as where the extra is not installed."""
-    hidden = tmp_path / "no_ray"
-    hidden.mkdir()
-    (hidden / "ray.py").write_text("raise ImportError('No module named ray')\n")
-    path = os.pathsep.join([str(hidden), *filter(None, [os.environ.get("PYTHONPATH")])])
-    result = cli("study", "homogeneity", "--quick", "--backend", "ray", env={"PYTHONPATH": path})
+    result = cli("study", "homogeneity", "--quick", "--backend", "ray", env=without_ray)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [f"error: {RAY_MISSING}"]
     assert not result.stdout

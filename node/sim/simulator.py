@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-
 import hashlib
 import logging
 import time
@@ -255,15 +254,18 @@ def baseline_models(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld
                     ) -> tuple[list[Learner], dict[str, Learner]]:
     """Each node's model trained alone, and one model per architecture on all the private data
     (pooled), for as many epochs as the network trained."""
-    return ([one for block in _alone_blocks(spec, world) for one in block],
-            {arch: _trained(spec, world.pooled(arch)) for arch in sorted(set(world.archs))})
+    return [one for block in _alone_blocks(spec, world) for one in block], _pooled_models(spec, world)
 
 
 def _baselines(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld) -> tuple[list[float], dict[str, float]]:
-    """Each node's model trained alone, and one model per architecture on all the private data, for
-    as many epochs as the network trained."""
+    """The accuracies of baseline_models' models; the alone ones evaluated a block at a time, so
+    that 10,000 of them are never held at once."""
     local_only = [a for block in _alone_blocks(spec, world) for a in world.accuracies(block)]
-    return local_only, {arch: world.accuracy(_trained(spec, world.pooled(arch))) for arch in sorted(set(world.archs))}
+    return local_only, {arch: world.accuracy(one) for arch, one in _pooled_models(spec, world).items()}
+
+
+def _pooled_models(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld) -> dict[str, Learner]:
+    return {arch: _trained(spec, world.pooled(arch)) for arch in sorted(set(world.archs))}
 
 
 def _alone_blocks(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld) -> Iterator[list[Learner]]:
