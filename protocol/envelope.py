@@ -25,7 +25,7 @@ manymodels.protocol.errors.RejectedMessage: digest_mismatch: payload does not ha
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,6 +180,16 @@ class _Reading:
         self._payload = self._once(self._payload, lambda: self.kind().from_bytes(self.header()["payload"]))
         return self._result(self._payload)
 
+    def check(self) -> None:
+        """The stages up to the signature and digest, in §7's order, up to the first that fails; what
+        they find is kept for the receivers, who still run every stage in order (their own checks
+        come between these, and cannot change what these find)."""
+        try:
+            self.kind()
+            self.authenticate()
+        except RejectedMessage:
+            pass
+
 
 class ReadingMemo:
     """For many receivers of the same bytes in one process (the simulator, where a node sends one
@@ -203,6 +213,26 @@ class ReadingMemo:
             while self._held > self.max_bytes and len(self._readings) > 1:
                 self._held -= len(self._readings.pop(next(iter(self._readings))).data)
         return reading
+
+    def read_ahead(self, messages: Iterable[bytes], run: Callable[[Callable[[list[_Reading]], None], list], Any],
+                   parts: int) -> None:
+        """Check the messages not read yet (decoding, sender key, kind, signature, digest) before their
+        receivers ask, in `parts` lists handed to `run(function, lists)` (a thread pool's map): Ed25519
+        verification lets go of the GIL (pyca/cryptography), so threads check signatures on as many
+        cores. No more than half the memo's bytes are read ahead, so none is dropped before use."""
+        fresh: list[_Reading] = []
+        size = 0
+        for data in messages:
+            if data in self._readings or size + len(data) > self.max_bytes // 2:
+                continue
+            fresh.append(self.reading(data))
+            size += len(data)
+        run(_check_all, [fresh[k::parts] for k in range(parts)])
+
+
+def _check_all(readings: list[_Reading]) -> None:
+    for reading in readings:
+        reading.check()
 
 
 def open_envelope(

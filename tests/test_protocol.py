@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import msgpack
 import numpy as np
@@ -904,9 +905,11 @@ def _outcome(data, **kwargs):
         return exc.reason
 
 
-def test_a_memo_gives_every_receiver_what_it_would_get_alone(monkeypatch):
+@pytest.mark.parametrize("ahead", [False, True], ids=["lazily", "read-ahead"])
+def test_a_memo_gives_every_receiver_what_it_would_get_alone(monkeypatch, ahead):
     """Each distinct message is verified once; the author, ban list and replay window stay each
-    receiver's own, and a rejection is the same for every receiver (a fresh exception each time)."""
+    receiver's own, and a rejection is the same for every receiver (a fresh exception each time).
+    Read ahead on two threads (the simulator's, before delivery), the receivers find the same."""
     calls = []
     real = protocol.envelope.verify
     monkeypatch.setattr(protocol.envelope, "verify", lambda *a: calls.append(1) or real(*a))
@@ -916,6 +919,10 @@ def test_a_memo_gives_every_receiver_what_it_would_get_alone(monkeypatch):
     alone = [_outcome(data) for data in cases]
     calls.clear()
     memo = protocol.ReadingMemo()
+    if ahead:
+        with ThreadPoolExecutor(2) as pool:
+            memo.read_ahead(cases * 2, pool.map, 2)
+        assert len(calls) == 4 and memo.distinct == len(cases)
     for receiver in range(3):
         assert [_outcome(data, memo=memo) for data in cases] == alone
     assert len(calls) == 4  # SEALED, forged, the changed payload, BOB's: the others fail before the signature

@@ -60,6 +60,11 @@ class MemoryNetwork:
         self._counter += 1
         heapq.heappush(self._queue, (self.now_ms + delay, self._counter, src, dst, data))
 
+    def due(self, t_ms: float) -> list[bytes]:
+        """The bytes that run_until(t_ms) will hand to a receiver (a copy for each)."""
+        return [data for at, _, _, dst, data in self._queue
+                if at <= t_ms and dst not in self._offline and self._receivers[dst] is not None]
+
     def run_until(self, t_ms: float) -> int:
         """Deliver every message due by `t_ms` in time order; returns how many were delivered."""
         delivered = 0
@@ -74,7 +79,6 @@ class MemoryNetwork:
             delivered += 1
         self.now_ms = max(self.now_ms, t_ms)
         return delivered
-
 
     def _link(self, a: str, b: str) -> None:
         if b not in self._receivers or b in self._offline:
