@@ -105,6 +105,20 @@ def test_simulation_report_is_the_same_with_and_without_batching():
     assert json.dumps(_report(**options)) == json.dumps(_report(batched=False, **options))
 
 
+@pytest.mark.parametrize("options", [
+    dict(rule="fedavg", attacks=("signflip:0.25",), reputation=0.7, loss=0.1),  # bans mid-fold, some inputs lost
+    dict(rule="gossip:0.3", compress="topk:0.2", attacks=("gaussian:0.2",)),  # sparse weights, bases kept per sender
+], ids=["fedavg-bans", "gossip-topk"])
+def test_batched_folds_are_each_nodes_own_fold(options):
+    """The simulator folds the nodes of a linear built-in rule together (node/sim/batching.py): the
+    same reports, reputations and bans included, as each node folding alone."""
+    options = dict(nodes=12, rounds=3, model="logreg,mlp", hidden=(16,), topology="random:4", **options)
+    report = _report(**options)
+    assert json.dumps(report) == json.dumps(_report(batched=False, **options))
+    if options.get("reputation"):
+        assert any(n["banned"] for n in report["nodes"] if not n["attack"])
+
+
 @pytest.mark.slow
 def test_protocol_only_counts_add_up():
     report = run_simulation(SimulationConfig(nodes=200, rounds=3, model="logreg", topology="random:3",

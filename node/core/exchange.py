@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from manymodels.aggregation import Rule, RuleError, after_bans, check_inputs
+from manymodels.aggregation.registry import BUILTINS
 from manymodels.protocol import (Codec, Coded, Logits, Message, Payload, SyntheticBatch, Tensor, Weights, codec_of,
                                  dense, get_codec)
 
@@ -128,6 +129,17 @@ class WeightGossip(Exchange):
         self._inbox: dict[bytes, Message] = {}  # the newest weights message per sender
         self._heard: OrderedDict[bytes, list[np.ndarray]] = OrderedDict()  # senders of sparse weights, as last heard
         self._rules = {0: rule}  # the rule after k bans of neighbours (after_bans), by k
+
+    @property
+    def builtin_rule(self) -> bool:
+        """The rule is a built-in one, a pure function of its inputs (aggregation/weights.py), so a
+        fold's merge may be computed apart from the fold (a replay, the simulator's batched folds)."""
+        return self.rule.name in BUILTINS and self.rule.fn is BUILTINS[self.rule.name].fn
+
+    @property
+    def pending(self) -> int:
+        """Senders whose weights the next fold takes."""
+        return len(self._inbox)
 
     def start(self, node: NodeView) -> None:
         if node.learner.supports_weights and not self.codec.lossless:

@@ -187,10 +187,12 @@ class Node:
     def judge(self, own: np.ndarray, contributions: dict[bytes, np.ndarray], min_scale: float = 1e-12) -> None:
         """Score each peer's contribution against the robust consensus of all; ban a peer whose
         reputation falls below the threshold."""
-        if not contributions:
-            return
-        ratios = outlier_ratios([own, *contributions.values()], min_scale)
-        for peer, ratio in zip(contributions, ratios[1:]):
+        if contributions:
+            self.score(list(contributions), outlier_ratios([own, *contributions.values()], min_scale)[1:])
+
+    def score(self, peers: list[bytes], ratios: np.ndarray) -> None:
+        """Each peer's outlier ratio (judge's) into its reputation; a peer that falls below is banned."""
+        for peer, ratio in zip(peers, ratios):
             if np.isfinite(ratio) and self.reputation.observe(peer, float(ratio)):
                 self.banned.add(peer)
 

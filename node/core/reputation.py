@@ -14,9 +14,17 @@ def outlier_ratios(vectors: list[np.ndarray], min_scale: float = 1e-12) -> np.nd
     """Each vector's distance to the coordinate-wise median of all, over the median such distance
     (at least `min_scale`). The median is a consensus that a minority of liars cannot move far,
     whatever rule aggregates."""
-    stacked = np.stack([np.asarray(v, dtype=np.float64).ravel() for v in vectors])
-    distances = np.linalg.norm(stacked - rows_median(stacked.copy()), axis=1)
-    return distances / max(float(rows_median(distances.copy())), min_scale)
+    return stacked_outlier_ratios(np.stack([np.asarray(v, dtype=np.float64).ravel() for v in vectors])[None],
+                                  min_scale)[0]
+
+
+def stacked_outlier_ratios(stacked: np.ndarray, min_scale: float = 1e-12) -> np.ndarray:
+    """outlier_ratios of many sets of vectors at once (the simulator's batched folds): `stacked` is
+    (sets, vectors, length) float64; the same numbers as one set at a time."""
+    median = rows_median(np.moveaxis(stacked.copy(), 1, 0))
+    distances = np.linalg.norm(stacked - median[:, None], axis=2)
+    scale = rows_median(np.moveaxis(distances.copy(), 1, 0))
+    return distances / np.maximum(scale, min_scale)[:, None]
 
 
 @dataclass

@@ -1,9 +1,19 @@
 """Which nodes of a simulation train together (node/learning/batched.py) and which alone: a node
-trains in a batch when its learner can and its exchange adds no samples of peers to its data."""
+trains in a batch when its learner can and its exchange adds no samples of peers to its data. And
+which fold together: weight folds with a linear built-in rule (fedavg, gossip), judged and merged
+for many nodes in one stacked computation, the same numbers as each node's own fold."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..core.exchange import WeightGossip
 from ..core.node import Node
+from ..core.reputation import stacked_outlier_ratios
 from ..learning.batched import fit_all, group_key
+
+_FOLD_BLOCK = 1024  # nodes per stacked fold: (block, inputs, parameters) float64, a few times over
 
 
 def train_nodes(nodes: list[Node], epochs: int, batched: bool) -> None:
@@ -15,3 +25,78 @@ def train_nodes(nodes: list[Node], epochs: int, batched: bool) -> None:
     for node in nodes:
         if id(node) not in chosen:
             node.train(epochs)
+
+
+@dataclass
+class _Fold:
+    """A node's weight fold, its inbox taken: its own weights and each sender's (decoded, claimed examples)."""
+    node: Node
+    own: list[np.ndarray]
+    peers: dict[bytes, tuple[list[np.ndarray], int]]
+
+
+def fold_nodes(nodes: list[Node], batched: bool) -> None:
+    """Every node's fold(); with `batched`, the weight folds of a linear built-in rule together, in
+    groups of as many inputs of one size: WeightGossip.fold step for step (judge every sender
+    against the median of all, score, drop the banned, merge by the rule's coefficients), stacked."""
+    groups: dict[tuple[int, int], list[_Fold]] = {}
+    for node in nodes:
+        fold = _taken(node) if batched else None
+        if fold is None:
+            node.fold()
+        elif fold.peers:
+            key = (len(fold.peers) + 1, sum(t.size for t in fold.own))
+            groups.setdefault(key, []).append(fold)
+    for folds in groups.values():
+        for start in range(0, len(folds), _FOLD_BLOCK):
+            _fold_together(folds[start:start + _FOLD_BLOCK])
+
+
+def _taken(node: Node) -> _Fold | None:
+    """The node's weight fold with its inbox taken, or None where it folds alone: another exchange
+    or node class, a rule that is not linear and built in, weights not all float32."""
+    exchange = node.exchange
+    if (type(node) is not Node or type(exchange) is not WeightGossip or not exchange.builtin_rule
+            or exchange.rule.definition.coefficients is None):
+        return None
+    if not exchange.pending:
+        return _Fold(node, [], {})
+    own = node.learner.get_weights()
+    if any(t.dtype != np.float32 for t in own):
+        return None
+    return _Fold(node, own, exchange.take_decoded(own))
+
+
+def _fold_together(folds: list[_Fold]) -> None:
+    """Folds with as many inputs of one size: each node's own weights and its senders' in one stack."""
+    stacked = np.stack([[np.concatenate([t.ravel() for t in tensors])
+                         for tensors in (f.own, *(t for t, _ in f.peers.values()))] for f in folds]).astype(np.float64)
+    ratios = stacked_outlier_ratios(stacked)
+    rows, coefficients = [], []
+    for k, fold in enumerate(folds):
+        node, exchange = fold.node, fold.node.exchange
+        node.score(list(fold.peers), ratios[k, 1:])
+        kept = {peer: one for peer, one in fold.peers.items() if peer not in node.banned}
+        if len(kept) < len(fold.peers):  # a sender banned just now: this fold goes on alone
+            if kept:
+                _set(node, exchange.merge(node.view, fold.own, kept))
+            continue
+        found = exchange.coefficients(node.view, [count for _, count in kept.values()])
+        if found is None:
+            node.refuse("rule_cannot_fold")
+        else:
+            rows.append(k)
+            coefficients.append(found)
+    if rows:
+        merged = np.einsum("gi,gij->gj", np.array(coefficients), stacked[rows]).astype(np.float32)
+        ends = np.cumsum([t.size for t in folds[0].own])[:-1]
+        for k, flat in zip(rows, merged):
+            folds[k].node.learner.set_weights([part.reshape(t.shape) for part, t in
+                                               zip(np.split(flat, ends), folds[k].own)])
+
+
+def _set(node: Node, merged: list[np.ndarray] | None) -> None:
+    if merged is None:
+        node.refuse("rule_cannot_fold")
+    else:
+        node.learner.set_weights(merged)

@@ -12,7 +12,6 @@ from dataclasses import replace
 import numpy as np
 
 from manymodels.aggregation import NDArrays
-from manymodels.aggregation.registry import BUILTINS
 from manymodels.protocol import Message
 
 from ..core.exchange import Exchange, Folded, WeightGossip
@@ -66,9 +65,9 @@ class LoggedNode(Node):
         is decoded once, here, and a coalition's weights are the exchange's merge of those arrays
         (what its fold computes); a linear rule's, its coefficients times the arrays. None for any
         other exchange or rule: `refold` replays those."""
-        rule = self._before.rule if isinstance(self._before, WeightGossip) else None
-        if rule is None or rule.name not in BUILTINS or rule.fn is not BUILTINS[rule.name].fn:
+        if not (isinstance(self._before, WeightGossip) and self._before.builtin_rule):
             return None
+        rule = self._before.rule
         exchange, view = copy.deepcopy(self._before), self._replay_view(self.learner)
         for message in self.received:
             exchange.receive(view, message)

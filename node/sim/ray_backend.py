@@ -30,7 +30,7 @@ from manymodels.protocol import Identity, ReadingMemo
 
 from .attacks import ATTACKS, AttackContext, folds
 from .network import LinkModel, MemoryNetwork
-from .batching import train_nodes
+from .batching import fold_nodes, train_nodes
 from .series import counts, new_series, record
 from .simulator import (EPOCH_MS, ROUND_MS, assemble_report, baseline, build_member, check_rules,
                         finish_report, make_world, node_identity, node_report)
@@ -235,9 +235,7 @@ class Shard:
             self.now_ms = at
             self.transports[i].receiver(sender, data)
         self.now_ms = now_ms
-        for i, node in self.nodes.items():
-            if folds(self.spec.attackers, i):
-                node.fold()
+        fold_nodes([node for i, node in self.nodes.items() if folds(self.spec.attackers, i)], self.spec.config.batched)
         learners = [node.learner for node in self.nodes.values()]
         for (i, node), accuracy in zip(self.nodes.items(), self.world.accuracies(learners)):
             record(self.series[i], node, self.before[i], accuracy)

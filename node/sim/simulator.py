@@ -31,7 +31,7 @@ from manymodels.protocol import Identity, ReadingMemo, peer_id
 
 from .asynchronous import gossip, history_ms
 from .attacks import ATTACKS, Attack, AttackContext, Attacker, folds
-from .batching import train_nodes
+from .batching import fold_nodes, train_nodes
 from .foldlog import LoggedNode
 from ..core.node import Node, sealed
 from ..core.transport import Transport
@@ -230,11 +230,13 @@ def _rounds(spec: SimulationSpec, nodes: list[Node], network: MemoryNetwork, con
             if adversary:
                 adversary(r, network, nodes)
             deliver(network, (r + 1) * ROUND_MS)
-            for i, node in enumerate(nodes):
-                if folds(spec.attackers, members[i]):
-                    if before_fold:
-                        before_fold(r, members[i], node)
-                    node.fold()
+            folding = [k for k, i in enumerate(members) if folds(spec.attackers, i)]
+            if before_fold:
+                for k in folding:
+                    before_fold(r, members[k], nodes[k])
+                    nodes[k].fold()
+            else:
+                fold_nodes([nodes[k] for k in folding], spec.config.batched)
             for i, (node, accuracy) in enumerate(zip(nodes, world.accuracies([n.learner for n in nodes]))):
                 record(series[i], node, before[i], accuracy)
             if on_round:
