@@ -214,7 +214,7 @@ class ReadingMemo:
                 self._held -= len(self._readings.pop(next(iter(self._readings))).data)
         return reading
 
-    def read_ahead(self, messages: Iterable[bytes], run: Callable[[Callable[[list[_Reading]], None], list], Any],
+    def read_ahead(self, messages: Iterable[bytes], run: Callable[[Callable[[list[_Reading]], None], list], Iterable],
                    parts: int) -> None:
         """Check the messages not read yet (decoding, sender key, kind, signature, digest) before their
         receivers ask, in `parts` lists handed to `run(function, lists)` (a thread pool's map): Ed25519
@@ -227,7 +227,8 @@ class ReadingMemo:
                 continue
             fresh.append(self.reading(data))
             size += len(data)
-        run(_check_all, [fresh[k::parts] for k in range(parts)])
+        for _ in run(_check_all, [fresh[k::parts] for k in range(parts)]):  # a pool's map: wait for every part
+            pass
 
 
 def _check_all(readings: list[_Reading]) -> None:
