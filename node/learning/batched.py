@@ -264,7 +264,7 @@ def eval_key(learner: Learner) -> tuple | None:
     """What learners must share to be evaluated in one batch; None: alone."""
     if type(learner) is not TorchLearner or not _layers_batch(learner.module):
         return None
-    return learner.architecture, tuple(p.shape for p in learner.module.parameters())
+    return learner.architecture, tuple(t.shape for t in learner.state().values())  # its parameters: no buffers
 
 
 @torch.no_grad()
@@ -278,8 +278,7 @@ def accuracies(learners: list[Learner], x, y) -> list[float]:
         chunk = _chunk(x_t, max(p.shape[0] for p in module.parameters()))
         for start in range(0, len(members), chunk):  # stacked a chunk at a time: a copy of every model's is big
             part = members[start:start + chunk]
-            stacked = [torch.stack([p.detach() for p in ps])
-                       for ps in zip(*(learners[i].module.parameters() for i in part))]
+            stacked = [torch.stack(ts) for ts in zip(*(learners[i].state().values() for i in part))]
             for i, accuracy in zip(part, _stacked_accuracies(list(module), stacked, x_t, y_t)):
                 result[i] = accuracy
     for i in alone:

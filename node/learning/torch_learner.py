@@ -34,17 +34,27 @@ class TorchLearner(Learner):
         else:
             self.optimizer = torch.optim.Adam(module.parameters(), lr=training.lr, weight_decay=training.weight_decay)
         self._generator = torch.Generator().manual_seed(seed)
+        self._state: dict[str, torch.Tensor] = {}
+        self._state_of = 0  # id() of the module _state belongs to
         self.private = None
         if training.privacy.on:
             from .private_sgd import PrivateSGD  # imports opacus
 
             self.private = PrivateSGD(module, self.optimizer, training.privacy, self.num_examples, self.batch_size)
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """The module's state_dict (its parameters and buffers, detached: the same memory), built once
+        (walking the module costs more than copying a small model's weights); a copy of the learner
+        (deepcopy) builds its own, since its cached tensors would not be its module's."""
+        if self._state_of != id(self.module):
+            self._state, self._state_of = self.module.state_dict(), id(self.module)
+        return self._state
+
     def get_weights(self) -> NDArrays:
-        return [t.detach().cpu().numpy().copy() for t in self.module.state_dict().values()]
+        return [t.cpu().numpy().copy() for t in self.state().values()]
 
     def set_weights(self, weights: NDArrays) -> None:
-        state = self.module.state_dict()
+        state = self.state()
         if len(weights) != len(state):
             raise ValueError(f"{self.architecture} has {len(state)} tensors, got {len(weights)}")
         for (name, current), array in zip(state.items(), weights):
