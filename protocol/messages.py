@@ -182,6 +182,10 @@ class Weights(Payload):
         check_coded(self.tensors, self.MAX_BYTES)
 
     @functools.cached_property
+    def shapes(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(tuple(t.shape) for t in self.tensors)
+
+    @functools.cached_property
     def finite(self) -> bool:
         """No NaN or infinity in a plain tensor (a coded one is finite, or the protocol refused it);
         worked out once for all the receivers that share this payload (the simulator's memo)."""

@@ -11,6 +11,7 @@ accept); each refusal is counted by reason in `node.stats.refused`. The exchange
 name, and how each is built from a node's spec: node/spec.py's EXCHANGES."""
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -43,6 +44,11 @@ class NodeView:
     banned: Set[bytes]
     judge: Callable[..., None]
     banned_neighbours: Callable[[], int]
+
+    @functools.cached_property
+    def shapes(self) -> tuple[tuple[int, ...], ...]:
+        """The learner's tensors' shapes, as a peer's weights must have them."""
+        return tuple(tuple(shape) for shape, _ in self.tensor_specs)
 
 
 @dataclass(frozen=True)
@@ -165,7 +171,7 @@ class WeightGossip(Exchange):
             return None
         if payload.model != node.learner.architecture or not node.learner.supports_weights:
             return "other_architecture"
-        if [tuple(t.shape) for t in payload.tensors] != [shape for shape, _ in node.tensor_specs]:
+        if payload.shapes != node.shapes:
             return "tensor_mismatch"  # checked before anything of a coded tensor's dense size is built
         if not payload.finite:
             return "non_finite"

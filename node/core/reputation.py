@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from manymodels.aggregation.weights import rows_median
 
 
 def outlier_ratios(vectors: list[np.ndarray], min_scale: float = 1e-12) -> np.ndarray:
@@ -21,10 +20,18 @@ def outlier_ratios(vectors: list[np.ndarray], min_scale: float = 1e-12) -> np.nd
 def stacked_outlier_ratios(stacked: np.ndarray, min_scale: float = 1e-12) -> np.ndarray:
     """outlier_ratios of many sets of vectors at once (the simulator's batched folds): `stacked` is
     (sets, vectors, length) float64; the same numbers as one set at a time."""
-    median = rows_median(np.moveaxis(stacked.copy(), 1, 0))
-    distances = np.linalg.norm(stacked - median[:, None], axis=2)
-    scale = rows_median(np.moveaxis(distances.copy(), 1, 0))
-    return distances / np.maximum(scale, min_scale)[:, None]
+    distances = np.linalg.norm(stacked - _medians(stacked)[:, None], axis=2)
+    return distances / np.maximum(_medians(distances), min_scale)[:, None]
+
+
+def _medians(stacked: np.ndarray) -> np.ndarray:
+    """The coordinate-wise median of each set (axis 1; as aggregation.weights.rows_median), sorted in
+    a copy along a contiguous last axis: numpy sorts a strided axis one copied slice at a time, 2x
+    slower for millions of slices of a few values."""
+    n = stacked.shape[1]
+    ordered = np.moveaxis(stacked, 1, -1).copy(order="C")
+    ordered.sort(axis=-1)
+    return ordered[..., (n - 1) // 2:n // 2 + 1].mean(axis=-1)
 
 
 @dataclass

@@ -77,7 +77,10 @@ class Sharing:
     given: dict[str, list[int]] = field(default_factory=dict)  # peer -> versions of its recent contributions
 
     def gave(self, peer: str, version: int) -> None:
-        """`peer` gave a knowledge message this node's exchange took, while at `version`."""
+        """`peer` gave a knowledge message this node's exchange took, while at `version` (kept for
+        the reciprocal policy, the only one that reads it)."""
+        if self.policy.mode != "reciprocal":
+            return
         recent = [v for v in self.given.pop(peer, []) if version - v < WINDOW][-64:]
         self.given[peer] = [*recent, version]
         _bound(self.given)
