@@ -214,12 +214,12 @@ class ReadingMemo:
                 self._held -= len(self._readings.pop(next(iter(self._readings))).data)
         return reading
 
-    def read_ahead(self, messages: Iterable[bytes], run: Callable[[Callable[[list[_Reading]], None], list], Iterable],
-                   parts: int) -> None:
+    def read_ahead(self, messages: Iterable[bytes], each: Callable[[Callable[[_Reading], None], list[_Reading]], Any]
+                   ) -> None:
         """Check the messages not read yet (decoding, sender key, kind, signature, digest) before their
-        receivers ask, in `parts` lists handed to `run(function, lists)` (a thread pool's map): Ed25519
-        verification lets go of the GIL (pyca/cryptography), so threads check signatures on as many
-        cores. No more than half the memo's bytes are read ahead, so none is dropped before use."""
+        receivers ask, by `each(check, readings)`: the simulator's runs the checks on a thread per
+        core, since Ed25519 verification lets go of the GIL (pyca/cryptography). No more than half
+        the memo's bytes are read ahead, so none is dropped before use."""
         fresh: list[_Reading] = []
         size = 0
         for data in messages:
@@ -227,13 +227,7 @@ class ReadingMemo:
                 continue
             fresh.append(self.reading(data))
             size += len(data)
-        for _ in run(_check_all, [fresh[k::parts] for k in range(parts)]):  # a pool's map: wait for every part
-            pass
-
-
-def _check_all(readings: list[_Reading]) -> None:
-    for reading in readings:
-        reading.check()
+        each(_Reading.check, fresh)
 
 
 def open_envelope(

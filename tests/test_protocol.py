@@ -921,7 +921,7 @@ def test_a_memo_gives_every_receiver_what_it_would_get_alone(monkeypatch, ahead)
     memo = protocol.ReadingMemo()
     if ahead:
         with ThreadPoolExecutor(2) as pool:
-            memo.read_ahead(cases * 2, pool.map, 2)
+            memo.read_ahead(cases * 2, lambda check, readings: list(pool.map(check, readings)))
         assert len(calls) == 4 and memo.distinct == len(cases)
     for receiver in range(3):
         assert [_outcome(data, memo=memo) for data in cases] == alone

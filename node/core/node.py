@@ -109,14 +109,19 @@ class Node:
     def publication(self) -> list[tuple[bytes, str]]:
         """The next version: what the exchange offers, through the outbound filter, as (bytes, kind);
         nothing once the privacy budget is spent (the node still folds what it receives)."""
+        payloads = self.next_payloads()
+        return [] if payloads is None else self.outbound(self, payloads)
+
+    def next_payloads(self) -> list[Payload] | None:
+        """The next version's payloads, unsealed; None once the privacy budget is spent."""
         if self.privacy_budget and self.privacy and self.privacy["epsilon"] > self.privacy_budget:
             if self.budget_spent_at is None:
                 self.budget_spent_at = self.version + 1
                 log.warning("privacy budget spent (epsilon %.3g > %.3g): this node publishes no more",
                             self.privacy["epsilon"], self.privacy_budget)
-            return []
+            return None
         self.version += 1
-        return self.outbound(self, self.exchange.publish(self.view, self.version))
+        return self.exchange.publish(self.view, self.version)
 
     def publish(self) -> None:
         """Send the next version's messages, the same bytes to every neighbour."""

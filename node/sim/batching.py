@@ -1,19 +1,65 @@
-"""Which nodes of a simulation train together (node/learning/batched.py) and which alone: a node
-trains in a batch when its learner can and its exchange adds no samples of peers to its data. And
-which fold together: weight folds with a linear built-in rule (fedavg, gossip), judged and merged
-for many nodes in one stacked computation, the same numbers as each node's own fold."""
+"""What the simulator does for many nodes together, with the same numbers as each node alone.
+Train: a node trains in a batch (node/learning/batched.py) when its learner can and its exchange
+adds no samples of peers to its data. Fold: weight folds with a linear built-in rule (fedavg,
+gossip), judged and merged in one stacked computation. Sign and verify: on a thread per core
+(`Threads`), since pyca/cryptography's Ed25519 lets go of the GIL."""
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 from ..core.exchange import WeightGossip
-from ..core.node import Node
+from ..core.node import Node, sealed
 from ..core.reputation import stacked_outlier_ratios
 from ..learning.batched import fit_all, group_key
 
+T = TypeVar("T")
+R = TypeVar("R")
 _FOLD_BLOCK = 1024  # nodes per stacked fold: (block, inputs, parameters) float64, a few times over
+
+
+class Threads:
+    """A thread per core this process may use, for work that lets go of the GIL."""
+
+    def __init__(self, pool: ThreadPoolExecutor | None, count: int) -> None:
+        self.pool, self.count = pool, count
+
+    def each(self, function: Callable[[T], R], items: list[T]) -> list[R]:
+        """[function(item) for item in items], in `count` interleaved parts on the threads."""
+        if self.pool is None or len(items) < 2:
+            return [function(item) for item in items]
+        parts = list(self.pool.map(lambda part: [function(item) for item in part],
+                                   [items[k::self.count] for k in range(self.count)]))
+        out: list = [None] * len(items)
+        for k, part in enumerate(parts):
+            out[k::self.count] = part
+        return out
+
+
+@contextlib.contextmanager
+def threads() -> Iterator[Threads]:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if cores < 2:
+        yield Threads(None, 1)
+        return
+    with ThreadPoolExecutor(cores, thread_name_prefix="manymodels-sim") as pool:
+        yield Threads(pool, cores)
+
+
+def publish_nodes(nodes: list[Node], threads: Threads) -> None:
+    """Every node's publish(), in this order: the honest nodes' payloads made one by one and sealed
+    on the threads (each node's by one thread, in order), every message sent as publish() sends it."""
+    jobs = [(node, payloads) for node in nodes if node.outbound is sealed and (payloads := node.next_payloads())]
+    messages = dict(zip((id(node) for node, _ in jobs), threads.each(lambda job: sealed(*job), jobs)))
+    for node in nodes:
+        for data, kind in messages.get(id(node), []) if node.outbound is sealed else node.publication():
+            node.send_to_neighbours(data, kind)
 
 
 def train_nodes(nodes: list[Node], epochs: int, batched: bool) -> None:

@@ -17,10 +17,8 @@ import contextlib
 import gc
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
@@ -31,7 +29,7 @@ from manymodels.protocol import Identity, ReadingMemo, peer_id
 
 from .asynchronous import gossip, history_ms
 from .attacks import ATTACKS, Attack, AttackContext, Attacker, folds
-from .batching import fold_nodes, train_nodes
+from .batching import fold_nodes, publish_nodes, threads, train_nodes
 from .foldlog import LoggedNode
 from ..core.node import Node, sealed
 from ..core.transport import Transport
@@ -219,17 +217,19 @@ def _rounds(spec: SimulationSpec, nodes: list[Node], network: MemoryNetwork, con
     """train -> publish -> deliver -> fold, every round; what each round did to each node (by position)."""
     attackers = {k for k, i in enumerate(members) if i in spec.attackers}
     series = new_series(len(nodes))
-    with _read_ahead(nodes[0].memo if nodes else None) as deliver:
+    memo = nodes[0].memo if nodes else None
+    with threads() as cores:
         for r in range(spec.config.rounds):
             context.round = r
             before = [counts(node) for node in nodes]
             train_nodes(nodes, spec.node.local_epochs, spec.config.batched)
             # attackers publish last, so the colluding ones (ALIE, IPM, Sybil) read this round's honest models
-            for i in sorted(range(len(nodes)), key=lambda i: i in attackers):
-                nodes[i].publish()
+            publish_nodes(sorted(nodes, key=lambda node: node.outbound is not sealed), cores)
             if adversary:
                 adversary(r, network, nodes)
-            deliver(network, (r + 1) * ROUND_MS)
+            if memo is not None:  # each message's signature checked on every core before delivery
+                memo.read_ahead(network.due((r + 1) * ROUND_MS), cores.each)
+            network.run_until((r + 1) * ROUND_MS)
             folding = [k for k, i in enumerate(members) if folds(spec.attackers, i)]
             if before_fold:
                 for k in folding:
@@ -243,22 +243,6 @@ def _rounds(spec: SimulationSpec, nodes: list[Node], network: MemoryNetwork, con
                 honest = [series[i]["history"][-1] for i in range(len(nodes)) if i not in attackers]
                 on_round(r + 1, float(np.mean(honest)))
     return series
-
-
-@contextlib.contextmanager
-def _read_ahead(memo: ReadingMemo | None) -> Iterator[Callable[[MemoryNetwork, float], None]]:
-    """deliver(network, t_ms): the network's run_until, the messages' signatures first checked on
-    every core the process may use (ReadingMemo.read_ahead: 1.8x the checks a second on 2 cores);
-    what each receiver finds is the same."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if memo is None or cores < 2:
-        yield lambda network, t_ms: network.run_until(t_ms)
-        return
-    with ThreadPoolExecutor(cores, thread_name_prefix="read-ahead") as pool:
-        def deliver(network: MemoryNetwork, t_ms: float) -> None:
-            memo.read_ahead(network.due(t_ms), pool.map, cores)
-            network.run_until(t_ms)
-        yield deliver
 
 
 def run_models(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, members: list[int] | None = None
