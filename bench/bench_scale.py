@@ -6,7 +6,8 @@ Parts, each case in its own process so its peak memory is its own, ratios from t
   training  training alone (no messages): --compare learners one epoch, one by one and batched.
   batched   the same network trained one by one (today's way) and batched: ms per node-round.
   big       --big logistic nodes (10,000) on MNIST-1D generated with --per-node training examples each
-            (an iid partition, here and in `batched`: every node gets that many).
+            (an iid partition, here and in `batched`: every node gets that many), against its floor:
+            one Ed25519 signature and one verification per node, timed apart.
   protocol  --big protocol-only nodes: seconds a round, messages verified a second, and the share of
             the round's CPU that Ed25519 verification alone takes (its cost timed apart, times the
             distinct messages: the receivers of the same bytes share one check, docs/SIMULATION.md).
@@ -56,24 +57,24 @@ def child(case: dict) -> None:
         "messages": sum(n["messages_accepted"] + n["rejected_messages"] for n in report["nodes"]),
         "distinct": s.get("messages_distinct"),
         "rounds": config.rounds,
-        "verify_us": _verify_us() if config.protocol_only else None,
+        "crypto_us": _crypto_us(),
     }))
 
 
-def _verify_us(count: int = 2000) -> float:
-    """Microseconds for one Ed25519 verification of a weights message's signature, timed alone."""
-    from manymodels.protocol import Identity
+def _crypto_us(count: int = 2000) -> tuple[float, float]:
+    """Microseconds for one Ed25519 signature and one verification of a 200-byte message, each timed
+    alone on one core: the floor of a round is one of each per node."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    identity = Identity(bytes(32))
-    message, signature = b"x" * 200, identity.sign(b"x" * 200)
-    public = identity.public_key
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    key = Ed25519PublicKey.from_public_bytes(public)
+    key, message = Ed25519PrivateKey.from_private_bytes(bytes(32)), b"x" * 200
+    signature, public = key.sign(message), key.public_key()
     started = time.perf_counter()
     for _ in range(count):
-        key.verify(signature, message)
-    return (time.perf_counter() - started) / count * 1e6
+        key.sign(message)
+    signed = time.perf_counter()
+    for _ in range(count):
+        public.verify(signature, message)
+    return (signed - started) / count * 1e6, (time.perf_counter() - signed) / count * 1e6
 
 
 def run(case: dict) -> dict:
@@ -144,18 +145,23 @@ def big(args) -> None:
           f"{args.max_test} test, {args.topology}): {r['per_round']:.2f} s/round "
           f"({r['per_round'] / args.big * 1e3:.3f} ms per node-round; {r['cpu_per_round']:.2f} s of CPU), "
           f"peak {r['peak_rss_mib']:.0f} MiB, "
-          f"whole run {r['seconds']:.0f} s (dataset, baselines), mean accuracy {r['mean_accuracy']}\n")
+          f"whole run {r['seconds']:.0f} s (dataset, baselines), mean accuracy {r['mean_accuracy']}")
+    sign, verify = r["crypto_us"]
+    floor = args.big * (sign + verify) / 1e6
+    print(f"  its floor on this machine: one Ed25519 signature ({sign:.0f} us) and one verification ({verify:.0f} us) "
+          f"per node = {floor:.2f} s of CPU a round, {floor / 2:.2f} s on two cores; the round takes "
+          f"{r['cpu_per_round'] / floor:.1f}x that CPU\n")
 
 
 def protocol(args) -> None:
     r = run({"config": dict(nodes=args.big, rounds=args.rounds, model="logreg", topology=args.topology,
                             dataset="mnist1d", protocol_only=True), "profile": args.profile})
     per_round, distinct = r["messages"] / r["rounds"], r["distinct"] / r["rounds"]
-    verify_share = distinct * r["verify_us"] / 1e6 / r["cpu_per_round"]
+    verify_share = distinct * r["crypto_us"][1] / 1e6 / r["cpu_per_round"]
     print(f"{args.big} protocol-only nodes ({args.topology}): {r['per_round']:.2f} s/round "
           f"({r['cpu_per_round']:.2f} s of CPU), {per_round / r['per_round']:.0f} messages verified a second "
           f"({per_round:.0f} a round, {distinct:.0f} distinct, each signature checked once); Ed25519 "
-          f"verification alone {r['verify_us']:.0f} us each = {verify_share:.0%} of the round's CPU; "
+          f"verification alone {r['crypto_us'][1]:.0f} us each = {verify_share:.0%} of the round's CPU; "
           f"peak {r['peak_rss_mib']:.0f} MiB\n")
 
 

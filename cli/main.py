@@ -117,8 +117,8 @@ def simulate(
              "Both give the same report.")] = "local",
     address: AddressOption = None,
     batched: Annotated[bool, typer.Option(
-        "--batched/--one-by-one", help="Train nodes of one architecture together, in batches (the same numbers "
-                                       "as one by one, faster; docs/SIMULATION.md).")] = True,
+        "--batched/--one-by-one", help="Train, evaluate and fold nodes of one architecture together, in batches "
+                                       "(the same numbers as one by one, faster; docs/SIMULATION.md).")] = True,
     protocol_only: Annotated[bool, typer.Option(
         "--protocol-only", help="Signed weights messages and no training (a random step a round): "
                                 "dissemination, bandwidth and attacks at scale; the report has no accuracies.")] = False,

@@ -93,8 +93,8 @@ class SimulationConfig:
     # the max_train subsample, the partition, planted peers and label noise; None: `seed` draws them too.
     data_seed: int | None = None
     label_noise: float = 0.0  # this fraction of the training labels (not the test set's) set to another class
-    # Nodes of one architecture train (and are evaluated) in batches, equal to one by one in every bit
-    # (node/learning/batched.py); False: one by one, as before.
+    # Nodes of one architecture train, are evaluated and fold in batches, equal to one by one in every
+    # bit (node/learning/batched.py, node/sim/batching.py); False: one by one, as before.
     batched: bool = True
     # Signed messages and no training (node/sim/protocol_only.py): dissemination, bandwidth and Byzantine
     # effects at scale; the report has no accuracies.
