@@ -309,6 +309,7 @@ def test_a_node_refuses_a_valid_coded_message_of_other_shapes_before_decoding_it
     class View:
         learner = type("L", (), {"architecture": "mlp", "supports_weights": True})()
         tensor_specs = [((4,), np.dtype(np.float32))]
+        shapes = ((4,),)
 
     tracemalloc.start()
     try:

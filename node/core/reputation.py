@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
-
 def outlier_ratios(vectors: list[np.ndarray], min_scale: float = 1e-12) -> np.ndarray:
     """Each vector's distance to the coordinate-wise median of all, over the median such distance
     (at least `min_scale`). The median is a consensus that a minority of liars cannot move far,
