@@ -181,12 +181,14 @@ class _Reading:
         return self._result(self._payload)
 
     def check(self) -> None:
-        """The stages up to the signature and digest, in §7's order, up to the first that fails; what
-        they find is kept for the receivers, who still run every stage in order (their own checks
-        come between these, and cannot change what these find)."""
+        """Every stage that depends on the bytes alone, in §7's order, up to the first that fails
+        (the payload only once the signature and digest hold); what they find is kept for the
+        receivers, who still run every stage in order (their own checks come between these, and
+        cannot change what these find)."""
         try:
             self.kind()
             self.authenticate()
+            self.payload()
         except RejectedMessage:
             pass
 
@@ -216,10 +218,11 @@ class ReadingMemo:
 
     def read_ahead(self, messages: Iterable[bytes], each: Callable[[Callable[[_Reading], None], list[_Reading]], Any]
                    ) -> None:
-        """Check the messages not read yet (decoding, sender key, kind, signature, digest) before their
-        receivers ask, by `each(check, readings)`: the simulator's runs the checks on a thread per
-        core, since Ed25519 verification lets go of the GIL (pyca/cryptography). No more than half
-        the memo's bytes are read ahead, so none is dropped before use."""
+        """Read the messages not read yet (decoding, sender key, kind, signature, digest, payload)
+        before their receivers ask, by `each(check, readings)`: the simulator's runs the checks on a
+        thread per core, since Ed25519 verification lets go of the GIL (pyca/cryptography): one
+        thread decodes while another verifies. No more than half the memo's bytes are read ahead,
+        so none is dropped before use."""
         fresh: list[_Reading] = []
         size = 0
         for data in messages:
