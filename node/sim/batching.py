@@ -125,7 +125,7 @@ def _fold_together(folds: list[_Fold]) -> None:
         kept = {peer: one for peer, one in fold.peers.items() if peer not in node.banned}
         if len(kept) < len(fold.peers):  # a sender banned just now: this fold goes on alone
             if kept:
-                _set(node, exchange.merge(node.view, fold.own, kept))
+                _apply(node, exchange.merge(node.view, fold.own, kept))
             continue
         found = exchange.coefficients(node.view, [count for _, count in kept.values()])
         if found is None:
@@ -141,7 +141,8 @@ def _fold_together(folds: list[_Fold]) -> None:
                                                zip(np.split(flat, ends), folds[k].own)])
 
 
-def _set(node: Node, merged: list[np.ndarray] | None) -> None:
+def _apply(node: Node, merged: list[np.ndarray] | None) -> None:
+    """A merge into the node's learner; None (too few inputs for the rule) is counted as a refusal."""
     if merged is None:
         node.refuse("rule_cannot_fold")
     else:
