@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -157,3 +158,14 @@ def test_cli_protocol_only_and_one_by_one(tmp_path):
                                       "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["config"]["batched"] is False
+
+
+def test_threads_give_each_result_in_its_items_order():
+    from manymodels.node.sim.batching import Threads, threads
+
+    items = list(range(7))
+    with threads() as cores:
+        assert cores.each(lambda k: k * k, items) == [k * k for k in items]
+    with ThreadPoolExecutor(3) as pool:
+        assert Threads(pool, 3).each(str, items) == list(map(str, items))
+    assert Threads(None, 1).each(str, items[:1]) == ["0"]
