@@ -82,6 +82,18 @@ def _flat(tensors: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([np.ravel(t) for t in tensors]) if tensors else np.zeros(0)
 
 
+def flat_rows(inputs: list[list[np.ndarray]]) -> np.ndarray:
+    """Each input's tensors flattened into one row, in float64 as a rule sums them: (inputs, parameters)."""
+    return np.array([_flat(tensors) for tensors in inputs], dtype=np.float64)
+
+
+def split_rows(rows: np.ndarray, like: list[np.ndarray]) -> list[np.ndarray]:
+    """(n, parameters) rows back into `like`'s tensors, each stacked over the rows, (n, *shape), in
+    its dtype."""
+    ends = np.cumsum([t.size for t in like])[:-1]
+    return [part.astype(t.dtype).reshape(-1, *t.shape) for part, t in zip(np.split(rows, ends, axis=1), like)]
+
+
 def capped_at_median(claims: np.ndarray) -> np.ndarray:
     """Example counts are self-reported and cannot be checked: cap each claim at the (lower)
     median claim, at least 1, so a liar claiming a billion examples weighs no more than a typical

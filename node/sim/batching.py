@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from ..core.exchange import WeightGossip
+from ..core.exchange import WeightGossip, flat_rows, split_rows
 from ..core.node import Node, sealed
 from ..core.reputation import stacked_outlier_ratios
 from ..learning.batched import fit_all, group_key
@@ -115,8 +115,7 @@ def _taken(node: Node) -> _Fold | None:
 
 def _fold_together(folds: list[_Fold]) -> None:
     """Folds with as many inputs of one size: each node's own weights and its senders' in one stack."""
-    stacked = np.stack([[np.concatenate([t.ravel() for t in tensors])
-                         for tensors in (f.own, *(t for t, _ in f.peers.values()))] for f in folds]).astype(np.float64)
+    stacked = np.stack([flat_rows([f.own, *(t for t, _ in f.peers.values())]) for f in folds])
     ratios = stacked_outlier_ratios(stacked)
     rows, coefficients = [], []
     for k, fold in enumerate(folds):
@@ -134,11 +133,9 @@ def _fold_together(folds: list[_Fold]) -> None:
             rows.append(k)
             coefficients.append(found)
     if rows:
-        merged = np.einsum("gi,gij->gj", np.array(coefficients), stacked[rows]).astype(np.float32)
-        ends = np.cumsum([t.size for t in folds[0].own])[:-1]
-        for k, flat in zip(rows, merged):
-            folds[k].node.learner.set_weights([part.reshape(t.shape) for part, t in
-                                               zip(np.split(flat, ends), folds[k].own)])
+        merged = split_rows(np.einsum("gi,gij->gj", np.array(coefficients), stacked[rows]), folds[0].own)
+        for j, k in enumerate(rows):
+            folds[k].node.learner.set_weights([tensor[j] for tensor in merged])
 
 
 def _apply(node: Node, merged: list[np.ndarray] | None) -> None:

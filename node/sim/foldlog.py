@@ -14,7 +14,7 @@ import numpy as np
 from manymodels.aggregation import NDArrays
 from manymodels.protocol import Message
 
-from ..core.exchange import Exchange, Folded, WeightGossip
+from ..core.exchange import Exchange, Folded, WeightGossip, flat_rows, split_rows
 from ..core.node import Node
 from ..learning.learner import Learner
 
@@ -101,13 +101,12 @@ class LoggedNode(Node):
 def _combinations(inputs: list[NDArrays]) -> Callable[[np.ndarray], NDArrays]:
     """(coalitions, inputs) coefficients -> the coalitions' weights, stacked per tensor: one matrix
     product with the inputs, float64 as a rule sums them, cast back to each tensor's dtype."""
-    flat = np.array([np.concatenate([np.ravel(t) for t in tensors]) for tensors in inputs], dtype=np.float64)
-    first, ends = inputs[0], np.cumsum([t.size for t in inputs[0]])
+    flat = flat_rows(inputs)
 
     def combine(coefficients: np.ndarray) -> NDArrays:
         out = np.empty((len(coefficients), flat.shape[1]))
         for start in range(0, flat.shape[1], _COLUMNS):
             part = slice(start, start + _COLUMNS)
             np.matmul(coefficients, flat[:, part], out=out[:, part])
-        return [t.astype(o.dtype).reshape(-1, *o.shape) for t, o in zip(np.split(out, ends[:-1], axis=1), first)]
+        return split_rows(out, inputs[0])
     return combine
