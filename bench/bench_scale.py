@@ -11,8 +11,10 @@ Parts, each case in its own process so its peak memory is its own, ratios from t
   protocol  --big protocol-only nodes: seconds a round, messages verified a second, and the share of
             the round's CPU that Ed25519 verification alone takes (its cost timed apart, times the
             distinct messages: the receivers of the same bytes share one check, docs/SIMULATION.md).
-Seconds per round are the mean of rounds 2.. (measured between the ends of rounds: no building of
-the network, no baselines, no dataset generation), in wall time and in this process's CPU time (what
+Seconds per round are the mean time between the reports of rounds 1 to R-1 (no building of the
+network, no baselines, no dataset generation; a round is reported once evaluated, which with
+batching happens while the next round runs, so the last round's report comes only a moment after
+the one before), in wall time and in this process's CPU time (what
 to read on a shared machine); peak RSS covers the whole run. --profile prints
 where a case's time goes (cProfile, top functions by own time)."""
 from __future__ import annotations
@@ -50,8 +52,8 @@ def child(case: dict) -> None:
     print(json.dumps({
         "nodes": config.nodes,
         "seconds": time.perf_counter() - started,
-        "per_round": (ends[-1] - ends[0]) / (len(ends) - 1),
-        "cpu_per_round": (cpu[-1] - cpu[0]) / (len(cpu) - 1),
+        "per_round": (ends[-2] - ends[0]) / (len(ends) - 2),
+        "cpu_per_round": (cpu[-2] - cpu[0]) / (len(cpu) - 2),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "mean_accuracy": s.get("mean_accuracy"),
         "messages": sum(n["messages_accepted"] + n["rejected_messages"] for n in report["nodes"]),
@@ -173,7 +175,7 @@ def main() -> None:
     parser.add_argument("--big", type=int, default=10_000)
     parser.add_argument("--per-node", type=int, default=16, help="training examples per node (MNIST-1D)")
     parser.add_argument("--max-test", type=int, default=500, help="held-out examples every node is evaluated on")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--topology", default="random:5")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from manymodels.node.learning.batched import accuracies, fit_all, group_key
+from manymodels.node.learning import batched as batching
+from manymodels.node.learning.batched import accuracies, evaluation, fit_all, group_key
 from manymodels.node.learning.datasets import load_dataset
 from manymodels.node.learning.learner import Samples
 from manymodels.node.learning.recipe import make_learner
@@ -64,6 +65,21 @@ def test_batched_training_equals_one_by_one(digits, one_torch_thread, arch, trai
             np.testing.assert_array_equal(x, y)  # equal in every bit here (the golden reports rely on it)
     assert accuracies(batched, digits.x_test, digits.y_test) == [
         one.evaluate(digits.x_test, digits.y_test)["accuracy"] for one in alone]
+
+
+@pytest.mark.parametrize("snapshot", [1 << 26, 0], ids=["copied", "too-big-to-copy"])
+def test_an_evaluation_made_later_sees_the_models_as_they_were(digits, one_torch_thread, monkeypatch, snapshot):
+    monkeypatch.setattr(batching, "_SNAPSHOT_ELEMENTS", snapshot)
+    learners = [*_learners(digits, "logreg", Training()), make_learner("cnn", digits.x_train[:40], digits.y_train[:40],
+                                                                       digits, init_seed=0, seed=0)]
+    fit_all(learners, 2)
+    expected = [one.evaluate(digits.x_test, digits.y_test)["accuracy"] for one in learners]
+    later = evaluation(learners, digits.x_test, digits.y_test)
+    for one in learners:  # changed before the evaluation runs, as the next round's training does
+        one.set_weights([np.zeros_like(t) for t in one.get_weights()])
+    with ThreadPoolExecutor(1) as aside:
+        assert aside.submit(later).result() == expected
+    assert accuracies(learners, digits.x_test, digits.y_test) != expected  # the change did change them
 
 
 def test_what_trains_alone(digits):

@@ -20,6 +20,7 @@ self-contained (a copy of one, as the value study makes, copies that one alone).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -29,6 +30,7 @@ from .torch_learner import TorchLearner
 
 _LAYERS = (nn.Flatten, nn.Linear, nn.ReLU)
 _EVAL_ELEMENTS = 1 << 24  # activations per evaluation chunk (64 MiB of float32)
+_SNAPSHOT_ELEMENTS = 1 << 26  # copied parameters an evaluation made later may hold (256 MiB of float32)
 
 
 def _layers_batch(module: nn.Module) -> bool:
@@ -267,23 +269,50 @@ def eval_key(learner: Learner) -> tuple | None:
     return learner.architecture, tuple(t.shape for t in learner.state().values())  # its parameters: no buffers
 
 
-@torch.no_grad()
 def accuracies(learners: list[Learner], x, y) -> list[float]:
     """Every learner's evaluate(x, y)["accuracy"], batched where the model allows."""
+    return evaluation(learners, x, y)()
+
+
+@torch.no_grad()
+def evaluation(learners: list[Learner], x, y) -> Callable[[], list[float]]:
+    """accuracies(learners, x, y) as a call to make later, on any thread: the models are read now
+    (the batched ones copied, stacked; the others evaluated now), so changing them in the meantime
+    changes nothing. The call runs the batched products, in which torch lets go of the GIL. Past
+    _SNAPSHOT_ELEMENTS of copies, all is evaluated now, a chunk of models at a time."""
     result = [0.0] * len(learners)
     groups, alone = _groups(learners, eval_key)
     x_t, y_t = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y)
+    big = _SNAPSHOT_ELEMENTS < sum(len(members) * sum(t.numel() for t in learners[members[0]].state().values())
+                                   for members in groups.values())
+    work = []
     for members in groups.values():
         module = learners[members[0]].module
-        chunk = _chunk(x_t, max(p.shape[0] for p in module.parameters()))
-        for start in range(0, len(members), chunk):  # stacked a chunk at a time: a copy of every model's is big
+        chunk = _chunk(x_t, max(p.shape[0] for p in module.parameters())) if big else len(members)
+        for start in range(0, len(members), chunk):
             part = members[start:start + chunk]
-            stacked = [torch.stack(ts) for ts in zip(*(learners[i].state().values() for i in part))]
-            for i, accuracy in zip(part, _stacked_accuracies(list(module), stacked, x_t, y_t)):
-                result[i] = accuracy
+            one = part, list(module), [torch.stack(ts) for ts in zip(*(learners[i].state().values() for i in part))]
+            if big:  # a copy of every model's is big: one chunk's at a time, evaluated now
+                _evaluate(one, x_t, y_t, result)
+            else:
+                work.append(one)
     for i in alone:
         result[i] = learners[i].evaluate(x, y)["accuracy"]
-    return result
+
+    @torch.no_grad()  # grad mode is per thread
+    def finish() -> list[float]:
+        for one in work:
+            _evaluate(one, x_t, y_t, result)
+        return result
+    return finish
+
+
+def _evaluate(work: tuple[list[int], list[nn.Module], list[torch.Tensor]], x_t: torch.Tensor, y_t: torch.Tensor,
+              result: list[float]) -> None:
+    """The accuracy of the learners `part` of a group, their parameters stacked, into result."""
+    part, layers, stacked = work
+    for i, accuracy in zip(part, _stacked_accuracies(layers, stacked, x_t, y_t)):
+        result[i] = accuracy
 
 
 @torch.no_grad()

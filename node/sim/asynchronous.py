@@ -82,7 +82,8 @@ def gossip(spec: SimulationSpec, nodes: list[Node], network: MemoryNetwork, cont
         context.round = int(ms // clocks.round_ms)
         if what == SAMPLE:
             for j, node in enumerate(nodes):
-                record(series[j], node, before[j], accuracy(node.learner))
+                series[j]["history"].append(accuracy(node.learner))
+                record(series[j], node, before[j])
                 before[j] = counts(node)
             if on_sample:
                 on_sample(k + 1, float(np.mean([series[j]["history"][-1] for j, i in enumerate(members)

@@ -25,10 +25,19 @@ _FOLD_BLOCK = 1024  # nodes per stacked fold: (block, inputs, parameters) float6
 
 
 class Threads:
-    """A thread per core this process may use, for work that lets go of the GIL."""
+    """A thread per core this process may use, for work that lets go of the GIL, and one more for
+    work that runs alongside the caller (`soon`)."""
 
-    def __init__(self, pool: ThreadPoolExecutor | None, count: int) -> None:
-        self.pool, self.count = pool, count
+    def __init__(self, pool: ThreadPoolExecutor | None, count: int, aside: ThreadPoolExecutor | None = None) -> None:
+        self.pool, self.count, self.aside = pool, count, aside
+
+    def soon(self, function: Callable[[], R]) -> Callable[[], R]:
+        """function() started on the thread aside (at once, with one core), and a call that waits
+        for its result."""
+        if self.aside is None:
+            result = function()
+            return lambda: result
+        return self.aside.submit(function).result
 
     def each(self, function: Callable[[T], R], items: list[T]) -> list[R]:
         """[function(item) for item in items], in `count` interleaved parts on the threads."""
@@ -48,8 +57,9 @@ def threads() -> Iterator[Threads]:
     if cores < 2:
         yield Threads(None, 1)
         return
-    with ThreadPoolExecutor(cores, thread_name_prefix="manymodels-sim") as pool:
-        yield Threads(pool, cores)
+    with (ThreadPoolExecutor(cores, thread_name_prefix="manymodels-sim") as pool,
+          ThreadPoolExecutor(1, thread_name_prefix="manymodels-aside") as aside):
+        yield Threads(pool, cores, aside)
 
 
 def publish_nodes(nodes: list[Node], threads: Threads) -> None:

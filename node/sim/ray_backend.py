@@ -238,7 +238,8 @@ class Shard:
         fold_nodes([node for i, node in self.nodes.items() if folds(self.spec.attackers, i)], self.spec.config.batched)
         learners = [node.learner for node in self.nodes.values()]
         for (i, node), accuracy in zip(self.nodes.items(), self.world.accuracies(learners)):
-            record(self.series[i], node, self.before[i], accuracy)
+            self.series[i]["history"].append(accuracy)
+            record(self.series[i], node, self.before[i])
         return {i: self.series[i]["history"][-1] for i in self.nodes}
 
     def baselines(self, archs: list[str]) -> tuple[dict[int, float], dict[str, float]]:

@@ -22,9 +22,9 @@ def counts(node: Node) -> Counts:
     return Counter(node.stats.sent_by_kind), Counter(node.stats.rejected)
 
 
-def record(series: dict[str, list], node: Node, before: Counts, accuracy: float) -> None:
-    """The node as it is now (its held-out `accuracy`), and what it did since `before`."""
-    series["history"].append(accuracy)
+def record(series: dict[str, list], node: Node, before: Counts) -> None:
+    """What the node did since `before`, and what it holds now; its "history" (held-out accuracy)
+    is the caller's to add, since the simulator evaluates while the next round runs."""
     series["bytes_sent_per_round"].append(dict(node.stats.sent_by_kind - before[0]))
     series["rejected_per_round"].append(dict(sorted((node.stats.rejected - before[1]).items())))
     series["banned_per_round"].append(len(node.banned))

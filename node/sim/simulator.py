@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 import torch
@@ -29,11 +30,11 @@ from manymodels.protocol import Identity, ReadingMemo, peer_id
 
 from .asynchronous import gossip, history_ms
 from .attacks import ATTACKS, Attack, AttackContext, Attacker, folds
-from .batching import fold_nodes, publish_nodes, threads, train_nodes
+from .batching import Threads, fold_nodes, publish_nodes, threads, train_nodes
 from .foldlog import LoggedNode
 from ..core.node import Node, sealed
 from ..core.transport import Transport
-from ..learning.batched import accuracies, fit_all
+from ..learning.batched import evaluation, fit_all
 from ..learning.datasets import DatasetError, load_dataset, with_label_noise
 from ..learning.generator import fit_generator
 from ..learning.learner import Learner
@@ -218,6 +219,7 @@ def _rounds(spec: SimulationSpec, nodes: list[Node], network: MemoryNetwork, con
     attackers = {k for k, i in enumerate(members) if i in spec.attackers}
     series = new_series(len(nodes))
     memo = nodes[0].memo if nodes else None
+    waiting: list[Callable[[], None]] = []  # rounds whose accuracies are still being computed
     with threads() as cores:
         for r in range(spec.config.rounds):
             context.round = r
@@ -237,12 +239,35 @@ def _rounds(spec: SimulationSpec, nodes: list[Node], network: MemoryNetwork, con
                     nodes[k].fold()
             else:
                 fold_nodes([nodes[k] for k in folding], spec.config.batched)
-            for i, (node, accuracy) in enumerate(zip(nodes, world.accuracies([n.learner for n in nodes]))):
-                record(series[i], node, before[i], accuracy)
-            if on_round:
-                honest = [series[i]["history"][-1] for i in range(len(nodes)) if i not in attackers]
-                on_round(r + 1, float(np.mean(honest)))
+            for i, node in enumerate(nodes):
+                record(series[i], node, before[i])
+            accuracies, running = _evaluation(world, [node.learner for node in nodes], cores)
+            waiting.append(partial(_evaluated, series, r, accuracies, on_round, attackers))
+            while len(waiting) > running:  # a running evaluation may go on while the next round runs
+                waiting.pop(0)()
+        for one in waiting:
+            one()
     return series
+
+
+def _evaluation(world: _DatasetWorld | _FlowerWorld, learners: list[Learner], cores: Threads
+                ) -> tuple[Callable[[], list[float]], bool]:
+    """Each learner's held-out accuracy, as a call that gives it, and whether it is still being
+    computed: a batched evaluation runs on a thread aside (the models read now) while the next
+    round goes on, since torch lets go of the GIL in its products."""
+    if isinstance(world, _DatasetWorld) and world.spec.config.batched:
+        return cores.soon(world.evaluation(learners)), True
+    done = world.accuracies(learners)
+    return (lambda: done), False
+
+
+def _evaluated(series: Series, r: int, accuracies: Callable[[], list[float]],
+               on_round: Callable[[int, float], None] | None, attackers: set[int]) -> None:
+    """Round r's accuracies into each node's history; on_round with the honest nodes' mean."""
+    for one, accuracy in zip(series, accuracies()):
+        one["history"].append(accuracy)
+    if on_round:
+        on_round(r + 1, float(np.mean([series[i]["history"][-1] for i in range(len(series)) if i not in attackers])))
 
 
 def run_models(spec: SimulationSpec, world: _DatasetWorld | _FlowerWorld, members: list[int] | None = None
@@ -428,7 +453,12 @@ class _DatasetWorld:
         """accuracy() of each; with batched training, evaluated in batches too (equal)."""
         if not self.spec.config.batched:
             return [self.accuracy(learner) for learner in learners]
-        return [round(a, 6) for a in accuracies(learners, self.data.x_test, self.data.y_test)]
+        return self.evaluation(learners)()
+
+    def evaluation(self, learners: list[Learner]) -> Callable[[], list[float]]:
+        """The batched accuracies() of the learners as they are now, computed when called (on any thread)."""
+        finish = evaluation(learners, self.data.x_test, self.data.y_test)
+        return lambda: [round(a, 6) for a in finish()]
 
     def alone(self, i: int) -> Learner:
         return self._learner(self.archs[i], self.parts[i], node_seed(self.spec.config.seed, i), self._labels(i))
