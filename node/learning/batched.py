@@ -20,6 +20,7 @@ self-contained (a copy of one, as the value study makes, copies that one alone).
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -31,10 +32,20 @@ from .torch_learner import TorchLearner
 _LAYERS = (nn.Flatten, nn.Linear, nn.ReLU)
 _EVAL_ELEMENTS = 1 << 24  # activations per evaluation chunk (64 MiB of float32)
 _SNAPSHOT_ELEMENTS = 1 << 26  # copied parameters an evaluation made later may hold (256 MiB of float32)
+_BATCHES: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()  # _layers_batch's answers
 
 
 def _layers_batch(module: nn.Module) -> bool:
-    """Flatten first, then Linear layers (with bias) and ReLUs: what _forward computes."""
+    """Flatten first, then Linear layers (with bias) and ReLUs: what _forward computes. Known once
+    per module (a model's layers do not change once built; asking costs more than a small model's
+    batched step, and every node asks every round)."""
+    known = _BATCHES.get(module)
+    if known is None:
+        known = _BATCHES[module] = _layers_are_batched(module)
+    return known
+
+
+def _layers_are_batched(module: nn.Module) -> bool:
     layers = list(module) if isinstance(module, nn.Sequential) else []
     return (bool(layers) and type(layers[0]) is nn.Flatten and all(type(m) in _LAYERS for m in layers[1:])
             and not any(type(m) is nn.Flatten for m in layers[1:])
@@ -95,13 +106,17 @@ def _groups(learners: list[Learner], key) -> tuple[dict[tuple, list[int]], list[
 
 def fit_all(learners: list[Learner], epochs: int) -> list[dict[str, float]]:
     """Every learner's fit(epochs) on its private data, batched where that is exact."""
-    metrics: list[dict[str, float]] = [{} for _ in learners]
-    groups, alone = _groups(learners, group_key)
-    for members in groups.values():
+    metrics = fit_batches(learners, epochs)
+    return [metrics[i] if i in metrics else one.fit(epochs) for i, one in enumerate(learners)]
+
+
+def fit_batches(learners: list[Learner], epochs: int) -> dict[int, dict[str, float]]:
+    """fit(epochs) of the learners that train in a batch with others: their metrics by index. The
+    others are left as they are, for the caller to train alone."""
+    metrics = {}
+    for members in _groups(learners, group_key)[0].values():
         for i, loss in zip(members, _Group([learners[i] for i in members]).fit(epochs)):
             metrics[i] = {"loss": loss}
-    for i in alone:
-        metrics[i] = learners[i].fit(epochs)
     return metrics
 
 
@@ -250,16 +265,28 @@ class _Stacked:
     @torch.no_grad()
     def store(self, learners: list[TorchLearner]) -> None:
         """Every learner's parameters and optimizer state, copied back from its rows of the stacks
-        (into tensors of its own: a copy of the learner, as a study makes, copies it alone)."""
+        into tensors of its own (a copy of the learner, as a study makes, copies it alone)."""
+        named = ({"exp_avg": self.moments[0], "exp_avg_sq": self.moments[1]} if self.settings[0] == "adam"
+                 else {"momentum_buffer": self.buffers} if self.settings[2] else {})
+        step = torch.tensor(float(self.taken))
         for k, ps in enumerate(zip(*map(_params, learners))):
-            for i, (one, p, row) in enumerate(zip(learners, ps, self.params[k].detach().unbind(0))):
-                p.copy_(row)
-                if self.settings[0] == "adam":
-                    one.optimizer.state[p] = {"step": torch.tensor(float(self.taken)),
-                                              "exp_avg": self.moments[0][k][i].clone(),
-                                              "exp_avg_sq": self.moments[1][k][i].clone()}
-                elif self.settings[2]:
-                    one.optimizer.state[p] = {"momentum_buffer": self.buffers[k][i].clone()}
+            torch._foreach_copy_(list(ps), list(self.params[k].detach().unbind(0)))
+            states = [one.optimizer.state[p] for one, p in zip(learners, ps)]
+            for name, stacks in named.items():
+                _set_rows(states, name, list(stacks[k].unbind(0)))
+            if self.settings[0] == "adam":
+                _set_rows(states, "step", [step] * len(states))
+
+
+def _set_rows(states: list[dict], name: str, rows: list[torch.Tensor]) -> None:
+    """Each optimizer state's tensor `name` set to its row: written over where every state has one,
+    all in one call (torch's own optimizers' _foreach_ kernels; row by row from Python cost more
+    than the group's training), else a copy of its own for each."""
+    if all(name in state for state in states):
+        torch._foreach_copy_([state[name] for state in states], rows)
+    else:
+        for state, row in zip(states, rows):
+            state[name] = row.clone()
 
 
 def eval_key(learner: Learner) -> tuple | None:

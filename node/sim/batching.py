@@ -17,7 +17,7 @@ import numpy as np
 from ..core.exchange import WeightGossip, flat_rows, split_rows
 from ..core.node import Node, sealed
 from ..core.reputation import stacked_outlier_ratios
-from ..learning.batched import fit_all, group_key
+from ..learning.batched import fit_batches
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -74,10 +74,8 @@ def publish_nodes(nodes: list[Node], threads: Threads) -> None:
 
 def train_nodes(nodes: list[Node], epochs: int, batched: bool) -> None:
     """Every node's train(epochs); with `batched`, those that can in batches, equal to one by one."""
-    together = [node for node in nodes if batched and group_key(node.learner) is not None
-                and node.exchange.extra() is None]
-    fit_all([node.learner for node in together], epochs)
-    chosen = set(map(id, together))
+    candidates = [node for node in nodes if node.exchange.extra() is None] if batched else []
+    chosen = {id(candidates[i]) for i in fit_batches([node.learner for node in candidates], epochs)}
     for node in nodes:
         if id(node) not in chosen:
             node.train(epochs)
