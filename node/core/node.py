@@ -183,7 +183,7 @@ class Node:
         reason = self.exchange.receive(self.view, message)
         if reason:
             self.refuse(reason)
-        elif message.kind in KNOWLEDGE:
+        elif message.kind in KNOWLEDGE and self.sharing.counts_gifts:
             self.sharing.gave(message.sender_id, self.version)
 
     def refuse(self, reason: str) -> None:

@@ -76,11 +76,13 @@ class Sharing:
     first_offered: dict[str, int] = field(default_factory=dict)  # peer -> version
     given: dict[str, list[int]] = field(default_factory=dict)  # peer -> versions of its recent contributions
 
+    @property
+    def counts_gifts(self) -> bool:
+        """Whether gave() is to be called: only the reciprocal policy reads what peers gave."""
+        return self.policy.mode == "reciprocal"
+
     def gave(self, peer: str, version: int) -> None:
-        """`peer` gave a knowledge message this node's exchange took, while at `version` (kept for
-        the reciprocal policy, the only one that reads it)."""
-        if self.policy.mode != "reciprocal":
-            return
+        """`peer` gave a knowledge message this node's exchange took, while at `version`."""
         recent = [v for v in self.given.pop(peer, []) if version - v < WINDOW][-64:]
         self.given[peer] = [*recent, version]
         _bound(self.given)

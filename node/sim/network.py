@@ -15,6 +15,7 @@ import numpy as np
 from ..core.transport import Receiver
 
 MEMORY_PREFIX = "/memory/"
+_BLOCK = 4096  # doubles drawn from the network's generator at a time
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class MemoryNetwork:
 
     def __post_init__(self) -> None:
         self._rng = np.random.default_rng(self.seed)
+        self._doubles: list[float] = []  # drawn from _rng, not used yet from _next on
+        self._next = 0
         self._receivers: dict[str, Receiver | None] = {}
         self._offline: set[str] = set()
         self._queue: list[tuple[float, int, str, str, bytes]] = []
@@ -52,13 +55,22 @@ class MemoryNetwork:
 
     def _send(self, src: str, dst: str, data: bytes) -> None:
         self.sent += 1
-        if dst == src or dst not in self._receivers or src in self._offline or self._rng.random() < self.link.loss:
+        if dst == src or dst not in self._receivers or src in self._offline or self._random() < self.link.loss:
             self.dropped += 1
             return
-        delay = (self.link.latency_ms + self._rng.uniform(0, self.link.jitter_ms)
+        # rng.uniform(0, jitter), computed as numpy does: low + (high - low) * the next double
+        delay = (self.link.latency_ms + (0.0 + self.link.jitter_ms * self._random())
                  + len(data) / self.link.bandwidth_bytes_per_ms)
         self._counter += 1
         heapq.heappush(self._queue, (self.now_ms + delay, self._counter, src, dst, data))
+
+    def _random(self) -> float:
+        """The generator's next double, as rng.random() gives it: drawn a block at a time, the same
+        numbers in the same order (a numpy call for each costs more than the rest of a send)."""
+        if self._next == len(self._doubles):
+            self._doubles, self._next = self._rng.random(_BLOCK).tolist(), 0
+        self._next += 1
+        return self._doubles[self._next - 1]
 
     def due(self, t_ms: float) -> list[bytes]:
         """The bytes that run_until(t_ms) will hand to a receiver (a copy for each)."""
