@@ -176,12 +176,18 @@ def test_cli_protocol_only_and_one_by_one(tmp_path):
     assert json.loads(result.output)["config"]["batched"] is False
 
 
-def test_threads_give_each_result_in_its_items_order():
+def test_threads_give_each_result_in_its_items_order_and_soon_what_was_asked():
+    import threading
+
     from manymodels.node.sim.batching import Threads, threads
 
     items = list(range(7))
     with threads() as cores:
         assert cores.each(lambda k: k * k, items) == [k * k for k in items]
-    with ThreadPoolExecutor(3) as pool:
+    with ThreadPoolExecutor(3) as pool, ThreadPoolExecutor(1) as aside:
         assert Threads(pool, 3).each(str, items) == list(map(str, items))
+        started = threading.Event()
+        result = Threads(pool, 3, aside).soon(lambda: started.set() or "done")
+        assert started.wait(10) and result() == "done"  # started without waiting for the call
     assert Threads(None, 1).each(str, items[:1]) == ["0"]
+    assert Threads(None, 1).soon(lambda: 42)() == 42
