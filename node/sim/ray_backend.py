@@ -33,7 +33,7 @@ from .network import LinkModel, MemoryNetwork
 from .batching import fold_nodes, train_nodes
 from .series import counts, new_series, record
 from .simulator import (EPOCH_MS, ROUND_MS, assemble_report, baseline, build_member, check_rules,
-                        finish_report, make_world, node_identity, node_report)
+                        finish_report, make_world, node_identity, node_report, out_of_sight)
 from .spec import SimulationConfig, SimulationSpec
 from ..core.transport import Receiver
 from ..spec import SpecError
@@ -240,6 +240,7 @@ class Shard:
         for (i, node), accuracy in zip(self.nodes.items(), self.world.accuracies(learners)):
             self.series[i]["history"].append(accuracy)
             record(self.series[i], node, self.before[i])
+        out_of_sight()
         return {i: self.series[i]["history"][-1] for i in self.nodes}
 
     def baselines(self, archs: list[str]) -> tuple[dict[int, float], dict[str, float]]:

@@ -163,11 +163,12 @@ def _frozen_heap() -> Iterator[None]:
         gc.unfreeze()
 
 
-def _out_of_sight() -> None:
-    """After a round, inside _frozen_heap: the round's garbage collected and what outlives it (the
-    messages and readings kept, reputations, series) frozen with the network, so that the collector
-    walks only the newest objects. Otherwise each full collection walks every round's leftovers
-    again: 9 % of a round at 3,000 nodes. The collection first: a cycle frozen is freed only at the end."""
+def out_of_sight() -> None:
+    """After a round: the round's garbage collected and what outlives it (the messages and readings
+    kept, reputations, series) frozen with the network (_frozen_heap, or a Ray shard's whole life),
+    so that the collector walks only the newest objects. Otherwise each full collection walks every
+    round's leftovers again: 9 % of a round at 3,000 nodes. The collection first: a cycle frozen is
+    freed only once unfrozen."""
     gc.collect()
     gc.freeze()
 
@@ -252,7 +253,7 @@ def _rounds(spec: SimulationSpec, nodes: list[Node], network: MemoryNetwork, con
                 record(series[i], node, before[i])
             accuracies, running = _evaluation(world, [node.learner for node in nodes], cores)
             waiting.append(partial(_evaluated, series, r, accuracies, on_round, attackers))
-            _out_of_sight()
+            out_of_sight()
             while len(waiting) > running:  # a running evaluation may go on while the next round runs
                 waiting.pop(0)()
         for one in waiting:
