@@ -175,7 +175,7 @@ def main() -> None:
     parser.add_argument("--big", type=int, default=10_000)
     parser.add_argument("--per-node", type=int, default=16, help="training examples per node (MNIST-1D)")
     parser.add_argument("--max-test", type=int, default=500, help="held-out examples every node is evaluated on")
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--topology", default="random:5")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
