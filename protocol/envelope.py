@@ -180,17 +180,14 @@ class _Reading:
         self._payload = self._once(self._payload, lambda: self.kind().from_bytes(self.header()["payload"]))
         return self._result(self._payload)
 
-    def check(self) -> None:
-        """Every stage that depends on the bytes alone, in §7's order, up to the first that fails
-        (the payload only once the signature and digest hold); what they find is kept for the
-        receivers, who still run every stage in order (their own checks come between these, and
-        cannot change what these find)."""
-        try:
-            self.kind()
-            self.authenticate()
-            self.payload()
-        except RejectedMessage:
-            pass
+
+def _passes(stage: Callable[[], Any]) -> bool:
+    """Whether a stage of a reading holds (what it finds is kept in the reading either way)."""
+    try:
+        stage()
+    except RejectedMessage:
+        return False
+    return True
 
 
 class ReadingMemo:
@@ -216,13 +213,17 @@ class ReadingMemo:
                 self._held -= len(self._readings.pop(next(iter(self._readings))).data)
         return reading
 
-    def read_ahead(self, messages: Iterable[bytes], each: Callable[[Callable[[_Reading], None], list[_Reading]], Any]
+    def read_ahead(self, messages: Iterable[bytes], each: Callable[[Callable[[_Reading], bool], list[_Reading]], list[bool]]
                    ) -> None:
-        """Read the messages not read yet (decoding, sender key, kind, signature, digest, payload)
-        before their receivers ask, by `each(check, readings)`: the simulator's runs the checks on a
-        thread per core, since Ed25519 verification lets go of the GIL (pyca/cryptography): one
-        thread decodes while another verifies. No more than half the memo's bytes are read ahead,
-        so none is dropped before use."""
+        """Read the messages not read yet before their receivers ask, each stage of §7 that depends
+        on the bytes alone, up to the first that fails: decoding, sender key and kind; then the
+        signature and digest by `each(check, readings)`; then the payload. The simulator's `each`
+        runs the signatures on a thread per core, since Ed25519 verification lets go of the GIL;
+        the decoding, which holds it, runs before and after on this thread alone, so that no
+        thread waits for the GIL while another decodes (with both at once, a round read ahead
+        slower than on one thread). Receivers still run every stage in order (their own checks
+        come between these, and cannot change what these find). No more than half the memo's
+        bytes are read ahead, so none is dropped before use."""
         fresh: list[_Reading] = []
         size = 0
         for data in messages:
@@ -230,7 +231,11 @@ class ReadingMemo:
                 continue
             fresh.append(self.reading(data))
             size += len(data)
-        each(_Reading.check, fresh)
+        decoded = [reading for reading in fresh if _passes(reading.kind)]
+        authentic = each(lambda reading: _passes(reading.authenticate), decoded)
+        for reading, ok in zip(decoded, authentic):
+            if ok:
+                _passes(reading.payload)
 
 
 def open_envelope(
