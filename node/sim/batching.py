@@ -91,15 +91,15 @@ class _Fold:
 
 def fold_nodes(nodes: list[Node], batched: bool) -> None:
     """Every node's fold(); with `batched`, the weight folds of a linear built-in rule together, in
-    groups of as many inputs of one size: WeightGossip.fold step for step (judge every sender
+    groups of as many inputs of the same shapes: WeightGossip.fold step for step (judge every sender
     against the median of all, score, drop the banned, merge by the rule's coefficients), stacked."""
-    groups: dict[tuple[int, int], list[_Fold]] = {}
+    groups: dict[tuple[int, tuple], list[_Fold]] = {}  # by inputs and tensor shapes
     for node in nodes:
         fold = _taken(node) if batched else None
         if fold is None:
             node.fold()
         elif fold.peers:
-            key = (len(fold.peers) + 1, sum(t.size for t in fold.own))
+            key = (len(fold.peers) + 1, tuple(t.shape for t in fold.own))
             groups.setdefault(key, []).append(fold)
     for folds in groups.values():
         for start in range(0, len(folds), _FOLD_BLOCK):
@@ -123,7 +123,8 @@ def _taken(node: Node) -> _Fold | None:
 
 def _fold_together(folds: list[_Fold]) -> None:
     """Folds with as many inputs of one size: each node's own weights and its senders' in one stack."""
-    stacked = np.stack([flat_rows([f.own, *(t for t, _ in f.peers.values())]) for f in folds])
+    stacked = flat_rows([tensors for f in folds for tensors in (f.own, *(t for t, _ in f.peers.values()))]
+                        ).reshape(len(folds), len(folds[0].peers) + 1, -1)
     ratios = stacked_outlier_ratios(stacked)
     rows, coefficients = [], []
     for k, fold in enumerate(folds):
@@ -141,7 +142,8 @@ def _fold_together(folds: list[_Fold]) -> None:
             rows.append(k)
             coefficients.append(found)
     if rows:
-        merged = split_rows(np.einsum("gi,gij->gj", np.array(coefficients), stacked[rows]), folds[0].own)
+        chosen = stacked if len(rows) == len(folds) else stacked[rows]  # a copy: only when some fold left
+        merged = split_rows(np.einsum("gi,gij->gj", np.array(coefficients), chosen), folds[0].own)
         for j, k in enumerate(rows):
             folds[k].node.learner.set_weights([tensor[j] for tensor in merged])
 
