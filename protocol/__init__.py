@@ -1,6 +1,7 @@
 """Bytes <-> verified messages. Pure: no sockets, threads, torch or wall clock."""
 from .codecs import Codec, CodecError, CodecSpec, Coded, Tensor, codec_of, dense, get_codec, list_codecs
-from .envelope import MAX_ENVELOPE_BYTES, PROTOCOL_VERSION, Message, ReadingMemo, digest, open_envelope, seal
+from .envelope import (MAX_ENVELOPE_BYTES, PROTOCOL_VERSION, Message, ReadingMemo, Sealing, digest, open_envelope,
+                       seal, seal_all)
 from .errors import Reason, RejectedMessage
 from .identity import Identity, peer_id, strict_public_key, verify
 from .messages import (KINDS, Announce, BlobRequest, BlobResponse, Error, Hello, Logits, Payload, PeerExchange,
@@ -13,5 +14,5 @@ __all__ = [
     "list_codecs", "MAX_ENVELOPE_BYTES", "PROTOCOL_VERSION", "Announce", "BlobRequest",
     "BlobResponse", "Error", "Hello", "Identity", "Logits", "Message", "Payload", "PeerExchange", "Reason",
     "ReadingMemo", "RejectedMessage", "ReplayGuard", "SyntheticBatch", "Weights", "decode_array", "digest",
-    "array_digest", "encode_array", "open_envelope", "peer_id", "seal", "strict_public_key", "verify",
+    "array_digest", "encode_array", "open_envelope", "peer_id", "seal", "seal_all", "Sealing", "strict_public_key", "verify",
 ]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from manymodels.protocol import (Identity, Message, Payload, ReadingMemo, Reason, RejectedMessage, ReplayGuard,
-                                 open_envelope, peer_id, seal)
+                                 Sealing, open_envelope, peer_id, seal)
 
 from .exchange import Exchange, Folded, NodeView
 from ..learning.learner import Learner
@@ -142,12 +142,17 @@ class Node:
         """Sign a payload with the next sequence number. The node's own guard records it, so a copy
         of its own message replayed back to it is rejected like any other replay. Replies (blob
         chunks, errors) are not sequenced: they carry the current number and do not use one up."""
+        return seal(*self.sealing(payload, ts_ms=ts_ms))
+
+    def sealing(self, payload: Payload, *, ts_ms: int | None = None) -> Sealing:
+        """What seal() signs: the payload numbered (the number used up, as seal() does), to be
+        sealed by protocol's seal_all with others."""
         with self._guard_lock:
             if payload.SEQUENCED:
                 self.seq += 1
                 self.guard.record(self.identity.public_key, self.seq)
             seq = self.seq
-        return seal(self.identity, payload, seq, self.clock() if ts_ms is None else ts_ms)
+        return self.identity, payload, seq, self.clock() if ts_ms is None else ts_ms
 
     def on_bytes(self, sender_address: str, data: bytes) -> None:
         """Verify bytes from a peer and handle the message."""

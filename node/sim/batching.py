@@ -14,6 +14,8 @@ from typing import TypeVar
 
 import numpy as np
 
+from manymodels.protocol import seal_all
+
 from ..core.exchange import WeightGossip, flat_rows, split_rows
 from ..core.node import Node, sealed
 from ..core.reputation import stacked_outlier_ratios
@@ -63,10 +65,13 @@ def threads() -> Iterator[Threads]:
 
 
 def publish_nodes(nodes: list[Node], threads: Threads) -> None:
-    """Every node's publish(), in this order: the honest nodes' payloads made one by one and sealed
-    on the threads (each node's by one thread, in order), every message sent as publish() sends it."""
+    """Every node's publish(), in this order: the honest nodes' payloads made and numbered one by
+    one and sealed together (protocol's seal_all: signed on the threads), every message sent as
+    publish() sends it."""
     jobs = [(node, payloads) for node in nodes if node.outbound is sealed and (payloads := node.next_payloads())]
-    messages = dict(zip((id(node) for node, _ in jobs), threads.each(lambda job: sealed(*job), jobs)))
+    sealed_bytes = iter(seal_all([node.sealing(payload) for node, payloads in jobs for payload in payloads],
+                                 threads.each))
+    messages = {id(node): [(next(sealed_bytes), payload.KIND) for payload in payloads] for node, payloads in jobs}
     for node in nodes:
         for data, kind in messages.get(id(node), []) if node.outbound is sealed else node.publication():
             node.send_to_neighbours(data, kind)
