@@ -94,10 +94,11 @@ class _Fold:
     peers: dict[bytes, tuple[list[np.ndarray], int]]
 
 
-def fold_nodes(nodes: list[Node], batched: bool) -> None:
+def fold_nodes(nodes: list[Node], batched: bool, cores: Threads | None = None) -> None:
     """Every node's fold(); with `batched`, the weight folds of a linear built-in rule together, in
     groups of as many inputs of the same shapes: WeightGossip.fold step for step (judge every sender
-    against the median of all, score, drop the banned, merge by the rule's coefficients), stacked."""
+    against the median of all, score, drop the banned, merge by the rule's coefficients), stacked;
+    the judging split between the `cores` (numpy's sorts and sums let go of the GIL)."""
     groups: dict[tuple[int, tuple], list[_Fold]] = {}  # by inputs and tensor shapes
     for node in nodes:
         fold = _taken(node) if batched else None
@@ -108,7 +109,7 @@ def fold_nodes(nodes: list[Node], batched: bool) -> None:
             groups.setdefault(key, []).append(fold)
     for folds in groups.values():
         for start in range(0, len(folds), _FOLD_BLOCK):
-            _fold_together(folds[start:start + _FOLD_BLOCK])
+            _fold_together(folds[start:start + _FOLD_BLOCK], cores or Threads(None, 1))
 
 
 def _taken(node: Node) -> _Fold | None:
@@ -126,11 +127,11 @@ def _taken(node: Node) -> _Fold | None:
     return _Fold(node, own, exchange.take_decoded(own))
 
 
-def _fold_together(folds: list[_Fold]) -> None:
+def _fold_together(folds: list[_Fold], cores: Threads) -> None:
     """Folds with as many inputs of one size: each node's own weights and its senders' in one stack."""
     stacked = flat_rows([tensors for f in folds for tensors in (f.own, *(t for t, _ in f.peers.values()))]
                         ).reshape(len(folds), len(folds[0].peers) + 1, -1)
-    ratios = stacked_outlier_ratios(stacked)
+    ratios = np.concatenate(cores.each(stacked_outlier_ratios, np.array_split(stacked, cores.count)))
     rows, coefficients = [], []
     for k, fold in enumerate(folds):
         node, exchange = fold.node, fold.node.exchange

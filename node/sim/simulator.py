@@ -248,7 +248,7 @@ def _rounds(spec: SimulationSpec, nodes: list[Node], network: MemoryNetwork, con
                     before_fold(r, members[k], nodes[k])
                     nodes[k].fold()
             else:
-                fold_nodes([nodes[k] for k in folding], spec.config.batched)
+                fold_nodes([nodes[k] for k in folding], spec.config.batched, cores)
             for i, node in enumerate(nodes):
                 record(series[i], node, before[i])
             accuracies, running = _evaluation(world, [node.learner for node in nodes], cores)
