@@ -942,3 +942,14 @@ def test_a_memo_holds_at_most_its_bytes():
         accept(data, memo=memo)
     assert sum(len(r.data) for r in memo._readings.values()) <= 3 * len(SEALED) + 8
     assert messages[-1] in memo._readings and messages[0] not in memo._readings
+
+
+def test_seal_all_on_two_threads_is_seal_one_by_one():
+    """The simulator seals a round's messages together, the signatures on a thread per core: the
+    same bytes, in the jobs' order, as sealing each alone."""
+    jobs = [(signer, payload, seq, NOW + seq) for seq in range(1, 9)
+            for signer, payload in ((ALICE, HELLO), (BOB, Hello(agent=f"b{seq}")))]
+    with ThreadPoolExecutor(2) as pool:
+        together = protocol.seal_all(jobs, lambda sign, items: list(pool.map(sign, items)))
+    assert together == [seal(*job) for job in jobs] == protocol.seal_all(jobs)
+    assert len(set(together)) == len(jobs)
