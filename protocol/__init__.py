@@ -14,5 +14,6 @@ __all__ = [
     "list_codecs", "MAX_ENVELOPE_BYTES", "PROTOCOL_VERSION", "Announce", "BlobRequest",
     "BlobResponse", "Error", "Hello", "Identity", "Logits", "Message", "Payload", "PeerExchange", "Reason",
     "ReadingMemo", "RejectedMessage", "ReplayGuard", "SyntheticBatch", "Weights", "decode_array", "digest",
-    "array_digest", "encode_array", "open_envelope", "peer_id", "seal", "seal_all", "Sealing", "strict_public_key", "verify",
+    "array_digest", "encode_array", "open_envelope", "peer_id", "seal", "seal_all", "Sealing", "strict_public_key",
+    "verify",
 ]

@@ -227,8 +227,8 @@ class ReadingMemo:
                 self._held -= len(self._readings.pop(next(iter(self._readings))).data)
         return reading
 
-    def read_ahead(self, messages: Iterable[bytes], each: Callable[[Callable[[_Reading], bool], list[_Reading]], list[bool]]
-                   ) -> None:
+    def read_ahead(self, messages: Iterable[bytes],
+                   each: Callable[[Callable[[_Reading], bool], list[_Reading]], list[bool]]) -> None:
         """Read the messages not read yet before their receivers ask, each stage of §7 that depends
         on the bytes alone, up to the first that fails: decoding, sender key and kind; then the
         signature and digest by `each(check, readings)`; then the payload. The simulator's `each`

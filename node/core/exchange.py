@@ -88,7 +88,8 @@ def flat_rows(inputs: list[list[np.ndarray]]) -> np.ndarray:
     the simulator's thousands of inputs (a widening cast, so the values are the same)."""
     if not inputs:
         return np.zeros((0, 0))
-    return np.concatenate([t.ravel() for tensors in inputs for t in tensors]).astype(np.float64).reshape(len(inputs), -1)
+    flat = np.concatenate([t.ravel() for tensors in inputs for t in tensors])
+    return flat.astype(np.float64).reshape(len(inputs), -1)
 
 
 def split_rows(rows: np.ndarray, like: list[np.ndarray]) -> list[np.ndarray]:

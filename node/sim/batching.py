@@ -128,7 +128,7 @@ def _taken(node: Node) -> _Fold | None:
 
 
 def _fold_together(folds: list[_Fold], cores: Threads) -> None:
-    """Folds with as many inputs of one size: each node's own weights and its senders' in one stack."""
+    """Folds with as many inputs of the same shapes: each node's own weights and its senders' in one stack."""
     stacked = flat_rows([tensors for f in folds for tensors in (f.own, *(t for t, _ in f.peers.values()))]
                         ).reshape(len(folds), len(folds[0].peers) + 1, -1)
     ratios = np.concatenate(cores.each(stacked_outlier_ratios, np.array_split(stacked, cores.count)))
