@@ -84,11 +84,15 @@ def _flat(tensors: list[np.ndarray]) -> np.ndarray:
 
 def flat_rows(inputs: list[list[np.ndarray]]) -> np.ndarray:
     """Each input's tensors flattened into one row, in float64 as a rule sums them: (inputs,
-    parameters). One concatenation of every tensor: a third of the time of a row at a time, for
-    the simulator's thousands of inputs (a widening cast, so the values are the same)."""
+    parameters). The inputs have tensors of the same sizes (a receiver refuses weights shaped
+    otherwise; only the total is checked here). One concatenation of every tensor: a third of the
+    time of a row at a time, for the simulator's thousands of inputs (a widening cast, so the
+    values are the same)."""
     if not inputs:
         return np.zeros((0, 0))
-    flat = np.concatenate([t.ravel() for tensors in inputs for t in tensors])
+    flat = np.concatenate([t.ravel() for tensors in inputs for t in tensors] or [np.zeros(0)])
+    if flat.size != len(inputs) * sum(t.size for t in inputs[0]):
+        raise ValueError("inputs of different sizes cannot be rows of one array")
     return flat.astype(np.float64).reshape(len(inputs), -1)
 
 

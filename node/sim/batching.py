@@ -2,7 +2,8 @@
 Train: a node trains in a batch (node/learning/batched.py) when its learner can and its exchange
 adds no samples of peers to its data. Fold: weight folds with a linear built-in rule (fedavg,
 gossip), judged and merged in one stacked computation. Sign and verify: on a thread per core
-(`Threads`), since pyca/cryptography's Ed25519 lets go of the GIL."""
+(`Threads`), since Ed25519 signing (pyca/cryptography) and verification (libsodium) let go of the
+GIL."""
 from __future__ import annotations
 
 import contextlib
