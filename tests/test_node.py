@@ -138,6 +138,39 @@ def test_memory_network_is_deterministic_and_models_loss_and_churn():
     assert [t for t, _, _ in first] == sorted(t for t, _, _ in first)
 
 
+def test_delivery_by_receiver_gives_each_the_same_messages_at_the_same_times():
+    def run(by_receiver):
+        network = MemoryNetwork(seed=3, link=LinkModel(loss=0.2))
+        got = []
+        for name in "abc":
+            network.attach(name).set_receiver(
+                lambda src, data, name=name: got.append((name, network.now_ms, src, data)))
+        senders = [network.attach(f"s{k}") for k in range(3)]
+        network.set_online("b", False)
+        for i in range(30):
+            for sender in senders:
+                for dst in "abc":
+                    sender.send(dst, bytes([i]))
+        delivered = network.run_until(1000, by_receiver=by_receiver)
+        return got, delivered, network.dropped, network.now_ms
+
+    in_time, grouped = run(False), run(True)
+    assert [g for g in grouped[0] if g[0] == "a"] == [g for g in in_time[0] if g[0] == "a"]
+    assert sorted(grouped[0]) == sorted(in_time[0]) and grouped[1:] == in_time[1:]
+    assert [name for name, *_ in grouped[0]] == sorted(name for name, *_ in in_time[0])  # a's, then c's
+    assert [name for name, *_ in in_time[0]] != [name for name, *_ in grouped[0]]
+
+
+def test_delivery_by_receiver_refuses_a_receiver_that_sends():
+    network = MemoryNetwork(seed=0)
+    a, b = network.attach("a"), network.attach("b")
+    a.set_receiver(lambda src, data: a.send("b", data))
+    b.set_receiver(lambda src, data: None)
+    b.send("a", b"x")
+    with pytest.raises(RuntimeError, match="in time order"):
+        network.run_until(1000, by_receiver=True)
+
+
 def test_a_pulled_message_must_be_the_one_asked_for_by_its_author_and_fresh():
     network, a, b = _pair()
     sealed = b.seal(Weights("logreg", 1, 20, b.learner.get_weights()))

@@ -142,7 +142,7 @@ class _Driver:
                 sent += ray.get(shards[0].publish_attackers.remote(self._honest_models()))
             for i, peer, data in sorted(sent, key=lambda m: (m[0] in spec.attackers, m[0])):  # stable: send order
                 self.transports[i].send(peer, data)
-            network.run_until((r + 1) * ROUND_MS)
+            network.run_until((r + 1) * ROUND_MS, by_receiver=True)  # each shard's nodes one after another
             accuracy = _merged(ray.get([s.deliver_and_fold.remote(inbox, network.now_ms)
                                         for s, inbox in zip(shards, self.inbox)]))
             for inbox in self.inbox:

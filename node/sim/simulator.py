@@ -241,7 +241,7 @@ def _rounds(spec: SimulationSpec, nodes: list[Node], network: MemoryNetwork, con
                 adversary(r, network, nodes)
             if memo is not None:  # each message's signature checked on every core before delivery
                 memo.read_ahead(network.due((r + 1) * ROUND_MS), cores.each)
-            network.run_until((r + 1) * ROUND_MS)
+            network.run_until((r + 1) * ROUND_MS, by_receiver=True)
             folding = [k for k, i in enumerate(members) if folds(spec.attackers, i)]
             if before_fold:
                 for k in folding:
