@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from manymodels.protocol import (Identity, Message, Payload, ReadingMemo, Reason, RejectedMessage, ReplayGuard,
-                                 Sealing, open_envelope, peer_id, seal)
+                                 Sealing, open_envelope, peer_id, seal, seal_all)
 
 from .exchange import Exchange, Folded, NodeView
 from ..learning.learner import Learner
@@ -61,7 +61,15 @@ Outbound = Callable[["Node", list[Payload]], list[tuple[bytes, str]]]  # payload
 
 def sealed(node: Node, payloads: list[Payload]) -> list[tuple[bytes, str]]:
     """The honest outbound filter: each payload signed once, sent as what it is."""
-    return [(node.seal(payload), payload.KIND) for payload in payloads]
+    return sealed_together([(node, payloads)])[0]
+
+
+def sealed_together(jobs: list[tuple[Node, list[Payload]]], each: Callable | None = None
+                    ) -> list[list[tuple[bytes, str]]]:
+    """sealed() of each (node, payloads), numbered node by node and sealed by one protocol
+    seal_all (`each`: how it signs, e.g. on a thread per core)."""
+    data = iter(seal_all([node.sealing(payload) for node, payloads in jobs for payload in payloads], each))
+    return [[(next(data), payload.KIND) for payload in payloads] for _, payloads in jobs]
 
 
 class Node:

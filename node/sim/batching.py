@@ -15,10 +15,8 @@ from typing import TypeVar
 
 import numpy as np
 
-from manymodels.protocol import seal_all
-
 from ..core.exchange import WeightGossip, flat_rows, split_rows
-from ..core.node import Node, sealed
+from ..core.node import Node, sealed, sealed_together
 from ..core.reputation import stacked_outlier_ratios
 from ..learning.batched import fit_batches
 
@@ -67,12 +65,10 @@ def threads() -> Iterator[Threads]:
 
 def publish_nodes(nodes: list[Node], threads: Threads) -> None:
     """Every node's publish(), in this order: the honest nodes' payloads made and numbered one by
-    one and sealed together (protocol's seal_all: signed on the threads), every message sent as
+    one and sealed together (sealed_together: signed on the threads), every message sent as
     publish() sends it."""
     jobs = [(node, payloads) for node in nodes if node.outbound is sealed and (payloads := node.next_payloads())]
-    sealed_bytes = iter(seal_all([node.sealing(payload) for node, payloads in jobs for payload in payloads],
-                                 threads.each))
-    messages = {id(node): [(next(sealed_bytes), payload.KIND) for payload in payloads] for node, payloads in jobs}
+    messages = dict(zip((id(node) for node, _ in jobs), sealed_together(jobs, threads.each)))
     for node in nodes:
         for data, kind in messages.get(id(node), []) if node.outbound is sealed else node.publication():
             node.send_to_neighbours(data, kind)
