@@ -204,6 +204,8 @@ class WeightGossip(Exchange):
     def _decode(self, peer: bytes, tensors: list[Tensor], own: list[np.ndarray]) -> list[np.ndarray]:
         """A peer's weights as this node's dtype. A sparse message brings some values: the others are
         the peer's as last heard (its own weights for a peer not heard yet), kept for the next one."""
+        if all(type(t) is np.ndarray and t.dtype == o.dtype == np.float32 for t, o in zip(tensors, own)):
+            return list(tensors)  # plain float32, as the node's: what dense() gives (the common case)
         if not any(isinstance(t, Coded) and codec_of(t).relative for t in tensors):
             return [dense(t).astype(o.dtype, copy=False) for t, o in zip(tensors, own)]
         bases = self._heard.pop(peer, own)

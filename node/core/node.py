@@ -138,13 +138,16 @@ class Node:
 
     def send_to_neighbours(self, data: bytes, kind: str) -> None:
         """To every neighbour; knowledge only to those the sharing policy gives it to."""
-        for peer in self.neighbours:
-            if kind in KNOWLEDGE and not self.sharing.shares_with(peer, self.version):
-                self.stats.withheld += 1
-                continue
-            self.transport.send(peer, data)
-            self.stats.bytes_sent += len(data)
-            self.stats.sent_by_kind[kind] += len(data)
+        peers = self.neighbours
+        if kind in KNOWLEDGE:
+            peers = [peer for peer in peers if self.sharing.shares_with(peer, self.version)]
+            self.stats.withheld += len(self.neighbours) - len(peers)
+        if peers:
+            send = self.transport.send
+            for peer in peers:
+                send(peer, data)
+            self.stats.bytes_sent += len(data) * len(peers)
+            self.stats.sent_by_kind[kind] += len(data) * len(peers)
 
     def seal(self, payload: Payload, *, ts_ms: int | None = None) -> bytes:
         """Sign a payload with the next sequence number. The node's own guard records it, so a copy
@@ -210,8 +213,8 @@ class Node:
 
     def score(self, peers: list[bytes], ratios: np.ndarray) -> None:
         """Each peer's outlier ratio (judge's) into its reputation; a peer that falls below is banned."""
-        for peer, ratio in zip(peers, ratios):
-            if np.isfinite(ratio) and self.reputation.observe(peer, float(ratio)):
+        for peer, ratio, finite in zip(peers, ratios.tolist(), np.isfinite(ratios).tolist()):
+            if finite and self.reputation.observe(peer, ratio):
                 self.banned.add(peer)
 
     def banned_neighbours(self) -> int:

@@ -30,7 +30,7 @@ from manymodels.protocol import Identity, ReadingMemo
 
 from .attacks import ATTACKS, AttackContext, folds
 from .network import LinkModel, MemoryNetwork
-from .batching import fold_nodes, train_nodes
+from .batching import Threads, fold_nodes, publish_nodes, train_nodes
 from .series import counts, new_series, record
 from .simulator import (EPOCH_MS, ROUND_MS, assemble_report, baseline, build_member, check_rules,
                         finish_report, make_world, node_identity, node_report, out_of_sight)
@@ -206,9 +206,7 @@ class Shard:
         self.now_ms, self.context.round = now_ms, r
         self.before = {i: counts(node) for i, node in self.nodes.items()}
         train_nodes(list(self.nodes.values()), self.spec.node.local_epochs, self.spec.config.batched)
-        for i, node in self.nodes.items():
-            if i not in self.spec.attackers:
-                node.publish()
+        publish_nodes([node for i, node in self.nodes.items() if i not in self.spec.attackers], Threads(None, 1))
         return self._sent()
 
     def honest_models(self) -> dict[int, list[np.ndarray]]:
