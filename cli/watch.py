@@ -62,6 +62,7 @@ def status_view(s: dict, peers: list[dict] | None = None) -> RenderableType:
     counters.add_row("bytes", f"sent {size(s['bytes_sent'])}, received {size(s['bytes_received'])}")
     counters.add_row("rejected", _by_reason(s["rejected"]))
     counters.add_row("refused", _by_reason(s["refused"]))
+    counters.add_row("frames refused", _by_reason({why: n for why, n in s["frames_refused"].items() if n}))
     counters.add_row("gate", ", ".join([f"{gate['blocked_now']} peers blocked now",
                                         f"{gate['inbound_dropped']} frames dropped",
                                         *(f"{event} {n}" for event, n in sorted(gate.items())

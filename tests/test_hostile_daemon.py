@@ -129,6 +129,8 @@ def test_a_daemon_under_a_flood_keeps_learning_from_its_honest_neighbour(pair):
     assert latencies and max(latencies) < STATUS_LIMIT_S, max(latencies)
     # attackers blocked, foreign authors refused before any signature work
     assert after["gate"]["blocked"] >= 1, after["gate"]
+    # frames refused before verification are counted where the operator looks
+    assert after["frames_refused"]["too_large"] > 0, after["frames_refused"]
     assert after["rejected"].get("foreign_author", 0) > before["rejected"].get("foreign_author", 0), after["rejected"]
     # memory bounded
     assert rss_max - rss_before < RSS_CAP_MIB, (rss_before, rss_max)

@@ -14,6 +14,7 @@ libp2p = pytest.importorskip("libp2p")
 import multiaddr  # noqa: E402
 from libp2p import new_host  # noqa: E402
 from libp2p.network.exceptions import SwarmException  # noqa: E402
+from libp2p.network.stream.exceptions import StreamReset  # noqa: E402
 from libp2p.peer.peerinfo import info_from_p2p_addr  # noqa: E402
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport  # noqa: E402
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID  # noqa: E402
@@ -254,18 +255,62 @@ def test_hostile_framing_is_bounded_and_counted():
             for stream in idle:
                 await stream.close()
 
-            # 800 KB announced and held back; a second 800 KB would pass the 1 MiB budget.
-            await stream_with(FRAME_HEADER.pack(800_000) + b"x")
-            await stream_with(FRAME_HEADER.pack(800_000) + b"x")
+            # Announced lengths cost nothing: two 900 KB frames announced, a byte of each sent.
+            announced = [await stream_with(FRAME_HEADER.pack(900_000) + b"x") for _ in range(2)]
+            await trio.sleep(0.3)
+            assert b.stats.rejected_busy == 1
+            for stream in announced:
+                await stream.close()
+            await eventually(lambda: b.stats.truncated == 2, "the two announced frames, ended early")
+
+            # Bytes that arrived count: 800 KB held back, then 300 KB more would pass the 1 MiB budget.
+            await stream_with(FRAME_HEADER.pack(900_000) + b"x" * 800_000)
+            await trio.sleep(0.3)
+            await stream_with(FRAME_HEADER.pack(900_000) + b"x" * 300_000)
             await eventually(lambda: b.stats.rejected_busy == 2, "the byte budget")
 
             # A frame that ends early, and the 800 KB one that stalls past read_timeout: both
-            # truncated, and the bytes the stalled one reserved are free again.
+            # truncated, and the bytes the stalled one holds are free again.
             await (await stream_with(FRAME_HEADER.pack(100) + b"x" * 10)).close()
-            await eventually(lambda: b.stats.truncated == 2, "truncated frames")
+            await eventually(lambda: b.stats.truncated == 4, "truncated frames")
             await (await stream_with(FRAME_HEADER.pack(900_000) + b"y" * 900_000)).close()
             assert (await inbox.wait_for(1))[0][1] == b"y" * 900_000
             assert b.stats.receiver_errors == b.stats.stream_errors == 0
+            await hostile.close()
+    run(main)
+
+
+def test_frames_that_stall_in_the_header_or_trickle_are_truncated():
+    """A header cut off mid-way stalls like a body; a body trickled a byte at a time is cut off at
+    the frame's deadline though it never stalls; one written a byte at a time, but promptly, arrives."""
+    async def main():
+        b = Libp2pTransport(Identity.generate(), read_timeout=1.0)
+        inbox = Inbox()
+        b.set_receiver(inbox)
+        hostile = noise_only_host(os.urandom(32), LOOPBACK)
+        async with b.running(), hostile.run([multiaddr.Multiaddr(LOOPBACK[0])]):
+            info = info_from_p2p_addr(multiaddr.Multiaddr(b.listen_addrs()[0]))
+            await hostile.connect(info)
+            half = await hostile.new_stream(info.peer_id, [MSG_PROTOCOL])
+            await half.write(FRAME_HEADER.pack(100)[:4])
+            trickle = await hostile.new_stream(info.peer_id, [MSG_PROTOCOL])
+            prompt = await hostile.new_stream(info.peer_id, [MSG_PROTOCOL])
+            frame = FRAME_HEADER.pack(200) + bytes(range(200))
+            started = trio.current_time()
+            for k in range(len(frame)):
+                await prompt.write(frame[k:k + 1])
+            await prompt.close()
+            await trickle.write(FRAME_HEADER.pack(4096))
+            for _ in range(8):  # a byte every 0.3 s: never a 1 s stall; reset at the deadline
+                try:
+                    await trickle.write(b"t")
+                except StreamReset:
+                    break
+                await trio.sleep(0.3)
+            await eventually(lambda: b.stats.truncated == 2, "the cut-off header and the trickle")
+            assert trio.current_time() - started < 3.5
+            assert (await inbox.wait_for(1))[0][1] == bytes(range(200))
+            assert b.stats.stream_errors == 0
             await hostile.close()
     run(main)
 

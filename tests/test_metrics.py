@@ -117,13 +117,15 @@ def test_a_running_daemon_serves_its_counters_to_prometheus(tmp_path):
         assert value(samples, "manymodels_received_bytes_total") > 0
         assert value(samples, "manymodels_connected_peers") == 1
         assert value(samples, "manymodels_banned_peers") == 0
+        assert value(samples, "manymodels_inbound_frames_refused_total", reason="truncated") == 0
         assert value(samples, "manymodels_uptime_seconds") > 0
         assert value(samples, "process_resident_memory_bytes") > 0
         (info,) = samples["manymodels_node_info"]
         assert info.labels == {"id": before["id"], "model": "logreg", "exchange": "weights", "rule": "fedavg"}
         for name in ("manymodels_messages_rejected_total", "manymodels_messages_refused_total",
                      "manymodels_messages_pulled_total", "manymodels_gate_events_total",
-                     "manymodels_gate_blocked_peers", "manymodels_inbound_dropped_frames_total"):
+                     "manymodels_gate_blocked_peers", "manymodels_inbound_dropped_frames_total",
+                     "manymodels_inbound_frames_refused_total"):
             assert all(s.value >= 0 for s in samples.get(name, [])), name
         assert "manymodels_messages_pulled_total" in samples and "manymodels_gate_blocked_peers" in samples
     finally:

@@ -24,7 +24,8 @@ STATUS = {"id": "12D3KooWFHDBrb7mspzM2H5HYTkeph1pWnq8h6QFqsHMc2x2fpwg", "addrs":
           "model": "mlp", "exchange": "weights", "rule": "fedavg", "version": 12, "accuracy": 0.9317,
           "uptime_s": 61.5, "home": "/n", "messages_accepted": 40, "rejected": {"bad_signature": 2, "replay": 1},
           "refused": {}, "bytes_sent": 123_456, "bytes_received": 4_500_000, "pulled": 3,
-          "gate": {"blocked": 1, "throttled": 4, "blocked_now": 0, "inbound_dropped": 5}, "discovery": None}
+          "gate": {"blocked": 1, "throttled": 4, "blocked_now": 0, "inbound_dropped": 5}, "discovery": None,
+          "frames_refused": {"too_large": 2, "truncated": 0, "busy": 0, "gate": 7, "stream_error": 0}}
 PEERS = [{"id": PEER, "addrs": [], "first_seen": 1, "last_seen": 0, "accepted": 40, "offered": {"weights": "mlp"},
           "connected": True, "rejected": 3, "reputation": None, "banned": True}]
 
@@ -42,6 +43,7 @@ def test_the_live_view_shows_the_status_its_counters_by_reason_and_the_peers():
     assert "bytes sent 123.5 KB, received 4.5 MB" in text
     assert "rejected bad_signature 2, replay 1 refused none" in text
     assert "gate 0 peers blocked now, 5 frames dropped, blocked 1, throttled 4" in text
+    assert "frames refused gate 7, too_large 2" in text
     assert f"{PEER} yes never weights mlp 40 3 banned" in text
     fresh = shown(status_view({**STATUS, "accuracy": None}))
     assert "held-out accuracy -" in fresh and "last seen" not in fresh  # no peers, no table

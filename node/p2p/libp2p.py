@@ -24,8 +24,9 @@
   for messages up to ``small_frame`` bytes and for larger ones, so a hello or an announcement
   does not wait behind a 100 MB model (order is kept within a lane; the node's replay window
   tolerates the rest). A full queue, an unknown or unreachable peer, or a closed transport drops
-  the message and counts it. Inbound, the bytes being read at once (``inbound_bytes``) and the
-  open message streams per peer (``inbound_streams_per_peer``) are bounded too.
+  the message and counts it. Inbound, the bytes being read at once (``inbound_bytes``, counted as
+  they arrive) and the open message streams per peer (``inbound_streams_per_peer``) are bounded
+  too; a frame must arrive within ``read_timeout`` plus SECONDS_PER_MIB a MiB.
 * **The gate** (``gate.PeerGate``): before a frame's body is read, its peer must be admitted
   (not blocked, not throttled, within its frame rate); a refused frame's stream is reset unread.
   Oversize and truncated frames strike the peer, and so does the receiver for frames that fail
@@ -85,6 +86,7 @@ MiB = 1 << 20
 
 DEFAULT_MAX_FRAME = MAX_ENVELOPE_BYTES  # the largest envelope the protocol allows
 DEFAULT_CHUNK = 1 * MiB
+SECONDS_PER_MIB = 4.0  # a frame's body may take read_timeout plus this per MiB (256 KiB/s)
 DEFAULT_SMALL_FRAME = 256 * 1024  # up to this size a message takes the small lane to its peer
 
 
@@ -125,6 +127,11 @@ class Libp2pStats:
     stream_errors: int = 0  # other inbound stream failures
     receiver_errors: int = 0  # the receiver callback raised
     rejected_by_peer: Counter = field(default_factory=Counter)  # peer id -> frames refused
+
+    def frames_refused(self) -> dict[str, int]:
+        """Inbound frames refused before verification, by why (none of them reach `rejected`)."""
+        return {"too_large": self.rejected_oversize, "truncated": self.truncated, "busy": self.rejected_busy,
+                "gate": self.refused_by_gate, "stream_error": self.stream_errors}
 
     @property
     def dropped_total(self) -> int:
@@ -176,41 +183,54 @@ async def _read_some(stream, n: int) -> bytes:
 
 
 async def read_frame(stream, max_frame: int, *, chunk_size: int = DEFAULT_CHUNK,
-                     read_timeout: float = 60.0, on_length=None) -> bytes | None:
+                     read_timeout: float = 60.0, on_length=None, on_part=None) -> bytes | None:
     """One length-prefixed frame from a stream; None on a clean end of stream between frames.
 
     Raises FrameTooLarge before reading the body when the announced length is above
-    ``max_frame``, and Truncated when the stream ends or stalls for ``read_timeout`` seconds
-    inside a frame. ``on_length(n)``, if given, is called with the announced length before the
-    body is read (it may raise to refuse it). Reads in chunks of at most ``chunk_size`` with no
-    retry limit."""
-    header = bytearray()
+    ``max_frame``, and Truncated when the stream ends inside a frame, stalls inside one (its
+    header or body) for ``read_timeout`` seconds, or has not brought the whole frame within
+    ``read_timeout`` plus SECONDS_PER_MIB a MiB (a peer trickling a byte a minute cannot hold a
+    frame's buffer for ever). ``on_length(n)``, if given, is called with the announced length
+    before the body is read, and ``on_part(n)`` with the length of each part read before it is
+    kept; either may raise to refuse the frame. Reads in chunks of at most ``chunk_size`` with
+    no retry limit, into one buffer (a part kept apart costs ~40 bytes of overhead, so a body
+    sent a byte at a time would cost 40 times its size)."""
+    first = await _read_some(stream, FRAME_HEADER.size)
+    if not first:
+        return None
+    header = bytearray(first)
+    deadline = trio.current_time() + read_timeout
     while len(header) < FRAME_HEADER.size:
-        part = await _read_some(stream, FRAME_HEADER.size - len(header))
-        if not part:
-            if header:
-                raise Truncated(f"stream ended inside a frame header ({len(header)} bytes)")
-            return None
-        header += part
+        header += await _read_by(stream, FRAME_HEADER.size - len(header), deadline, read_timeout,
+                                 f"inside a frame header ({len(header)} bytes)")
     (length,) = FRAME_HEADER.unpack(header)
     if on_length is not None:  # before the size check: a peer's header spam is metered too
         on_length(length)
     if length > max_frame:
         raise FrameTooLarge(length, f"frame of {length} bytes > limit {max_frame}")
-    parts = []
-    remaining = length
-    while remaining:
-        with trio.move_on_after(read_timeout) as scope:
-            part = await _read_some(stream, min(remaining, chunk_size))
-        if scope.cancelled_caught:
-            raise Truncated(f"no data for {read_timeout:.0f} s with {remaining} of {length} bytes to go")
-        if not part:
-            raise Truncated(f"stream ended with {remaining} of {length} bytes to go")
-        parts.append(part)
-        remaining -= len(part)
-    if len(parts) == 1 and type(parts[0]) is bytes:
-        return parts[0]
-    return b"".join(parts)
+    deadline = trio.current_time() + read_timeout + SECONDS_PER_MIB * length / MiB
+    body = bytearray()
+    while len(body) < length:
+        part = await _read_by(stream, min(length - len(body), chunk_size), deadline, read_timeout,
+                              f"with {length - len(body)} of {length} bytes to go")
+        if on_part is not None:
+            on_part(len(part))
+        if not body and len(part) == length and type(part) is bytes:
+            return part  # the whole body in one read: kept as it came, no copy
+        body += part
+    return bytes(body)
+
+
+async def _read_by(stream, n: int, deadline: float, stall: float, where: str) -> bytes:
+    """Up to n bytes (at least one), or Truncated: the stream ended, stalled for `stall` seconds,
+    or passed the frame's `deadline` (trio time)."""
+    with trio.move_on_at(min(deadline, trio.current_time() + stall)) as scope:
+        part = await _read_some(stream, n)
+    if scope.cancelled_caught:
+        raise Truncated(f"no data for {stall:.0f} s, or past the frame's deadline, {where}")
+    if not part:
+        raise Truncated(f"stream ended {where}")
+    return part
 
 
 async def write_frame(stream, data: bytes, *, chunk_size: int = DEFAULT_CHUNK) -> None:
@@ -563,27 +583,30 @@ class Libp2pTransport(TrioService):
         await _quietly(stream.close())
 
     async def _read_frames(self, stream, peer: str) -> None:
-        """Frames until a clean end of stream, each admitted by the gate and within the budget of
-        bytes being read from all peers before its body is read, then handed to the receiver."""
+        """Frames until a clean end of stream, each admitted by the gate before its body is read,
+        its bytes counted against the budget of bytes being read from all peers as they arrive
+        (not as announced: an announced length costs nothing, so throwaway keys announcing big
+        frames and sending nothing cannot use up the budget and shut honest peers out), then
+        handed to the receiver."""
         stats = self.stats
         reserved = 0
 
-        def reserve(length: int) -> None:
-            nonlocal reserved
+        def admit(length: int) -> None:
             standing = self.gate.admit(peer, time.monotonic())
             if standing != OK:
                 raise Refused(standing)
-            if length > self.max_frame:
-                return  # read_frame refuses it unread
-            if self._inbound_reserved + length > self.inbound_bytes:
-                raise Busy(f"{length} bytes announced, {self._inbound_reserved} already in flight")
-            self._inbound_reserved += length
-            reserved = length
+
+        def reserve(size: int) -> None:
+            nonlocal reserved
+            if self._inbound_reserved + size > self.inbound_bytes:
+                raise Busy(f"{reserved + size} bytes of a frame read, {self._inbound_reserved} already in flight")
+            self._inbound_reserved += size
+            reserved += size
 
         while True:
             try:
                 data = await read_frame(stream, self.max_frame, chunk_size=self.chunk_size,
-                                        read_timeout=self.read_timeout, on_length=reserve)
+                                        read_timeout=self.read_timeout, on_length=admit, on_part=reserve)
             finally:
                 self._inbound_reserved -= reserved
                 reserved = 0

@@ -598,6 +598,7 @@ class Daemon:
                 "pulled": pulled, "withheld": stats.withheld, "share": self.config.share,
                 "gate": {**transport.gate.events, "blocked_now": transport.gate.blocked_count(time.monotonic()),
                          "inbound_dropped": self.inbound.dropped if self.inbound else 0},
+                "frames_refused": transport.stats.frames_refused(),
                 "discovery": self._discovery_status(), "privacy": self._privacy_status(),
                 "reach": self.reach.status() if self.reach is not None else None}
 

@@ -85,6 +85,9 @@ class NodeCollector(Collector):
                      by=("event", transport.gate.events)),
             _counter("inbound_dropped_frames", "Frames dropped unread because the verifier's queue was full, "
                                                "since this start.", daemon.inbound.dropped if daemon.inbound else 0),
+            _counter("inbound_frames_refused", "Inbound frames refused before verification (too large, truncated, "
+                                               "over the bytes in flight, by the gate, a failed stream), by reason, "
+                                               "since this start.", by=("reason", transport.stats.frames_refused())),
             _gauge("gate_blocked_peers", "Peers the transport's gate blocks now.",
                    transport.gate.blocked_count(time.monotonic())),
             _gauge("connected_peers", "Peers connected now.", len(transport.connected_peers())),
