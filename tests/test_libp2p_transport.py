@@ -282,15 +282,18 @@ def test_hostile_framing_is_bounded_and_counted():
 
 def test_frames_that_stall_in_the_header_or_trickle_are_truncated():
     """A header cut off mid-way stalls like a body; a body trickled a byte at a time is cut off at
-    the frame's deadline though it never stalls; one written a byte at a time, but promptly, arrives."""
+    the frame's deadline though it never stalls; one written a byte at a time, but promptly, arrives;
+    a stream on which no frame begins for twice the idle timeout is reset."""
     async def main():
-        b = Libp2pTransport(Identity.generate(), read_timeout=1.0)
+        b = Libp2pTransport(Identity.generate(), read_timeout=1.0, idle_timeout=0.5)
         inbox = Inbox()
         b.set_receiver(inbox)
         hostile = noise_only_host(os.urandom(32), LOOPBACK)
         async with b.running(), hostile.run([multiaddr.Multiaddr(LOOPBACK[0])]):
             info = info_from_p2p_addr(multiaddr.Multiaddr(b.listen_addrs()[0]))
             await hostile.connect(info)
+            idle = await hostile.new_stream(info.peer_id, [MSG_PROTOCOL])
+            await idle.write(b"")
             half = await hostile.new_stream(info.peer_id, [MSG_PROTOCOL])
             await half.write(FRAME_HEADER.pack(100)[:4])
             trickle = await hostile.new_stream(info.peer_id, [MSG_PROTOCOL])
@@ -308,6 +311,7 @@ def test_frames_that_stall_in_the_header_or_trickle_are_truncated():
                     break
                 await trio.sleep(0.3)
             await eventually(lambda: b.stats.truncated == 2, "the cut-off header and the trickle")
+            await eventually(lambda: b.stats.idle_closed == 1, "the stream on which no frame began")
             assert trio.current_time() - started < 3.5
             assert (await inbox.wait_for(1))[0][1] == bytes(range(200))
             assert b.stats.stream_errors == 0

@@ -25,7 +25,7 @@ STATUS = {"id": "12D3KooWFHDBrb7mspzM2H5HYTkeph1pWnq8h6QFqsHMc2x2fpwg", "addrs":
           "uptime_s": 61.5, "home": "/n", "messages_accepted": 40, "rejected": {"bad_signature": 2, "replay": 1},
           "refused": {}, "bytes_sent": 123_456, "bytes_received": 4_500_000, "pulled": 3,
           "gate": {"blocked": 1, "throttled": 4, "blocked_now": 0, "inbound_dropped": 5}, "discovery": None,
-          "frames_refused": {"too_large": 2, "truncated": 0, "busy": 0, "gate": 7, "stream_error": 0}}
+          "frames_refused": {"too_large": 2, "truncated": 0, "in_flight": 0, "gate": 7, "stream_error": 0}}
 PEERS = [{"id": PEER, "addrs": [], "first_seen": 1, "last_seen": 0, "accepted": 40, "offered": {"weights": "mlp"},
           "connected": True, "rejected": 3, "reputation": None, "banned": True}]
 

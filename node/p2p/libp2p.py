@@ -26,7 +26,9 @@
   tolerates the rest). A full queue, an unknown or unreachable peer, or a closed transport drops
   the message and counts it. Inbound, the bytes being read at once (``inbound_bytes``, counted as
   they arrive) and the open message streams per peer (``inbound_streams_per_peer``) are bounded
-  too; a frame must arrive within ``read_timeout`` plus SECONDS_PER_MIB a MiB.
+  too; a frame must arrive within ``read_timeout`` plus SECONDS_PER_MIB a MiB, and an inbound
+  stream on which no frame begins for twice ``idle_timeout`` is reset (its sender, idle that
+  long, has closed it; one that has not writes on a new stream).
 * **The gate** (``gate.PeerGate``): before a frame's body is read, its peer must be admitted
   (not blocked, not throttled, within its frame rate); a refused frame's stream is reset unread.
   Oversize and truncated frames strike the peer, and so does the receiver for frames that fail
@@ -50,6 +52,7 @@ another thread too; the receiver callback is always called in the trio thread.
 from __future__ import annotations
 
 import logging
+import math
 import struct
 import time
 from collections import Counter, deque
@@ -104,6 +107,10 @@ class Busy(Exception):
     """Too many bytes or streams in flight from peers: the frame is refused, not read."""
 
 
+class Idle(Exception):
+    """No frame began on an inbound stream for a while: it is closed (not the peer's fault)."""
+
+
 class Refused(Exception):
     """The gate did not admit the peer's frame (throttled, over its rate, or blocked)."""
 
@@ -120,6 +127,7 @@ class Libp2pStats:
     dropped_not_running: int = 0  # send() before run() or after close()
     rejected_oversize: int = 0  # a peer announced a frame above max_frame
     rejected_busy: int = 0  # inbound_bytes or inbound_streams_per_peer would have been exceeded
+    idle_closed: int = 0  # inbound streams closed after 2 * idle_timeout with no frame begun
     truncated: int = 0  # a peer's stream ended or stalled in the middle of a frame
     refused_by_gate: int = 0  # frames dropped unread: the peer was throttled, over its rate or blocked
     dropped_relay_budget: int = 0  # bulk frames not sent over a relayed connection: over the relay bulk budget
@@ -130,7 +138,7 @@ class Libp2pStats:
 
     def frames_refused(self) -> dict[str, int]:
         """Inbound frames refused before verification, by why (none of them reach `rejected`)."""
-        return {"too_large": self.rejected_oversize, "truncated": self.truncated, "busy": self.rejected_busy,
+        return {"too_large": self.rejected_oversize, "truncated": self.truncated, "in_flight": self.rejected_busy,
                 "gate": self.refused_by_gate, "stream_error": self.stream_errors}
 
     @property
@@ -182,9 +190,10 @@ async def _read_some(stream, n: int) -> bytes:
         return b""
 
 
-async def read_frame(stream, max_frame: int, *, chunk_size: int = DEFAULT_CHUNK,
-                     read_timeout: float = 60.0, on_length=None, on_part=None) -> bytes | None:
-    """One length-prefixed frame from a stream; None on a clean end of stream between frames.
+async def read_frame(stream, max_frame: int, *, chunk_size: int = DEFAULT_CHUNK, read_timeout: float = 60.0,
+                     idle_timeout: float = math.inf, on_length=None, on_part=None) -> bytes | None:
+    """One length-prefixed frame from a stream; None on a clean end of stream between frames;
+    Idle when no frame begins within ``idle_timeout`` seconds.
 
     Raises FrameTooLarge before reading the body when the announced length is above
     ``max_frame``, and Truncated when the stream ends inside a frame, stalls inside one (its
@@ -195,7 +204,10 @@ async def read_frame(stream, max_frame: int, *, chunk_size: int = DEFAULT_CHUNK,
     kept; either may raise to refuse the frame. Reads in chunks of at most ``chunk_size`` with
     no retry limit, into one buffer (a part kept apart costs ~40 bytes of overhead, so a body
     sent a byte at a time would cost 40 times its size)."""
-    first = await _read_some(stream, FRAME_HEADER.size)
+    with trio.move_on_after(idle_timeout) as idle:
+        first = await _read_some(stream, FRAME_HEADER.size)
+    if idle.cancelled_caught:
+        raise Idle(f"no frame begun in {idle_timeout:.0f} s")
     if not first:
         return None
     header = bytearray(first)
@@ -606,7 +618,12 @@ class Libp2pTransport(TrioService):
         while True:
             try:
                 data = await read_frame(stream, self.max_frame, chunk_size=self.chunk_size,
-                                        read_timeout=self.read_timeout, on_length=admit, on_part=reserve)
+                                        read_timeout=self.read_timeout, idle_timeout=2 * self.idle_timeout,
+                                        on_length=admit, on_part=reserve)
+            except Idle:  # a sender closes its idle streams after idle_timeout: this one is forgotten,
+                stats.idle_closed += 1  # reset so that a sender still holding it writes on a new one
+                await _quietly(stream.reset())
+                return
             finally:
                 self._inbound_reserved -= reserved
                 reserved = 0
