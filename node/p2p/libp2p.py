@@ -108,7 +108,7 @@ class Busy(Exception):
 
 
 class Idle(Exception):
-    """No frame began on an inbound stream for a while: it is closed (not the peer's fault)."""
+    """No frame began on an inbound stream for a while: it is reset (not the peer's fault)."""
 
 
 class Refused(Exception):
@@ -127,7 +127,7 @@ class Libp2pStats:
     dropped_not_running: int = 0  # send() before run() or after close()
     rejected_oversize: int = 0  # a peer announced a frame above max_frame
     rejected_busy: int = 0  # inbound_bytes or inbound_streams_per_peer would have been exceeded
-    idle_closed: int = 0  # inbound streams closed after 2 * idle_timeout with no frame begun
+    idle_closed: int = 0  # inbound streams reset after 2 * idle_timeout with no frame begun
     truncated: int = 0  # a peer's stream ended or stalled in the middle of a frame
     refused_by_gate: int = 0  # frames dropped unread: the peer was throttled, over its rate or blocked
     dropped_relay_budget: int = 0  # bulk frames not sent over a relayed connection: over the relay bulk budget
