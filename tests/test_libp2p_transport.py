@@ -5,6 +5,7 @@ import hashlib
 import os
 import socket
 import time
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -229,16 +230,24 @@ def test_send_to_unknown_or_unreachable_peers_neither_raises_nor_blocks():
     run(main)
 
 
+@asynccontextmanager
+async def _hostile_peer_of(b: Libp2pTransport):
+    """`b` running with an inbox, and a bare py-libp2p host connected to it: (inbox, host, b's info)."""
+    inbox = Inbox()
+    b.set_receiver(inbox)
+    hostile = noise_only_host(os.urandom(32), LOOPBACK)
+    async with b.running(), hostile.run([multiaddr.Multiaddr(LOOPBACK[0])]):
+        info = info_from_p2p_addr(multiaddr.Multiaddr(b.listen_addrs()[0]))
+        await hostile.connect(info)
+        yield inbox, hostile, info
+        await hostile.close()
+
+
 def test_hostile_framing_is_bounded_and_counted():
     async def main():
         b = Libp2pTransport(Identity.generate(), inbound_bytes=1 * MiB, inbound_streams_per_peer=3,
                             read_timeout=2.0)
-        inbox = Inbox()
-        b.set_receiver(inbox)
-        hostile = noise_only_host(os.urandom(32), LOOPBACK)
-        async with b.running(), hostile.run([multiaddr.Multiaddr(LOOPBACK[0])]):
-            info = info_from_p2p_addr(multiaddr.Multiaddr(b.listen_addrs()[0]))
-            await hostile.connect(info)
+        async with _hostile_peer_of(b) as (inbox, hostile, info):
 
             async def stream_with(data: bytes):
                 stream = await hostile.new_stream(info.peer_id, [MSG_PROTOCOL])
@@ -276,7 +285,6 @@ def test_hostile_framing_is_bounded_and_counted():
             await (await stream_with(FRAME_HEADER.pack(900_000) + b"y" * 900_000)).close()
             assert (await inbox.wait_for(1))[0][1] == b"y" * 900_000
             assert b.stats.receiver_errors == b.stats.stream_errors == 0
-            await hostile.close()
     run(main)
 
 
@@ -286,12 +294,7 @@ def test_frames_that_stall_in_the_header_or_trickle_are_truncated():
     a stream on which no frame begins for twice the idle timeout is reset."""
     async def main():
         b = Libp2pTransport(Identity.generate(), read_timeout=1.0, idle_timeout=0.5)
-        inbox = Inbox()
-        b.set_receiver(inbox)
-        hostile = noise_only_host(os.urandom(32), LOOPBACK)
-        async with b.running(), hostile.run([multiaddr.Multiaddr(LOOPBACK[0])]):
-            info = info_from_p2p_addr(multiaddr.Multiaddr(b.listen_addrs()[0]))
-            await hostile.connect(info)
+        async with _hostile_peer_of(b) as (inbox, hostile, info):
             idle = await hostile.new_stream(info.peer_id, [MSG_PROTOCOL])
             await idle.write(b"")
             half = await hostile.new_stream(info.peer_id, [MSG_PROTOCOL])
@@ -315,7 +318,6 @@ def test_frames_that_stall_in_the_header_or_trickle_are_truncated():
             assert trio.current_time() - started < 3.5
             assert (await inbox.wait_for(1))[0][1] == bytes(range(200))
             assert b.stats.stream_errors == 0
-            await hostile.close()
     run(main)
 
 
