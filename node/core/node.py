@@ -138,10 +138,10 @@ class Node:
 
     def send_to_neighbours(self, data: bytes, kind: str) -> None:
         """To every neighbour; knowledge only to those the sharing policy gives it to."""
-        peers = self.neighbours
+        peers = neighbours = self.neighbours
         if kind in KNOWLEDGE:
-            peers = [peer for peer in peers if self.sharing.shares_with(peer, self.version)]
-            self.stats.withheld += len(self.neighbours) - len(peers)
+            peers = [peer for peer in neighbours if self.sharing.shares_with(peer, self.version)]
+            self.stats.withheld += len(neighbours) - len(peers)
         if peers:
             send = self.transport.send
             for peer in peers:
