@@ -277,8 +277,10 @@ class DaemonNode(Node):
                     chunk = await receive.receive()
                     if isinstance(chunk, Error):
                         raise ValueError(f"{peer} does not hold {wanted.hex()} any more ({chunk.code})")
-                    if chunk.offset not in pending or (total is not None and chunk.total != total):
-                        raise ValueError("the peer sent a chunk that was not asked for")
+                    if chunk.offset not in pending:
+                        continue  # not an answer to a request outstanding: dropped (§11.4)
+                    if total is not None and chunk.total != total:
+                        raise ValueError("the peer's chunks disagree on the blob's length")
                     if chunk.total > MAX_ENVELOPE_BYTES:
                         raise ValueError(f"the peer offers {chunk.total} bytes, more than any message may have")
                     if size is not None and chunk.total != size:
@@ -650,8 +652,9 @@ class Daemon:
         return self._keep_pulled(await node.fetch(peer, wanted), wanted)
 
     def _keep_pulled(self, data: bytes, wanted: bytes) -> dict:
-        """Verify a pulled message (signature, payload digest) and write it to blobs/."""
-        message = open_envelope(data, now_ms=now_ms())
+        """Verify a pulled message (signature, payload digest, clock skew: every check of §7 but
+        the replay window, which is the node's own) and write it to blobs/."""
+        message = open_envelope(data, now_ms=now_ms(), guard=ReplayGuard())
         if message.digest != wanted:
             raise ValueError("the pulled message does not have the digest asked for")
         path = self.home.path / "blobs" / f"{wanted.hex()}.msg"
